@@ -1,0 +1,184 @@
+//! The serialization format of frame bodies and of typed payloads: postcard 1.x, a
+//! stable, documented, compact serde format. This is the only module that names it, so
+//! the format can be swapped here alone.
+//!
+//! Payloads are `bytes::Bytes`, which serde treats as one byte string (a length and a
+//! single copy), never element by element as it would a `Vec<u8>`.
+
+use bytes::{BufMut, BytesMut};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::frame::{Frame, FrameKind, HEADER_LEN, Header};
+
+/// A body that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("encoded frame body is {len} bytes, more than the maximum of {max}")]
+    TooLarge { len: usize, max: u32 },
+    #[error("expected a {expected:?} frame, got {got:?}")]
+    UnexpectedKind { expected: FrameKind, got: FrameKind },
+}
+
+/// Appends one whole frame (header and encoded `body`) to `out`. On error `out` is left
+/// as it was.
+pub fn encode_frame<T: Serialize>(
+    kind: FrameKind,
+    request_id: u64,
+    body: &T,
+    max_body: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let start = out.len();
+    out.put_bytes(0, HEADER_LEN);
+    if let Err(source) = postcard::to_io(body, out.writer()) {
+        out.truncate(start);
+        return Err(CodecError::Encode {
+            what: kind_name(kind),
+            source,
+        });
+    }
+    let len = out.len() - start - HEADER_LEN;
+    let body_len = match u32::try_from(len) {
+        Ok(n) if n <= max_body => n,
+        _ => {
+            out.truncate(start);
+            return Err(CodecError::TooLarge { len, max: max_body });
+        }
+    };
+    Header {
+        body_len,
+        kind,
+        request_id,
+    }
+    .write(&mut out[start..start + HEADER_LEN]);
+    Ok(())
+}
+
+/// Decodes the body of `frame`, which must be of kind `expected`.
+pub fn decode_body<T: DeserializeOwned>(
+    frame: &Frame,
+    expected: FrameKind,
+) -> Result<T, CodecError> {
+    if frame.kind != expected {
+        return Err(CodecError::UnexpectedKind {
+            expected,
+            got: frame.kind,
+        });
+    }
+    postcard::from_bytes(&frame.body).map_err(|source| CodecError::Decode {
+        what: kind_name(expected),
+        source,
+    })
+}
+
+/// Encodes a typed payload (the typed client API).
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_allocvec(value).map_err(|source| CodecError::Encode {
+        what: "payload",
+        source,
+    })
+}
+
+/// Decodes a typed payload (the typed client API).
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(bytes).map_err(|source| CodecError::Decode {
+        what: "payload",
+        source,
+    })
+}
+
+fn kind_name(kind: FrameKind) -> &'static str {
+    match kind {
+        FrameKind::Hello => "hello",
+        FrameKind::Welcome => "welcome",
+        FrameKind::Request => "request",
+        FrameKind::Response => "response",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn round_trip<T: Serialize + DeserializeOwned>(kind: FrameKind, value: &T) -> T {
+        let mut buf = BytesMut::new();
+        encode_frame(kind, 42, value, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        let frame = FrameDecoder::new(DEFAULT_MAX_FRAME)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.request_id, 42);
+        assert!(buf.is_empty());
+        decode_body(&frame, kind).unwrap()
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let req = Request::Send(SendRequest {
+            mailbox: MailboxName::new("jobs").unwrap(),
+            mtype: 3,
+            headers: Headers {
+                reply_to: Some(MailboxName::new("replies").unwrap()),
+                correlation_id: Some(9),
+                content_type: Some("text/plain".into()),
+            },
+            wait: Wait::TimeoutMs(1500),
+            payload: Bytes::from_static(&[0, 1, 2, 255]),
+        });
+        assert_eq!(round_trip(FrameKind::Request, &req), req);
+        let resp = Response::Error(ErrorReply::new(ErrorCode::WouldBlock, "empty"));
+        assert_eq!(round_trip(FrameKind::Response, &resp), resp);
+    }
+
+    #[test]
+    fn payload_is_encoded_as_one_byte_string() {
+        let payload = Bytes::from(vec![0xAB; 4096]);
+        let encoded = encode_value(&payload).unwrap();
+        // A varint length (2 bytes for 4096) followed by the bytes themselves.
+        assert_eq!(encoded.len(), 4096 + 2);
+    }
+
+    #[test]
+    fn oversized_body_is_refused_and_buffer_untouched() {
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        let big = Bytes::from(vec![1u8; 100]);
+        let err = encode_frame(FrameKind::Request, 1, &big, 50, &mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { .. }));
+        assert_eq!(&buf[..], b"keep");
+    }
+
+    #[test]
+    fn wrong_kind_is_reported() {
+        let mut buf = BytesMut::new();
+        encode_frame(FrameKind::Response, 1, &Response::Ok, 1024, &mut buf).unwrap();
+        let frame = FrameDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
+        assert!(matches!(
+            decode_body::<Request>(&frame, FrameKind::Request),
+            Err(CodecError::UnexpectedKind { .. })
+        ));
+    }
+
+    proptest! {
+        /// Any body bytes given to the request decoder give a value or an error, never a
+        /// panic.
+        #[test]
+        fn arbitrary_request_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let frame = Frame { kind: FrameKind::Request, request_id: 1, body: Bytes::from(body) };
+            let _ = decode_body::<Request>(&frame, FrameKind::Request);
+            let _ = decode_body::<Hello>(&Frame { kind: FrameKind::Hello, ..frame }, FrameKind::Hello);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The request/response vocabulary. These are the only serializable types of the
+//! protocol; the daemon converts them to and from its own internal types at the edge.
+//!
+//! Compatibility rule: enum variants and struct fields are only ever appended, because
+//! the format encodes variants by position and fields in order.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorReply, MailboxName};
+
+/// First frame of a connection, client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// A free-form name for logs, e.g. `ipcctl` or the program's name.
+    pub client_name: String,
+}
+
+/// The server's answer to [`Hello`]: what it is and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u16,
+    /// The daemon's package version, for people.
+    pub server: String,
+    /// Largest frame body the server accepts; larger frames close the connection.
+    pub max_frame: u32,
+    /// Largest `max_msg_size` a mailbox may be given.
+    pub max_msg_size: u64,
+    /// Requests a connection may have in flight at once.
+    pub max_in_flight: u32,
+    /// Optional features, by name, that this server supports.
+    pub features: Vec<String>,
+    /// The identity the server saw for this connection (from `SO_PEERCRED`).
+    pub peer: Credentials,
+}
+
+/// A process identity as the kernel reported it to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Credentials {
+    /// 0 when the kernel did not report one.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A point in wall-clock time, in nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let nanos = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Timestamp(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// How long an operation may wait for a message or for room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Wait {
+    /// Wait until the operation can complete (SysV default).
+    #[default]
+    Forever,
+    /// Fail at once with `WouldBlock` (SysV `IPC_NOWAIT`).
+    NoWait,
+    /// Wait at most this many milliseconds, then fail with `TimedOut`.
+    TimeoutMs(u64),
+}
+
+impl Wait {
+    pub fn timeout(d: Duration) -> Self {
+        Wait::TimeoutMs(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Which message a receive takes: the rules of `msgrcv(2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Selector {
+    /// `msgtyp == 0`: the oldest message.
+    #[default]
+    Any,
+    /// `msgtyp > 0`: the oldest message of exactly this type.
+    Type(i64),
+    /// `msgtyp > 0` with `MSG_EXCEPT`: the oldest message of any other type.
+    Except(i64),
+    /// `msgtyp < 0`, given here as `|msgtyp|`: the oldest message of the lowest type that
+    /// is at most this value (a priority queue).
+    AtMost(i64),
+}
+
+impl Selector {
+    /// Builds a selector from `msgrcv` arguments: a signed type and the `MSG_EXCEPT` flag.
+    /// `except` only has a meaning for a positive type, as in the kernel.
+    pub fn from_msgrcv(msgtyp: i64, except: bool) -> Self {
+        match msgtyp {
+            0 => Selector::Any,
+            t if t > 0 && except => Selector::Except(t),
+            t if t > 0 => Selector::Type(t),
+            t => Selector::AtMost(t.checked_neg().unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// Whether a message of type `mtype` can be selected at all.
+    pub fn matches(self, mtype: i64) -> bool {
+        match self {
+            Selector::Any => true,
+            Selector::Type(t) => mtype == t,
+            Selector::Except(t) => mtype != t,
+            Selector::AtMost(t) => mtype <= t,
+        }
+    }
+}
+
+/// Optional message headers (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Headers {
+    /// Where the receiver should send its answer.
+    pub reply_to: Option<MailboxName>,
+    /// Ties a reply to its request.
+    pub correlation_id: Option<u64>,
+    /// What the payload is; the typed client puts the Rust type's tag here.
+    pub content_type: Option<String>,
+}
+
+/// Per-mailbox limits; in a request, `None` means "leave as is" or "use the default".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LimitChanges {
+    pub max_msgs: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_msg_size: Option<u64>,
+}
+
+/// Create a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub mailbox: MailboxName,
+    /// Permission bits (`0o600` when absent).
+    pub mode: Option<u32>,
+    pub durable: bool,
+    pub limits: LimitChanges,
+    /// Succeed without change if the mailbox already exists.
+    pub exist_ok: bool,
+}
+
+/// Put one message into a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    pub mailbox: MailboxName,
+    /// SysV `mtype`, at least 1.
+    pub mtype: i64,
+    pub headers: Headers,
+    pub wait: Wait,
+    pub payload: Bytes,
+}
+
+/// Take (or look at) one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecvRequest {
+    pub mailbox: MailboxName,
+    pub selector: Selector,
+    pub wait: Wait,
+    /// Return a copy and leave the message in place.
+    pub peek: bool,
+}
+
+/// Change a mailbox's settings; absent fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MailboxChanges {
+    pub mode: Option<u32>,
+    pub owner_uid: Option<u32>,
+    pub owner_gid: Option<u32>,
+    pub limits: LimitChanges,
+}
+
+/// Everything a client can ask. One variant per operation; the daemon has one `match`
+/// over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Create(CreateRequest),
+    Send(SendRequest),
+    Recv(RecvRequest),
+    Stat {
+        mailbox: MailboxName,
+    },
+    /// The mailboxes the caller may read, or owns.
+    List,
+    Set {
+        mailbox: MailboxName,
+        changes: MailboxChanges,
+    },
+    /// Drop every queued message.
+    Purge {
+        mailbox: MailboxName,
+    },
+    /// Remove the mailbox, waking its waiters with `Removed`.
+    Remove {
+        mailbox: MailboxName,
+    },
+    Status,
+    /// Abandon the pending request with this id (a blocked `Recv` or `Send`); it is
+    /// answered with `Cancelled` unless it completed first. The cancel itself gets `Ok`.
+    Cancel {
+        request_id: u64,
+    },
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Sequence number within the mailbox, increasing with every accepted send.
+    pub id: u64,
+    pub mtype: i64,
+    /// Who sent it, as the kernel reported the sender's connection.
+    pub sender: Credentials,
+    /// When the daemon accepted it.
+    pub sent_at: Timestamp,
+    pub headers: Headers,
+    pub redelivered: bool,
+    /// How many times it has been handed out, this time included.
+    pub deliveries: u32,
+    pub payload: Bytes,
+}
+
+/// An operation time and the pid that did it (SysV `msg_stime`/`msg_lspid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastOp {
+    pub at: Timestamp,
+    pub pid: u32,
+}
+
+/// A mailbox's settings and counters, like `msqid_ds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxInfo {
+    pub name: MailboxName,
+    pub messages: u64,
+    pub bytes: u64,
+    pub max_msgs: u64,
+    pub max_bytes: u64,
+    pub max_msg_size: u64,
+    pub mode: u32,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub creator_uid: u32,
+    pub creator_gid: u32,
+    pub durable: bool,
+    pub created_at: Timestamp,
+    pub changed_at: Timestamp,
+    pub last_send: Option<LastOp>,
+    pub last_recv: Option<LastOp>,
+    pub total_sent: u64,
+    pub total_received: u64,
+    pub waiting_receivers: u64,
+    pub waiting_senders: u64,
+    pub unacked: u64,
+}
+
+/// What one uid is using.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UidUsage {
+    pub uid: u32,
+    pub connections: u64,
+    pub mailboxes: u64,
+}
+
+/// The daemon as a whole; `users` lists what the caller may see (root: everyone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub connections: u64,
+    pub mailboxes: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub users: Vec<UidUsage>,
+}
+
+/// Everything the server can answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Created { created: bool },
+    Sent { id: u64 },
+    Message(Message),
+    Mailbox(MailboxInfo),
+    Mailboxes(Vec<MailboxInfo>),
+    Status(DaemonStatus),
+    Purged { messages: u64 },
+    Error(ErrorReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_follows_msgrcv() {
+        assert_eq!(Selector::from_msgrcv(0, false), Selector::Any);
+        assert_eq!(Selector::from_msgrcv(0, true), Selector::Any);
+        assert_eq!(Selector::from_msgrcv(5, false), Selector::Type(5));
+        assert_eq!(Selector::from_msgrcv(5, true), Selector::Except(5));
+        assert_eq!(Selector::from_msgrcv(-3, false), Selector::AtMost(3));
+        assert_eq!(Selector::from_msgrcv(i64::MIN, false), Selector::AtMost(i64::MAX));
+        assert!(Selector::AtMost(3).matches(1) && Selector::AtMost(3).matches(3));
+        assert!(!Selector::AtMost(3).matches(4));
+        assert!(Selector::Except(2).matches(1) && !Selector::Except(2).matches(2));
+    }
+}

@@ -1,0 +1,151 @@
+//! Mailbox names, validated once on construction so that every `MailboxName` in the
+//! program is known to be well formed (SPEC §2).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A mailbox name: 1–255 bytes of `[A-Za-z0-9._/-]`, not starting with `/` or `.`, with no
+/// `..` segment. The restrictions keep names safe to use as file names under the state
+/// directory and unambiguous in topic patterns.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MailboxName(String);
+
+/// Why a string is not a valid mailbox name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("mailbox name is empty")]
+    Empty,
+    #[error("mailbox name is {0} bytes long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong(usize),
+    #[error(
+        "mailbox name contains {0:?}; only letters, digits and . _ / - are allowed"
+    )]
+    BadChar(char),
+    #[error("mailbox name may not start with {0:?}")]
+    BadStart(char),
+    #[error("mailbox name may not contain a \"..\" segment")]
+    DotDot,
+}
+
+impl MailboxName {
+    /// Validates `name` and wraps it.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        validate(&name)?;
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn validate(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+    {
+        return Err(NameError::BadChar(c));
+    }
+    let first = name.as_bytes()[0];
+    if first == b'/' || first == b'.' {
+        return Err(NameError::BadStart(first as char));
+    }
+    if name.split('/').any(|segment| segment == "..") {
+        return Err(NameError::DotDot);
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for MailboxName {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl TryFrom<&str> for MailboxName {
+    type Error = NameError;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl std::str::FromStr for MailboxName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl From<MailboxName> for String {
+    fn from(value: MailboxName) -> Self {
+        value.0
+    }
+}
+
+impl AsRef<str> for MailboxName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MailboxName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MailboxName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_good_names() {
+        for name in ["a", "jobs", "app/v1.queue-2_x", "a..b", "x/.hidden", "9"] {
+            assert!(MailboxName::new(name).is_ok(), "{name} should be valid");
+        }
+        assert!(MailboxName::new("a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert_eq!(MailboxName::new(""), Err(NameError::Empty));
+        assert_eq!(MailboxName::new("a".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(MailboxName::new("/abs"), Err(NameError::BadStart('/')));
+        assert_eq!(MailboxName::new(".hidden"), Err(NameError::BadStart('.')));
+        assert_eq!(MailboxName::new("a/../b"), Err(NameError::DotDot));
+        assert_eq!(MailboxName::new("a/.."), Err(NameError::DotDot));
+        assert_eq!(MailboxName::new("sp ace"), Err(NameError::BadChar(' ')));
+        assert_eq!(MailboxName::new("ünï"), Err(NameError::BadChar('ü')));
+        assert_eq!(MailboxName::new("a\0b"), Err(NameError::BadChar('\0')));
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        let bytes = crate::codec::encode_value(&"../etc".to_string()).unwrap();
+        assert!(crate::codec::decode_value::<MailboxName>(&bytes).is_err());
+        let bytes = crate::codec::encode_value(&"ok".to_string()).unwrap();
+        assert_eq!(
+            crate::codec::decode_value::<MailboxName>(&bytes).unwrap().as_str(),
+            "ok"
+        );
+    }
+}
