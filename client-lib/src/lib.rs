@@ -1,1 +1,35 @@
-//! placeholder
+//! `ipc-client`: the library programs link to talk to ipcd.
+//!
+//! - [`BlockingClient`] speaks over a plain `std` Unix socket with no async runtime
+//!   inside, so it is safe to use after `fork` and from C or a SysV-compatibility shim.
+//! - [`Client`] (feature `tokio`, on by default) is the async client: cheap to clone,
+//!   many requests in flight at once from many tasks.
+//! - [`Mailbox`] and [`BlockingMailbox`] are typed handles: `send(&T)` / `recv() -> T`
+//!   through serde, tagged with `T`'s name so that a message of another type is a
+//!   [`Error::TypeMismatch`], never garbage.
+//!
+//! Both clients offer every protocol operation with the raw bytes API; all errors are one
+//! [`Error`] enum whose variants follow the `ipcctl` exit-code table.
+
+mod blocking;
+#[cfg(feature = "tokio")]
+mod client;
+mod error;
+mod options;
+mod socket;
+mod typed;
+
+pub use blocking::{BlockingClient, BlockingMailbox};
+#[cfg(feature = "tokio")]
+pub use client::{Client, Mailbox};
+pub use error::{Error, Result};
+pub use options::{CreateOptions, RecvOptions, SendOptions};
+pub use socket::default_socket_path;
+pub use typed::type_tag;
+
+pub use bytes::Bytes;
+/// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.
+pub use ipc_proto::{
+    Credentials, DaemonStatus, ErrorCode, Headers, LimitChanges, MailboxChanges, MailboxInfo,
+    MailboxName, Message, Selector, Timestamp, UidUsage, Wait, Welcome,
+};

@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod name;
+pub mod paths;
 
 pub use error::{ErrorCode, ErrorReply};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN};

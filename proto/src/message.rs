@@ -316,7 +316,10 @@ mod tests {
         assert_eq!(Selector::from_msgrcv(5, false), Selector::Type(5));
         assert_eq!(Selector::from_msgrcv(5, true), Selector::Except(5));
         assert_eq!(Selector::from_msgrcv(-3, false), Selector::AtMost(3));
-        assert_eq!(Selector::from_msgrcv(i64::MIN, false), Selector::AtMost(i64::MAX));
+        assert_eq!(
+            Selector::from_msgrcv(i64::MIN, false),
+            Selector::AtMost(i64::MAX)
+        );
         assert!(Selector::AtMost(3).matches(1) && Selector::AtMost(3).matches(3));
         assert!(!Selector::AtMost(3).matches(4));
         assert!(Selector::Except(2).matches(1) && !Selector::Except(2).matches(2));

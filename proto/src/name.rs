@@ -22,9 +22,7 @@ pub enum NameError {
     Empty,
     #[error("mailbox name is {0} bytes long; at most {MAX_NAME_LEN} are allowed")]
     TooLong(usize),
-    #[error(
-        "mailbox name contains {0:?}; only letters, digits and . _ / - are allowed"
-    )]
+    #[error("mailbox name contains {0:?}; only letters, digits and . _ / - are allowed")]
     BadChar(char),
     #[error("mailbox name may not start with {0:?}")]
     BadStart(char),
@@ -128,7 +126,10 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         assert_eq!(MailboxName::new(""), Err(NameError::Empty));
-        assert_eq!(MailboxName::new("a".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(
+            MailboxName::new("a".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
         assert_eq!(MailboxName::new("/abs"), Err(NameError::BadStart('/')));
         assert_eq!(MailboxName::new(".hidden"), Err(NameError::BadStart('.')));
         assert_eq!(MailboxName::new("a/../b"), Err(NameError::DotDot));
@@ -144,7 +145,9 @@ mod tests {
         assert!(crate::codec::decode_value::<MailboxName>(&bytes).is_err());
         let bytes = crate::codec::encode_value(&"ok".to_string()).unwrap();
         assert_eq!(
-            crate::codec::decode_value::<MailboxName>(&bytes).unwrap().as_str(),
+            crate::codec::decode_value::<MailboxName>(&bytes)
+                .unwrap()
+                .as_str(),
             "ok"
         );
     }

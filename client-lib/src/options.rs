@@ -1,0 +1,110 @@
+//! Option structs for the operations that take more than a name, shared by both clients
+//! so that they build exactly the same requests.
+
+use bytes::Bytes;
+use ipc_proto::{
+    CreateRequest, Headers, LimitChanges, MailboxName, RecvRequest, Selector, SendRequest, Wait,
+};
+
+/// How to create a mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Permission bits; `None` gives the daemon's default (0600).
+    pub mode: Option<u32>,
+    pub durable: bool,
+    pub limits: LimitChanges,
+    /// Succeed if it exists already.
+    pub exist_ok: bool,
+}
+
+impl CreateOptions {
+    pub(crate) fn request(&self, mailbox: MailboxName) -> CreateRequest {
+        CreateRequest {
+            mailbox,
+            mode: self.mode,
+            durable: self.durable,
+            limits: self.limits,
+            exist_ok: self.exist_ok,
+        }
+    }
+}
+
+/// How to send a message.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// SysV `mtype`, at least 1.
+    pub mtype: i64,
+    pub wait: Wait,
+    pub headers: Headers,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            mtype: 1,
+            wait: Wait::Forever,
+            headers: Headers::default(),
+        }
+    }
+}
+
+impl SendOptions {
+    pub fn mtype(mtype: i64) -> Self {
+        Self {
+            mtype,
+            ..Self::default()
+        }
+    }
+
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    pub(crate) fn request(&self, mailbox: MailboxName, payload: Bytes) -> SendRequest {
+        SendRequest {
+            mailbox,
+            mtype: self.mtype,
+            headers: self.headers.clone(),
+            wait: self.wait,
+            payload,
+        }
+    }
+}
+
+/// How to receive a message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecvOptions {
+    pub selector: Selector,
+    pub wait: Wait,
+    /// Copy the message and leave it in place.
+    pub peek: bool,
+}
+
+impl RecvOptions {
+    pub fn selector(selector: Selector) -> Self {
+        Self {
+            selector,
+            ..Self::default()
+        }
+    }
+
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    pub fn peek(mut self) -> Self {
+        self.peek = true;
+        self
+    }
+
+    pub(crate) fn request(&self, mailbox: MailboxName) -> RecvRequest {
+        RecvRequest {
+            mailbox,
+            selector: self.selector,
+            wait: self.wait,
+            peek: self.peek,
+        }
+    }
+}
