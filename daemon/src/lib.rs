@@ -1,1 +1,74 @@
-//! placeholder
+//! `ipcd`, the broker daemon, as a library: [`run`] serves a bound socket until told to
+//! stop, which is what the binary and the tests both start.
+//!
+//! A request's way through the modules: [`server`] accepts → `peer` reads a frame
+//! (through `connection`) → `dispatch` checks policy and calls the `broker` / `mailbox`
+//! → a waiting receiver is completed by the mailbox → its `peer` writes the response.
+//! See ARCHITECTURE.md for the invariants.
+
+mod broker;
+pub mod config;
+mod connection;
+mod dispatch;
+mod index;
+pub mod logging;
+mod mailbox;
+mod peer;
+mod perm;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Limits};
+pub use server::{SocketGuard, bind};
+
+/// Serves `listener` with `config` until `shutdown` completes, then stops: no new
+/// connections, every waiter answered "shutting down", replies flushed (bounded by
+/// `config.shutdown_timeout`). Must be called within a tokio runtime.
+pub async fn run(
+    listener: std::os::unix::net::UnixListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let shutdown_timeout = config.shutdown_timeout;
+    let broker = Arc::new(broker::Broker::new(config));
+    let tracker = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let stop_peers = CancellationToken::new();
+    let accepting = server::accept_loop(
+        listener,
+        broker.clone(),
+        &tracker,
+        &stop_accepting,
+        &stop_peers,
+    );
+    tokio::pin!(accepting);
+    tokio::select! {
+        () = &mut accepting => {}
+        () = shutdown => {
+            stop_accepting.cancel();
+            accepting.await;
+        }
+    }
+    tracing::info!("shutting down");
+    broker.shut_down();
+    stop_peers.cancel();
+    tracker.close();
+    if tokio::time::timeout(shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} connections had not closed after {:?}; dropping them",
+            tracker.len(),
+            shutdown_timeout
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Every bound the daemon enforces, in one place, with its default. Nothing else in the
+//! daemon hard-codes a limit; it reads it from [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipc_proto::HEADER_LEN;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Limits of one mailbox (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most messages queued at once.
+    pub max_msgs: u64,
+    /// Most payload bytes queued at once (SysV `msg_qbytes`).
+    pub max_bytes: u64,
+    /// Largest single payload.
+    pub max_msg_size: u64,
+}
+
+/// The daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where durable state lives (used by durable mailboxes).
+    pub state_dir: PathBuf,
+    /// Limits a new mailbox gets when its creator names none.
+    pub default_limits: Limits,
+    /// The highest limits any mailbox may be given.
+    pub ceilings: Limits,
+    /// Mode of a new mailbox when its creator names none.
+    pub default_mode: u32,
+    /// Requests one connection may have waiting at once; the next gets `QuotaExceeded`.
+    pub max_in_flight: u32,
+    /// Replies queued for a connection before the daemon stops reading its requests
+    /// until the client has read some.
+    pub max_queued_replies: usize,
+    /// A connection that has not sent its hello by then is closed.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for connections to flush their last replies.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Largest frame body accepted: a maximal payload plus room for its headers.
+    pub fn max_frame(&self) -> u32 {
+        let headers_room = 64 * KIB + HEADER_LEN as u64;
+        u32::try_from(self.ceilings.max_msg_size + headers_room).unwrap_or(u32::MAX)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/ipcd"),
+            default_limits: Limits {
+                max_msgs: 100_000,
+                max_bytes: 64 * MIB,
+                max_msg_size: MIB,
+            },
+            ceilings: Limits {
+                max_msgs: 10_000_000,
+                max_bytes: 4096 * MIB,
+                max_msg_size: 64 * MIB,
+            },
+            default_mode: 0o600,
+            max_in_flight: 1024,
+            max_queued_replies: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The single dispatch point: one `match` over [`Request`], in which every operation goes
+//! policy (name and argument checks, mode bits) → broker/mailbox. A new request variant
+//! makes the compiler point here. Errors become error replies; nothing here can end the
+//! connection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ipc_proto::{
+    Credentials, ErrorCode, ErrorReply, MailboxName, Message, RecvRequest, Request, Response,
+    SendRequest,
+};
+
+use crate::broker::{Broker, check_mode};
+use crate::mailbox::{Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
+use crate::perm::Access;
+
+/// How a request is answered.
+pub enum Reply {
+    /// At once.
+    Now(Response),
+    /// When the future completes (a blocked send or receive).
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// The request is a cancel of the pending request with this id; the peer owns those.
+    Cancel(u64),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Reply::Later(_) => f.write_str("Later(..)"),
+            Reply::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
+        }
+    }
+}
+
+fn now(result: OpResult<Response>) -> Reply {
+    Reply::Now(result.unwrap_or_else(Response::Error))
+}
+
+/// Answers one request from `caller`.
+pub fn dispatch(broker: &Broker, caller: &Credentials, request: Request) -> Reply {
+    match request {
+        Request::Create(req) => now(broker
+            .create(caller, req)
+            .map(|created| Response::Created { created })),
+        Request::Send(req) => match send(broker, caller, req) {
+            Ok(pending) => reply_when(pending, |SentId(id)| Response::Sent { id }),
+            Err(e) => Reply::Now(Response::Error(e)),
+        },
+        Request::Recv(req) => match recv(broker, caller, req) {
+            Ok(pending) => reply_when(pending, |e| Response::Message(to_wire(e))),
+            Err(e) => Reply::Now(Response::Error(e)),
+        },
+        Request::Stat { mailbox } => {
+            now(authorized(broker, caller, &mailbox, Access::Read)
+                .map(|m| Response::Mailbox(m.info())))
+        }
+        Request::List => Reply::Now(Response::Mailboxes(
+            broker
+                .all()
+                .into_iter()
+                .filter(|m| {
+                    let own = m.settings().ownership;
+                    own.allows(caller, Access::Read) || own.allows(caller, Access::Manage)
+                })
+                .map(|m| m.info())
+                .collect(),
+        )),
+        Request::Set { mailbox, changes } => now((|| {
+            let mailbox = authorized(broker, caller, &mailbox, Access::Manage)?;
+            let mode = changes.mode.map(check_mode).transpose()?;
+            let limits = broker.limits(mailbox.settings().limits, &changes.limits)?;
+            if caller.uid != 0 && changes.owner_uid.is_some_and(|uid| uid != caller.uid) {
+                // Like chown(2): giving a mailbox away needs root, or a user could make
+                // another user's quota pay for it.
+                return Err(denied(caller, &mailbox, "give away"));
+            }
+            mailbox.update(|s| {
+                s.limits = limits;
+                if let Some(mode) = mode {
+                    s.ownership.mode = mode;
+                }
+                if let Some(uid) = changes.owner_uid {
+                    s.ownership.owner_uid = uid;
+                }
+                if let Some(gid) = changes.owner_gid {
+                    s.ownership.owner_gid = gid;
+                }
+            });
+            Ok(Response::Mailbox(mailbox.info()))
+        })()),
+        Request::Purge { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
+            .map(|m| Response::Purged {
+                messages: m.purge(),
+            })),
+        Request::Remove { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
+            .map(|m| {
+                broker.remove(&m);
+                Response::Ok
+            })),
+        Request::Status => Reply::Now(Response::Status(broker.status(caller))),
+        Request::Cancel { request_id } => Reply::Cancel(request_id),
+    }
+}
+
+fn send(broker: &Broker, caller: &Credentials, req: SendRequest) -> OpResult<Pending<SentId>> {
+    if req.mtype < 1 {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!("message type must be at least 1, not {}", req.mtype),
+        ));
+    }
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let incoming = Incoming {
+        mtype: req.mtype,
+        sender: *caller,
+        headers: req.headers,
+        payload: req.payload,
+    };
+    Ok(mailbox.send(incoming, req.wait))
+}
+
+fn recv(broker: &Broker, caller: &Credentials, req: RecvRequest) -> OpResult<Pending<Envelope>> {
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
+    Ok(mailbox.recv(req.selector, req.peek, caller.pid, req.wait))
+}
+
+/// Answers now if the operation finished, else when its waiter completes.
+fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply {
+    match pending {
+        Pending::Ready(result) => Reply::Now(result.map_or_else(Response::Error, done)),
+        Pending::Wait(waiter) => Reply::Later(Box::pin(async move {
+            waiter.wait().await.map_or_else(Response::Error, done)
+        })),
+    }
+}
+
+/// The mailbox, if it exists and `caller` may do what `access` names to it.
+fn authorized(
+    broker: &Broker,
+    caller: &Credentials,
+    name: &MailboxName,
+    access: Access,
+) -> OpResult<Arc<Mailbox>> {
+    let mailbox = broker.get(name)?;
+    if mailbox.settings().ownership.allows(caller, access) {
+        Ok(mailbox)
+    } else {
+        let verb = match access {
+            Access::Read => "read from",
+            Access::Write => "send to",
+            Access::Manage => "manage",
+        };
+        Err(denied(caller, &mailbox, verb))
+    }
+}
+
+fn denied(caller: &Credentials, mailbox: &Mailbox, verb: &str) -> ErrorReply {
+    let own = mailbox.settings().ownership;
+    ErrorReply::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "permission denied: uid {} may not {verb} mailbox {} (owner uid {}, gid {}, mode {:04o})",
+            caller.uid,
+            mailbox.name(),
+            own.owner_uid,
+            own.owner_gid,
+            own.mode
+        ),
+    )
+}
+
+/// The wire form of a delivered message.
+fn to_wire(e: Envelope) -> Message {
+    Message {
+        id: e.id,
+        mtype: e.mtype,
+        sender: e.sender,
+        sent_at: e.sent_at,
+        headers: e.headers,
+        redelivered: e.deliveries > 1,
+        deliveries: e.deliveries,
+        payload: e.payload,
+    }
+}

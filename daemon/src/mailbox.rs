@@ -1,0 +1,561 @@
+//! One mailbox: its queued messages (a [`TypeIndex`]), the receivers and senders waiting
+//! on it, its ownership, limits and counters.
+//!
+//! All of it sits behind one `std::sync::Mutex`, held only for the few index operations
+//! of one request and never across an `.await`. Waiting is done by handing work to the
+//! mailbox: a receiver that finds nothing registers a [`RecvWaiter`] and a sender that
+//! finds no room registers its message as a [`SendWaiter`]; whoever later changes the
+//! mailbox completes them under the same lock, in FIFO order. A waiting request is a
+//! [`Waiter`] future whose `Drop` deregisters it and puts back anything handed to it in
+//! the meantime, so a cancelled or timed-out receive never loses a message.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipc_proto::{
+    Credentials, ErrorCode, ErrorReply, Headers, LastOp, MailboxInfo, MailboxName, Selector,
+    Timestamp, Wait,
+};
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::index::TypeIndex;
+use crate::perm::Ownership;
+
+/// The result of a mailbox operation; errors are already in their wire form.
+pub type OpResult<T> = Result<T, ErrorReply>;
+
+/// A message as the daemon keeps it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub id: u64,
+    pub mtype: i64,
+    pub sender: Credentials,
+    pub sent_at: Timestamp,
+    pub headers: Headers,
+    /// Times it has been taken by a receiver.
+    pub deliveries: u32,
+    pub payload: Bytes,
+}
+
+/// A message offered by a sender, before the mailbox has given it an id.
+#[derive(Debug)]
+pub struct Incoming {
+    pub mtype: i64,
+    pub sender: Credentials,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// What a `send` returns: the id the message got in the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentId(pub u64);
+
+/// Settings a creator or owner chooses.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub ownership: Ownership,
+    pub durable: bool,
+    pub limits: Limits,
+}
+
+/// An operation that either finished at once or must wait.
+#[derive(Debug)]
+pub(crate) enum Pending<T: Side> {
+    Ready(OpResult<T>),
+    Wait(Waiter<T>),
+}
+
+type Handoff<T> = oneshot::Sender<OpResult<T>>;
+
+#[derive(Debug)]
+struct RecvWaiter {
+    key: u64,
+    selector: Selector,
+    peek: bool,
+    pid: u32,
+    tx: Handoff<Envelope>,
+}
+
+#[derive(Debug)]
+struct SendWaiter {
+    key: u64,
+    incoming: Incoming,
+    tx: Handoff<SentId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    settings: Settings,
+    queue: TypeIndex<Envelope>,
+    /// Sum of queued payload lengths.
+    bytes: u64,
+    next_id: u64,
+    /// Receivers waiting for a match, in arrival order.
+    receivers: VecDeque<RecvWaiter>,
+    /// Senders waiting for room, in arrival order, each holding its message.
+    senders: VecDeque<SendWaiter>,
+    next_key: u64,
+    /// Set once the mailbox is removed or the daemon stops: every later wait fails so.
+    closed: Option<ErrorReply>,
+    created_at: Timestamp,
+    changed_at: Timestamp,
+    last_send: Option<LastOp>,
+    last_recv: Option<LastOp>,
+    total_sent: u64,
+    total_received: u64,
+}
+
+/// One named mailbox.
+#[derive(Debug)]
+pub struct Mailbox {
+    name: MailboxName,
+    state: Mutex<State>,
+}
+
+fn op_error(code: ErrorCode, message: String) -> ErrorReply {
+    ErrorReply::new(code, message)
+}
+
+impl Mailbox {
+    pub fn new(name: MailboxName, settings: Settings) -> Self {
+        let now = Timestamp::now();
+        Self {
+            name,
+            state: Mutex::new(State {
+                settings,
+                queue: TypeIndex::default(),
+                bytes: 0,
+                next_id: 1,
+                receivers: VecDeque::new(),
+                senders: VecDeque::new(),
+                next_key: 1,
+                closed: None,
+                created_at: now,
+                changed_at: now,
+                last_send: None,
+                last_recv: None,
+                total_sent: 0,
+                total_received: 0,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &MailboxName {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state is still consistent enough
+        // to keep serving, since every mutation is a few index operations.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.lock().settings
+    }
+
+    /// Puts a message in, hands it to a waiting receiver, or waits for room.
+    pub(crate) fn send(self: &Arc<Self>, incoming: Incoming, wait: Wait) -> Pending<SentId> {
+        let mut state = self.lock();
+        if let Some(closed) = &state.closed {
+            return Pending::Ready(Err(closed.clone()));
+        }
+        let len = incoming.payload.len() as u64;
+        let limits = state.settings.limits;
+        if len > limits.max_msg_size || len > limits.max_bytes {
+            let (what, max) = if len > limits.max_msg_size {
+                ("max_msg_size", limits.max_msg_size)
+            } else {
+                ("max_bytes", limits.max_bytes)
+            };
+            return Pending::Ready(Err(op_error(
+                ErrorCode::TooLarge,
+                format!(
+                    "payload of {len} bytes exceeds {what} of {max} bytes of mailbox {}",
+                    self.name
+                ),
+            )));
+        }
+        if state.senders.is_empty() && state.can_accept(&incoming) {
+            return Pending::Ready(Ok(SentId(state.accept(incoming))));
+        }
+        let full = || {
+            format!(
+                "mailbox {} is full ({} of {} messages, {} of {} bytes)",
+                self.name,
+                state.queue.len(),
+                limits.max_msgs,
+                state.bytes,
+                limits.max_bytes
+            )
+        };
+        let timeout = match wait {
+            Wait::NoWait => return Pending::Ready(Err(op_error(ErrorCode::WouldBlock, full()))),
+            Wait::Forever => None,
+            Wait::TimeoutMs(ms) => Some(Duration::from_millis(ms)),
+        };
+        let what = full();
+        let key = state.take_key();
+        let (tx, rx) = oneshot::channel();
+        state.senders.push_back(SendWaiter { key, incoming, tx });
+        drop(state);
+        Pending::Wait(Waiter::new(self.clone(), key, rx, timeout, what))
+    }
+
+    /// Takes (or, with `peek`, copies) the message `selector` selects, or waits for one.
+    pub(crate) fn recv(
+        self: &Arc<Self>,
+        selector: Selector,
+        peek: bool,
+        pid: u32,
+        wait: Wait,
+    ) -> Pending<Envelope> {
+        let mut state = self.lock();
+        if let Some(closed) = &state.closed {
+            return Pending::Ready(Err(closed.clone()));
+        }
+        if let Some(slot) = state.queue.find(selector) {
+            let envelope = if peek {
+                state.queue.get(slot).cloned().expect("found slot exists")
+            } else {
+                let envelope = state.queue.remove(slot).expect("found slot exists");
+                state.bytes -= envelope.payload.len() as u64;
+                let envelope = state.delivered(envelope, pid);
+                state.admit_senders();
+                envelope
+            };
+            return Pending::Ready(Ok(envelope));
+        }
+        if !peek {
+            // Nothing queued matches, but a sender blocked on a full mailbox may hold a
+            // match: it is then the oldest match, so take it straight from the sender.
+            if let Some(i) = state
+                .senders
+                .iter()
+                .position(|w| selector.matches(w.incoming.mtype))
+            {
+                let waiter = state.senders.remove(i).expect("position is in range");
+                let envelope = state.stamp(waiter.incoming);
+                let _ = waiter.tx.send(Ok(SentId(envelope.id)));
+                return Pending::Ready(Ok(state.delivered(envelope, pid)));
+            }
+        }
+        let what = match selector {
+            Selector::Any => format!("mailbox {} is empty", self.name),
+            Selector::Type(t) => format!("no message of type {t} in mailbox {}", self.name),
+            Selector::Except(t) => {
+                format!(
+                    "no message of a type other than {t} in mailbox {}",
+                    self.name
+                )
+            }
+            Selector::AtMost(t) => {
+                format!("no message of a type up to {t} in mailbox {}", self.name)
+            }
+        };
+        let timeout = match wait {
+            Wait::NoWait => return Pending::Ready(Err(op_error(ErrorCode::WouldBlock, what))),
+            Wait::Forever => None,
+            Wait::TimeoutMs(ms) => Some(Duration::from_millis(ms)),
+        };
+        let key = state.take_key();
+        let (tx, rx) = oneshot::channel();
+        state.receivers.push_back(RecvWaiter {
+            key,
+            selector,
+            peek,
+            pid,
+            tx,
+        });
+        drop(state);
+        Pending::Wait(Waiter::new(self.clone(), key, rx, timeout, what))
+    }
+
+    /// Drops every queued message and lets waiting senders in; returns how many went.
+    pub fn purge(&self) -> u64 {
+        let mut state = self.lock();
+        let dropped = state.queue.len() as u64;
+        state.queue.drain().for_each(drop);
+        state.bytes = 0;
+        state.changed_at = Timestamp::now();
+        state.admit_senders();
+        dropped
+    }
+
+    /// Applies new settings (already checked by the caller) and lets senders in if the
+    /// limits grew.
+    pub fn update(&self, change: impl FnOnce(&mut Settings)) {
+        let mut state = self.lock();
+        change(&mut state.settings);
+        state.changed_at = Timestamp::now();
+        state.admit_senders();
+    }
+
+    /// Closes the mailbox for good: every waiter, now and later, gets `reason`. With
+    /// `drop_messages` the queue is emptied too (removal); without, it stays for a final
+    /// flush (shutdown).
+    pub fn close(&self, reason: ErrorReply, drop_messages: bool) {
+        let mut state = self.lock();
+        for waiter in state.receivers.drain(..) {
+            let _ = waiter.tx.send(Err(reason.clone()));
+        }
+        for waiter in state.senders.drain(..) {
+            let _ = waiter.tx.send(Err(reason.clone()));
+        }
+        if drop_messages {
+            state.queue.drain().for_each(drop);
+            state.bytes = 0;
+        }
+        state.closed = Some(reason);
+    }
+
+    /// Messages and bytes queued.
+    pub fn usage(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.queue.len() as u64, state.bytes)
+    }
+
+    pub fn info(&self) -> MailboxInfo {
+        let state = self.lock();
+        let s = &state.settings;
+        MailboxInfo {
+            name: self.name.clone(),
+            messages: state.queue.len() as u64,
+            bytes: state.bytes,
+            max_msgs: s.limits.max_msgs,
+            max_bytes: s.limits.max_bytes,
+            max_msg_size: s.limits.max_msg_size,
+            mode: s.ownership.mode,
+            owner_uid: s.ownership.owner_uid,
+            owner_gid: s.ownership.owner_gid,
+            creator_uid: s.ownership.creator_uid,
+            creator_gid: s.ownership.creator_gid,
+            durable: s.durable,
+            created_at: state.created_at,
+            changed_at: state.changed_at,
+            last_send: state.last_send,
+            last_recv: state.last_recv,
+            total_sent: state.total_sent,
+            total_received: state.total_received,
+            waiting_receivers: state.receivers.len() as u64,
+            waiting_senders: state.senders.len() as u64,
+            unacked: 0,
+        }
+    }
+}
+
+impl State {
+    fn take_key(&mut self) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        key
+    }
+
+    fn fits(&self, len: u64) -> bool {
+        let limits = &self.settings.limits;
+        (self.queue.len() as u64) < limits.max_msgs && self.bytes + len <= limits.max_bytes
+    }
+
+    /// Whether `incoming` can be accepted now: there is room, or a receiver is waiting
+    /// for it (a hand-over takes no room).
+    fn can_accept(&self, incoming: &Incoming) -> bool {
+        self.fits(incoming.payload.len() as u64)
+            || self
+                .receivers
+                .iter()
+                .any(|w| !w.peek && w.selector.matches(incoming.mtype))
+    }
+
+    /// Gives `incoming` its id and send statistics.
+    fn stamp(&mut self, incoming: Incoming) -> Envelope {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = Timestamp::now();
+        self.total_sent += 1;
+        self.last_send = Some(LastOp {
+            at: now,
+            pid: incoming.sender.pid,
+        });
+        Envelope {
+            id,
+            mtype: incoming.mtype,
+            sender: incoming.sender,
+            sent_at: now,
+            headers: incoming.headers,
+            deliveries: 0,
+            payload: incoming.payload,
+        }
+    }
+
+    /// Records that `envelope` left the mailbox for the receiver `pid`.
+    fn delivered(&mut self, mut envelope: Envelope, pid: u32) -> Envelope {
+        envelope.deliveries += 1;
+        self.total_received += 1;
+        self.last_recv = Some(LastOp {
+            at: Timestamp::now(),
+            pid,
+        });
+        envelope
+    }
+
+    /// Accepts a message: to the first waiting receiver it matches, else into the queue.
+    fn accept(&mut self, incoming: Incoming) -> u64 {
+        let envelope = self.stamp(incoming);
+        let id = envelope.id;
+        self.offer_or_queue(envelope);
+        id
+    }
+
+    /// Hands `envelope` to waiting receivers: a copy to each matching peeker, the message
+    /// itself to the first matching receiver (FIFO among those whose selector matches).
+    /// Waiters exist only while nothing queued matched them, so the new message is the
+    /// oldest match for each. What no receiver takes is queued.
+    fn offer_or_queue(&mut self, mut envelope: Envelope) {
+        let mut i = 0;
+        while i < self.receivers.len() {
+            if !self.receivers[i].selector.matches(envelope.mtype) {
+                i += 1;
+                continue;
+            }
+            let waiter = self.receivers.remove(i).expect("index is in range");
+            if waiter.peek {
+                let _ = waiter.tx.send(Ok(envelope.clone()));
+                continue;
+            }
+            let handed = self.delivered(envelope, waiter.pid);
+            match waiter.tx.send(Ok(handed)) {
+                Ok(()) => return,
+                // Unreachable while waiters deregister under this lock before their
+                // receiver goes; kept so a message can never be lost that way.
+                Err(back) => {
+                    let mut back = back.expect("we sent Ok");
+                    back.deliveries -= 1;
+                    self.total_received -= 1;
+                    envelope = back;
+                }
+            }
+        }
+        self.bytes += envelope.payload.len() as u64;
+        self.queue.insert(envelope.mtype, envelope.id, envelope);
+    }
+
+    /// Lets waiting senders in, oldest first, while their messages can be accepted. A
+    /// sender that does not fit keeps later ones waiting too, so none is starved.
+    fn admit_senders(&mut self) {
+        while let Some(front) = self.senders.front() {
+            if !self.can_accept(&front.incoming) {
+                break;
+            }
+            let waiter = self.senders.pop_front().expect("front exists");
+            let id = self.accept(waiter.incoming);
+            let _ = waiter.tx.send(Ok(SentId(id)));
+        }
+    }
+}
+
+/// The two kinds of waiting request, and how each undoes a hand-over its waiter did not
+/// live to see.
+pub(crate) trait Side: Sized + Send + 'static {
+    fn deregister(state: &mut State, key: u64) -> bool;
+    fn reclaim(state: &mut State, value: Self);
+}
+
+impl Side for Envelope {
+    fn deregister(state: &mut State, key: u64) -> bool {
+        let found = state.receivers.iter().position(|w| w.key == key);
+        found.map(|i| state.receivers.remove(i)).is_some()
+    }
+
+    /// A message was handed to a receiver that is gone: it goes back to where it was
+    /// (or to the next waiting receiver), as if it had never left.
+    fn reclaim(state: &mut State, mut envelope: Envelope) {
+        envelope.deliveries = envelope.deliveries.saturating_sub(1);
+        state.total_received = state.total_received.saturating_sub(1);
+        state.offer_or_queue(envelope);
+    }
+}
+
+impl Side for SentId {
+    fn deregister(state: &mut State, key: u64) -> bool {
+        let found = state.senders.iter().position(|w| w.key == key);
+        found.map(|i| state.senders.remove(i)).is_some()
+    }
+
+    /// The message was accepted; its sender just will not hear of it.
+    fn reclaim(_: &mut State, _: SentId) {}
+}
+
+/// A request waiting on a mailbox. Await [`Waiter::wait`]; dropping it at any point
+/// deregisters it without losing a message.
+#[derive(Debug)]
+pub(crate) struct Waiter<T: Side> {
+    mailbox: Arc<Mailbox>,
+    key: u64,
+    rx: oneshot::Receiver<OpResult<T>>,
+    timeout: Option<Duration>,
+    /// What is being waited for, for the timeout message.
+    what: String,
+    finished: bool,
+}
+
+impl<T: Side> Waiter<T> {
+    fn new(
+        mailbox: Arc<Mailbox>,
+        key: u64,
+        rx: oneshot::Receiver<OpResult<T>>,
+        timeout: Option<Duration>,
+        what: String,
+    ) -> Self {
+        Self {
+            mailbox,
+            key,
+            rx,
+            timeout,
+            what,
+            finished: false,
+        }
+    }
+
+    /// Waits until the mailbox completes the request, it is closed, or the timeout ends.
+    pub async fn wait(mut self) -> OpResult<T> {
+        let handed = match self.timeout {
+            None => (&mut self.rx).await.ok(),
+            Some(limit) => match tokio::time::timeout(limit, &mut self.rx).await {
+                Ok(handed) => handed.ok(),
+                Err(_) => {
+                    let mut state = self.mailbox.lock();
+                    if T::deregister(&mut state, self.key) {
+                        self.finished = true;
+                        return Err(op_error(
+                            ErrorCode::TimedOut,
+                            format!("timed out after {} ms: {}", limit.as_millis(), self.what),
+                        ));
+                    }
+                    // Completed just as the time ran out: the result is already here.
+                    drop(state);
+                    self.rx.try_recv().ok()
+                }
+            },
+        };
+        self.finished = true;
+        handed.unwrap_or_else(|| Err(op_error(ErrorCode::Internal, "waiter abandoned".into())))
+    }
+}
+
+impl<T: Side> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.mailbox.lock();
+        if !T::deregister(&mut state, self.key) {
+            // Already completed: undo the hand-over this waiter will never report.
+            if let Ok(Ok(value)) = self.rx.try_recv() {
+                T::reclaim(&mut state, value);
+            }
+        }
+    }
+}

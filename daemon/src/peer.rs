@@ -1,0 +1,294 @@
+//! One client connection, from handshake to close. The peer reads frames, answers each
+//! request through [`dispatch`], and runs blocked sends and receives as tasks of its own
+//! so that one waiting request never holds up the others on the same connection
+//! (pipelining). Replies go through a bounded queue to the writer task; when the client
+//! stops reading, the queue fills and the peer stops reading its requests in turn.
+//!
+//! Everything that goes wrong here ends this connection only, with one log line naming
+//! the [`CloseReason`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ipc_proto::{
+    Credentials, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind, Hello, PROTOCOL_VERSION,
+    Request, Response, Welcome, codec,
+};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::connection::{FrameCodec, Outgoing, ReadError, write_loop};
+use crate::dispatch::{Reply, dispatch};
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The client closed its side.
+    ClientClosed,
+    /// No hello within the handshake timeout.
+    HandshakeTimeout,
+    /// The client speaks another protocol version.
+    VersionMismatch(u16),
+    /// Framing broke (oversized length, unknown kind): the stream cannot be resynchronised.
+    BadFrame(String),
+    /// A well-framed message that breaks the protocol (wrong frame kind, request id 0).
+    ProtocolViolation(String),
+    /// Reading or writing the socket failed.
+    Io(String),
+    /// The daemon is stopping.
+    ShuttingDown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed the connection"),
+            CloseReason::HandshakeTimeout => f.write_str("no hello within the handshake timeout"),
+            CloseReason::VersionMismatch(v) => write!(f, "client speaks protocol version {v}"),
+            CloseReason::BadFrame(e) => write!(f, "bad frame: {e}"),
+            CloseReason::ProtocolViolation(e) => write!(f, "protocol violation: {e}"),
+            CloseReason::Io(e) => write!(f, "socket error: {e}"),
+            CloseReason::ShuttingDown => f.write_str("daemon shutting down"),
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: CancellationToken) {
+    let creds = match stream.peer_cred() {
+        Ok(cred) => Credentials {
+            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        },
+        Err(e) => {
+            tracing::warn!("cannot read SO_PEERCRED of a new connection, closing it: {e}");
+            return;
+        }
+    };
+    let _counted = broker.connect(creds.uid);
+    let config = broker.config().clone();
+    let (read, write) = stream.into_split();
+    let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_frame())));
+    let (replies, queue) = mpsc::channel(config.max_queued_replies);
+    let writer = tokio::spawn(write_loop(write, queue, u32::MAX));
+    let mut peer = Peer {
+        broker,
+        creds,
+        frames,
+        replies,
+        tasks: JoinSet::new(),
+        cancels: HashMap::new(),
+        client_name: String::new(),
+    };
+    let reason = peer.run(&shutdown).await;
+    let Peer {
+        client_name,
+        replies,
+        mut tasks,
+        ..
+    } = peer;
+    // Abandoned waits deregister as their tasks drop, returning any message they held.
+    tasks.shutdown().await;
+    drop(replies);
+    let written = tokio::time::timeout(config.shutdown_timeout, writer).await;
+    let level_is_info = !matches!(
+        reason,
+        CloseReason::ClientClosed | CloseReason::ShuttingDown
+    );
+    let flushed = !matches!(written, Ok(Ok(Err(_))) | Err(_));
+    if level_is_info || !flushed {
+        tracing::info!(
+            pid = creds.pid,
+            uid = creds.uid,
+            client = %client_name,
+            "connection closed: {reason}"
+        );
+    } else {
+        tracing::debug!(pid = creds.pid, uid = creds.uid, client = %client_name, "connection closed: {reason}");
+    }
+}
+
+type Frames = FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>;
+
+struct Peer {
+    broker: Arc<Broker>,
+    creds: Credentials,
+    frames: Frames,
+    replies: mpsc::Sender<Outgoing>,
+    /// Blocked requests, each returning its request id when done.
+    tasks: JoinSet<u64>,
+    /// How to cancel each blocked request, by request id.
+    cancels: HashMap<u64, oneshot::Sender<()>>,
+    client_name: String,
+}
+
+impl Peer {
+    async fn run(&mut self, shutdown: &CancellationToken) -> CloseReason {
+        if let Err(reason) = self.handshake().await {
+            return reason;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // The broker has failed every waiter with "shutting down"; let those
+                    // replies go out, then close.
+                    while self.tasks.join_next().await.is_some() {}
+                    return CloseReason::ShuttingDown;
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(id) = done {
+                        self.cancels.remove(&id);
+                    }
+                }
+                frame = self.frames.next() => {
+                    let frame = match frame {
+                        None => return CloseReason::ClientClosed,
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => return self.fail_connection(e).await,
+                    };
+                    if let Err(reason) = self.handle(frame).await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), CloseReason> {
+        let timeout = self.broker.config().handshake_timeout;
+        let frame = match tokio::time::timeout(timeout, self.frames.next()).await {
+            Err(_) => return Err(CloseReason::HandshakeTimeout),
+            Ok(None) => return Err(CloseReason::ClientClosed),
+            Ok(Some(Err(e))) => return Err(self.fail_connection(e).await),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let hello: Hello = match codec::decode_body(&frame, FrameKind::Hello) {
+            Ok(hello) => hello,
+            Err(e) => {
+                let message = format!("expected a hello: {e}");
+                self.send_connection_error(ErrorCode::BadRequest, &message)
+                    .await;
+                return Err(CloseReason::ProtocolViolation(message));
+            }
+        };
+        self.client_name = hello.client_name;
+        if hello.version != PROTOCOL_VERSION {
+            let message = format!(
+                "ipcd speaks protocol version {PROTOCOL_VERSION}, the client {}; upgrade the older side",
+                hello.version
+            );
+            self.send_connection_error(ErrorCode::VersionMismatch, &message)
+                .await;
+            return Err(CloseReason::VersionMismatch(hello.version));
+        }
+        let config = self.broker.config();
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            server: format!("ipcd {}", env!("CARGO_PKG_VERSION")),
+            max_frame: config.max_frame(),
+            max_msg_size: config.ceilings.max_msg_size,
+            max_in_flight: config.max_in_flight,
+            features: Vec::new(),
+            peer: self.creds,
+        };
+        self.queue(Outgoing::Welcome(welcome)).await
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), CloseReason> {
+        let id = frame.request_id;
+        if frame.kind != FrameKind::Request || id == 0 {
+            let message = if id == 0 {
+                "request id 0 is reserved".to_owned()
+            } else {
+                format!("expected a request frame, got {:?}", frame.kind)
+            };
+            self.send_connection_error(ErrorCode::BadRequest, &message)
+                .await;
+            return Err(CloseReason::ProtocolViolation(message));
+        }
+        let request: Request = match codec::decode_body(&frame, FrameKind::Request) {
+            Ok(request) => request,
+            // The frame was whole, so the stream is still in step: refuse this request
+            // only.
+            Err(e) => {
+                let error = ErrorReply::new(ErrorCode::BadRequest, e.to_string());
+                return self
+                    .queue(Outgoing::Reply(id, Response::Error(error)))
+                    .await;
+            }
+        };
+        match dispatch(&self.broker, &self.creds, request) {
+            Reply::Now(response) => self.queue(Outgoing::Reply(id, response)).await,
+            Reply::Later(wait) => {
+                let limit = self.broker.config().max_in_flight as usize;
+                if self.tasks.len() >= limit {
+                    let error = ErrorReply::new(
+                        ErrorCode::QuotaExceeded,
+                        format!("too many requests waiting on this connection (limit {limit})"),
+                    );
+                    // Dropping `wait` deregisters it without losing anything.
+                    drop(wait);
+                    return self
+                        .queue(Outgoing::Reply(id, Response::Error(error)))
+                        .await;
+                }
+                let (cancel, cancelled) = oneshot::channel();
+                self.cancels.insert(id, cancel);
+                let replies = self.replies.clone();
+                self.tasks.spawn(async move {
+                    let response = tokio::select! {
+                        biased;
+                        response = wait => response,
+                        _ = cancelled => Response::Error(ErrorReply::new(
+                            ErrorCode::Cancelled,
+                            format!("request {id} was cancelled"),
+                        )),
+                    };
+                    // Once the wait has completed its reply is always queued: the task is
+                    // only aborted when the connection is gone anyway.
+                    let _ = replies.send(Outgoing::Reply(id, response)).await;
+                    id
+                });
+                Ok(())
+            }
+            Reply::Cancel(target) => {
+                if let Some(cancel) = self.cancels.remove(&target) {
+                    let _ = cancel.send(());
+                }
+                self.queue(Outgoing::Reply(id, Response::Ok)).await
+            }
+        }
+    }
+
+    async fn queue(&self, out: Outgoing) -> Result<(), CloseReason> {
+        self.replies
+            .send(out)
+            .await
+            .map_err(|_| CloseReason::Io("the connection's writer has stopped".into()))
+    }
+
+    async fn send_connection_error(&self, code: ErrorCode, message: &str) {
+        let error = Response::Error(ErrorReply::new(code, message));
+        let _ = self.queue(Outgoing::Reply(0, error)).await;
+    }
+
+    async fn fail_connection(&self, error: ReadError) -> CloseReason {
+        match error {
+            ReadError::Io(e) => CloseReason::Io(e.to_string()),
+            ReadError::Frame(e) => {
+                let message = e.to_string();
+                self.send_connection_error(ErrorCode::BadRequest, &message)
+                    .await;
+                CloseReason::BadFrame(message)
+            }
+        }
+    }
+}
