@@ -1,0 +1,59 @@
+//! The `ipcd` binary's start-up: arguments and the socket-path safety rules. (Having an
+//! integration test here also makes `cargo test` build the binary that the workspace's
+//! end-to-end tests run.)
+
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixListener;
+use std::process::{Command, Output};
+
+fn ipcd(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ipcd"))
+        .args(args)
+        .env("IPCD_LOG", "info")
+        .output()
+        .expect("run ipcd")
+}
+
+#[test]
+fn version_and_help() {
+    let out = ipcd(&["--version".as_ref()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = ipcd(&["--bogus".as_ref()]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn refuses_a_symlinked_socket_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere.sock");
+    let link = dir.path().join("ipcd.sock");
+    symlink(&target, &link).unwrap();
+    let out = ipcd(&["--socket".as_ref(), link.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("symbolic link"), "{log}");
+    assert!(!target.exists());
+}
+
+#[test]
+fn refuses_a_path_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ipcd.sock");
+    std::fs::write(&file, b"precious").unwrap();
+    let out = ipcd(&["--socket".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+}
+
+#[test]
+fn refuses_to_steal_a_live_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipcd.sock");
+    let _live = UnixListener::bind(&path).unwrap();
+    let out = ipcd(&["--socket".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    assert!(path.exists(), "the live socket is left alone");
+}
