@@ -43,7 +43,10 @@ fn stale_socket_of_a_dead_daemon_is_reused() {
     let mut first = DaemonProcess::spawn();
     first.signal(libc::SIGKILL);
     first.wait_exit(Duration::from_secs(60)).expect("killed");
-    assert!(first.socket.exists(), "kill -9 leaves the socket file behind");
+    assert!(
+        first.socket.exists(),
+        "kill -9 leaves the socket file behind"
+    );
     // A new daemon on the same path: bind it through the library's own rule.
     let (listener, guard) = ipcd::bind(&first.socket).expect("stale socket is replaced");
     drop(listener);
