@@ -143,6 +143,39 @@ mod tests {
         assert_eq!(round_trip(FrameKind::Response, &resp), resp);
     }
 
+    /// The worked example of docs/protocol.md, byte for byte: the encoding is a contract
+    /// with clients in other languages.
+    #[test]
+    fn protocol_doc_example_is_exact() {
+        let req = Request::Send(SendRequest {
+            mailbox: MailboxName::new("jobs").unwrap(),
+            mtype: 1,
+            headers: Headers::default(),
+            wait: Wait::Forever,
+            payload: Bytes::from_static(b"hi"),
+        });
+        let mut buf = BytesMut::new();
+        encode_frame(FrameKind::Request, 1, &req, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        let expected: &[u8] = &[
+            0x0e, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // header
+            0x01, 0x04, b'j', b'o', b'b', b's', 0x02, 0, 0, 0, 0, 0x02, b'h', b'i',
+        ];
+        assert_eq!(&buf[..], expected);
+        let mut buf = BytesMut::new();
+        encode_frame(
+            FrameKind::Response,
+            1,
+            &Response::Sent { id: 1 },
+            1024,
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(
+            &buf[..],
+            &[2, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 1]
+        );
+    }
+
     #[test]
     fn payload_is_encoded_as_one_byte_string() {
         let payload = Bytes::from(vec![0xAB; 4096]);
