@@ -601,3 +601,18 @@ fn abandoned_receive_does_not_swallow_a_message() {
         assert_eq!(client.stat("drop").await.unwrap().waiting_receivers, 0);
     });
 }
+
+#[test]
+fn silent_connection_is_closed_after_the_handshake_timeout() {
+    let config = ipcd::Config {
+        handshake_timeout: Duration::from_millis(100),
+        ..ipcd::Config::default()
+    };
+    let daemon = TestDaemon::start_with(config);
+    let mut silent = UnixStream::connect(daemon.socket()).unwrap();
+    let mut rest = Vec::new();
+    // Returns only once the daemon closes the connection.
+    silent.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(daemon.client().status().is_ok());
+}
