@@ -50,10 +50,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Some(path) => path,
         None => default_socket(root)?,
     };
-    let mut config = ipcd::Config::default();
-    config.state_dir = match args.state_dir {
+    let state_dir = match args.state_dir {
         Some(dir) => dir,
         None => default_state_dir(root)?,
+    };
+    let config = ipcd::Config {
+        state_dir,
+        ..ipcd::Config::default()
     };
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
         .context("cannot install signal handlers")?;
