@@ -1,0 +1,274 @@
+//! The command line as clap sees it: every subcommand, flag and value parser of SPEC §9.
+//! Nothing here talks to the daemon; `command/` turns these values into requests.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use ipc_proto::Wait;
+
+use crate::parse;
+
+/// Command-line client of the ipcd message broker.
+#[derive(Debug, Parser)]
+#[command(name = "ipcctl", version, propagate_version = true)]
+#[command(
+    about = "Command-line client of the ipcd message broker",
+    after_help = "Exit codes: 0 success, 1 other error, 2 bad usage, 65 bad data, \
+                  66 no such mailbox, 69 daemon not reachable, 75 would block or timed out, \
+                  77 permission denied or quota exceeded."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The daemon's socket [default: $IPCD_SOCKET, else the per-user daemon's, else
+    /// /run/ipcd/ipcd.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output: one JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a mailbox.
+    Create(CreateArgs),
+    /// Send one message, or one per input line with --lines.
+    Send(SendArgs),
+    /// Receive messages; prints each payload and a newline.
+    Recv(RecvArgs),
+    /// List the mailboxes you may read or own.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a mailbox's settings and counters.
+    Stat(NameArg),
+    /// Change a mailbox's mode, owner or limits.
+    Set(SetArgs),
+    /// Drop every message queued in a mailbox.
+    Purge(NameArg),
+    /// Remove a mailbox; its waiting senders and receivers fail with "removed".
+    #[command(visible_alias = "remove")]
+    Rm(NameArg),
+    /// Show the daemon's version, uptime and usage.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The mailbox.
+    pub name: String,
+}
+
+/// Limits shared by `create` and `set`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Most messages the mailbox holds.
+    #[arg(long, value_name = "N")]
+    pub max_msgs: Option<u64>,
+    /// Most payload bytes the mailbox holds (K, M, G suffixes are binary multiples).
+    #[arg(long, value_name = "N", value_parser = parse::size)]
+    pub max_bytes: Option<u64>,
+    /// Largest payload one message may have (K, M, G suffixes are binary multiples).
+    #[arg(long, value_name = "N", value_parser = parse::size)]
+    pub max_msg_size: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn changes(&self) -> ipc_proto::LimitChanges {
+        ipc_proto::LimitChanges {
+            max_msgs: self.max_msgs,
+            max_bytes: self.max_bytes,
+            max_msg_size: self.max_msg_size,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The mailbox: 1–255 bytes of letters, digits and . _ / -
+    pub name: String,
+    /// Permission bits in octal, as for chmod [default: 600].
+    #[arg(long, value_name = "MODE", value_parser = parse::mode)]
+    pub mode: Option<u32>,
+    /// Keep its messages across daemon restarts and crashes.
+    #[arg(long)]
+    pub durable: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Succeed, changing nothing, if the mailbox exists already.
+    #[arg(long)]
+    pub exist_ok: bool,
+}
+
+/// `--nowait` / `--timeout`, shared by `send` and `recv`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Fail at once (exit 75) instead of waiting.
+    #[arg(long, conflicts_with = "timeout")]
+    pub nowait: bool,
+    /// Wait at most this long (500ms, 2s, 1m; a bare number is seconds), then fail with
+    /// exit 75.
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl WaitArgs {
+    pub fn wait(&self) -> Wait {
+        match (self.nowait, self.timeout) {
+            (true, _) => Wait::NoWait,
+            (false, Some(d)) => Wait::timeout(d),
+            (false, None) => Wait::Forever,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The mailbox.
+    pub name: String,
+    /// The payload; `-` or nothing reads standard input (when it is not a terminal).
+    #[arg(value_name = "DATA|-", conflicts_with = "file")]
+    pub data: Option<OsString>,
+    /// The message type (SysV mtype), at least 1.
+    #[arg(long = "type", value_name = "N", default_value_t = 1, value_parser = parse::send_type)]
+    pub mtype: i64,
+    /// Read the payload from this file.
+    #[arg(long, value_name = "F")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Ask the receiver to answer to this mailbox.
+    #[arg(long, value_name = "M")]
+    pub reply_to: Option<String>,
+    /// Ties a reply to its request.
+    #[arg(long, value_name = "N")]
+    pub correlation_id: Option<u64>,
+    /// What the payload is, e.g. application/json.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Send one message per input line (the newline is not sent), pipelined.
+    #[arg(long)]
+    pub lines: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// The mailbox.
+    pub name: String,
+    /// Which type to take, as msgrcv(2): 0 any, N the oldest of type N, -N the oldest of
+    /// the lowest type ≤ N (a priority queue).
+    #[arg(
+        long = "type",
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub mtype: i64,
+    /// With a positive --type: take the oldest message of any other type.
+    #[arg(long, requires = "mtype")]
+    pub except: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Receive N messages (pipelined), printed in order.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with = "follow")]
+    pub count: Option<u64>,
+    /// Keep receiving until an error or until the reader of the output goes away.
+    #[arg(long)]
+    pub follow: bool,
+    /// Print a copy and leave the message in the mailbox.
+    #[arg(long, conflicts_with_all = ["count", "follow"])]
+    pub peek: bool,
+    /// Print payload bytes only, without a newline after each.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("change")
+        .required(true)
+        .multiple(true)
+        .args(["mode", "owner", "max_msgs", "max_bytes", "max_msg_size"])
+))]
+pub struct SetArgs {
+    /// The mailbox.
+    pub name: String,
+    /// New permission bits in octal, as for chmod.
+    #[arg(long, value_name = "MODE", value_parser = parse::mode)]
+    pub mode: Option<u32>,
+    /// New owner as numeric UID, UID:GID or :GID (giving a mailbox away needs root).
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse::owner)]
+    pub owner: Option<parse::Owner>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ipcctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn negative_types_and_global_flags() {
+        let cli = parse(&["recv", "jobs", "--type", "-5", "--json"]).unwrap();
+        match cli.command {
+            Command::Recv(r) => assert_eq!(r.mtype, -5),
+            other => panic!("{other:?}"),
+        }
+        assert!(cli.global.json);
+        let cli = parse(&["--json", "--socket", "/s", "ls"]).unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.socket, Some(PathBuf::from("/s")));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["send", "q", "x", "--type", "0"][..],
+            &["send", "q", "x", "--nowait", "--timeout", "1s"],
+            &["send", "q", "x", "--file", "f"],
+            &["recv", "q", "--count", "2", "--follow"],
+            &["recv", "q", "--peek", "--count", "2"],
+            &["recv", "q", "--raw", "--json"],
+            &["recv", "q", "--count", "0"],
+            &["recv", "q", "--except"],
+            &["create", "q", "--mode", "1777"],
+            &["set", "q"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn wait_flags() {
+        let wait = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Recv(r) => r.wait.wait(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait(&["recv", "q"]), Wait::Forever);
+        assert_eq!(wait(&["recv", "q", "--nowait"]), Wait::NoWait);
+        assert_eq!(
+            wait(&["recv", "q", "--timeout", "500ms"]),
+            Wait::TimeoutMs(500)
+        );
+    }
+}

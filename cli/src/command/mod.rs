@@ -1,0 +1,85 @@
+//! One module per subcommand, each with a `run` that takes its parsed arguments, talks to
+//! the daemon through one `BlockingClient`, and writes its output. The shared pieces —
+//! connecting, name checks, the stdout buffer — live here.
+
+use std::io::{self, BufWriter, StdoutLock};
+use std::path::PathBuf;
+
+use ipc_client::{BlockingClient, Error};
+use ipc_proto::{MailboxName, Response};
+
+use crate::cli::{Cli, Command};
+
+mod create;
+mod ls;
+mod purge;
+mod recv;
+mod rm;
+mod send;
+mod set;
+mod stat;
+mod status;
+
+/// What every subcommand gets besides its own arguments.
+#[derive(Debug)]
+pub struct Context {
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+impl Context {
+    /// Connects and shakes hands; the daemon logs the connection as `ipcctl`.
+    pub fn connect(&self) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_named(&self.socket, "ipcctl")
+    }
+}
+
+/// Runs the command line's subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context {
+        socket: cli
+            .global
+            .socket
+            .unwrap_or_else(ipc_client::default_socket_path),
+        json: cli.global.json,
+    };
+    match cli.command {
+        Command::Create(args) => create::run(&ctx, args),
+        Command::Send(args) => send::run(&ctx, args),
+        Command::Recv(args) => recv::run(&ctx, args),
+        Command::Ls => ls::run(&ctx),
+        Command::Stat(args) => stat::run(&ctx, &args.name),
+        Command::Set(args) => set::run(&ctx, args),
+        Command::Purge(args) => purge::run(&ctx, &args.name),
+        Command::Rm(args) => rm::run(&ctx, &args.name),
+        Command::Status => status::run(&ctx),
+    }
+}
+
+/// Checks a mailbox name before connecting, so that a typo is reported as bad data (exit
+/// 65) even when the daemon is down.
+pub fn mailbox_name(name: &str) -> Result<MailboxName, Error> {
+    Ok(MailboxName::new(name)?)
+}
+
+/// Standard output, buffered; callers flush before returning so that a write error is
+/// reported rather than lost in a drop.
+pub fn stdout() -> BufWriter<StdoutLock<'static>> {
+    BufWriter::with_capacity(64 * 1024, io::stdout().lock())
+}
+
+/// The error for a reply of the wrong kind: a bug on one side.
+pub fn unexpected(operation: &str, response: &Response) -> Error {
+    let kind = match response {
+        Response::Ok => "Ok",
+        Response::Created { .. } => "Created",
+        Response::Sent { .. } => "Sent",
+        Response::Message(_) => "Message",
+        Response::Mailbox(_) => "Mailbox",
+        Response::Mailboxes(_) => "Mailboxes",
+        Response::Status(_) => "Status",
+        Response::Purged { .. } => "Purged",
+        Response::Error(_) => "Error",
+    };
+    Error::Protocol(format!("the daemon answered a {operation} with {kind}"))
+}

@@ -1,0 +1,307 @@
+//! `ipcctl send`: one message from an argument, a file or standard input, or with
+//! `--lines` one message per input line, pipelined.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use ipc_client::{BlockingClient, Error};
+use ipc_proto::{Headers, MailboxName, Request, Response, SendRequest};
+use serde::Serialize;
+
+use super::{Context, mailbox_name, stdout, unexpected};
+use crate::cli::SendArgs;
+use crate::output::write_json;
+use crate::pipeline::{self, Pipeline};
+use crate::report::Usage;
+
+/// Input read per read call in `--lines` mode; large, because the pipeline drains before
+/// each refill (see [`send_lines`]).
+const INPUT_BUFFER: usize = 64 * 1024;
+
+/// Where the payload comes from.
+#[derive(Debug)]
+enum Source {
+    Data(Vec<u8>),
+    File(PathBuf),
+    Stdin,
+}
+
+impl Source {
+    /// SPEC §9: DATA; else `--file`; else standard input when DATA is `-`, or when DATA
+    /// is absent and standard input is not a terminal (someone typing is more likely to
+    /// have forgotten DATA than to mean an interactive payload).
+    fn choose(data: Option<OsString>, file: Option<PathBuf>) -> Result<Self, Usage> {
+        match (data, file) {
+            (Some(data), _) if data == "-" => Ok(Source::Stdin),
+            (Some(data), _) => Ok(Source::Data(data.into_vec())),
+            (None, Some(path)) if path == Path::new("-") => Ok(Source::Stdin),
+            (None, Some(path)) => Ok(Source::File(path)),
+            (None, None) if io::stdin().is_terminal() => Err(Usage(
+                "no payload: give DATA, --file F, or `-` to read standard input".into(),
+            )),
+            (None, None) => Ok(Source::Stdin),
+        }
+    }
+
+    fn open(self) -> anyhow::Result<Box<dyn Read>> {
+        Ok(match self {
+            Source::Data(data) => Box::new(io::Cursor::new(data)),
+            Source::File(path) => Box::new(
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+            Source::Stdin => Box::new(io::stdin()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            _ => "standard input".into(),
+        }
+    }
+}
+
+/// A sent message in `send --json`.
+#[derive(Debug, Serialize)]
+struct SentJson<'a> {
+    mailbox: &'a str,
+    id: u64,
+    /// The input line it came from, with `--lines`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u64>,
+}
+
+pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
+    let mailbox = mailbox_name(&args.name)?;
+    let reply_to = args.reply_to.as_deref().map(mailbox_name).transpose()?;
+    let template = SendRequest {
+        mailbox,
+        mtype: args.mtype,
+        headers: Headers {
+            reply_to,
+            correlation_id: args.correlation_id,
+            content_type: args.content_type,
+        },
+        wait: args.wait.wait(),
+        payload: Bytes::new(),
+    };
+    let source = Source::choose(args.data, args.file)?;
+    let what = source.describe();
+    // Input problems are reported before a connection is made.
+    let mut input = source.open()?;
+    if args.lines {
+        let input = BufReader::with_capacity(INPUT_BUFFER, input);
+        let mut client = ctx.connect()?;
+        return send_lines(ctx, &mut client, &template, input, &what);
+    }
+    let mut payload = Vec::new();
+    input
+        .read_to_end(&mut payload)
+        .with_context(|| format!("cannot read {what}"))?;
+    let mut client = ctx.connect()?;
+    let request = Request::Send(SendRequest {
+        payload: Bytes::from(payload),
+        ..template.clone()
+    });
+    let id = sent_id(client.request(&request)?)?;
+    if ctx.json {
+        let mut out = stdout();
+        write_json(&mut out, &sent_json(&template.mailbox, id, None))?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn sent_id(response: Response) -> Result<u64, Error> {
+    match response {
+        Response::Sent { id } => Ok(id),
+        Response::Error(e) => Err(e.into()),
+        other => Err(unexpected("send", &other)),
+    }
+}
+
+fn sent_json(mailbox: &MailboxName, id: u64, line: Option<u64>) -> SentJson<'_> {
+    SentJson {
+        mailbox: mailbox.as_str(),
+        id,
+        line,
+    }
+}
+
+/// Sends each line of `input` as a message, keeping a window of sends in flight. Before
+/// any read that could block (no whole line buffered), everything in flight is settled
+/// and its output flushed, so that a slow producer such as `tail -f` sees each line sent
+/// and reported at once, and a full mailbox holds back the reading of input.
+///
+/// On the first failure no more lines are read; sends already in flight are cancelled if
+/// they still wait and reported if they went through, then the failure is returned,
+/// naming its line.
+fn send_lines(
+    ctx: &Context,
+    client: &mut BlockingClient,
+    template: &SendRequest,
+    mut input: BufReader<Box<dyn Read>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let window = pipeline::window(client);
+    let mut pipeline: Pipeline<'_, u64> = Pipeline::new(client, window);
+    let mut out = stdout();
+    let mut failure = Failure::default();
+    let mut line_number = 0u64;
+    let mut line = Vec::new();
+    loop {
+        let may_block = !input.buffer().contains(&b'\n');
+        if may_block {
+            pipeline.flush()?;
+        }
+        while pipeline.is_full() || (may_block && !pipeline.is_empty()) {
+            let outcome = pipeline.next().expect("a request is in flight");
+            settle(
+                ctx.json,
+                &template.mailbox,
+                &mut pipeline,
+                &mut out,
+                &mut failure,
+                outcome,
+            )?;
+        }
+        if may_block {
+            out.flush()?;
+        }
+        if failure.first.is_some() {
+            break;
+        }
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {what}"))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        line_number += 1;
+        let request = Request::Send(SendRequest {
+            payload: Bytes::from(std::mem::take(&mut line)),
+            ..template.clone()
+        });
+        pipeline
+            .submit(line_number, &request)
+            .with_context(|| format!("line {line_number}"))?;
+    }
+    while let Some(outcome) = pipeline.next() {
+        settle(
+            ctx.json,
+            &template.mailbox,
+            &mut pipeline,
+            &mut out,
+            &mut failure,
+            outcome,
+        )?;
+    }
+    out.flush()?;
+    failure.into_result()
+}
+
+/// The first failure of a pipelined send, and what happened after it.
+#[derive(Debug, Default)]
+struct Failure {
+    first: Option<anyhow::Error>,
+    /// Lines after the failed one that were in flight already and went through.
+    sent_after: u64,
+}
+
+impl Failure {
+    fn into_result(self) -> anyhow::Result<()> {
+        let Some(e) = self.first else {
+            return Ok(());
+        };
+        if self.sent_after == 0 {
+            return Err(e);
+        }
+        // Pipelining means lines after the failed one may be in the mailbox already; say
+        // so rather than let the user believe that sending stopped there.
+        let n = self.sent_after;
+        let (lines, were) = if n == 1 {
+            ("line", "was")
+        } else {
+            ("lines", "were")
+        };
+        let text = format!("{e:#} ({n} later {lines} already in flight {were} sent)");
+        Err(e.context(text))
+    }
+}
+
+/// Settles one send's outcome: prints its id, or records the first failure and cancels
+/// what is still waiting behind it.
+fn settle(
+    json: bool,
+    mailbox: &MailboxName,
+    pipeline: &mut Pipeline<'_, u64>,
+    out: &mut impl Write,
+    failure: &mut Failure,
+    (line, outcome): (u64, Result<Response, Error>),
+) -> io::Result<()> {
+    match outcome.and_then(sent_id) {
+        Ok(id) => {
+            if failure.first.is_some() {
+                failure.sent_after += 1;
+            }
+            if json {
+                write_json(out, &sent_json(mailbox, id, Some(line)))?;
+            }
+        }
+        Err(e) if failure.first.is_none() => {
+            failure.first = Some(anyhow::Error::from(e).context(format!("line {line}")));
+            // Best effort: the failure is reported whether or not this works.
+            let _ = pipeline.cancel_pending();
+        }
+        // Later failures follow from the first, or are its cancellations.
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_sources() {
+        let data = |s: &str| Some(OsString::from(s));
+        assert!(matches!(Source::choose(data("-"), None), Ok(Source::Stdin)));
+        assert!(matches!(
+            Source::choose(data("hi"), None),
+            Ok(Source::Data(d)) if d == b"hi"
+        ));
+        assert!(matches!(
+            Source::choose(None, Some("-".into())),
+            Ok(Source::Stdin)
+        ));
+        assert!(matches!(
+            Source::choose(None, Some("f".into())),
+            Ok(Source::File(p)) if p == Path::new("f")
+        ));
+        // Arguments are bytes, not necessarily UTF-8.
+        let raw = OsString::from_vec(vec![0xff, b'a']);
+        assert!(matches!(
+            Source::choose(Some(raw), None),
+            Ok(Source::Data(d)) if d == [0xff, b'a']
+        ));
+    }
+
+    #[test]
+    fn sent_json_keys() {
+        let name = MailboxName::new("q").unwrap();
+        let text = serde_json::to_string(&sent_json(&name, 5, None)).unwrap();
+        assert_eq!(text, r#"{"mailbox":"q","id":5}"#);
+        let text = serde_json::to_string(&sent_json(&name, 5, Some(2))).unwrap();
+        assert_eq!(text, r#"{"mailbox":"q","id":5,"line":2}"#);
+    }
+}

@@ -1,0 +1,632 @@
+//! How results look: the JSON objects scripts rely on (SPEC §9 names their keys) and the
+//! human forms. Everything here is a pure function of the values it is given, so the
+//! key sets can be checked without a daemon; writing to stdout is the callers' business.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ipc_proto::{DaemonStatus, LastOp, MailboxInfo, Message, Timestamp};
+use serde::Serialize;
+
+/// RFC 3339 in UTC with nanoseconds, the form `sent_at` and the other times take.
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_nanos(t.to_system_time()).to_string()
+}
+
+/// A mode as `ls -l` users read octal: four digits, `0660`.
+pub fn mode(mode: u32) -> String {
+    format!("{mode:04o}")
+}
+
+/// How a received message is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// The payload bytes, then a newline.
+    Line,
+    /// The payload bytes only.
+    Raw,
+    /// One JSON object per line ([`MessageJson`]).
+    Json,
+}
+
+/// Writes one received message in `format`. Payloads are bytes: they are written as
+/// they are, never through a lossy UTF-8 conversion.
+pub fn write_message(
+    out: &mut impl Write,
+    format: MessageFormat,
+    mailbox: &str,
+    message: &Message,
+) -> io::Result<()> {
+    match format {
+        MessageFormat::Line => {
+            out.write_all(&message.payload)?;
+            out.write_all(b"\n")
+        }
+        MessageFormat::Raw => out.write_all(&message.payload),
+        MessageFormat::Json => write_json(out, &MessageJson::new(mailbox, message)),
+    }
+}
+
+/// Writes `value` as one line of JSON.
+pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// Who sent a message, as the daemon saw the sender's connection.
+#[derive(Debug, Serialize)]
+pub struct SenderJson {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A received message in `recv --json`. Exactly one of `payload` (valid UTF-8) and
+/// `payload_b64` (standard base64, for anything else) is present.
+#[derive(Debug, Serialize)]
+pub struct MessageJson<'a> {
+    pub mailbox: &'a str,
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub mtype: i64,
+    pub size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_b64: Option<String>,
+    pub sender: SenderJson,
+    pub sent_at: String,
+    pub reply_to: Option<&'a str>,
+    pub correlation_id: Option<u64>,
+    pub content_type: Option<&'a str>,
+    pub redelivered: bool,
+    pub deliveries: u32,
+}
+
+impl<'a> MessageJson<'a> {
+    pub fn new(mailbox: &'a str, m: &'a Message) -> Self {
+        let (payload, payload_b64) = match std::str::from_utf8(&m.payload) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&m.payload)),
+            ),
+        };
+        Self {
+            mailbox,
+            id: m.id,
+            mtype: m.mtype,
+            size: m.payload.len(),
+            payload,
+            payload_b64,
+            sender: SenderJson {
+                pid: m.sender.pid,
+                uid: m.sender.uid,
+                gid: m.sender.gid,
+            },
+            sent_at: rfc3339(m.sent_at),
+            reply_to: m.headers.reply_to.as_ref().map(|n| n.as_str()),
+            correlation_id: m.headers.correlation_id,
+            content_type: m.headers.content_type.as_deref(),
+            redelivered: m.redelivered,
+            deliveries: m.deliveries,
+        }
+    }
+}
+
+/// The time and pid of a mailbox's last send or receive.
+#[derive(Debug, Serialize)]
+pub struct LastOpJson {
+    pub at: String,
+    pub pid: u32,
+}
+
+impl From<LastOp> for LastOpJson {
+    fn from(op: LastOp) -> Self {
+        Self {
+            at: rfc3339(op.at),
+            pid: op.pid,
+        }
+    }
+}
+
+/// A mailbox in `stat --json`, `ls --json` and `set --json`.
+#[derive(Debug, Serialize)]
+pub struct MailboxJson<'a> {
+    pub name: &'a str,
+    pub messages: u64,
+    pub bytes: u64,
+    pub max_msgs: u64,
+    pub max_bytes: u64,
+    pub max_msg_size: u64,
+    /// Octal, as a string, so that `"0660"` reads as people write modes.
+    pub mode: String,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub creator_uid: u32,
+    pub creator_gid: u32,
+    pub durable: bool,
+    pub created_at: String,
+    pub changed_at: String,
+    pub last_send: Option<LastOpJson>,
+    pub last_recv: Option<LastOpJson>,
+    pub total_sent: u64,
+    pub total_received: u64,
+    pub waiting_receivers: u64,
+    pub waiting_senders: u64,
+    pub unacked: u64,
+}
+
+impl<'a> MailboxJson<'a> {
+    pub fn new(i: &'a MailboxInfo) -> Self {
+        Self {
+            name: i.name.as_str(),
+            messages: i.messages,
+            bytes: i.bytes,
+            max_msgs: i.max_msgs,
+            max_bytes: i.max_bytes,
+            max_msg_size: i.max_msg_size,
+            mode: mode(i.mode),
+            owner_uid: i.owner_uid,
+            owner_gid: i.owner_gid,
+            creator_uid: i.creator_uid,
+            creator_gid: i.creator_gid,
+            durable: i.durable,
+            created_at: rfc3339(i.created_at),
+            changed_at: rfc3339(i.changed_at),
+            last_send: i.last_send.map(LastOpJson::from),
+            last_recv: i.last_recv.map(LastOpJson::from),
+            total_sent: i.total_sent,
+            total_received: i.total_received,
+            waiting_receivers: i.waiting_receivers,
+            waiting_senders: i.waiting_senders,
+            unacked: i.unacked,
+        }
+    }
+}
+
+/// One uid's usage in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct UserJson {
+    pub uid: u32,
+    pub connections: u64,
+    pub mailboxes: u64,
+}
+
+/// The daemon in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson<'a> {
+    pub version: &'a str,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    /// The same uptime for people, e.g. `2h 3m 4s`.
+    pub uptime: String,
+    pub socket: String,
+    pub connections: u64,
+    pub mailboxes: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub users: Vec<UserJson>,
+}
+
+impl<'a> StatusJson<'a> {
+    pub fn new(s: &'a DaemonStatus, socket: &Path) -> Self {
+        Self {
+            version: &s.version,
+            pid: s.pid,
+            uptime_ms: s.uptime_ms,
+            uptime: uptime(s.uptime_ms),
+            socket: socket.display().to_string(),
+            connections: s.connections,
+            mailboxes: s.mailboxes,
+            messages: s.messages,
+            bytes: s.bytes,
+            users: s
+                .users
+                .iter()
+                .map(|u| UserJson {
+                    uid: u.uid,
+                    connections: u.connections,
+                    mailboxes: u.mailboxes,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An uptime to the second; milliseconds are noise to a person.
+fn uptime(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// A byte count with its binary size beside it when that helps: `67108864 (64 MiB)`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return n.to_string();
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let shown = if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    };
+    format!("{n} ({shown} {})", UNITS[unit])
+}
+
+fn last_op(op: Option<LastOp>) -> String {
+    match op {
+        Some(op) => format!("{} by pid {}", rfc3339(op.at), op.pid),
+        None => "never".to_owned(),
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// `stat` for people: `key: value` lines, with the JSON keys as the keys.
+pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<()> {
+    let rows: [(&str, String); 21] = [
+        ("name", i.name.to_string()),
+        ("messages", i.messages.to_string()),
+        ("bytes", bytes(i.bytes)),
+        ("max_msgs", i.max_msgs.to_string()),
+        ("max_bytes", bytes(i.max_bytes)),
+        ("max_msg_size", bytes(i.max_msg_size)),
+        ("mode", mode(i.mode)),
+        ("owner_uid", i.owner_uid.to_string()),
+        ("owner_gid", i.owner_gid.to_string()),
+        ("creator_uid", i.creator_uid.to_string()),
+        ("creator_gid", i.creator_gid.to_string()),
+        ("durable", yes_no(i.durable).to_owned()),
+        ("created_at", rfc3339(i.created_at)),
+        ("changed_at", rfc3339(i.changed_at)),
+        ("last_send", last_op(i.last_send)),
+        ("last_recv", last_op(i.last_recv)),
+        ("total_sent", i.total_sent.to_string()),
+        ("total_received", i.total_received.to_string()),
+        ("waiting_receivers", i.waiting_receivers.to_string()),
+        ("waiting_senders", i.waiting_senders.to_string()),
+        ("unacked", i.unacked.to_string()),
+    ];
+    write_pairs(out, &rows)
+}
+
+/// `status` for people.
+pub fn write_status_human(out: &mut impl Write, s: &StatusJson<'_>) -> io::Result<()> {
+    let rows = [
+        ("version", s.version.to_owned()),
+        ("pid", s.pid.to_string()),
+        ("uptime", s.uptime.clone()),
+        ("socket", s.socket.clone()),
+        ("connections", s.connections.to_string()),
+        ("mailboxes", s.mailboxes.to_string()),
+        ("messages", s.messages.to_string()),
+        ("bytes", bytes(s.bytes)),
+    ];
+    write_pairs(out, &rows)?;
+    if !s.users.is_empty() {
+        writeln!(out)?;
+        let table: Vec<[String; 3]> = s
+            .users
+            .iter()
+            .map(|u| {
+                [
+                    u.uid.to_string(),
+                    u.connections.to_string(),
+                    u.mailboxes.to_string(),
+                ]
+            })
+            .collect();
+        write_table(out, ["UID", "CONNECTIONS", "MAILBOXES"], &table)?;
+    }
+    Ok(())
+}
+
+/// `ls` for people: one row per mailbox.
+pub fn write_mailbox_table(out: &mut impl Write, list: &[MailboxInfo]) -> io::Result<()> {
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|i| {
+            [
+                i.name.to_string(),
+                i.messages.to_string(),
+                i.bytes.to_string(),
+                mode(i.mode),
+                i.owner_uid.to_string(),
+                yes_no(i.durable).to_owned(),
+            ]
+        })
+        .collect();
+    write_table(
+        out,
+        ["NAME", "MESSAGES", "BYTES", "MODE", "OWNER", "DURABLE"],
+        &rows,
+    )
+}
+
+fn write_pairs(out: &mut impl Write, rows: &[(&str, String)]) -> io::Result<()> {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (key, value) in rows {
+        writeln!(out, "{:<width$} {value}", format!("{key}:"))?;
+    }
+    Ok(())
+}
+
+/// Left-aligned columns two spaces apart, the last one unpadded.
+fn write_table<const N: usize>(
+    out: &mut impl Write,
+    header: [&str; N],
+    rows: &[[String; N]],
+) -> io::Result<()> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut line = |cells: [&str; N]| -> io::Result<()> {
+        let mut text = String::new();
+        for (n, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if n + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(header)?;
+    for row in rows {
+        line(row.each_ref().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ipc_proto::{Credentials, Headers, MailboxName, UidUsage};
+    use serde_json::Value;
+
+    fn message(payload: &'static [u8]) -> Message {
+        Message {
+            id: 42,
+            mtype: 7,
+            sender: Credentials {
+                pid: 1234,
+                uid: 1000,
+                gid: 100,
+            },
+            sent_at: Timestamp(1_700_000_000_123_456_789),
+            headers: Headers {
+                reply_to: Some(MailboxName::new("answers").unwrap()),
+                correlation_id: Some(9),
+                content_type: None,
+            },
+            redelivered: false,
+            deliveries: 1,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    fn json(value: &impl Serialize) -> Value {
+        let mut out = Vec::new();
+        write_json(&mut out, value).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn message_json_has_the_promised_keys() {
+        let m = message(b"hello");
+        let v = json(&MessageJson::new("jobs", &m));
+        let mut expected = vec![
+            "mailbox",
+            "id",
+            "type",
+            "size",
+            "payload",
+            "sender",
+            "sent_at",
+            "reply_to",
+            "correlation_id",
+            "content_type",
+            "redelivered",
+            "deliveries",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys(&v), expected);
+        assert_eq!(v["mailbox"], "jobs");
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["type"], 7);
+        assert_eq!(v["size"], 5);
+        assert_eq!(v["payload"], "hello");
+        assert_eq!(
+            v["sender"],
+            serde_json::json!({"pid": 1234, "uid": 1000, "gid": 100})
+        );
+        assert_eq!(v["sent_at"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(v["reply_to"], "answers");
+        assert_eq!(v["correlation_id"], 9);
+        assert_eq!(v["content_type"], Value::Null);
+        assert_eq!(v["redelivered"], false);
+        assert_eq!(v["deliveries"], 1);
+    }
+
+    #[test]
+    fn binary_payloads_fall_back_to_base64() {
+        let m = message(b"\xff\x00bin\n");
+        let v = json(&MessageJson::new("jobs", &m));
+        assert!(v.get("payload").is_none());
+        assert_eq!(v["payload_b64"], "/wBiaW4K");
+        assert_eq!(v["size"], 6);
+        // An empty payload is valid UTF-8.
+        let v = json(&MessageJson::new("jobs", &message(b"")));
+        assert_eq!(v["payload"], "");
+        assert!(v.get("payload_b64").is_none());
+    }
+
+    #[test]
+    fn plain_and_raw_output_keep_the_bytes() {
+        let m = message(b"\xff\x00bin");
+        let mut out = Vec::new();
+        write_message(&mut out, MessageFormat::Line, "q", &m).unwrap();
+        write_message(&mut out, MessageFormat::Raw, "q", &m).unwrap();
+        assert_eq!(out, b"\xff\x00bin\n\xff\x00bin");
+    }
+
+    fn info() -> MailboxInfo {
+        MailboxInfo {
+            name: MailboxName::new("jobs").unwrap(),
+            messages: 3,
+            bytes: 120,
+            max_msgs: 100_000,
+            max_bytes: 64 << 20,
+            max_msg_size: 1 << 20,
+            mode: 0o660,
+            owner_uid: 1000,
+            owner_gid: 100,
+            creator_uid: 1000,
+            creator_gid: 100,
+            durable: false,
+            created_at: Timestamp(0),
+            changed_at: Timestamp(1_000_000_000),
+            last_send: Some(LastOp {
+                at: Timestamp(2_000_000_000),
+                pid: 77,
+            }),
+            last_recv: None,
+            total_sent: 5,
+            total_received: 2,
+            waiting_receivers: 1,
+            waiting_senders: 0,
+            unacked: 0,
+        }
+    }
+
+    #[test]
+    fn mailbox_json_has_the_promised_keys() {
+        let i = info();
+        let v = json(&MailboxJson::new(&i));
+        let mut expected = vec![
+            "name",
+            "messages",
+            "bytes",
+            "max_msgs",
+            "max_bytes",
+            "max_msg_size",
+            "mode",
+            "owner_uid",
+            "owner_gid",
+            "creator_uid",
+            "creator_gid",
+            "durable",
+            "created_at",
+            "changed_at",
+            "last_send",
+            "last_recv",
+            "total_sent",
+            "total_received",
+            "waiting_receivers",
+            "waiting_senders",
+            "unacked",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys(&v), expected);
+        assert_eq!(v["name"], "jobs");
+        assert_eq!(v["mode"], "0660");
+        assert_eq!(v["max_bytes"], 64 << 20);
+        assert_eq!(v["durable"], false);
+        assert_eq!(v["created_at"], "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            v["last_send"],
+            serde_json::json!({"at": "1970-01-01T00:00:02.000000000Z", "pid": 77})
+        );
+        assert_eq!(v["last_recv"], Value::Null);
+        assert_eq!(v["waiting_receivers"], 1);
+        assert_eq!(v["unacked"], 0);
+    }
+
+    #[test]
+    fn human_forms() {
+        let mut out = Vec::new();
+        write_mailbox_table(&mut out, &[info()]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME  MESSAGES  BYTES  MODE  OWNER  DURABLE\n\
+             jobs  3         120    0660  1000   no\n"
+        );
+        let mut out = Vec::new();
+        write_mailbox_human(&mut out, &info()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("name:              jobs\n"), "{text}");
+        assert!(text.contains("mode:              0660\n"), "{text}");
+        assert!(
+            text.contains("max_bytes:         67108864 (64 MiB)\n"),
+            "{text}"
+        );
+        assert!(text.contains("last_recv:         never\n"), "{text}");
+        assert!(text.contains("by pid 77\n"), "{text}");
+        assert_eq!(text.lines().count(), 21);
+    }
+
+    #[test]
+    fn status_forms() {
+        let s = DaemonStatus {
+            version: "0.1.0".into(),
+            pid: 10,
+            uptime_ms: 3_723_456,
+            connections: 2,
+            mailboxes: 1,
+            messages: 3,
+            bytes: 120,
+            users: vec![UidUsage {
+                uid: 1000,
+                connections: 2,
+                mailboxes: 1,
+            }],
+        };
+        let status = StatusJson::new(&s, Path::new("/run/ipcd/ipcd.sock"));
+        let v = json(&status);
+        assert_eq!(v["uptime"], "1h 2m 3s");
+        assert_eq!(v["uptime_ms"], 3_723_456);
+        assert_eq!(
+            v["users"],
+            serde_json::json!([{"uid": 1000, "connections": 2, "mailboxes": 1}])
+        );
+        let mut out = Vec::new();
+        write_status_human(&mut out, &status).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("uptime:      1h 2m 3s\n"), "{text}");
+        assert!(
+            text.ends_with("UID   CONNECTIONS  MAILBOXES\n1000  2            1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn byte_counts_for_people() {
+        assert_eq!(bytes(0), "0");
+        assert_eq!(bytes(1023), "1023");
+        assert_eq!(bytes(1024), "1024 (1 KiB)");
+        assert_eq!(bytes(1536), "1536 (1.5 KiB)");
+        assert_eq!(bytes(64 << 20), "67108864 (64 MiB)");
+    }
+}
