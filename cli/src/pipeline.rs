@@ -11,8 +11,9 @@ use std::io;
 use ipc_client::{BlockingClient, Error};
 use ipc_proto::{Request, Response};
 
-/// The most requests kept in flight, whatever the daemon allows: beyond this a larger
-/// window buys no speed, only memory.
+/// The most requests kept in flight, whatever the daemon allows: plenty to keep the
+/// connection busy, while bounding what the command holds (each may bring back a reply of
+/// up to a maximal message).
 pub const MAX_WINDOW: usize = 512;
 
 /// The window to use on `client`: what the daemon allows per connection, at most
@@ -36,6 +37,8 @@ struct Slot<T> {
 pub struct Pipeline<'c, T> {
     client: &'c mut BlockingClient,
     window: usize,
+    /// Whether submissions are being accepted: see [`Self::has_room`].
+    filling: bool,
     /// Submitted requests whose outcome the caller has not taken yet, in submission
     /// order (and so in increasing id order, which the lookup by id relies on).
     slots: VecDeque<Slot<T>>,
@@ -52,15 +55,33 @@ impl<'c, T> Pipeline<'c, T> {
         Self {
             client,
             window: window.max(1),
+            filling: true,
             slots: VecDeque::new(),
             cancels: Vec::new(),
             broken: None,
         }
     }
 
-    /// Whether the window is full: the caller must take an outcome before submitting.
-    pub fn is_full(&self) -> bool {
+    /// The connection, for what it knows about the daemon.
+    pub fn client(&self) -> &BlockingClient {
+        self.client
+    }
+
+    fn is_full(&self) -> bool {
         self.slots.len() >= self.window
+    }
+
+    /// Whether the caller may submit now. Once the window is full it stays closed until
+    /// half of it has been taken: the client writes what is queued whenever it waits for
+    /// a reply, so refilling one request per outcome taken would cost a write per request
+    /// instead of one per half window.
+    pub fn has_room(&mut self) -> bool {
+        if self.is_full() {
+            self.filling = false;
+        } else if self.slots.len() <= self.window / 2 {
+            self.filling = true;
+        }
+        self.filling
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,5 +192,256 @@ impl<'c, T> Pipeline<'c, T> {
                 Err(_) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against a scripted peer that speaks the protocol from a thread, so
+    //! that replies can be put out of order at will (the real daemon does so only when
+    //! receives block, which a test cannot order deterministically).
+
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::thread::JoinHandle;
+
+    use bytes::{Bytes, BytesMut};
+    use ipc_proto::{
+        Credentials, DEFAULT_MAX_FRAME, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind,
+        Headers, Hello, MailboxName, Message, PROTOCOL_VERSION, RecvRequest, Selector, Timestamp,
+        Wait, Welcome, codec,
+    };
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// The daemon's side of one connection.
+    struct Peer {
+        stream: UnixStream,
+        rbuf: BytesMut,
+        decoder: FrameDecoder,
+    }
+
+    impl Peer {
+        /// The next frame, or `None` once the client has closed the connection.
+        fn read(&mut self) -> Option<Frame> {
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some(frame) = self.decoder.decode(&mut self.rbuf).unwrap() {
+                    return Some(frame);
+                }
+                match self.stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+
+        fn request(&mut self) -> (u64, Request) {
+            let frame = self.read().expect("a request");
+            (
+                frame.request_id,
+                codec::decode_body(&frame, FrameKind::Request).unwrap(),
+            )
+        }
+
+        fn reply(&mut self, id: u64, response: &Response) {
+            let mut out = BytesMut::new();
+            codec::encode_frame(
+                FrameKind::Response,
+                id,
+                response,
+                DEFAULT_MAX_FRAME,
+                &mut out,
+            )
+            .unwrap();
+            self.stream.write_all(&out).unwrap();
+        }
+
+        /// Answers request `id` with a message whose id is the request's.
+        fn message(&mut self, id: u64) {
+            self.reply(id, &Response::Message(message(id)));
+        }
+    }
+
+    fn message(id: u64) -> Message {
+        Message {
+            id,
+            mtype: 1,
+            sender: Credentials {
+                pid: 1,
+                uid: 0,
+                gid: 0,
+            },
+            sent_at: Timestamp(0),
+            headers: Headers::default(),
+            redelivered: false,
+            deliveries: 1,
+            payload: Bytes::from(id.to_string()),
+        }
+    }
+
+    fn recv_request() -> Request {
+        Request::Recv(RecvRequest {
+            mailbox: MailboxName::new("q").unwrap(),
+            selector: Selector::Any,
+            wait: Wait::Forever,
+            peek: false,
+        })
+    }
+
+    /// A client connected to a peer running `script` after the handshake.
+    fn connect(
+        script: impl FnOnce(&mut Peer) + Send + 'static,
+    ) -> (BlockingClient, JoinHandle<()>) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ipcctl-pipeline-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut peer = Peer {
+                stream,
+                rbuf: BytesMut::new(),
+                decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            };
+            let hello = peer.read().unwrap();
+            let _: Hello = codec::decode_body(&hello, FrameKind::Hello).unwrap();
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                server: "fake".into(),
+                max_frame: DEFAULT_MAX_FRAME,
+                max_msg_size: 1 << 20,
+                max_in_flight: 4,
+                features: Vec::new(),
+                peer: Credentials {
+                    pid: 1,
+                    uid: 0,
+                    gid: 0,
+                },
+            };
+            let mut out = BytesMut::new();
+            codec::encode_frame(FrameKind::Welcome, 0, &welcome, DEFAULT_MAX_FRAME, &mut out)
+                .unwrap();
+            peer.stream.write_all(&out).unwrap();
+            script(&mut peer);
+        });
+        let client = BlockingClient::connect_to(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        (client, peer)
+    }
+
+    fn payload(outcome: Result<Response, Error>) -> String {
+        match outcome {
+            Ok(Response::Message(m)) => String::from_utf8(m.payload.to_vec()).unwrap(),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcomes_come_in_request_order_whatever_the_reply_order() {
+        let (mut client, peer) = connect(|peer| {
+            let ids: Vec<u64> = (0..4).map(|_| peer.request().0).collect();
+            for &id in ids.iter().rev() {
+                peer.message(id);
+            }
+        });
+        assert_eq!(window(&client), 4, "the daemon's limit, under MAX_WINDOW");
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        let mut tags = Vec::new();
+        for tag in 0..4 {
+            assert!(pipeline.has_room());
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        assert!(!pipeline.has_room(), "the window is full");
+        while let Some((tag, outcome)) = pipeline.next() {
+            tags.push((tag, payload(outcome)));
+        }
+        let ids: Vec<(i32, String)> = (0..4).map(|t| (t, (t + 1).to_string())).collect();
+        assert_eq!(tags, ids);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn the_window_refills_at_half() {
+        let (mut client, peer) = connect(|peer| {
+            for _ in 0..4 {
+                let (id, _) = peer.request();
+                peer.message(id);
+            }
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        for tag in 0..4 {
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        assert!(!pipeline.has_room());
+        assert!(pipeline.next().unwrap().1.is_ok());
+        assert!(!pipeline.has_room(), "3 of 4 in flight: keep draining");
+        assert!(pipeline.next().unwrap().1.is_ok());
+        assert!(pipeline.has_room(), "half empty: refill");
+        while pipeline.next().is_some() {}
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn after_a_failure_the_rest_is_cancelled_and_late_successes_still_come_out() {
+        let (mut client, peer) = connect(|peer| {
+            let ids: Vec<u64> = (0..4).map(|_| peer.request().0).collect();
+            // The second request fails; the fourth has already succeeded.
+            peer.message(ids[3]);
+            peer.message(ids[0]);
+            let error = ErrorReply::new(ErrorCode::WouldBlock, "mailbox q is empty");
+            peer.reply(ids[1], &Response::Error(error));
+            // The client cancels the one still open (the third).
+            let (cancel, request) = peer.request();
+            assert_eq!(request, Request::Cancel { request_id: ids[2] });
+            let cancelled = ErrorReply::new(ErrorCode::Cancelled, "cancelled");
+            peer.reply(ids[2], &Response::Error(cancelled));
+            peer.reply(cancel, &Response::Ok);
+            // Every reply was read: the client closes cleanly, with nothing pending.
+            assert!(peer.read().is_none());
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        for tag in 0..4 {
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        let (_, first) = pipeline.next().unwrap();
+        assert_eq!(payload(first), "1");
+        let (_, second) = pipeline.next().unwrap();
+        assert!(matches!(second, Err(Error::WouldBlock(_))), "{second:?}");
+        pipeline.cancel_pending().unwrap();
+        let (_, third) = pipeline.next().unwrap();
+        assert!(matches!(third, Err(Error::Cancelled(_))), "{third:?}");
+        let (_, fourth) = pipeline.next().unwrap();
+        assert_eq!(payload(fourth), "4");
+        assert!(pipeline.next().is_none());
+        drop(pipeline);
+        drop(client);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_broken_connection_fails_only_what_was_unanswered() {
+        let (mut client, peer) = connect(|peer| {
+            let ids: Vec<u64> = (0..3).map(|_| peer.request().0).collect();
+            peer.message(ids[2]);
+            // And the daemon goes away.
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        for tag in 0..3 {
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        let (_, first) = pipeline.next().unwrap();
+        assert!(matches!(first, Err(Error::Disconnected(_))), "{first:?}");
+        let (_, second) = pipeline.next().unwrap();
+        assert!(matches!(second, Err(Error::Disconnected(_))), "{second:?}");
+        let (_, third) = pipeline.next().unwrap();
+        assert_eq!(payload(third), "3");
+        assert!(pipeline.next().is_none());
+        peer.join().unwrap();
     }
 }

@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
     let mut received = 0u64;
     let mut failure: Option<Error> = None;
     loop {
-        while failure.is_none() && !pipeline.is_full() && limit.is_none_or(|n| submitted < n) {
+        while failure.is_none() && limit.is_none_or(|n| submitted < n) && pipeline.has_room() {
             if let Err(e) = pipeline.submit((), &request) {
                 failure = Some(e);
                 break;

@@ -104,6 +104,7 @@ pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         .read_to_end(&mut payload)
         .with_context(|| format!("cannot read {what}"))?;
     let mut client = ctx.connect()?;
+    check_size(&client, payload.len())?;
     let request = Request::Send(SendRequest {
         payload: Bytes::from(payload),
         ..template.clone()
@@ -115,6 +116,18 @@ pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Refuses a payload above the daemon's ceiling before it is encoded: the daemon would
+/// refuse it anyway, and this says so in the terms of the payload, not of frames.
+fn check_size(client: &BlockingClient, len: usize) -> Result<(), Error> {
+    let max = client.welcome().max_msg_size;
+    if u64::try_from(len).is_ok_and(|len| len <= max) {
+        return Ok(());
+    }
+    Err(Error::BadData(format!(
+        "payload of {len} bytes exceeds the largest message ipcd accepts ({max} bytes)"
+    )))
 }
 
 fn sent_id(response: Response) -> Result<u64, Error> {
@@ -159,7 +172,7 @@ fn send_lines(
         if may_block {
             pipeline.flush()?;
         }
-        while pipeline.is_full() || (may_block && !pipeline.is_empty()) {
+        while !pipeline.has_room() || (may_block && !pipeline.is_empty()) {
             let outcome = pipeline.next().expect("a request is in flight");
             settle(
                 ctx.json,
@@ -187,6 +200,10 @@ fn send_lines(
             line.pop();
         }
         line_number += 1;
+        if let Err(e) = check_size(pipeline.client(), line.len()) {
+            failure.fail(&mut pipeline, line_number, e);
+            break;
+        }
         let request = Request::Send(SendRequest {
             payload: Bytes::from(std::mem::take(&mut line)),
             ..template.clone()
@@ -218,6 +235,13 @@ struct Failure {
 }
 
 impl Failure {
+    /// Records the first failure, and cancels the sends still waiting behind it.
+    fn fail(&mut self, pipeline: &mut Pipeline<'_, u64>, line: u64, e: Error) {
+        self.first = Some(anyhow::Error::from(e).context(format!("line {line}")));
+        // Best effort: the failure is reported whether or not this works.
+        let _ = pipeline.cancel_pending();
+    }
+
     fn into_result(self) -> anyhow::Result<()> {
         let Some(e) = self.first else {
             return Ok(());
@@ -257,11 +281,7 @@ fn settle(
                 write_json(out, &sent_json(mailbox, id, Some(line)))?;
             }
         }
-        Err(e) if failure.first.is_none() => {
-            failure.first = Some(anyhow::Error::from(e).context(format!("line {line}")));
-            // Best effort: the failure is reported whether or not this works.
-            let _ = pipeline.cancel_pending();
-        }
+        Err(e) if failure.first.is_none() => failure.fail(pipeline, line, e),
         // Later failures follow from the first, or are its cancellations.
         Err(_) => {}
     }
