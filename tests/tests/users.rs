@@ -43,7 +43,12 @@ fn ensure_user(user: &str) -> (u32, u32) {
 /// `ipcctl ARGS…` as `user`.
 fn as_user(daemon: &TestDaemon, (uid, gid): (u32, u32), args: &[&str]) -> Output {
     let mut command = ipcctl(daemon.socket());
-    let program = command.get_program().to_owned();
+    // The build tree may sit in a directory other users cannot enter (a fresh clone in
+    // a private temporary directory): run a copy from the daemon's open directory.
+    let program = daemon.dir().join("ipcctl");
+    if !program.exists() {
+        std::fs::copy(command.get_program(), &program).expect("copy ipcctl");
+    }
     let mut wrapped = std::process::Command::new("setpriv");
     wrapped
         .arg(format!("--reuid={uid}"))
