@@ -13,15 +13,19 @@ use ipc_proto::{
 };
 
 use crate::broker::{Broker, check_mode};
-use crate::mailbox::{Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
+use crate::mailbox::{Canceller, Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
 use crate::perm::Access;
 
 /// How a request is answered.
 pub enum Reply {
     /// At once.
     Now(Response),
-    /// When the future completes (a blocked send or receive).
-    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// When the future completes (a blocked send or receive); `cancel` ends the wait at
+    /// once.
+    Later {
+        wait: Pin<Box<dyn Future<Output = Response> + Send>>,
+        cancel: Canceller,
+    },
     /// The request is a cancel of the pending request with this id; the peer owns those.
     Cancel(u64),
 }
@@ -30,7 +34,7 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
-            Reply::Later(_) => f.write_str("Later(..)"),
+            Reply::Later { .. } => f.write_str("Later(..)"),
             Reply::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
         }
     }
@@ -132,9 +136,10 @@ fn recv(broker: &Broker, caller: &Credentials, req: RecvRequest) -> OpResult<Pen
 fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply {
     match pending {
         Pending::Ready(result) => Reply::Now(result.map_or_else(Response::Error, done)),
-        Pending::Wait(waiter) => Reply::Later(Box::pin(async move {
-            waiter.wait().await.map_or_else(Response::Error, done)
-        })),
+        Pending::Wait(waiter) => Reply::Later {
+            cancel: waiter.canceller(),
+            wait: Box::pin(async move { waiter.wait().await.map_or_else(Response::Error, done) }),
+        },
     }
 }
 

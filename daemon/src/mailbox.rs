@@ -68,7 +68,7 @@ pub(crate) enum Pending<T: Side> {
     Wait(Waiter<T>),
 }
 
-type Handoff<T> = oneshot::Sender<OpResult<T>>;
+pub(crate) type Handoff<T> = oneshot::Sender<OpResult<T>>;
 
 #[derive(Debug)]
 struct RecvWaiter {
@@ -459,14 +459,16 @@ impl State {
 /// The two kinds of waiting request, and how each undoes a hand-over its waiter did not
 /// live to see.
 pub(crate) trait Side: Sized + Send + 'static {
-    fn deregister(state: &mut State, key: u64) -> bool;
+    /// Removes the waiter `key`, returning its hand-off channel; `None` if it has
+    /// already been completed.
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>>;
     fn reclaim(state: &mut State, value: Self);
 }
 
 impl Side for Envelope {
-    fn deregister(state: &mut State, key: u64) -> bool {
-        let found = state.receivers.iter().position(|w| w.key == key);
-        found.map(|i| state.receivers.remove(i)).is_some()
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        let found = state.receivers.iter().position(|w| w.key == key)?;
+        state.receivers.remove(found).map(|w| w.tx)
     }
 
     /// A message was handed to a receiver that is gone: it goes back to where it was
@@ -479,14 +481,19 @@ impl Side for Envelope {
 }
 
 impl Side for SentId {
-    fn deregister(state: &mut State, key: u64) -> bool {
-        let found = state.senders.iter().position(|w| w.key == key);
-        found.map(|i| state.senders.remove(i)).is_some()
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        let found = state.senders.iter().position(|w| w.key == key)?;
+        state.senders.remove(found).map(|w| w.tx)
     }
 
     /// The message was accepted; its sender just will not hear of it.
     fn reclaim(_: &mut State, _: SentId) {}
 }
+
+/// Cancels a wait synchronously: under the mailbox lock the waiter is deregistered and
+/// completed with the given error, so nothing can be handed to it afterwards. If it was
+/// completed first, nothing happens and its normal result stands.
+pub(crate) type Canceller = Box<dyn FnOnce(ErrorReply) + Send + Sync>;
 
 /// A request waiting on a mailbox. Await [`Waiter::wait`]; dropping it at any point
 /// deregisters it without losing a message.
@@ -519,6 +526,17 @@ impl<T: Side> Waiter<T> {
         }
     }
 
+    /// A handle that cancels this wait at once, from outside the task awaiting it.
+    pub fn canceller(&self) -> Canceller {
+        let (mailbox, key) = (self.mailbox.clone(), self.key);
+        Box::new(move |reason| {
+            let mut state = mailbox.lock();
+            if let Some(tx) = T::deregister(&mut state, key) {
+                let _ = tx.send(Err(reason));
+            }
+        })
+    }
+
     /// Waits until the mailbox completes the request, it is closed, or the timeout ends.
     pub async fn wait(mut self) -> OpResult<T> {
         let handed = match self.timeout {
@@ -527,7 +545,7 @@ impl<T: Side> Waiter<T> {
                 Ok(handed) => handed.ok(),
                 Err(_) => {
                     let mut state = self.mailbox.lock();
-                    if T::deregister(&mut state, self.key) {
+                    if T::deregister(&mut state, self.key).is_some() {
                         self.finished = true;
                         return Err(op_error(
                             ErrorCode::TimedOut,
@@ -551,7 +569,7 @@ impl<T: Side> Drop for Waiter<T> {
             return;
         }
         let mut state = self.mailbox.lock();
-        if !T::deregister(&mut state, self.key) {
+        if T::deregister(&mut state, self.key).is_none() {
             // Already completed: undo the hand-over this waiter will never report.
             if let Ok(Ok(value)) = self.rx.try_recv() {
                 T::reclaim(&mut state, value);

@@ -17,7 +17,7 @@ use ipc_proto::{
     Request, Response, Welcome, codec,
 };
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::connection::{FrameCodec, Outgoing, ReadError, write_loop};
 use crate::dispatch::{Reply, dispatch};
+use crate::mailbox::Canceller;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -125,7 +126,7 @@ struct Peer {
     /// Blocked requests, each returning its request id when done.
     tasks: JoinSet<u64>,
     /// How to cancel each blocked request, by request id.
-    cancels: HashMap<u64, oneshot::Sender<()>>,
+    cancels: HashMap<u64, Canceller>,
     client_name: String,
 }
 
@@ -227,7 +228,7 @@ impl Peer {
         };
         match dispatch(&self.broker, &self.creds, request) {
             Reply::Now(response) => self.queue(Outgoing::Reply(id, response)).await,
-            Reply::Later(wait) => {
+            Reply::Later { wait, cancel } => {
                 let limit = self.broker.config().max_in_flight as usize;
                 if self.tasks.len() >= limit {
                     let error = ErrorReply::new(
@@ -240,28 +241,26 @@ impl Peer {
                         .queue(Outgoing::Reply(id, Response::Error(error)))
                         .await;
                 }
-                let (cancel, cancelled) = oneshot::channel();
                 self.cancels.insert(id, cancel);
                 let replies = self.replies.clone();
                 self.tasks.spawn(async move {
-                    let response = tokio::select! {
-                        biased;
-                        response = wait => response,
-                        _ = cancelled => Response::Error(ErrorReply::new(
-                            ErrorCode::Cancelled,
-                            format!("request {id} was cancelled"),
-                        )),
-                    };
-                    // Once the wait has completed its reply is always queued: the task is
-                    // only aborted when the connection is gone anyway.
+                    // A cancel completes the wait itself (with `Cancelled`), so the wait
+                    // always ends with a reply that is queued; the task is only aborted
+                    // when the connection is gone anyway.
+                    let response = wait.await;
                     let _ = replies.send(Outgoing::Reply(id, response)).await;
                     id
                 });
                 Ok(())
             }
             Reply::Cancel(target) => {
+                // Synchronous: the waiter is gone before the next request is read, so
+                // a send that follows on this connection can no longer reach it.
                 if let Some(cancel) = self.cancels.remove(&target) {
-                    let _ = cancel.send(());
+                    cancel(ErrorReply::new(
+                        ErrorCode::Cancelled,
+                        format!("request {target} was cancelled"),
+                    ));
                 }
                 self.queue(Outgoing::Reply(id, Response::Ok)).await
             }
