@@ -25,7 +25,7 @@ pub use client::{Client, Mailbox};
 pub use error::{Error, Result};
 pub use options::{CreateOptions, RecvOptions, SendOptions};
 pub use socket::default_socket_path;
-pub use typed::type_tag;
+pub use typed::{reply, type_tag};
 
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.

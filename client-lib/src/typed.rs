@@ -58,8 +58,9 @@ pub(crate) fn decode<T: DeserializeOwned>(message: &Message) -> Result<T> {
     }
 }
 
-/// Turns a reply into the value an operation promises, or the error it carries.
-pub(crate) mod reply {
+/// Turns a reply into the value an operation promises, or the error it carries; for
+/// callers that pipeline raw requests with [`crate::BlockingClient::submit`].
+pub mod reply {
     use super::*;
     use ipc_proto::{DaemonStatus, MailboxInfo};
 
@@ -80,7 +81,8 @@ pub(crate) mod reply {
 
     macro_rules! extractor {
         ($name:ident, $out:ty, $pattern:pat => $value:expr) => {
-            pub(crate) fn $name(r: Response) -> Result<$out> {
+            #[doc = concat!("The value of a `", stringify!($name), "` reply, or its error.")]
+            pub fn $name(r: Response) -> Result<$out> {
                 match r {
                     $pattern => Ok($value),
                     Response::Error(e) => Err(e.into()),

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, StdoutLock};
 use std::path::PathBuf;
 
 use ipc_client::{BlockingClient, Error};
-use ipc_proto::{MailboxName, Response};
+use ipc_proto::MailboxName;
 
 use crate::cli::{Cli, Command};
 
@@ -66,20 +66,4 @@ pub fn mailbox_name(name: &str) -> Result<MailboxName, Error> {
 /// reported rather than lost in a drop.
 pub fn stdout() -> BufWriter<StdoutLock<'static>> {
     BufWriter::with_capacity(64 * 1024, io::stdout().lock())
-}
-
-/// The error for a reply of the wrong kind: a bug on one side.
-pub fn unexpected(operation: &str, response: &Response) -> Error {
-    let kind = match response {
-        Response::Ok => "Ok",
-        Response::Created { .. } => "Created",
-        Response::Sent { .. } => "Sent",
-        Response::Message(_) => "Message",
-        Response::Mailbox(_) => "Mailbox",
-        Response::Mailboxes(_) => "Mailboxes",
-        Response::Status(_) => "Status",
-        Response::Purged { .. } => "Purged",
-        Response::Error(_) => "Error",
-    };
-    Error::Protocol(format!("the daemon answered a {operation} with {kind}"))
 }

@@ -4,7 +4,7 @@
 use ipc_client::Error;
 use ipc_proto::{Message, RecvRequest, Request, Response, Selector};
 
-use super::{Context, mailbox_name, unexpected};
+use super::{Context, mailbox_name};
 use crate::cli::RecvArgs;
 use crate::output::MessageFormat;
 use crate::pipeline::{self, Pipeline};
@@ -88,9 +88,5 @@ pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
 }
 
 fn message(response: Response) -> Result<Message, Error> {
-    match response {
-        Response::Message(m) => Ok(m),
-        Response::Error(e) => Err(e.into()),
-        other => Err(unexpected("receive", &other)),
-    }
+    ipc_client::reply::message(response)
 }

@@ -13,7 +13,7 @@ use ipc_client::{BlockingClient, Error};
 use ipc_proto::{Headers, MailboxName, Request, Response, SendRequest};
 use serde::Serialize;
 
-use super::{Context, mailbox_name, stdout, unexpected};
+use super::{Context, mailbox_name, stdout};
 use crate::cli::SendArgs;
 use crate::output::write_json;
 use crate::pipeline::{self, Pipeline};
@@ -131,11 +131,7 @@ fn check_size(client: &BlockingClient, len: usize) -> Result<(), Error> {
 }
 
 fn sent_id(response: Response) -> Result<u64, Error> {
-    match response {
-        Response::Sent { id } => Ok(id),
-        Response::Error(e) => Err(e.into()),
-        other => Err(unexpected("send", &other)),
-    }
+    ipc_client::reply::sent(response)
 }
 
 fn sent_json(mailbox: &MailboxName, id: u64, line: Option<u64>) -> SentJson<'_> {
