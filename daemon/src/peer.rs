@@ -103,7 +103,11 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         reason,
         CloseReason::ClientClosed | CloseReason::ShuttingDown
     );
-    let flushed = !matches!(written, Ok(Ok(Err(_))) | Err(_));
+    let flushed = match &written {
+        Ok(Ok(Err(e))) => client_went_away(e),
+        Ok(_) => true,
+        Err(_) => false,
+    };
     if level_is_info || !flushed {
         tracing::info!(
             pid = creds.pid,
@@ -281,6 +285,9 @@ impl Peer {
 
     async fn fail_connection(&self, error: ReadError) -> CloseReason {
         match error {
+            // A client that exits with replies unread makes the kernel reset the
+            // connection: that is an ordinary close, not a fault worth logging.
+            ReadError::Io(e) if client_went_away(&e) => CloseReason::ClientClosed,
             ReadError::Io(e) => CloseReason::Io(e.to_string()),
             ReadError::Frame(e) => {
                 let message = e.to_string();
@@ -290,4 +297,12 @@ impl Peer {
             }
         }
     }
+}
+
+/// Whether `error` means only that the client closed its end first.
+fn client_went_away(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }

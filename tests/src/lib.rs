@@ -220,6 +220,11 @@ impl Drop for DaemonProcess {
 
 /// Whether this process runs as root (needed to create and become other users).
 pub fn is_root() -> bool {
+    uid() == 0
+}
+
+/// The effective uid of this process: the one the daemon sees through `SO_PEERCRED`.
+pub fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
