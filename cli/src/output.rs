@@ -193,6 +193,12 @@ pub struct UserJson {
     pub uid: u32,
     pub connections: u64,
     pub mailboxes: u64,
+    pub queued_bytes: u64,
+    /// The uid's quotas; `null` is unlimited.
+    pub max_connections: Option<u64>,
+    pub max_mailboxes: Option<u64>,
+    pub max_queued_bytes: Option<u64>,
+    pub max_in_flight: Option<u64>,
 }
 
 /// The daemon in `status --json`.
@@ -230,6 +236,11 @@ impl<'a> StatusJson<'a> {
                     uid: u.uid,
                     connections: u.connections,
                     mailboxes: u.mailboxes,
+                    queued_bytes: u.queued_bytes,
+                    max_connections: u.max_connections,
+                    max_mailboxes: u.max_mailboxes,
+                    max_queued_bytes: u.max_queued_bytes,
+                    max_in_flight: u.max_in_flight,
                 })
                 .collect(),
         }
@@ -243,9 +254,17 @@ fn uptime(ms: u64) -> String {
 
 /// A byte count with its binary size beside it when that helps: `67108864 (64 MiB)`.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return n.to_string();
+    }
+    format!("{n} ({})", short_bytes(n))
+}
+
+/// A byte count in the largest binary unit that keeps it ≥ 1: `1.5 KiB`, `64 MiB`, `12 B`.
+pub fn short_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
     }
     let mut value = n as f64 / 1024.0;
     let mut unit = 0;
@@ -258,7 +277,7 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1}")
     };
-    format!("{n} ({shown} {})", UNITS[unit])
+    format!("{shown} {}", UNITS[unit])
 }
 
 fn last_op(op: Option<LastOp>) -> String {
@@ -315,18 +334,39 @@ pub fn write_status_human(out: &mut impl Write, s: &StatusJson<'_>) -> io::Resul
     write_pairs(out, &rows)?;
     if !s.users.is_empty() {
         writeln!(out)?;
-        let table: Vec<[String; 3]> = s
+        // Usage against quota: `3/256`, or just `3` when unlimited.
+        let of = |used: String, limit: Option<String>| match limit {
+            Some(limit) => format!("{used}/{limit}"),
+            None => used,
+        };
+        let table: Vec<[String; 5]> = s
             .users
             .iter()
             .map(|u| {
                 [
                     u.uid.to_string(),
-                    u.connections.to_string(),
-                    u.mailboxes.to_string(),
+                    of(
+                        u.connections.to_string(),
+                        u.max_connections.map(|n| n.to_string()),
+                    ),
+                    of(
+                        u.mailboxes.to_string(),
+                        u.max_mailboxes.map(|n| n.to_string()),
+                    ),
+                    of(
+                        short_bytes(u.queued_bytes),
+                        u.max_queued_bytes.map(short_bytes),
+                    ),
+                    u.max_in_flight
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                 ]
             })
             .collect();
-        write_table(out, ["UID", "CONNECTIONS", "MAILBOXES"], &table)?;
+        write_table(
+            out,
+            ["UID", "CONNECTIONS", "MAILBOXES", "QUEUED", "IN-FLIGHT"],
+            &table,
+        )?;
     }
     Ok(())
 }
@@ -601,6 +641,11 @@ mod tests {
                 uid: 1000,
                 connections: 2,
                 mailboxes: 1,
+                queued_bytes: 1536,
+                max_connections: Some(256),
+                max_mailboxes: Some(1000),
+                max_queued_bytes: Some(64 << 20),
+                max_in_flight: None,
             }],
         };
         let status = StatusJson::new(&s, Path::new("/run/ipcd/ipcd.sock"));
@@ -609,14 +654,21 @@ mod tests {
         assert_eq!(v["uptime_ms"], 3_723_456);
         assert_eq!(
             v["users"],
-            serde_json::json!([{"uid": 1000, "connections": 2, "mailboxes": 1}])
+            serde_json::json!([{
+                "uid": 1000, "connections": 2, "mailboxes": 1, "queued_bytes": 1536,
+                "max_connections": 256, "max_mailboxes": 1000,
+                "max_queued_bytes": 64 << 20, "max_in_flight": null
+            }])
         );
         let mut out = Vec::new();
         write_status_human(&mut out, &status).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("uptime:      1h 2m 3s\n"), "{text}");
         assert!(
-            text.ends_with("UID   CONNECTIONS  MAILBOXES\n1000  2            1\n"),
+            text.ends_with(
+                "UID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\n\
+                 1000  2/256        1/1000     1.5 KiB/64 MiB  -\n"
+            ),
             "{text}"
         );
     }

@@ -9,42 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ipc_proto::{
-    CreateRequest, Credentials, DaemonStatus, ErrorCode, ErrorReply, MailboxName, UidUsage,
-};
+use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, MailboxName, UidUsage};
 
 use crate::config::{Config, Limits};
 use crate::mailbox::{Mailbox, OpResult, Settings};
-use crate::perm::Ownership;
+use crate::perm::{Caller, Ownership};
+use crate::quota::{Accounts, Charge, Resource, snapshot};
 
-/// The daemon's mailboxes and connections.
+/// The daemon's mailboxes and the per-uid accounts of what everyone holds.
 #[derive(Debug)]
 pub struct Broker {
     config: Arc<Config>,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
-    /// Open connections per uid, kept by [`ConnectionGuard`]s.
-    connections: Mutex<HashMap<u32, u64>>,
+    accounts: Accounts,
     started: Instant,
     stopping: AtomicBool,
-}
-
-/// Counts one connection for its uid while it lives.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    broker: Arc<Broker>,
-    uid: u32,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let mut connections = lock(&self.broker.connections);
-        if let Some(n) = connections.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                connections.remove(&self.uid);
-            }
-        }
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,7 +43,7 @@ impl Broker {
         Self {
             config: Arc::new(config),
             mailboxes: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
+            accounts: Accounts::default(),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
         }
@@ -74,13 +53,14 @@ impl Broker {
         &self.config
     }
 
-    /// Registers a connection of `uid`; it is counted until the guard drops.
-    pub fn connect(self: &Arc<Self>, uid: u32) -> ConnectionGuard {
-        *lock(&self.connections).entry(uid).or_default() += 1;
-        ConnectionGuard {
-            broker: self.clone(),
-            uid,
-        }
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Charges `amount` of `resource` to the caller's uid, within its quota.
+    pub fn charge(&self, caller: &Caller, resource: Resource, amount: u64) -> OpResult<Charge> {
+        let limit = resource.limit(&self.config.quota_for(caller.uid()));
+        caller.account.charge(resource, amount, limit)
     }
 
     pub fn get(&self, name: &MailboxName) -> OpResult<Arc<Mailbox>> {
@@ -140,7 +120,7 @@ impl Broker {
 
     /// Creates a mailbox owned by `caller`. Returns whether it was created (false: it
     /// existed and `exist_ok` was set).
-    pub fn create(&self, caller: &Credentials, request: CreateRequest) -> OpResult<bool> {
+    pub fn create(&self, caller: &Caller, request: CreateRequest) -> OpResult<bool> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(shutting_down());
         }
@@ -163,20 +143,22 @@ impl Broker {
                 ))
             };
         }
+        let owned = self.charge(caller, Resource::Mailboxes, 1)?;
+        let (uid, gid) = (caller.creds.uid, caller.creds.gid);
         let settings = Settings {
             ownership: Ownership {
-                owner_uid: caller.uid,
-                owner_gid: caller.gid,
-                creator_uid: caller.uid,
-                creator_gid: caller.gid,
+                owner_uid: uid,
+                owner_gid: gid,
+                creator_uid: uid,
+                creator_gid: gid,
                 mode,
             },
             durable: false,
             limits,
         };
         let name = request.mailbox;
-        tracing::debug!(mailbox = %name, uid = caller.uid, "mailbox created");
-        mailboxes.insert(name.clone(), Arc::new(Mailbox::new(name, settings)));
+        tracing::debug!(mailbox = %name, uid, "mailbox created");
+        mailboxes.insert(name.clone(), Arc::new(Mailbox::new(name, settings, owned)));
         Ok(true)
     }
 
@@ -210,19 +192,27 @@ impl Broker {
     }
 
     /// The daemon's figures; `users` holds only the caller's own uid unless it is root.
-    pub fn status(&self, caller: &Credentials) -> DaemonStatus {
-        let mut users: HashMap<u32, UidUsage> = HashMap::new();
-        let usage = |users: &mut HashMap<u32, UidUsage>, uid| {
-            users.entry(uid).or_insert(UidUsage {
-                uid,
-                connections: 0,
-                mailboxes: 0,
+    pub fn status(&self, caller: &Caller) -> DaemonStatus {
+        let limit = |n: u64| (n != u64::MAX).then_some(n);
+        let mut connections = 0;
+        let mut users = Vec::new();
+        for account in self.accounts.all() {
+            let [conns, owned, queued] = snapshot(&account);
+            connections += conns;
+            if caller.uid() != 0 && account.uid() != caller.uid() {
+                continue;
+            }
+            let quota = self.config.quota_for(account.uid());
+            users.push(UidUsage {
+                uid: account.uid(),
+                connections: conns,
+                mailboxes: owned,
+                queued_bytes: queued,
+                max_connections: limit(quota.connections),
+                max_mailboxes: limit(quota.mailboxes),
+                max_queued_bytes: limit(quota.queued_bytes),
+                max_in_flight: limit(quota.in_flight),
             });
-        };
-        let connections = lock(&self.connections).clone();
-        for (&uid, &n) in &connections {
-            usage(&mut users, uid);
-            users.get_mut(&uid).expect("just inserted").connections = n;
         }
         let (mut messages, mut bytes) = (0, 0);
         let all = self.all();
@@ -230,20 +220,12 @@ impl Broker {
             let (m, b) = mailbox.usage();
             messages += m;
             bytes += b;
-            let owner = mailbox.settings().ownership.owner_uid;
-            usage(&mut users, owner);
-            users.get_mut(&owner).expect("just inserted").mailboxes += 1;
         }
-        let mut users: Vec<UidUsage> = users
-            .into_values()
-            .filter(|u| caller.uid == 0 || u.uid == caller.uid)
-            .collect();
-        users.sort_by_key(|u| u.uid);
         DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            connections: connections.values().sum(),
+            connections,
             mailboxes: all.len() as u64,
             messages,
             bytes,

@@ -1,6 +1,7 @@
 //! Every bound the daemon enforces, in one place, with its default. Nothing else in the
 //! daemon hard-codes a limit; it reads it from [`Config`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +21,28 @@ pub struct Limits {
     pub max_msg_size: u64,
 }
 
+/// What one uid may hold at once (SPEC §7). `u64::MAX` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Connections open at once.
+    pub connections: u64,
+    /// Mailboxes owned.
+    pub mailboxes: u64,
+    /// Payload bytes of this uid's sends the daemon holds, across all mailboxes.
+    pub queued_bytes: u64,
+    /// Requests one connection may have waiting (blocked) at once.
+    pub in_flight: u64,
+}
+
+impl Quota {
+    pub const UNLIMITED: Quota = Quota {
+        connections: u64::MAX,
+        mailboxes: u64::MAX,
+        queued_bytes: u64::MAX,
+        in_flight: u64::MAX,
+    };
+}
+
 /// The daemon's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,8 +54,13 @@ pub struct Config {
     pub ceilings: Limits,
     /// Mode of a new mailbox when its creator names none.
     pub default_mode: u32,
-    /// Requests one connection may have waiting at once; the next gets `QuotaExceeded`.
-    pub max_in_flight: u32,
+    /// The quota of every non-root uid without an override.
+    pub quota: Quota,
+    /// Quotas of particular uids, root's included (root is unlimited unless listed).
+    pub quota_overrides: HashMap<u32, Quota>,
+    /// Bytes of replies a connection may have waiting to be written beyond the one being
+    /// written; a client that lets more pile up is not reading and is cut off.
+    pub max_pending_output: u64,
     /// Replies queued for a connection before the daemon stops reading its requests
     /// until the client has read some.
     pub max_queued_replies: usize,
@@ -43,6 +71,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The quota that applies to `uid`.
+    pub fn quota_for(&self, uid: u32) -> Quota {
+        match self.quota_overrides.get(&uid) {
+            Some(quota) => *quota,
+            None if uid == 0 => Quota::UNLIMITED,
+            None => self.quota,
+        }
+    }
+
     /// Largest frame body accepted: a maximal payload plus room for its headers.
     pub fn max_frame(&self) -> u32 {
         let headers_room = 64 * KIB + HEADER_LEN as u64;
@@ -65,7 +102,14 @@ impl Default for Config {
                 max_msg_size: 64 * MIB,
             },
             default_mode: 0o600,
-            max_in_flight: 1024,
+            quota: Quota {
+                connections: 256,
+                mailboxes: 1000,
+                queued_bytes: 64 * MIB,
+                in_flight: 1024,
+            },
+            quota_overrides: HashMap::new(),
+            max_pending_output: 16 * MIB,
             max_queued_replies: 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),

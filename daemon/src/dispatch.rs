@@ -8,13 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ipc_proto::{
-    Credentials, ErrorCode, ErrorReply, MailboxName, Message, RecvRequest, Request, Response,
-    SendRequest,
+    ErrorCode, ErrorReply, MailboxName, Message, RecvRequest, Request, Response, SendRequest,
 };
 
 use crate::broker::{Broker, check_mode};
 use crate::mailbox::{Canceller, Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
-use crate::perm::Access;
+use crate::perm::{Access, Caller};
+use crate::quota::Resource;
 
 /// How a request is answered.
 pub enum Reply {
@@ -45,7 +45,7 @@ fn now(result: OpResult<Response>) -> Reply {
 }
 
 /// Answers one request from `caller`.
-pub fn dispatch(broker: &Broker, caller: &Credentials, request: Request) -> Reply {
+pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
     match request {
         Request::Create(req) => now(broker
             .create(caller, req)
@@ -77,11 +77,17 @@ pub fn dispatch(broker: &Broker, caller: &Credentials, request: Request) -> Repl
             let mailbox = authorized(broker, caller, &mailbox, Access::Manage)?;
             let mode = changes.mode.map(check_mode).transpose()?;
             let limits = broker.limits(mailbox.settings().limits, &changes.limits)?;
-            if caller.uid != 0 && changes.owner_uid.is_some_and(|uid| uid != caller.uid) {
+            let new_owner = changes
+                .owner_uid
+                .filter(|&uid| uid != mailbox.settings().ownership.owner_uid);
+            if caller.uid() != 0 && new_owner.is_some() {
                 // Like chown(2): giving a mailbox away needs root, or a user could make
                 // another user's quota pay for it.
                 return Err(denied(caller, &mailbox, "give away"));
             }
+            // Root imposes the charge on the new owner, over its quota or not.
+            let moved =
+                new_owner.map(|uid| broker.accounts().account(uid).force(Resource::Mailboxes, 1));
             mailbox.update(|s| {
                 s.limits = limits;
                 if let Some(mode) = mode {
@@ -94,6 +100,9 @@ pub fn dispatch(broker: &Broker, caller: &Credentials, request: Request) -> Repl
                     s.ownership.owner_gid = gid;
                 }
             });
+            if let Some(charge) = moved {
+                mailbox.move_owner_charge(charge);
+            }
             Ok(Response::Mailbox(mailbox.info()))
         })()),
         Request::Purge { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
@@ -110,7 +119,7 @@ pub fn dispatch(broker: &Broker, caller: &Credentials, request: Request) -> Repl
     }
 }
 
-fn send(broker: &Broker, caller: &Credentials, req: SendRequest) -> OpResult<Pending<SentId>> {
+fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<SentId>> {
     if req.mtype < 1 {
         return Err(ErrorReply::new(
             ErrorCode::InvalidArgument,
@@ -118,18 +127,22 @@ fn send(broker: &Broker, caller: &Credentials, req: SendRequest) -> OpResult<Pen
         ));
     }
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    // Charged before it is offered, and held by the message — or by its waiting sender —
+    // until it leaves the daemon's keeping.
+    let charge = broker.charge(caller, Resource::QueuedBytes, req.payload.len() as u64)?;
     let incoming = Incoming {
         mtype: req.mtype,
-        sender: *caller,
+        sender: caller.creds,
         headers: req.headers,
         payload: req.payload,
+        charge,
     };
     Ok(mailbox.send(incoming, req.wait))
 }
 
-fn recv(broker: &Broker, caller: &Credentials, req: RecvRequest) -> OpResult<Pending<Envelope>> {
+fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<Envelope>> {
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
-    Ok(mailbox.recv(req.selector, req.peek, caller.pid, req.wait))
+    Ok(mailbox.recv(req.selector, req.peek, caller.creds.pid, req.wait))
 }
 
 /// Answers now if the operation finished, else when its waiter completes.
@@ -146,7 +159,7 @@ fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply {
 /// The mailbox, if it exists and `caller` may do what `access` names to it.
 fn authorized(
     broker: &Broker,
-    caller: &Credentials,
+    caller: &Caller,
     name: &MailboxName,
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
@@ -163,13 +176,13 @@ fn authorized(
     }
 }
 
-fn denied(caller: &Credentials, mailbox: &Mailbox, verb: &str) -> ErrorReply {
+fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
     let own = mailbox.settings().ownership;
     ErrorReply::new(
         ErrorCode::PermissionDenied,
         format!(
             "permission denied: uid {} may not {verb} mailbox {} (owner uid {}, gid {}, mode {:04o})",
-            caller.uid,
+            caller.uid(),
             mailbox.name(),
             own.owner_uid,
             own.owner_gid,
@@ -178,7 +191,8 @@ fn denied(caller: &Credentials, mailbox: &Mailbox, verb: &str) -> ErrorReply {
     )
 }
 
-/// The wire form of a delivered message.
+/// The wire form of a delivered message. The envelope's `_charge` drops here: the payload
+/// has left the mailbox for its receiver (the connection's output bound covers it now).
 fn to_wire(e: Envelope) -> Message {
     Message {
         id: e.id,

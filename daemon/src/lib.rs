@@ -15,6 +15,7 @@ pub mod logging;
 mod mailbox;
 mod peer;
 mod perm;
+mod quota;
 pub mod server;
 
 use std::future::Future;

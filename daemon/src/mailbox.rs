@@ -23,12 +23,13 @@ use tokio::sync::oneshot;
 use crate::config::Limits;
 use crate::index::TypeIndex;
 use crate::perm::Ownership;
+use crate::quota::Charge;
 
 /// The result of a mailbox operation; errors are already in their wire form.
 pub type OpResult<T> = Result<T, ErrorReply>;
 
 /// A message as the daemon keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Envelope {
     pub id: u64,
     pub mtype: i64,
@@ -38,6 +39,25 @@ pub struct Envelope {
     /// Times it has been taken by a receiver.
     pub deliveries: u32,
     pub payload: Bytes,
+    /// Its payload bytes, charged to the sender's uid while the mailbox holds it; a copy
+    /// made for a peek carries none.
+    pub _charge: Option<Charge>,
+}
+
+impl Envelope {
+    /// A copy for a peek: the same message, charged to nobody.
+    fn copy(&self) -> Envelope {
+        Envelope {
+            id: self.id,
+            mtype: self.mtype,
+            sender: self.sender,
+            sent_at: self.sent_at,
+            headers: self.headers.clone(),
+            deliveries: self.deliveries,
+            payload: self.payload.clone(),
+            _charge: None,
+        }
+    }
 }
 
 /// A message offered by a sender, before the mailbox has given it an id.
@@ -47,6 +67,8 @@ pub struct Incoming {
     pub sender: Credentials,
     pub headers: Headers,
     pub payload: Bytes,
+    /// The payload's charge to the sender's uid, taken before the message was offered.
+    pub charge: Charge,
 }
 
 /// What a `send` returns: the id the message got in the mailbox.
@@ -100,6 +122,8 @@ pub(crate) struct State {
     next_key: u64,
     /// Set once the mailbox is removed or the daemon stops: every later wait fails so.
     closed: Option<ErrorReply>,
+    /// The mailbox counted against its owner's `mailboxes` quota; given back on removal.
+    owner_charge: Option<Charge>,
     created_at: Timestamp,
     changed_at: Timestamp,
     last_send: Option<LastOp>,
@@ -120,7 +144,7 @@ fn op_error(code: ErrorCode, message: String) -> ErrorReply {
 }
 
 impl Mailbox {
-    pub fn new(name: MailboxName, settings: Settings) -> Self {
+    pub fn new(name: MailboxName, settings: Settings, owner_charge: Charge) -> Self {
         let now = Timestamp::now();
         Self {
             name,
@@ -133,6 +157,7 @@ impl Mailbox {
                 senders: VecDeque::new(),
                 next_key: 1,
                 closed: None,
+                owner_charge: Some(owner_charge),
                 created_at: now,
                 changed_at: now,
                 last_send: None,
@@ -219,7 +244,11 @@ impl Mailbox {
         }
         if let Some(slot) = state.queue.find(selector) {
             let envelope = if peek {
-                state.queue.get(slot).cloned().expect("found slot exists")
+                state
+                    .queue
+                    .get(slot)
+                    .map(Envelope::copy)
+                    .expect("found slot exists")
             } else {
                 let envelope = state.queue.remove(slot).expect("found slot exists");
                 state.bytes -= envelope.payload.len() as u64;
@@ -308,8 +337,17 @@ impl Mailbox {
         if drop_messages {
             state.queue.drain().for_each(drop);
             state.bytes = 0;
+            state.owner_charge = None;
         }
         state.closed = Some(reason);
+    }
+
+    /// Counts the mailbox against its new owner's quota instead of the old owner's.
+    pub fn move_owner_charge(&self, charge: Charge) {
+        let mut state = self.lock();
+        if state.closed.is_none() {
+            state.owner_charge = Some(charge);
+        }
     }
 
     /// Messages and bytes queued.
@@ -387,6 +425,7 @@ impl State {
             headers: incoming.headers,
             deliveries: 0,
             payload: incoming.payload,
+            _charge: Some(incoming.charge),
         }
     }
 
@@ -422,7 +461,7 @@ impl State {
             }
             let waiter = self.receivers.remove(i).expect("index is in range");
             if waiter.peek {
-                let _ = waiter.tx.send(Ok(envelope.clone()));
+                let _ = waiter.tx.send(Ok(envelope.copy()));
                 continue;
             }
             let handed = self.delivered(envelope, waiter.pid);

@@ -17,15 +17,18 @@ use ipc_proto::{
     Request, Response, Welcome, codec,
 };
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::connection::{FrameCodec, Outgoing, ReadError, write_loop};
+use crate::connection::{
+    FrameCodec, Outgoing, QueueError, ReadError, Replies, reply_queue, write_loop,
+};
 use crate::dispatch::{Reply, dispatch};
 use crate::mailbox::Canceller;
+use crate::perm::{Caller, peer_groups};
+use crate::quota::Resource;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -44,6 +47,10 @@ pub enum CloseReason {
     Io(String),
     /// The daemon is stopping.
     ShuttingDown,
+    /// The uid is at its connections quota.
+    OverQuota(String),
+    /// The client let more replies pile up than `max_pending_output`.
+    NotReading(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -56,39 +63,55 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolViolation(e) => write!(f, "protocol violation: {e}"),
             CloseReason::Io(e) => write!(f, "socket error: {e}"),
             CloseReason::ShuttingDown => f.write_str("daemon shutting down"),
+            CloseReason::OverQuota(e) => write!(f, "refused: {e}"),
+            CloseReason::NotReading(e) => write!(f, "cut off: {e}"),
         }
     }
 }
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: CancellationToken) {
-    let creds = match stream.peer_cred() {
-        Ok(cred) => Credentials {
-            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-            uid: cred.uid(),
-            gid: cred.gid(),
-        },
+    let identity = stream.peer_cred().and_then(|cred| {
+        let groups = peer_groups(&stream)?;
+        Ok((cred, groups))
+    });
+    let (cred, groups) = match identity {
+        Ok(identity) => identity,
         Err(e) => {
-            tracing::warn!("cannot read SO_PEERCRED of a new connection, closing it: {e}");
+            tracing::warn!("cannot read the credentials of a new connection, closing it: {e}");
             return;
         }
     };
-    let _counted = broker.connect(creds.uid);
+    let creds = Credentials {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    let caller = Caller {
+        creds,
+        groups,
+        account: broker.accounts().account(creds.uid),
+    };
+    // Held for the connection's life; over quota, the client is told so after its hello.
+    let counted = broker.charge(&caller, Resource::Connections, 1);
     let config = broker.config().clone();
     let (read, write) = stream.into_split();
     let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_frame())));
-    let (replies, queue) = mpsc::channel(config.max_queued_replies);
+    let (replies, queue) = reply_queue(config.max_queued_replies, config.max_pending_output);
     let writer = tokio::spawn(write_loop(write, queue, u32::MAX));
+    let in_flight = config.quota_for(creds.uid).in_flight;
     let mut peer = Peer {
         broker,
-        creds,
+        caller,
+        in_flight,
         frames,
         replies,
         tasks: JoinSet::new(),
         cancels: HashMap::new(),
         client_name: String::new(),
     };
-    let reason = peer.run(&shutdown).await;
+    let reason = peer.run(counted.as_ref().err(), &shutdown).await;
+    drop(counted);
     let Peer {
         client_name,
         replies,
@@ -124,9 +147,11 @@ type Frames = FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>;
 
 struct Peer {
     broker: Arc<Broker>,
-    creds: Credentials,
+    caller: Caller,
+    /// Most blocked requests at once (the uid's `in_flight` quota).
+    in_flight: u64,
     frames: Frames,
-    replies: mpsc::Sender<Outgoing>,
+    replies: Replies,
     /// Blocked requests, each returning its request id when done.
     tasks: JoinSet<u64>,
     /// How to cancel each blocked request, by request id.
@@ -135,13 +160,24 @@ struct Peer {
 }
 
 impl Peer {
-    async fn run(&mut self, shutdown: &CancellationToken) -> CloseReason {
-        if let Err(reason) = self.handshake().await {
+    async fn run(
+        &mut self,
+        refused: Option<&ErrorReply>,
+        shutdown: &CancellationToken,
+    ) -> CloseReason {
+        if let Err(reason) = self.handshake(refused).await {
             return reason;
         }
+        let replies = self.replies.clone();
         loop {
             tokio::select! {
                 biased;
+                () = replies.cut_off() => {
+                    return CloseReason::NotReading(format!(
+                        "more than {} bytes of replies waiting to be read",
+                        self.broker.config().max_pending_output
+                    ));
+                }
                 () = shutdown.cancelled() => {
                     // The broker has failed every waiter with "shutting down"; let those
                     // replies go out, then close.
@@ -167,7 +203,11 @@ impl Peer {
         }
     }
 
-    async fn handshake(&mut self) -> Result<(), CloseReason> {
+    /// Reads the hello and answers it: a welcome, or the error that ends the connection
+    /// (`refused`, when it is over its connections quota). The error is sent only after the
+    /// hello has been read, so closing does not reset the connection before the client
+    /// has read why.
+    async fn handshake(&mut self, refused: Option<&ErrorReply>) -> Result<(), CloseReason> {
         let timeout = self.broker.config().handshake_timeout;
         let frame = match tokio::time::timeout(timeout, self.frames.next()).await {
             Err(_) => return Err(CloseReason::HandshakeTimeout),
@@ -194,15 +234,19 @@ impl Peer {
                 .await;
             return Err(CloseReason::VersionMismatch(hello.version));
         }
+        if let Some(error) = refused {
+            self.send_connection_error(error.code, &error.message).await;
+            return Err(CloseReason::OverQuota(error.message.clone()));
+        }
         let config = self.broker.config();
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             server: format!("ipcd {}", env!("CARGO_PKG_VERSION")),
             max_frame: config.max_frame(),
             max_msg_size: config.ceilings.max_msg_size,
-            max_in_flight: config.max_in_flight,
+            max_in_flight: u32::try_from(self.in_flight).unwrap_or(u32::MAX),
             features: Vec::new(),
-            peer: self.creds,
+            peer: self.caller.creds,
         };
         self.queue(Outgoing::Welcome(welcome)).await
     }
@@ -230,14 +274,17 @@ impl Peer {
                     .await;
             }
         };
-        match dispatch(&self.broker, &self.creds, request) {
+        match dispatch(&self.broker, &self.caller, request) {
             Reply::Now(response) => self.queue(Outgoing::Reply(id, response)).await,
             Reply::Later { wait, cancel } => {
-                let limit = self.broker.config().max_in_flight as usize;
-                if self.tasks.len() >= limit {
+                let limit = self.in_flight;
+                if self.tasks.len() as u64 >= limit {
                     let error = ErrorReply::new(
                         ErrorCode::QuotaExceeded,
-                        format!("too many requests waiting on this connection (limit {limit})"),
+                        format!(
+                            "quota exceeded: {limit} requests already waiting on this \
+                             connection, its in_flight quota"
+                        ),
                     );
                     // Dropping `wait` deregisters it without losing anything.
                     drop(wait);
@@ -272,10 +319,10 @@ impl Peer {
     }
 
     async fn queue(&self, out: Outgoing) -> Result<(), CloseReason> {
-        self.replies
-            .send(out)
-            .await
-            .map_err(|_| CloseReason::Io("the connection's writer has stopped".into()))
+        self.replies.send(out).await.map_err(|e| match e {
+            QueueError::NotReading { .. } => CloseReason::NotReading(e.to_string()),
+            QueueError::WriterGone => CloseReason::Io(e.to_string()),
+        })
     }
 
     async fn send_connection_error(&self, code: ErrorCode, message: &str) {

@@ -1,8 +1,75 @@
 //! Who may do what to a mailbox (SPEC §2): the owner/group/other classes of `chmod`, with
 //! `w` to send and `r` to receive, peek and stat; the owner (or creator) and root manage.
-//! Identity comes only from `SO_PEERCRED`, never from anything a client says.
+//! Identity comes only from the kernel — `SO_PEERCRED` and `SO_PEERGROUPS` read at
+//! accept — never from anything a client says.
+//!
+//! A denied operation answers "permission denied" (exit 77), as `msgget(2)` answers
+//! `EACCES`, rather than pretending the mailbox does not exist: names are one namespace,
+//! so `create` would reveal it anyway, and a truthful error is what lets an admin fix a
+//! mode. What is hidden is what can be hidden: `ls` lists only the mailboxes the caller
+//! may read or manage, and `stat` (owner, sizes, counters) needs `r`.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use ipc_proto::Credentials;
+
+use crate::quota::UidAccount;
+
+/// Who is asking: the process at the other end of a connection, as the kernel reported
+/// it, with the account its charges go to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub creds: Credentials,
+    /// Supplementary groups (the primary one is `creds.gid`).
+    pub groups: Vec<u32>,
+    pub account: Arc<UidAccount>,
+}
+
+impl Caller {
+    pub fn uid(&self) -> u32 {
+        self.creds.uid
+    }
+
+    /// Whether the caller is in group `gid`, as its primary or a supplementary group.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.creds.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The supplementary groups of the process at the other end of `socket`
+/// (`SO_PEERGROUPS`, Linux 4.13+), as they were when it connected.
+pub fn peer_groups(socket: &impl AsRawFd) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 16];
+    loop {
+        let mut len = libc::socklen_t::try_from(std::mem::size_of_val(groups.as_slice()))
+            .map_err(|_| io::Error::other("group list too long"))?;
+        // SAFETY: the buffer is `len` bytes of writable gid_t slots; the kernel writes at
+        // most `len` bytes and reports how many it wrote (or needs) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // ERANGE: the buffer was too small and `len` says what is needed.
+        if error.raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
 
 /// What an operation needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +94,20 @@ pub struct Ownership {
 
 impl Ownership {
     /// Whether `caller` may perform an operation needing `access`. Like the kernel's
-    /// `ipcperms`: the owner or creator uses the owner bits, a member of the owning group
-    /// the group bits, everyone else the other bits; root passes every check.
-    pub fn allows(&self, caller: &Credentials, access: Access) -> bool {
-        if caller.uid == 0 {
+    /// `ipcperms`: the owner or creator uses the owner bits, a member (by primary or
+    /// supplementary group) of the owning or creating group the group bits, everyone else
+    /// the other bits; root passes every check.
+    pub fn allows(&self, caller: &Caller, access: Access) -> bool {
+        if caller.uid() == 0 {
             return true;
         }
-        let is_owner = caller.uid == self.owner_uid || caller.uid == self.creator_uid;
+        let is_owner = caller.uid() == self.owner_uid || caller.uid() == self.creator_uid;
         if access == Access::Manage {
             return is_owner;
         }
         let bits = if is_owner {
             self.mode >> 6
-        } else if caller.gid == self.owner_gid {
+        } else if caller.in_group(self.owner_gid) || caller.in_group(self.creator_gid) {
             self.mode >> 3
         } else {
             self.mode
@@ -57,8 +125,18 @@ impl Ownership {
 mod tests {
     use super::*;
 
-    fn who(uid: u32, gid: u32) -> Credentials {
-        Credentials { pid: 1, uid, gid }
+    use crate::quota::Accounts;
+
+    fn who(uid: u32, gid: u32) -> Caller {
+        with_groups(uid, gid, &[])
+    }
+
+    fn with_groups(uid: u32, gid: u32, groups: &[u32]) -> Caller {
+        Caller {
+            creds: Credentials { pid: 1, uid, gid },
+            groups: groups.to_vec(),
+            account: Accounts::default().account(uid),
+        }
     }
 
     #[test]
@@ -82,6 +160,38 @@ mod tests {
         let odd = Ownership { mode: 0o066, ..own };
         assert!(!odd.allows(&who(1000, 1), Access::Read));
         assert!(odd.allows(&who(3000, 300), Access::Write));
+    }
+
+    #[test]
+    fn supplementary_groups_count_as_the_group() {
+        let own = Ownership {
+            owner_uid: 1000,
+            owner_gid: 100,
+            creator_uid: 1000,
+            creator_gid: 100,
+            mode: 0o640,
+        };
+        assert!(!own.allows(&with_groups(2000, 200, &[300]), Access::Read));
+        assert!(own.allows(&with_groups(2000, 200, &[300, 100]), Access::Read));
+        assert!(!own.allows(&with_groups(2000, 200, &[100]), Access::Write));
+    }
+
+    #[test]
+    fn peer_groups_are_this_process_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut expected: Vec<u32> = {
+            // SAFETY: a null buffer with size 0 only asks for the count.
+            let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+            let mut buf = vec![0; usize::try_from(n).unwrap()];
+            // SAFETY: `buf` has room for `n` gids.
+            let n = unsafe { libc::getgroups(n, buf.as_mut_ptr()) };
+            buf.truncate(usize::try_from(n).unwrap());
+            buf
+        };
+        let mut got = peer_groups(&a).unwrap();
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -270,12 +270,20 @@ pub struct MailboxInfo {
     pub unacked: u64,
 }
 
-/// What one uid is using.
+/// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited
+/// (root, unless configured otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UidUsage {
     pub uid: u32,
     pub connections: u64,
     pub mailboxes: u64,
+    /// Payload bytes of this uid's messages the daemon holds (queued or waiting to be).
+    pub queued_bytes: u64,
+    pub max_connections: Option<u64>,
+    pub max_mailboxes: Option<u64>,
+    pub max_queued_bytes: Option<u64>,
+    /// Requests one connection of this uid may have waiting at once.
+    pub max_in_flight: Option<u64>,
 }
 
 /// The daemon as a whole; `users` lists what the caller may see (root: everyone).

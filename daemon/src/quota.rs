@@ -1,0 +1,267 @@
+//! Per-uid accounting (SPEC §7), after dbus-broker: every resource is charged to the uid
+//! that allocated it — a connection to the uid at the other end, a mailbox to its owner,
+//! a queued message to its sender — and checked against that uid's [`Quota`].
+//!
+//! A charge is a [`Charge`] guard that gives back what it took when dropped, so whatever
+//! path drops the thing holding it (a message leaving its queue, a mailbox removed, a
+//! connection closing, a waiting send cancelled) releases it; no path has to remember to.
+//! Over quota, only the request that asked fails: nothing else is disconnected.
+//!
+//! The counters are atomics in one [`UidAccount`] per uid, which the connection holds, so
+//! charging on the hot path (every send) takes no shared lock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use ipc_proto::{ErrorCode, ErrorReply};
+
+use crate::config::Quota;
+
+/// How often one uid's quota refusals of one kind are logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Connections = 0,
+    Mailboxes = 1,
+    QueuedBytes = 2,
+}
+
+impl Resource {
+    const ALL: [Resource; 3] = [
+        Resource::Connections,
+        Resource::Mailboxes,
+        Resource::QueuedBytes,
+    ];
+
+    /// The quota's name, as in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Connections => "connections",
+            Resource::Mailboxes => "mailboxes",
+            Resource::QueuedBytes => "queued_bytes",
+        }
+    }
+
+    pub fn limit(self, quota: &Quota) -> u64 {
+        match self {
+            Resource::Connections => quota.connections,
+            Resource::Mailboxes => quota.mailboxes,
+            Resource::QueuedBytes => quota.queued_bytes,
+        }
+    }
+}
+
+/// What one uid holds now.
+#[derive(Debug)]
+pub struct UidAccount {
+    uid: u32,
+    used: [AtomicU64; 3],
+    /// When a refusal of each kind was last logged, for rate limiting.
+    logged: Mutex<[Option<Instant>; 3]>,
+}
+
+/// Every uid that holds something. Accounts live while anything charged to them does.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    by_uid: Mutex<HashMap<u32, Weak<UidAccount>>>,
+}
+
+impl Accounts {
+    /// The account of `uid`, created empty if it holds nothing now.
+    pub fn account(&self, uid: u32) -> Arc<UidAccount> {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(account) = by_uid.get(&uid).and_then(Weak::upgrade) {
+            return account;
+        }
+        // Forget accounts that hold nothing any more, so the table stays as small as the
+        // set of uids that hold something.
+        by_uid.retain(|_, account| account.strong_count() > 0);
+        let account = Arc::new(UidAccount {
+            uid,
+            used: Default::default(),
+            logged: Mutex::new([None; 3]),
+        });
+        by_uid.insert(uid, Arc::downgrade(&account));
+        account
+    }
+
+    /// Every live account, by uid.
+    pub fn all(&self) -> Vec<Arc<UidAccount>> {
+        let by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = by_uid.values().filter_map(Weak::upgrade).collect();
+        all.sort_by_key(|a| a.uid);
+        all
+    }
+}
+
+impl UidAccount {
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn used(&self, resource: Resource) -> u64 {
+        self.used[resource as usize].load(Ordering::Relaxed)
+    }
+
+    /// Takes `amount` of `resource` if that keeps the uid within `limit`.
+    pub fn charge(
+        self: &Arc<Self>,
+        resource: Resource,
+        amount: u64,
+        limit: u64,
+    ) -> Result<Charge, ErrorReply> {
+        let counter = &self.used[resource as usize];
+        let mut now = counter.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = now.checked_add(amount).filter(|&next| next <= limit) else {
+                return Err(self.refuse(resource, now, amount, limit));
+            };
+            match counter.compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => now = actual,
+            }
+        }
+        Ok(Charge {
+            account: self.clone(),
+            resource,
+            amount,
+        })
+    }
+
+    /// Takes `amount` without a check: for what root imposes (giving a mailbox away).
+    pub fn force(self: &Arc<Self>, resource: Resource, amount: u64) -> Charge {
+        self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
+        Charge {
+            account: self.clone(),
+            resource,
+            amount,
+        }
+    }
+
+    fn refuse(&self, resource: Resource, used: u64, amount: u64, limit: u64) -> ErrorReply {
+        let message = match resource {
+            Resource::QueuedBytes => format!(
+                "quota exceeded: uid {} has {used} bytes queued; {amount} more would pass its \
+                 queued_bytes quota of {limit}",
+                self.uid
+            ),
+            Resource::Connections => format!(
+                "quota exceeded: uid {} has {used} connections open, its connections quota",
+                self.uid
+            ),
+            Resource::Mailboxes => format!(
+                "quota exceeded: uid {} owns {used} mailboxes, its mailboxes quota",
+                self.uid
+            ),
+        };
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let last = &mut logged[resource as usize];
+        if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::info!(uid = self.uid, quota = resource.name(), limit, "{message}");
+        }
+        ErrorReply::new(ErrorCode::QuotaExceeded, message)
+    }
+}
+
+/// An amount of one resource charged to one uid, given back on drop.
+pub struct Charge {
+    account: Arc<UidAccount>,
+    resource: Resource,
+    amount: u64,
+}
+
+impl Charge {
+    pub fn uid(&self) -> u32 {
+        self.account.uid
+    }
+}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Charge({} {} to uid {})",
+            self.amount,
+            self.resource.name(),
+            self.account.uid
+        )
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.account.used[self.resource as usize].fetch_sub(self.amount, Ordering::AcqRel);
+    }
+}
+
+/// What `account` holds of each resource, in [`Resource::ALL`] order.
+pub fn snapshot(account: &UidAccount) -> [u64; 3] {
+    Resource::ALL.map(|r| account.used(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_bounded_and_given_back_on_drop() {
+        let accounts = Accounts::default();
+        let account = accounts.account(1000);
+        let a = account.charge(Resource::QueuedBytes, 60, 100).unwrap();
+        let refused = account
+            .charge(Resource::QueuedBytes, 41, 100)
+            .expect_err("over the quota");
+        assert_eq!(refused.code, ErrorCode::QuotaExceeded);
+        assert!(
+            refused.message.contains("queued_bytes quota of 100"),
+            "{refused:?}"
+        );
+        let b = account.charge(Resource::QueuedBytes, 40, 100).unwrap();
+        assert_eq!(account.used(Resource::QueuedBytes), 100);
+        drop(a);
+        assert_eq!(account.used(Resource::QueuedBytes), 40);
+        drop(b);
+        assert_eq!(snapshot(&account), [0, 0, 0]);
+    }
+
+    #[test]
+    fn an_account_lives_while_something_is_charged_to_it() {
+        let accounts = Accounts::default();
+        let charge = accounts.account(7).force(Resource::Mailboxes, 1);
+        // The connection that charged it is gone; the mailbox keeps the account.
+        let again = accounts.account(7);
+        assert_eq!(again.used(Resource::Mailboxes), 1);
+        assert_eq!(accounts.all().len(), 1);
+        drop((charge, again));
+        assert!(accounts.all().is_empty());
+    }
+
+    #[test]
+    fn concurrent_charges_never_pass_the_limit() {
+        let accounts = Accounts::default();
+        let account = accounts.account(1);
+        let granted: Vec<Vec<Charge>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..1000)
+                            .filter_map(|_| account.charge(Resource::Connections, 1, 1500).ok())
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let total: usize = granted.iter().map(Vec::len).sum();
+        assert_eq!(total, 1500);
+        assert_eq!(account.used(Resource::Connections), 1500);
+        drop(granted);
+        assert_eq!(account.used(Resource::Connections), 0);
+    }
+}
