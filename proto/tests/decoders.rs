@@ -1,0 +1,377 @@
+//! The wire decoders under proptest, on stable and in every `cargo test`: the same
+//! properties the `fuzz/` targets check at length, kept short enough to run each time.
+//!
+//! - Any bytes, in any chunking, give `FrameDecoder` no way to panic or to yield a body
+//!   above its limit, and the chunking never changes what it decodes.
+//! - Any body bytes decode as `Hello`, `Request`, `Welcome` or `Response` to a value or an
+//!   error, never a panic, and what decodes re-encodes to itself.
+//! - Every `Request` survives encoding, framing in any chunking and decoding unchanged,
+//!   with the variant number that docs/protocol.md gives it.
+
+use std::fmt::Debug;
+
+use bytes::{Bytes, BytesMut};
+use ipc_proto::codec::{self, CodecError};
+use ipc_proto::{
+    CreateRequest, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
+    Headers, Hello, LimitChanges, MailboxChanges, MailboxName, RecvRequest, Request, Response,
+    Selector, SendRequest, Wait, Welcome,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// The decoders' limit in these tests: small, so that both sides of it are reached.
+const MAX_BODY: u32 = 256;
+
+/// Everything a decoder made of a stream: its frames, and the error that ended it.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    frames: Vec<Frame>,
+    error: Option<FrameError>,
+}
+
+/// Feeds `stream` to a fresh decoder in pieces whose sizes cycle through `chunks` (all at
+/// once when `chunks` is empty), checking the limit on every frame.
+fn decode_in_chunks(stream: &[u8], max_body: u32, chunks: &[usize]) -> Outcome {
+    let mut decoder = FrameDecoder::new(max_body);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut sizes = chunks.iter().copied().cycle();
+    let mut fed = 0;
+    while fed < stream.len() {
+        let n = sizes.next().unwrap_or(stream.len()).min(stream.len() - fed);
+        buf.extend_from_slice(&stream[fed..fed + n]);
+        fed += n;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    assert!(
+                        frame.body.len() <= max_body as usize,
+                        "frame above the limit"
+                    );
+                    frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Outcome {
+                        frames,
+                        error: Some(error),
+                    };
+                }
+            }
+        }
+    }
+    Outcome {
+        frames,
+        error: None,
+    }
+}
+
+/// One piece of a hostile stream: a header whose every field may be wrong (a length near
+/// or past the limit, an unknown kind, reserved flags), and up to that many body bytes.
+fn segment() -> impl Strategy<Value = Vec<u8>> {
+    let len = prop_oneof![
+        4 => 0..=MAX_BODY + 8,
+        1 => any::<u32>(),
+    ];
+    let kind = prop_oneof![8 => 1u16..=4, 1 => any::<u16>()];
+    let flags = prop_oneof![8 => Just(0u16), 1 => any::<u16>()];
+    // Now and then, bytes that belong to no frame.
+    let garbage = proptest::option::weighted(0.2, vec(any::<u8>(), 1..40));
+    (
+        len,
+        kind,
+        flags,
+        any::<u64>(),
+        vec(any::<u8>(), 0..300),
+        garbage,
+    )
+        .prop_map(|(len, kind, flags, id, body, garbage)| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&kind.to_le_bytes());
+            out.extend_from_slice(&flags.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&body[..body.len().min(len as usize)]);
+            out.extend(garbage.unwrap_or_default());
+            out
+        })
+}
+
+fn name() -> impl Strategy<Value = MailboxName> {
+    "[A-Za-z0-9_-][A-Za-z0-9._/-]{0,40}"
+        .prop_filter_map("not a mailbox name", |s| MailboxName::new(s).ok())
+}
+
+fn wait() -> impl Strategy<Value = Wait> {
+    prop_oneof![
+        Just(Wait::Forever),
+        Just(Wait::NoWait),
+        any::<u64>().prop_map(Wait::TimeoutMs),
+    ]
+}
+
+fn selector() -> impl Strategy<Value = Selector> {
+    prop_oneof![
+        Just(Selector::Any),
+        any::<i64>().prop_map(Selector::Type),
+        any::<i64>().prop_map(Selector::Except),
+        any::<i64>().prop_map(Selector::AtMost),
+    ]
+}
+
+fn limits() -> impl Strategy<Value = LimitChanges> {
+    any::<(Option<u64>, Option<u64>, Option<u64>)>().prop_map(
+        |(max_msgs, max_bytes, max_msg_size)| LimitChanges {
+            max_msgs,
+            max_bytes,
+            max_msg_size,
+        },
+    )
+}
+
+fn headers() -> impl Strategy<Value = Headers> {
+    (
+        proptest::option::of(name()),
+        any::<Option<u64>>(),
+        proptest::option::of(".{0,20}"),
+    )
+        .prop_map(|(reply_to, correlation_id, content_type)| Headers {
+            reply_to,
+            correlation_id,
+            content_type,
+        })
+}
+
+/// Every kind of request, with every field drawn from its whole range.
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (
+            name(),
+            any::<Option<u32>>(),
+            any::<bool>(),
+            limits(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(mailbox, mode, durable, limits, exist_ok)| Request::Create(CreateRequest {
+                    mailbox,
+                    mode,
+                    durable,
+                    limits,
+                    exist_ok,
+                })
+            ),
+        (
+            name(),
+            any::<i64>(),
+            headers(),
+            wait(),
+            vec(any::<u8>(), 0..200)
+        )
+            .prop_map(|(mailbox, mtype, headers, wait, payload)| Request::Send(
+                SendRequest {
+                    mailbox,
+                    mtype,
+                    headers,
+                    wait,
+                    payload: Bytes::from(payload),
+                }
+            )),
+        (name(), selector(), wait(), any::<bool>()).prop_map(|(mailbox, selector, wait, peek)| {
+            Request::Recv(RecvRequest {
+                mailbox,
+                selector,
+                wait,
+                peek,
+            })
+        }),
+        name().prop_map(|mailbox| Request::Stat { mailbox }),
+        Just(Request::List),
+        (
+            name(),
+            any::<(Option<u32>, Option<u32>, Option<u32>)>(),
+            limits()
+        )
+            .prop_map(
+                |(mailbox, (mode, owner_uid, owner_gid), limits)| Request::Set {
+                    mailbox,
+                    changes: MailboxChanges {
+                        mode,
+                        owner_uid,
+                        owner_gid,
+                        limits,
+                    },
+                }
+            ),
+        name().prop_map(|mailbox| Request::Purge { mailbox }),
+        name().prop_map(|mailbox| Request::Remove { mailbox }),
+        Just(Request::Status),
+        any::<u64>().prop_map(|request_id| Request::Cancel { request_id }),
+    ]
+}
+
+/// The variant number of docs/protocol.md. The match is exhaustive, so a new request
+/// does not compile until it has a number here and a case in [`request`].
+fn documented_variant(request: &Request) -> u8 {
+    match request {
+        Request::Create(_) => 0,
+        Request::Send(_) => 1,
+        Request::Recv(_) => 2,
+        Request::Stat { .. } => 3,
+        Request::List => 4,
+        Request::Set { .. } => 5,
+        Request::Purge { .. } => 6,
+        Request::Remove { .. } => 7,
+        Request::Status => 8,
+        Request::Cancel { .. } => 9,
+    }
+}
+
+/// Decodes `body` as a `kind` frame (`None`: refused); a value that decodes must come
+/// back unchanged from encoding and decoding again, and re-encode to the same bytes.
+fn decode_and_round_trip<T>(kind: FrameKind, body: &[u8]) -> Result<Option<T>, TestCaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Debug,
+{
+    let frame = Frame {
+        kind,
+        request_id: 1,
+        body: Bytes::copy_from_slice(body),
+    };
+    let value: T = match codec::decode_body(&frame, kind) {
+        Ok(value) => value,
+        Err(error) => {
+            // The daemon puts this text in its error reply.
+            let _ = error.to_string();
+            return Ok(None);
+        }
+    };
+    let encoded = codec::encode_value(&value).expect("a decoded value encodes");
+    let again: T = codec::decode_value(&encoded).expect("a re-encoded value decodes");
+    prop_assert_eq!(&again, &value);
+    prop_assert_eq!(codec::encode_value(&again).expect("encodes"), encoded);
+    Ok(Some(value))
+}
+
+/// Decodes `body` under every frame kind the daemon or a client decodes. A refused body
+/// is fine; a panic or a broken round trip is not.
+fn no_panic_and_round_trip(body: &[u8]) -> Result<(), TestCaseError> {
+    decode_and_round_trip::<Hello>(FrameKind::Hello, body)?;
+    decode_and_round_trip::<Request>(FrameKind::Request, body)?;
+    decode_and_round_trip::<Welcome>(FrameKind::Welcome, body)?;
+    decode_and_round_trip::<Response>(FrameKind::Response, body)?;
+    Ok(())
+}
+
+proptest! {
+    /// Arbitrary bytes in arbitrary chunks: no panic, no frame above the limit, and the
+    /// same frames and error as when the stream comes in one piece.
+    #[test]
+    fn frame_decoder_takes_any_bytes_in_any_chunking(
+        data in vec(any::<u8>(), 0..2048),
+        chunks in vec(1usize..64, 1..32),
+        max_body in 0..=MAX_BODY,
+    ) {
+        prop_assert_eq!(
+            decode_in_chunks(&data, max_body, &chunks),
+            decode_in_chunks(&data, max_body, &[])
+        );
+    }
+
+    /// Streams of near-valid frames (lengths around the limit, bad kinds and flags,
+    /// stray bytes) reach every branch of the decoder; the same properties hold.
+    #[test]
+    fn frame_decoder_takes_hostile_frames_in_any_chunking(
+        segments in vec(segment(), 0..8),
+        chunks in vec(1usize..64, 1..32),
+    ) {
+        let stream = segments.concat();
+        let whole = decode_in_chunks(&stream, MAX_BODY, &[]);
+        prop_assert_eq!(decode_in_chunks(&stream, MAX_BODY, &chunks), whole);
+    }
+
+    /// Arbitrary bodies, under every frame kind the daemon or a client decodes.
+    #[test]
+    fn body_decoders_take_any_bytes(body in vec(any::<u8>(), 0..512)) {
+        no_panic_and_round_trip(&body)?;
+    }
+
+    /// Valid request bodies with bytes changed or cut short: these get past the variant
+    /// number and into the fields, where random bytes rarely go.
+    #[test]
+    fn body_decoders_take_damaged_requests(
+        request in request(),
+        damage in vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut body = codec::encode_value(&request).expect("a request encodes");
+        for (at, byte) in damage {
+            let at = at.index(body.len());
+            body[at] = byte;
+        }
+        body.truncate(cut.index(body.len() + 1));
+        no_panic_and_round_trip(&body)?;
+    }
+
+    /// Every request comes back unchanged from encoding, framing in any chunking and
+    /// decoding, under its documented variant number.
+    #[test]
+    fn requests_round_trip(
+        requests in vec(request(), 1..6),
+        chunks in vec(1usize..64, 1..16),
+    ) {
+        let mut wire = BytesMut::new();
+        for (id, request) in (1..).zip(&requests) {
+            codec::encode_frame(FrameKind::Request, id, request, DEFAULT_MAX_FRAME, &mut wire)
+                .expect("a request encodes");
+        }
+        let outcome = decode_in_chunks(&wire, DEFAULT_MAX_FRAME, &chunks);
+        prop_assert_eq!(outcome.error, None);
+        prop_assert_eq!(outcome.frames.len(), requests.len());
+        for ((id, request), frame) in (1..).zip(&requests).zip(&outcome.frames) {
+            prop_assert_eq!(frame.request_id, id);
+            prop_assert_eq!(frame.body[0], documented_variant(request));
+            let decoded: Request = codec::decode_body(frame, FrameKind::Request)
+                .expect("an encoded request decodes");
+            prop_assert_eq!(&decoded, request);
+        }
+    }
+
+    /// A request body is refused under any other frame kind.
+    #[test]
+    fn request_body_is_refused_under_another_kind(request in request()) {
+        let body = Bytes::from(codec::encode_value(&request).expect("a request encodes"));
+        for kind in [FrameKind::Hello, FrameKind::Welcome, FrameKind::Response] {
+            let frame = Frame { kind, request_id: 1, body: body.clone() };
+            let refused = matches!(
+                codec::decode_body::<Request>(&frame, FrameKind::Request),
+                Err(CodecError::UnexpectedKind { .. })
+            );
+            prop_assert!(refused, "a {:?} frame was decoded as a request", kind);
+        }
+    }
+}
+
+/// A frame as long as the limit passes and one byte more is refused from the header,
+/// whatever follows.
+#[test]
+fn the_limit_is_inclusive() {
+    let mut wire = Vec::new();
+    for len in [MAX_BODY, MAX_BODY + 1] {
+        wire.extend_from_slice(&len.to_le_bytes());
+        wire.extend_from_slice(&(FrameKind::Request as u16).to_le_bytes());
+        wire.extend_from_slice(&[0; 10]);
+        wire.resize(wire.len() + len as usize, 0xAA);
+    }
+    assert_eq!(wire.len(), 2 * HEADER_LEN + 2 * MAX_BODY as usize + 1);
+    let outcome = decode_in_chunks(&wire, MAX_BODY, &[7]);
+    assert_eq!(outcome.frames.len(), 1);
+    assert_eq!(
+        outcome.error,
+        Some(FrameError::TooLarge {
+            len: (MAX_BODY + 1).into(),
+            max: MAX_BODY
+        })
+    );
+}
