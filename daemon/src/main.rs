@@ -27,6 +27,7 @@ struct Args {
 fn main() -> ExitCode {
     ipcd::logging::init();
     let args = Args::parse();
+    raise_descriptor_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,6 +73,28 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     ipcd::run(listener, config, shutdown).await
+}
+
+/// Every connection is a descriptor: take the hard limit the system grants instead of
+/// the soft default (often 1024), as most daemons do. Failure only leaves the soft limit.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!(
+                    "cannot raise the descriptor limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 fn default_socket(root: bool) -> anyhow::Result<PathBuf> {

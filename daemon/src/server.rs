@@ -41,6 +41,8 @@ impl Drop for SocketGuard {
 /// mailbox, and the directory's mode decides who reaches the socket at all.
 pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::create_dir_all(dir)
@@ -48,10 +50,18 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("cannot set mode of {}", dir.display()))?;
         }
+        check_directory(dir, me)?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
             bail!("refusing to use {}: it is a symbolic link", path.display())
+        }
+        Ok(meta) if meta.uid() != me => {
+            bail!(
+                "refusing to use {}: it belongs to uid {}, not to this daemon's uid {me}",
+                path.display(),
+                meta.uid()
+            )
         }
         Ok(meta) if !meta.file_type().is_socket() => {
             bail!(
@@ -92,6 +102,36 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     ))
 }
 
+/// The socket's directory must not let anyone else swap the socket under us: it belongs
+/// to this daemon's uid or root, and whoever else may write to it is held back by the
+/// sticky bit (as in `/tmp`).
+fn check_directory(dir: &Path, me: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        fs::metadata(dir).with_context(|| format!("cannot inspect directory {}", dir.display()))?;
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "refusing to use socket directory {}: it belongs to uid {}, not to this daemon's uid {me} or root",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode();
+    let sticky = mode & libc::S_ISVTX != 0;
+    if mode & 0o022 != 0 && !sticky {
+        bail!(
+            "refusing to use socket directory {}: others may write to it (mode {:04o}); \
+             make it 0755 or give it the sticky bit",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// How long accept waits after a failure (such as running out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Accepts connections until `stop` is cancelled, spawning a peer for each on `tracker`.
 pub async fn accept_loop(
     listener: tokio::net::UnixListener,
@@ -100,20 +140,31 @@ pub async fn accept_loop(
     stop: &CancellationToken,
     peers_stop: &CancellationToken,
 ) {
+    // Set while accept fails, so a burst of failures is logged once, with its recovery.
+    let mut failing = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("accepting connections again");
+                    }
                     tracker.spawn(peer::serve(stream, broker.clone(), peers_stop.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning, and keep
-                    // serving the connections already open.
-                    tracing::warn!("accept failed: {e}; retrying shortly");
+                    // serving the connections already open. The connection waits in the
+                    // listen backlog meanwhile.
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(
+                            "accept failed: {e}; retrying every {} ms until it works",
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    }
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
                 }
             }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ipc_client::{BlockingClient, MailboxInfo};
@@ -138,21 +139,37 @@ pub fn ipcctl(socket: &Path) -> Command {
     command
 }
 
-/// The real `ipcd` binary running on a socket in its own temporary directory.
+/// The real `ipcd` binary running on a socket in its own temporary directory, its log
+/// kept for the test to read.
 #[derive(Debug)]
 pub struct DaemonProcess {
     pub child: Child,
     pub socket: PathBuf,
     reaped: bool,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
     _dir: tempfile::TempDir,
 }
 
 impl DaemonProcess {
     /// Starts `ipcd --socket …` and returns once it logs that it is listening.
     pub fn spawn() -> Self {
+        Self::spawn_wrapped(&[])
+    }
+
+    /// As [`spawn`](Self::spawn), run through `wrapper` (e.g. `["prlimit", "--nofile=64"]`).
+    pub fn spawn_wrapped(wrapper: &[&str]) -> Self {
         let dir = tempdir();
         let socket = dir.path().join("ipcd.sock");
-        let mut child = Command::new(binary("ipcd"))
+        let ipcd = binary("ipcd");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&ipcd);
+                c
+            }
+            None => Command::new(&ipcd),
+        };
+        let mut child = command
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -164,22 +181,69 @@ impl DaemonProcess {
             .spawn()
             .expect("start ipcd");
         let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("listening on") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("ipcd exited before listening"),
-            }
-        }
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let kept = log.clone();
         // Keep draining the log so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lines, changed) = &*kept;
+                lines.lock().unwrap().push(line);
+                changed.notify_all();
+            }
+        });
+        let process = Self {
             child,
             socket,
             reaped: false,
+            log,
             _dir: dir,
+        };
+        process
+            .wait_for_log("listening on", Duration::from_secs(60))
+            .expect("ipcd exited before listening");
+        process
+    }
+
+    /// Waits until a log line contains `needle` and returns it; `None` after `limit`.
+    /// Woken by each new line, not by polling.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Option<String> {
+        let (lines, changed) = &*self.log;
+        let deadline = std::time::Instant::now() + limit;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            lines = changed.wait_timeout(lines, left).unwrap().0;
         }
+    }
+
+    /// Every log line so far that contains `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.log.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The daemon's peak resident set so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    /// A new blocking client.
+    pub fn client(&self) -> BlockingClient {
+        BlockingClient::connect_to(&self.socket).expect("connect to ipcd")
     }
 
     /// Sends `signal` to the daemon.
@@ -227,4 +291,65 @@ pub fn is_root() -> bool {
 pub fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
+}
+
+/// A process identity to run `ipcctl` as (through `setpriv`, so root only). The ids need
+/// no passwd entry: the daemon sees only what the kernel reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: &'a [u32],
+}
+
+impl Principal<'_> {
+    pub const fn new(uid: u32, gid: u32) -> Principal<'static> {
+        Principal {
+            uid,
+            gid,
+            groups: &[],
+        }
+    }
+}
+
+/// `ipcctl ARGS…` as `who`, against `daemon`, to completion.
+pub fn ipcctl_as(daemon: &TestDaemon, who: Principal<'_>, args: &[&str]) -> std::process::Output {
+    spawn_ipcctl_as(daemon, who, args)
+        .wait_with_output()
+        .expect("wait for ipcctl")
+}
+
+/// `ipcctl ARGS…` as `who`, started in the background with its output captured.
+pub fn spawn_ipcctl_as(daemon: &TestDaemon, who: Principal<'_>, args: &[&str]) -> Child {
+    assert!(is_root(), "running commands as other users needs root");
+    // The build tree may sit in a directory other users cannot enter (a fresh clone in
+    // a private temporary directory): run a copy from the daemon's open directory.
+    let program = daemon.dir().join("ipcctl");
+    if !program.exists() {
+        let staged = daemon.dir().join(format!("ipcctl.{}", std::process::id()));
+        std::fs::copy(binary("ipcctl"), &staged).expect("copy ipcctl");
+        // Renamed into place whole, so a concurrent caller never runs a partial copy.
+        std::fs::rename(&staged, &program).expect("move ipcctl into place");
+    }
+    let groups = if who.groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        let list: Vec<String> = who.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", who.uid))
+        .arg(format!("--regid={}", who.gid))
+        .arg(groups)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env("IPCD_SOCKET", daemon.socket())
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ipcctl through setpriv")
 }

@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use ipcd_tests::{TestDaemon, ipcctl, is_root};
+use ipcd_tests::{Principal, TestDaemon, ipcctl, ipcctl_as, is_root};
 
 const OWNER: &str = "ipcd-test-owner";
 const OTHER: &str = "ipcd-test-other";
@@ -42,30 +42,7 @@ fn ensure_user(user: &str) -> (u32, u32) {
 
 /// `ipcctl ARGS…` as `user`.
 fn as_user(daemon: &TestDaemon, (uid, gid): (u32, u32), args: &[&str]) -> Output {
-    let mut command = ipcctl(daemon.socket());
-    // The build tree may sit in a directory other users cannot enter (a fresh clone in
-    // a private temporary directory): run a copy from the daemon's open directory.
-    let program = daemon.dir().join("ipcctl");
-    if !program.exists() {
-        std::fs::copy(command.get_program(), &program).expect("copy ipcctl");
-    }
-    let mut wrapped = std::process::Command::new("setpriv");
-    wrapped
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .arg("--")
-        .arg(program)
-        .args(args);
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(v) => wrapped.env(key, v),
-            None => wrapped.env_remove(key),
-        };
-    }
-    command = wrapped;
-    command.stdin(std::process::Stdio::null());
-    command.output().expect("run ipcctl through setpriv")
+    ipcctl_as(daemon, Principal::new(uid, gid), args)
 }
 
 fn code(out: &Output) -> i32 {
