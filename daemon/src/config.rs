@@ -109,7 +109,7 @@ impl Default for Config {
                 in_flight: 1024,
             },
             quota_overrides: HashMap::new(),
-            max_pending_output: 16 * MIB,
+            max_pending_output: 64 * MIB,
             max_queued_replies: 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),

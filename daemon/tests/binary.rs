@@ -57,3 +57,50 @@ fn refuses_to_steal_a_live_socket() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
     assert!(path.exists(), "the live socket is left alone");
 }
+
+#[test]
+fn refuses_a_socket_directory_others_may_write_to() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = open.join("ipcd.sock");
+    let out = ipcd(&["--socket".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("others may write to it"), "{log}");
+    assert!(!path.exists());
+    // With the sticky bit, as /tmp has, others cannot replace our socket: accepted.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipcd"))
+        .args(["--socket".as_ref(), path.as_os_str()])
+        .env("IPCD_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut log, &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn refuses_a_stale_socket_of_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give a socket file to another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipcd.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let out = ipcd(&["--socket".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("belongs to uid 65534"), "{log}");
+    assert!(path.exists(), "another user's file is left alone");
+}

@@ -1,0 +1,241 @@
+//! Hostile clients against the real `ipcd` binary with its default configuration (SPEC
+//! §7): lying length headers, garbage, half a frame then silence, a reader that never
+//! reads while messages pour in, running out of descriptors. In each, another client's
+//! sends and receives keep working, and the daemon's peak memory stays bounded.
+//!
+//! The peak RSS each test saw is printed (`cargo test --test abuse -- --nocapture`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ipc_client::{BlockingClient, CreateOptions, Error, RecvOptions, SendOptions};
+use ipc_proto::{
+    FrameKind, Hello, MailboxName, PROTOCOL_VERSION, RecvRequest, Request, Selector, Wait, codec,
+};
+use ipcd_tests::DaemonProcess;
+
+/// Megabytes of resident memory above its idle level a daemon may reach in these tests:
+/// the default limits let one mailbox hold 64 MiB and one connection's unread replies
+/// reach 64 MiB; the rest is room for allocator slack and buffers.
+const RSS_ALLOWANCE_MIB: u64 = 320;
+
+/// A client that sends and receives one message, as proof the daemon still serves.
+fn round_trip(client: &mut BlockingClient, mailbox: &str, n: u64) {
+    let body = format!("still here {n}");
+    client
+        .send(mailbox, body.clone(), &SendOptions::default())
+        .expect("the well-behaved client can send");
+    let got = client
+        .recv(mailbox, &RecvOptions::default().wait(Wait::NoWait))
+        .expect("the well-behaved client can receive");
+    assert_eq!(&got.payload[..], body.as_bytes());
+}
+
+fn hello_frame() -> BytesMut {
+    let mut out = BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "hostile".into(),
+    };
+    codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut out).unwrap();
+    out
+}
+
+fn report(test: &str, daemon: &DaemonProcess, idle_kib: u64) -> u64 {
+    let peak = daemon.peak_rss_kib();
+    eprintln!(
+        "{test}: daemon peak RSS {} MiB (idle {} MiB)",
+        peak / 1024,
+        idle_kib / 1024
+    );
+    assert!(
+        peak < idle_kib + RSS_ALLOWANCE_MIB * 1024,
+        "{test}: peak RSS {peak} KiB is past the bound"
+    );
+    peak
+}
+
+#[test]
+fn lying_garbage_and_half_frames_cost_nothing() {
+    let daemon = DaemonProcess::spawn();
+    let mut good = daemon.client();
+    good.create("steady", &CreateOptions::default()).unwrap();
+    round_trip(&mut good, "steady", 0);
+    let idle = daemon.peak_rss_kib();
+
+    // 100 connections each claiming a 4 GiB frame: refused from the header alone.
+    for n in 0..100 {
+        let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+        raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap();
+        let mut answer = Vec::new();
+        raw.read_to_end(&mut answer).unwrap();
+        assert!(answer.len() > 16, "an error frame, then the close");
+        round_trip(&mut good, "steady", n);
+    }
+
+    // Garbage after a good hello.
+    let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+    let mut bytes = hello_frame().to_vec();
+    bytes.extend((0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    // The daemon may close before reading it all; that is its right.
+    let _ = raw.write_all(&bytes);
+    let _ = raw.read_to_end(&mut Vec::new());
+    round_trip(&mut good, "steady", 100);
+
+    // Half frames, then silence: in the hello, and in a request after a good hello. They
+    // hold their connections, and nobody else notices.
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+        raw.write_all(&hello_frame()[..10]).unwrap();
+        silent.push(raw);
+        let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+        let mut bytes = hello_frame();
+        let request = Request::Status;
+        codec::encode_frame(FrameKind::Request, 1, &request, u32::MAX, &mut bytes).unwrap();
+        let cut = bytes.len() - 1;
+        raw.write_all(&bytes[..cut]).unwrap();
+        silent.push(raw);
+    }
+    for n in 0..100 {
+        round_trip(&mut good, "steady", 200 + n);
+    }
+    let status = good.status().unwrap();
+    assert!(status.connections >= 101, "the silent ones are still open");
+    drop(silent);
+    report("lying/garbage/half frames", &daemon, idle);
+}
+
+#[test]
+fn a_reader_that_never_reads_is_cut_off() {
+    const MESSAGES: usize = 10_000;
+    const SIZE: usize = 128 * 1024;
+    let daemon = DaemonProcess::spawn();
+    let mut good = daemon.client();
+    good.create("steady", &CreateOptions::default()).unwrap();
+    good.create("flood", &CreateOptions::default()).unwrap();
+    let idle = daemon.peak_rss_kib();
+
+    // The stalled reader: a hello and 10,000 pipelined receives on "flood", written from
+    // a thread (its writes block once the daemon stops reading), and never a read.
+    let stalled = UnixStream::connect(&daemon.socket).unwrap();
+    let mut writer = stalled.try_clone().unwrap();
+    let flooding = std::thread::spawn(move || {
+        let mut out = hello_frame();
+        for id in 1..=MESSAGES as u64 {
+            let recv = Request::Recv(RecvRequest {
+                mailbox: MailboxName::new("flood").unwrap(),
+                selector: Selector::Any,
+                wait: Wait::Forever,
+                peek: false,
+            });
+            codec::encode_frame(FrameKind::Request, id, &recv, u32::MAX, &mut out).unwrap();
+        }
+        // Fails once the daemon cuts the connection off; that is expected.
+        let _ = writer.write_all(&out);
+    });
+    // Its receives register before anything is sent: all of them for root, which has no
+    // quota by default, else up to the in-flight quota (the rest are refused).
+    let expected = if ipcd_tests::is_root() {
+        MESSAGES as u64
+    } else {
+        ipcd::Config::default().quota.in_flight
+    };
+    let mut probe = daemon.client();
+    let registered = (0..1_000_000)
+        .map(|_| probe.stat("flood").unwrap().waiting_receivers)
+        .find(|&n| n >= expected)
+        .expect("the receives register");
+    assert_eq!(registered, expected);
+
+    // 10,000 messages are sent to it; the well-behaved client keeps working throughout.
+    let mut sender = daemon.client();
+    let payload = bytes::Bytes::from(vec![7u8; SIZE]);
+    let (mut accepted, mut full) = (0, 0);
+    for n in 0..MESSAGES {
+        match sender.send(
+            "flood",
+            payload.clone(),
+            &SendOptions::default().wait(Wait::NoWait),
+        ) {
+            Ok(_) => accepted += 1,
+            Err(Error::WouldBlock(_)) => full += 1,
+            Err(e) => panic!("send {n}: {e}"),
+        }
+        if n % 100 == 0 {
+            round_trip(&mut good, "steady", n as u64);
+        }
+    }
+    let line = daemon
+        .wait_for_log("cut off", Duration::from_secs(60))
+        .expect("the daemon logs why it cut the reader off");
+    assert!(
+        line.contains("max_pending_output") || line.contains("replies"),
+        "{line}"
+    );
+    assert_eq!(daemon.log_lines("cut off").len(), 1, "one log line");
+    // The cut-off client sees its connection end.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut sink = Vec::new();
+    match (&stalled).read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    flooding.join().unwrap();
+    // What the cut-off reader did not take stayed in the mailbox, within its limits.
+    let flood = probe.stat("flood").unwrap();
+    assert_eq!(flood.waiting_receivers, 0);
+    assert!(flood.bytes <= flood.max_bytes);
+    eprintln!(
+        "non-reader: {accepted} of {MESSAGES} sends accepted, {full} refused as full, \
+         {} left queued",
+        flood.messages
+    );
+    round_trip(&mut good, "steady", 1_000_000);
+    report("non-reading client", &daemon, idle);
+}
+
+#[test]
+fn accept_recovers_after_running_out_of_descriptors() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    // 64 descriptors: the daemon's own (runtime, listener, log) and some 50 clients.
+    let daemon = DaemonProcess::spawn_wrapped(&["prlimit", "--nofile=64"]);
+    let mut good = daemon.client();
+    good.create("steady", &CreateOptions::default()).unwrap();
+    let mut crowd = Vec::new();
+    for _ in 0..100 {
+        // Connects land in the listen backlog even when the daemon cannot accept them.
+        let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+        raw.write_all(&hello_frame()).unwrap();
+        crowd.push(raw);
+    }
+    daemon
+        .wait_for_log("accept failed", Duration::from_secs(60))
+        .expect("the daemon runs out of descriptors and says so");
+    // The connection it already had keeps working.
+    round_trip(&mut good, "steady", 0);
+    // Free descriptors: the daemon accepts again, and a new client gets through.
+    crowd.clear();
+    let mut late = daemon.client();
+    round_trip(&mut late, "steady", 1);
+    daemon
+        .wait_for_log("accepting connections again", Duration::from_secs(60))
+        .expect("the daemon logs its recovery");
+    assert_eq!(
+        daemon.log_lines("accept failed").len(),
+        1,
+        "the failure is logged once, not once per retry"
+    );
+}
