@@ -44,6 +44,8 @@ fn hello_frame() -> BytesMut {
 }
 
 fn report(test: &str, daemon: &DaemonProcess, idle_kib: u64) -> u64 {
+    let panics = daemon.log_lines("panicked");
+    assert!(panics.is_empty(), "{test}: the daemon panicked: {panics:?}");
     let peak = daemon.peak_rss_kib();
     eprintln!(
         "{test}: daemon peak RSS {} MiB (idle {} MiB)",
@@ -237,5 +239,127 @@ fn accept_recovers_after_running_out_of_descriptors() {
         daemon.log_lines("accept failed").len(),
         1,
         "the failure is logged once, not once per retry"
+    );
+}
+
+#[test]
+fn extreme_values_in_well_formed_requests_are_answered() {
+    use ipc_proto::{
+        CreateRequest, ErrorCode, Headers, LimitChanges, MailboxChanges, Response, SendRequest,
+    };
+    let daemon = DaemonProcess::spawn();
+    let mut c = daemon.client();
+    let name = |s: &str| MailboxName::new(s).unwrap();
+    let error_code = |r: Response| match r {
+        Response::Error(e) => Some(e.code),
+        _ => None,
+    };
+    let create = |mode, limit| {
+        Request::Create(CreateRequest {
+            mailbox: name("edge"),
+            mode,
+            durable: false,
+            limits: LimitChanges {
+                max_msgs: limit,
+                max_bytes: limit,
+                max_msg_size: limit,
+            },
+            exist_ok: false,
+        })
+    };
+    for (request, expected) in [
+        (create(Some(u32::MAX), None), ErrorCode::InvalidArgument),
+        (create(None, Some(u64::MAX)), ErrorCode::InvalidArgument),
+        (create(None, Some(0)), ErrorCode::InvalidArgument),
+    ] {
+        assert_eq!(error_code(c.request(&request).unwrap()), Some(expected));
+    }
+    assert_eq!(
+        c.request(&create(None, None)).unwrap(),
+        Response::Created { created: true }
+    );
+    let send = |mtype| {
+        Request::Send(SendRequest {
+            mailbox: name("edge"),
+            mtype,
+            headers: Headers {
+                reply_to: Some(name("x")),
+                correlation_id: Some(u64::MAX),
+                content_type: Some("\u{0}\u{ffff}".into()),
+            },
+            wait: Wait::TimeoutMs(u64::MAX),
+            payload: bytes::Bytes::new(),
+        })
+    };
+    for mtype in [i64::MIN, -1, 0] {
+        assert_eq!(
+            error_code(c.request(&send(mtype)).unwrap()),
+            Some(ErrorCode::InvalidArgument)
+        );
+    }
+    assert!(matches!(
+        c.request(&send(i64::MAX)).unwrap(),
+        Response::Sent { .. }
+    ));
+    let recv = |selector, wait| {
+        Request::Recv(RecvRequest {
+            mailbox: name("edge"),
+            selector,
+            wait,
+            peek: false,
+        })
+    };
+    for selector in [
+        Selector::AtMost(i64::MIN),
+        Selector::Type(i64::MIN),
+        Selector::Type(0),
+        Selector::Except(i64::MAX),
+    ] {
+        assert_eq!(
+            error_code(c.request(&recv(selector, Wait::NoWait)).unwrap()),
+            Some(ErrorCode::WouldBlock),
+            "{selector:?}"
+        );
+    }
+    // A wait of u64::MAX ms is "practically forever", and can be cancelled.
+    let waiting = c
+        .submit(&recv(Selector::Type(5), Wait::TimeoutMs(u64::MAX)))
+        .unwrap();
+    c.flush().unwrap();
+    let cancel = c
+        .submit(&Request::Cancel {
+            request_id: waiting,
+        })
+        .unwrap();
+    assert_eq!(c.wait_for(cancel).unwrap(), Response::Ok);
+    assert_eq!(
+        error_code(c.wait_for(waiting).unwrap()),
+        Some(ErrorCode::Cancelled)
+    );
+    // Cancelling what does not exist is harmless.
+    let unknown = Request::Cancel {
+        request_id: u64::MAX,
+    };
+    assert_eq!(c.request(&unknown).unwrap(), Response::Ok);
+    let set = Request::Set {
+        mailbox: name("edge"),
+        changes: MailboxChanges {
+            mode: Some(0o7777),
+            ..MailboxChanges::default()
+        },
+    };
+    assert_eq!(
+        error_code(c.request(&set).unwrap()),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert!(matches!(
+        c.recv("edge", &RecvOptions::default()).unwrap().mtype,
+        i64::MAX
+    ));
+    assert!(c.status().is_ok());
+    assert!(
+        daemon.log_lines("panicked").is_empty(),
+        "{:?}",
+        daemon.log_lines("panicked")
     );
 }
