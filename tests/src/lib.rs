@@ -327,7 +327,9 @@ pub fn spawn_ipcctl_as(daemon: &TestDaemon, who: Principal<'_>, args: &[&str]) -
     // a private temporary directory): run a copy from the daemon's open directory.
     let program = daemon.dir().join("ipcctl");
     if !program.exists() {
-        let staged = daemon.dir().join(format!("ipcctl.{:?}", std::thread::current().id()));
+        let staged = daemon
+            .dir()
+            .join(format!("ipcctl.{:?}", std::thread::current().id()));
         // Copied by a child process, not here: a file this process held open for writing
         // could be inherited by a fork in another test thread, and exec would then fail
         // with ETXTBSY.
