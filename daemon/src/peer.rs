@@ -282,8 +282,8 @@ impl Peer {
                     let error = ErrorReply::new(
                         ErrorCode::QuotaExceeded,
                         format!(
-                            "quota exceeded: {limit} requests already waiting on this \
-                             connection, its in_flight quota"
+                            "quota exceeded: this connection already has {limit} requests \
+                             waiting, its uid's in_flight quota of {limit}"
                         ),
                     );
                     // Dropping `wait` deregisters it without losing anything.

@@ -151,11 +151,13 @@ impl UidAccount {
                 self.uid
             ),
             Resource::Connections => format!(
-                "quota exceeded: uid {} has {used} connections open, its connections quota",
+                "quota exceeded: uid {} has {used} connections open, its connections quota of \
+                 {limit}; close one first",
                 self.uid
             ),
             Resource::Mailboxes => format!(
-                "quota exceeded: uid {} owns {used} mailboxes, its mailboxes quota",
+                "quota exceeded: uid {} owns {used} mailboxes, its mailboxes quota of {limit}; \
+                 remove one first",
                 self.uid
             ),
         };
