@@ -17,6 +17,12 @@ mod peer;
 mod perm;
 mod quota;
 pub mod server;
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the broker is wired to the store in the next change"
+)]
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -372,6 +372,7 @@ impl Mailbox {
             creator_uid: s.ownership.creator_uid,
             creator_gid: s.ownership.creator_gid,
             durable: s.durable,
+            fsync: None,
             created_at: state.created_at,
             changed_at: state.changed_at,
             last_send: state.last_send,

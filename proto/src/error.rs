@@ -41,12 +41,15 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The request was cancelled by the client before it completed.
     Cancelled,
+    /// A durable mailbox's storage failed (disk full, I/O error); nothing stored before
+    /// was harmed (exit 1).
+    StorageFailed,
     /// A code this build does not know; kept so newer daemons stay readable.
     Unknown(u16),
 }
 
 impl ErrorCode {
-    const TABLE: [(u16, ErrorCode); 15] = [
+    const TABLE: [(u16, ErrorCode); 16] = [
         (1, ErrorCode::Internal),
         (2, ErrorCode::BadRequest),
         (3, ErrorCode::InvalidName),
@@ -62,6 +65,7 @@ impl ErrorCode {
         (13, ErrorCode::VersionMismatch),
         (14, ErrorCode::InvalidArgument),
         (15, ErrorCode::Cancelled),
+        (16, ErrorCode::StorageFailed),
     ];
 
     /// The number sent on the wire.
@@ -90,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Internal
             | ErrorCode::Exists
             | ErrorCode::Cancelled
+            | ErrorCode::StorageFailed
             | ErrorCode::Unknown(_) => 1,
         }
     }

@@ -153,9 +153,54 @@ pub struct CreateRequest {
     /// Permission bits (`0o600` when absent).
     pub mode: Option<u32>,
     pub durable: bool,
+    /// For a durable mailbox: when its messages reach the disk (`Always` when absent).
+    pub fsync: Option<Fsync>,
     pub limits: LimitChanges,
     /// Succeed without change if the mailbox already exists.
     pub exist_ok: bool,
+}
+
+/// When a durable mailbox's accepted messages reach the disk (SPEC §6). A send is
+/// answered once its message is stored per this policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fsync {
+    /// Synced before the send is answered; concurrent sends share one sync.
+    Always,
+    /// Written before the send is answered and synced within this many milliseconds: a
+    /// crash of the daemon loses nothing, a crash of the machine the last interval.
+    IntervalMs(u32),
+    /// Written before the send is answered; synced when the system gets to it.
+    Never,
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fsync::Always => f.write_str("always"),
+            Fsync::IntervalMs(ms) => write!(f, "interval={ms}"),
+            Fsync::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    /// `always`, `never`, or `interval=MS`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "never" => Ok(Fsync::Never),
+            _ => s
+                .strip_prefix("interval=")
+                .and_then(|ms| ms.trim_end_matches("ms").parse::<u32>().ok())
+                .filter(|&ms| ms > 0)
+                .map(Fsync::IntervalMs)
+                .ok_or_else(|| {
+                    format!("fsync policy {s:?} is not always, never or interval=MS (MS ≥ 1)")
+                }),
+        }
+    }
 }
 
 /// Put one message into a mailbox.
@@ -259,6 +304,8 @@ pub struct MailboxInfo {
     pub creator_uid: u32,
     pub creator_gid: u32,
     pub durable: bool,
+    /// The fsync policy of a durable mailbox; `None` for a memory one.
+    pub fsync: Option<Fsync>,
     pub created_at: Timestamp,
     pub changed_at: Timestamp,
     pub last_send: Option<LastOp>,
