@@ -102,6 +102,11 @@ pub struct CreateArgs {
     /// Keep its messages across daemon restarts and crashes.
     #[arg(long)]
     pub durable: bool,
+    /// When a durable mailbox's messages reach the disk before a send is answered:
+    /// always (synced; concurrent sends share a sync), interval=MS (written, synced
+    /// within MS), never (written).
+    #[arg(long, value_name = "POLICY", requires = "durable")]
+    pub fsync: Option<ipc_client::Fsync>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Succeed, changing nothing, if the mailbox exists already.

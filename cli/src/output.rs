@@ -148,6 +148,9 @@ pub struct MailboxJson<'a> {
     pub creator_uid: u32,
     pub creator_gid: u32,
     pub durable: bool,
+    /// `always`, `interval=MS` or `never` for a durable mailbox; absent for memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<String>,
     pub created_at: String,
     pub changed_at: String,
     pub last_send: Option<LastOpJson>,
@@ -174,6 +177,7 @@ impl<'a> MailboxJson<'a> {
             creator_uid: i.creator_uid,
             creator_gid: i.creator_gid,
             durable: i.durable,
+            fsync: i.fsync.map(|f| f.to_string()),
             created_at: rfc3339(i.created_at),
             changed_at: rfc3339(i.changed_at),
             last_send: i.last_send.map(LastOpJson::from),
@@ -305,7 +309,13 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
         ("owner_gid", i.owner_gid.to_string()),
         ("creator_uid", i.creator_uid.to_string()),
         ("creator_gid", i.creator_gid.to_string()),
-        ("durable", yes_no(i.durable).to_owned()),
+        (
+            "durable",
+            match i.fsync {
+                Some(fsync) => format!("yes (fsync {fsync})"),
+                None => "no (memory: gone when the daemon stops)".to_owned(),
+            },
+        ),
         ("created_at", rfc3339(i.created_at)),
         ("changed_at", rfc3339(i.changed_at)),
         ("last_send", last_op(i.last_send)),
@@ -546,6 +556,7 @@ mod tests {
             creator_uid: 1000,
             creator_gid: 100,
             durable: false,
+            fsync: None,
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {

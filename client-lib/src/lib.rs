@@ -30,6 +30,6 @@ pub use typed::{reply, type_tag};
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.
 pub use ipc_proto::{
-    Credentials, DaemonStatus, ErrorCode, Headers, LimitChanges, MailboxChanges, MailboxInfo,
-    MailboxName, Message, Selector, Timestamp, UidUsage, Wait, Welcome,
+    Credentials, DaemonStatus, ErrorCode, Fsync, Headers, LimitChanges, MailboxChanges,
+    MailboxInfo, MailboxName, Message, Selector, Timestamp, UidUsage, Wait, Welcome,
 };

@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use ipc_proto::{
-    CreateRequest, Headers, LimitChanges, MailboxName, RecvRequest, Selector, SendRequest, Wait,
+    CreateRequest, Fsync, Headers, LimitChanges, MailboxName, RecvRequest, Selector, SendRequest,
+    Wait,
 };
 
 /// How to create a mailbox.
@@ -11,7 +12,10 @@ use ipc_proto::{
 pub struct CreateOptions {
     /// Permission bits; `None` gives the daemon's default (0600).
     pub mode: Option<u32>,
+    /// Keep its messages across daemon restarts and crashes (SPEC §6).
     pub durable: bool,
+    /// For a durable mailbox, when messages reach the disk; `None` is `Always`.
+    pub fsync: Option<Fsync>,
     pub limits: LimitChanges,
     /// Succeed if it exists already.
     pub exist_ok: bool,
@@ -23,6 +27,7 @@ impl CreateOptions {
             mailbox,
             mode: self.mode,
             durable: self.durable,
+            fsync: self.fsync,
             limits: self.limits,
             exist_ok: self.exist_ok,
         }

@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, MailboxName, UidUsage};
+use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
+use tokio::sync::oneshot;
 
 use crate::config::{Config, Limits};
-use crate::mailbox::{Mailbox, OpResult, Settings};
+use crate::mailbox::{Link, Mailbox, OpResult, Settings};
 use crate::perm::{Caller, Ownership};
 use crate::quota::{Accounts, Charge, Resource, snapshot};
+use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 
 /// The daemon's mailboxes and the per-uid accounts of what everyone holds.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Broker {
     config: Arc<Config>,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
     accounts: Accounts,
+    /// Where durable mailboxes live, or why there is no such place.
+    store: Result<Store, String>,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -38,12 +42,37 @@ fn shutting_down() -> ErrorReply {
     ErrorReply::new(ErrorCode::ShuttingDown, "ipcd is shutting down")
 }
 
+/// The answer to a create: at once, or once the store has the new mailbox.
+#[derive(Debug)]
+pub enum Created {
+    /// Whether it was created (false: it existed and `exist_ok` was set).
+    Now(bool),
+    Storing(oneshot::Receiver<Stored>),
+}
+
+/// A receiver for a store completion, and the completion that feeds it.
+pub fn completion() -> (
+    impl FnOnce(Stored) + Send + 'static,
+    oneshot::Receiver<Stored>,
+) {
+    let (tx, rx) = oneshot::channel();
+    (
+        move |stored| {
+            let _ = tx.send(stored);
+        },
+        rx,
+    )
+}
+
 impl Broker {
-    pub fn new(config: Config) -> Self {
+    /// A broker with no mailboxes; durable ones go to `store` (or, if it could not be
+    /// opened, are refused with its error).
+    pub fn new(config: Config, store: Result<Store, String>) -> Self {
         Self {
             config: Arc::new(config),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
+            store,
             started: Instant::now(),
             stopping: AtomicBool::new(false),
         }
@@ -51,6 +80,44 @@ impl Broker {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// Puts back the durable mailboxes and messages the store recovered, each charged to
+    /// its owner and sender (over quota or not: they were accepted once).
+    pub fn restore(&self, recovered: Vec<(MailboxDef, Vec<StoredMessage>)>) {
+        let Ok(store) = &self.store else { return };
+        let mut mailboxes = lock(&self.mailboxes);
+        for (def, messages) in recovered {
+            let settings = Settings {
+                ownership: def.ownership,
+                fsync: Some(def.fsync),
+                limits: def.limits,
+            };
+            let owned = self
+                .accounts
+                .account(def.ownership.owner_uid)
+                .force(Resource::Mailboxes, 1);
+            let link = Link {
+                store: store.clone(),
+                key: def.key,
+            };
+            let mailbox = Mailbox::restore(
+                def.name.clone(),
+                settings,
+                owned,
+                Some(link),
+                def.created_at,
+                def.next_id,
+            );
+            for message in messages {
+                let charge = self
+                    .accounts
+                    .account(message.sender.uid)
+                    .force(Resource::QueuedBytes, message.payload.len() as u64);
+                mailbox.restore_message(message, charge);
+            }
+            mailboxes.insert(def.name, mailbox);
+        }
     }
 
     pub fn accounts(&self) -> &Accounts {
@@ -118,24 +185,27 @@ impl Broker {
         })
     }
 
-    /// Creates a mailbox owned by `caller`. Returns whether it was created (false: it
-    /// existed and `exist_ok` was set).
-    pub fn create(&self, caller: &Caller, request: CreateRequest) -> OpResult<bool> {
+    /// Creates a mailbox owned by `caller`; a durable one is answered once stored.
+    pub fn create(&self, caller: &Caller, request: CreateRequest) -> OpResult<Created> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(shutting_down());
         }
-        if request.durable {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidArgument,
-                "durable mailboxes are not available in this version of ipcd",
-            ));
-        }
+        let store = match (&self.store, request.durable) {
+            (_, false) => None,
+            (Ok(store), true) => Some(store),
+            (Err(why), true) => {
+                return Err(ErrorReply::new(
+                    ErrorCode::StorageFailed,
+                    format!("durable mailboxes are unavailable: {why}"),
+                ));
+            }
+        };
         let mode = check_mode(request.mode.unwrap_or(self.config.default_mode))?;
         let limits = self.limits(self.config.default_limits, &request.limits)?;
         let mut mailboxes = lock(&self.mailboxes);
         if mailboxes.contains_key(&request.mailbox) {
             return if request.exist_ok {
-                Ok(false)
+                Ok(Created::Now(false))
             } else {
                 Err(ErrorReply::new(
                     ErrorCode::Exists,
@@ -153,13 +223,28 @@ impl Broker {
                 creator_gid: gid,
                 mode,
             },
-            durable: false,
+            fsync: store.map(|_| request.fsync.unwrap_or(Fsync::Always)),
             limits,
         };
         let name = request.mailbox;
-        tracing::debug!(mailbox = %name, uid, "mailbox created");
-        mailboxes.insert(name.clone(), Arc::new(Mailbox::new(name, settings, owned)));
-        Ok(true)
+        let link = store.map(|store| Link {
+            store: store.clone(),
+            key: store.new_key(),
+        });
+        let mailbox = Mailbox::new(name.clone(), settings, owned, link);
+        let created = match mailbox.definition() {
+            None => Created::Now(true),
+            Some((store, define)) => {
+                // Submitted before the mailbox is visible, so its definition precedes
+                // every message of it in the log.
+                let (done, stored) = completion();
+                store.submit(vec![define], Fsync::Always, done);
+                Created::Storing(stored)
+            }
+        };
+        tracing::debug!(mailbox = %name, uid, durable = request.durable, "mailbox created");
+        mailboxes.insert(name, mailbox);
+        Ok(created)
     }
 
     /// Takes `mailbox` out of the table (if it is still the one the caller checked) and
@@ -181,6 +266,13 @@ impl Broker {
             ),
             true,
         );
+    }
+
+    /// Tells the store's writer to finish what it was given and stop.
+    pub fn stop_store(&self) {
+        if let Ok(store) = &self.store {
+            store.stop();
+        }
     }
 
     /// Stops taking new work: every mailbox's waiters are told the daemon is stopping.

@@ -68,6 +68,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for connections to flush their last replies.
     pub shutdown_timeout: Duration,
+    /// Size at which the durable log starts a new segment; space is reclaimed a
+    /// segment at a time.
+    pub segment_bytes: u64,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             max_queued_replies: 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            segment_bytes: 64 * MIB,
         }
     }
 }

@@ -8,13 +8,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ipc_proto::{
-    ErrorCode, ErrorReply, MailboxName, Message, RecvRequest, Request, Response, SendRequest,
+    ErrorCode, ErrorReply, MailboxChanges, MailboxName, Message, RecvRequest, Request, Response,
+    SendRequest,
 };
+use tokio::sync::oneshot;
 
-use crate::broker::{Broker, check_mode};
+use crate::broker::{Broker, Created, check_mode};
 use crate::mailbox::{Canceller, Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
 use crate::perm::{Access, Caller};
 use crate::quota::Resource;
+use crate::store::Stored;
 
 /// How a request is answered.
 pub enum Reply {
@@ -47,9 +50,13 @@ fn now(result: OpResult<Response>) -> Reply {
 /// Answers one request from `caller`.
 pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
     match request {
-        Request::Create(req) => now(broker
-            .create(caller, req)
-            .map(|created| Response::Created { created })),
+        Request::Create(req) => match broker.create(caller, req) {
+            Ok(Created::Now(created)) => Reply::Now(Response::Created { created }),
+            Ok(Created::Storing(stored)) => {
+                once_stored(stored, Response::Created { created: true })
+            }
+            Err(e) => Reply::Now(Response::Error(e)),
+        },
         Request::Send(req) => match send(broker, caller, req) {
             Ok(pending) => reply_when(pending, |SentId(id)| Response::Sent { id }),
             Err(e) => Reply::Now(Response::Error(e)),
@@ -73,38 +80,8 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
                 .map(|m| m.info())
                 .collect(),
         )),
-        Request::Set { mailbox, changes } => now((|| {
-            let mailbox = authorized(broker, caller, &mailbox, Access::Manage)?;
-            let mode = changes.mode.map(check_mode).transpose()?;
-            let limits = broker.limits(mailbox.settings().limits, &changes.limits)?;
-            let new_owner = changes
-                .owner_uid
-                .filter(|&uid| uid != mailbox.settings().ownership.owner_uid);
-            if caller.uid() != 0 && new_owner.is_some() {
-                // Like chown(2): giving a mailbox away needs root, or a user could make
-                // another user's quota pay for it.
-                return Err(denied(caller, &mailbox, "give away"));
-            }
-            // Root imposes the charge on the new owner, over its quota or not.
-            let moved =
-                new_owner.map(|uid| broker.accounts().account(uid).force(Resource::Mailboxes, 1));
-            mailbox.update(|s| {
-                s.limits = limits;
-                if let Some(mode) = mode {
-                    s.ownership.mode = mode;
-                }
-                if let Some(uid) = changes.owner_uid {
-                    s.ownership.owner_uid = uid;
-                }
-                if let Some(gid) = changes.owner_gid {
-                    s.ownership.owner_gid = gid;
-                }
-            });
-            if let Some(charge) = moved {
-                mailbox.move_owner_charge(charge);
-            }
-            Ok(Response::Mailbox(mailbox.info()))
-        })()),
+        Request::Set { mailbox, changes } => set(broker, caller, &mailbox, changes)
+            .unwrap_or_else(|e| Reply::Now(Response::Error(e))),
         Request::Purge { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
             .map(|m| Response::Purged {
                 messages: m.purge(),
@@ -116,6 +93,66 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
             })),
         Request::Status => Reply::Now(Response::Status(broker.status(caller))),
         Request::Cancel { request_id } => Reply::Cancel(request_id),
+    }
+}
+
+/// Changes a mailbox's settings; a durable one answers once the new settings are stored.
+fn set(
+    broker: &Broker,
+    caller: &Caller,
+    name: &MailboxName,
+    changes: MailboxChanges,
+) -> OpResult<Reply> {
+    let mailbox = authorized(broker, caller, name, Access::Manage)?;
+    let mode = changes.mode.map(check_mode).transpose()?;
+    let limits = broker.limits(mailbox.settings().limits, &changes.limits)?;
+    let new_owner = changes
+        .owner_uid
+        .filter(|&uid| uid != mailbox.settings().ownership.owner_uid);
+    if caller.uid() != 0 && new_owner.is_some() {
+        // Like chown(2): giving a mailbox away needs root, or a user could make
+        // another user's quota pay for it.
+        return Err(denied(caller, &mailbox, "give away"));
+    }
+    // Root imposes the charge on the new owner, over its quota or not.
+    let moved = new_owner.map(|uid| broker.accounts().account(uid).force(Resource::Mailboxes, 1));
+    let stored = mailbox.update(|s| {
+        s.limits = limits;
+        if let Some(mode) = mode {
+            s.ownership.mode = mode;
+        }
+        if let Some(uid) = changes.owner_uid {
+            s.ownership.owner_uid = uid;
+        }
+        if let Some(gid) = changes.owner_gid {
+            s.ownership.owner_gid = gid;
+        }
+    });
+    if let Some(charge) = moved {
+        mailbox.move_owner_charge(charge);
+    }
+    let response = Response::Mailbox(mailbox.info());
+    Ok(match stored {
+        Some(stored) => once_stored(stored, response),
+        None => Reply::Now(response),
+    })
+}
+
+/// Answers `response` once the store has what it was given, or with why it could not.
+fn once_stored(stored: oneshot::Receiver<Stored>, response: Response) -> Reply {
+    Reply::Later {
+        wait: Box::pin(async move {
+            match stored.await {
+                Ok(Ok(())) => response,
+                Ok(Err(e)) => Response::Error(e),
+                Err(_) => Response::Error(ErrorReply::new(
+                    ErrorCode::ShuttingDown,
+                    "the store stopped before this was stored",
+                )),
+            }
+        }),
+        // Nothing to withdraw: the answer comes as soon as the write is done.
+        cancel: Box::new(|_| {}),
     }
 }
 
@@ -193,7 +230,10 @@ fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
 
 /// The wire form of a delivered message. The envelope's `_charge` drops here: the payload
 /// has left the mailbox for its receiver (the connection's output bound covers it now).
-fn to_wire(e: Envelope) -> Message {
+fn to_wire(mut e: Envelope) -> Message {
+    if let Some(removal) = e.removal.take() {
+        removal.commit();
+    }
     Message {
         id: e.id,
         mtype: e.mtype,

@@ -17,11 +17,6 @@ mod peer;
 mod perm;
 mod quota;
 pub mod server;
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "the broker is wired to the store in the next change"
-)]
 mod store;
 
 use std::future::Future;
@@ -44,7 +39,9 @@ pub async fn run(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let shutdown_timeout = config.shutdown_timeout;
-    let broker = Arc::new(broker::Broker::new(config));
+    let (store, writer, recovered) = open_store(&config);
+    let broker = Arc::new(broker::Broker::new(config, store));
+    broker.restore(recovered);
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let stop_peers = CancellationToken::new();
@@ -77,5 +74,49 @@ pub async fn run(
             shutdown_timeout
         );
     }
+    if let Some(writer) = writer {
+        broker.stop_store();
+        // Waits for the last writes and their sync.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
     Ok(())
+}
+
+/// The durable mailboxes recovered at start, each with its messages.
+type Restored = Vec<(store::MailboxDef, Vec<store::StoredMessage>)>;
+
+/// Opens the durable log under the state directory and recovers it. Without it the
+/// daemon still serves memory mailboxes, and says why durable ones are refused.
+fn open_store(
+    config: &Config,
+) -> (
+    Result<store::Store, String>,
+    Option<store::Writer>,
+    Restored,
+) {
+    let options = store::log::LogOptions {
+        segment_bytes: config.segment_bytes,
+        max_record: config.max_frame(),
+    };
+    let started = std::time::Instant::now();
+    match store::Store::open(&config.state_dir, options) {
+        Ok((store, writer, recovered)) => {
+            for damage in &recovered.damage {
+                tracing::warn!("durable log: {damage}");
+            }
+            let messages: usize = recovered.mailboxes.iter().map(|(_, m)| m.len()).sum();
+            tracing::info!(
+                "recovered {} durable mailboxes with {messages} messages from {} records in {} segments in {} ms",
+                recovered.mailboxes.len(),
+                recovered.records,
+                recovered.segments,
+                started.elapsed().as_millis()
+            );
+            (Ok(store), Some(writer), recovered.mailboxes)
+        }
+        Err(e) => {
+            tracing::warn!("durable mailboxes are unavailable: {e:#}");
+            (Err(format!("{e:#}")), None, Vec::new())
+        }
+    }
 }

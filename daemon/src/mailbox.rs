@@ -10,12 +10,12 @@
 //! the meantime, so a cancelled or timed-out receive never loses a message.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ipc_proto::{
-    Credentials, ErrorCode, ErrorReply, Headers, LastOp, MailboxInfo, MailboxName, Selector,
+    Credentials, ErrorCode, ErrorReply, Fsync, Headers, LastOp, MailboxInfo, MailboxName, Selector,
     Timestamp, Wait,
 };
 use tokio::sync::oneshot;
@@ -24,6 +24,7 @@ use crate::config::Limits;
 use crate::index::TypeIndex;
 use crate::perm::Ownership;
 use crate::quota::Charge;
+use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage};
 
 /// The result of a mailbox operation; errors are already in their wire form.
 pub type OpResult<T> = Result<T, ErrorReply>;
@@ -42,6 +43,30 @@ pub struct Envelope {
     /// Its payload bytes, charged to the sender's uid while the mailbox holds it; a copy
     /// made for a peek carries none.
     pub _charge: Option<Charge>,
+    /// For a message of a durable mailbox: the record of its leaving, written once it is
+    /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
+    /// that may vanish and give it back.
+    pub removal: Option<Removal>,
+}
+
+/// The `Remove` record a durable message's delivery owes the log.
+#[derive(Debug)]
+pub struct Removal {
+    store: Store,
+    key: u64,
+    id: u64,
+    fsync: Fsync,
+}
+
+impl Removal {
+    /// Records that the message has left its mailbox for good.
+    pub fn commit(self) {
+        let record = Record::Remove {
+            key: self.key,
+            id: self.id,
+        };
+        self.store.record(vec![record], self.fsync);
+    }
 }
 
 impl Envelope {
@@ -56,6 +81,7 @@ impl Envelope {
             deliveries: self.deliveries,
             payload: self.payload.clone(),
             _charge: None,
+            removal: None,
         }
     }
 }
@@ -79,8 +105,16 @@ pub struct SentId(pub u64);
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub ownership: Ownership,
-    pub durable: bool,
+    /// `Some` for a durable mailbox: when its messages reach the disk.
+    pub fsync: Option<Fsync>,
     pub limits: Limits,
+}
+
+/// A durable mailbox's tie to the store.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub store: Store,
+    pub key: u64,
 }
 
 /// An operation that either finished at once or must wait.
@@ -124,6 +158,16 @@ pub(crate) struct State {
     closed: Option<ErrorReply>,
     /// The mailbox counted against its owner's `mailboxes` quota; given back on removal.
     owner_charge: Option<Charge>,
+    /// For a durable mailbox, the store and its key there.
+    link: Option<Link>,
+    /// Messages (and their bytes) accepted but still being stored: they count against
+    /// the limits, and become visible once stored.
+    storing: u64,
+    storing_bytes: u64,
+    /// Ids below this were purged; a message still being stored then is dropped.
+    purged_below: u64,
+    /// This mailbox, for the store's completions.
+    me: Weak<Mailbox>,
     created_at: Timestamp,
     changed_at: Timestamp,
     last_send: Option<LastOp>,
@@ -144,28 +188,90 @@ fn op_error(code: ErrorCode, message: String) -> ErrorReply {
 }
 
 impl Mailbox {
-    pub fn new(name: MailboxName, settings: Settings, owner_charge: Charge) -> Self {
-        let now = Timestamp::now();
-        Self {
+    /// A new, empty mailbox; durable if `link` is given.
+    pub fn new(
+        name: MailboxName,
+        settings: Settings,
+        owner_charge: Charge,
+        link: Option<Link>,
+    ) -> Arc<Self> {
+        Self::restore(name, settings, owner_charge, link, Timestamp::now(), 1)
+    }
+
+    /// A mailbox as recovered from the store (or new): empty, with ids continuing at
+    /// `next_id`; its messages are put back with [`Mailbox::restore_message`].
+    pub fn restore(
+        name: MailboxName,
+        settings: Settings,
+        owner_charge: Charge,
+        link: Option<Link>,
+        created_at: Timestamp,
+        next_id: u64,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             name,
             state: Mutex::new(State {
                 settings,
                 queue: TypeIndex::default(),
                 bytes: 0,
-                next_id: 1,
+                next_id,
                 receivers: VecDeque::new(),
                 senders: VecDeque::new(),
                 next_key: 1,
                 closed: None,
                 owner_charge: Some(owner_charge),
-                created_at: now,
-                changed_at: now,
+                link,
+                storing: 0,
+                storing_bytes: 0,
+                purged_below: 0,
+                me: me.clone(),
+                created_at,
+                changed_at: created_at,
                 last_send: None,
                 last_recv: None,
                 total_sent: 0,
                 total_received: 0,
             }),
-        }
+        })
+    }
+
+    /// Puts back a message recovered from the store, charged to its sender.
+    pub fn restore_message(&self, message: StoredMessage, charge: Charge) {
+        let mut state = self.lock();
+        let removal = state.removal(message.id);
+        let envelope = Envelope {
+            id: message.id,
+            mtype: message.mtype,
+            sender: message.sender,
+            sent_at: message.sent_at,
+            headers: message.headers,
+            deliveries: 0,
+            payload: message.payload,
+            _charge: Some(charge),
+            removal,
+        };
+        state.bytes += envelope.payload.len() as u64;
+        state.queue.insert(envelope.mtype, envelope.id, envelope);
+    }
+
+    /// The store's record of this mailbox as it is now.
+    pub fn definition(&self) -> Option<(Store, Record)> {
+        self.definition_of(&self.lock())
+    }
+
+    fn definition_of(&self, state: &State) -> Option<(Store, Record)> {
+        let link = state.link.as_ref()?;
+        let s = &state.settings;
+        let def = MailboxDef {
+            key: link.key,
+            name: self.name.clone(),
+            ownership: s.ownership,
+            limits: s.limits,
+            fsync: s.fsync.unwrap_or(Fsync::Always),
+            created_at: state.created_at,
+            next_id: state.next_id,
+        };
+        Some((link.store.clone(), Record::Define(def)))
     }
 
     pub fn name(&self) -> &MailboxName {
@@ -205,7 +311,16 @@ impl Mailbox {
             )));
         }
         if state.senders.is_empty() && state.can_accept(&incoming) {
-            return Pending::Ready(Ok(SentId(state.accept(incoming))));
+            let (tx, mut rx) = oneshot::channel();
+            state.accept(incoming, tx);
+            if state.link.is_none() {
+                let done = rx.try_recv().expect("a memory mailbox answers at once");
+                return Pending::Ready(done);
+            }
+            // Answered once stored; there is nothing to deregister meanwhile.
+            let key = state.take_key();
+            drop(state);
+            return Pending::Wait(Waiter::new(self.clone(), key, rx, None, String::new()));
         }
         let full = || {
             format!(
@@ -258,9 +373,11 @@ impl Mailbox {
             };
             return Pending::Ready(Ok(envelope));
         }
-        if !peek {
+        if !peek && state.link.is_none() {
             // Nothing queued matches, but a sender blocked on a full mailbox may hold a
             // match: it is then the oldest match, so take it straight from the sender.
+            // (A durable mailbox stores a message before anyone may take it; its senders
+            // get in through `admit_senders` as room appears.)
             if let Some(i) = state
                 .senders
                 .iter()
@@ -309,18 +426,35 @@ impl Mailbox {
         let dropped = state.queue.len() as u64;
         state.queue.drain().for_each(drop);
         state.bytes = 0;
+        state.purged_below = state.next_id;
+        if let Some(link) = &state.link {
+            let record = Record::Purge {
+                key: link.key,
+                below: state.next_id,
+            };
+            link.store.record(vec![record], state.fsync());
+        }
         state.changed_at = Timestamp::now();
         state.admit_senders();
         dropped
     }
 
     /// Applies new settings (already checked by the caller) and lets senders in if the
-    /// limits grew.
-    pub fn update(&self, change: impl FnOnce(&mut Settings)) {
+    /// limits grew. A durable mailbox's new definition is submitted under the same lock,
+    /// so the log has the settings in the order they were made; the answer is then
+    /// due once it is stored.
+    pub fn update(
+        &self,
+        change: impl FnOnce(&mut Settings),
+    ) -> Option<tokio::sync::oneshot::Receiver<Stored>> {
         let mut state = self.lock();
         change(&mut state.settings);
         state.changed_at = Timestamp::now();
         state.admit_senders();
+        let (store, define) = self.definition_of(&state)?;
+        let (done, stored) = crate::broker::completion();
+        store.submit(vec![define], Fsync::Always, done);
+        Some(stored)
     }
 
     /// Closes the mailbox for good: every waiter, now and later, gets `reason`. With
@@ -338,6 +472,10 @@ impl Mailbox {
             state.queue.drain().for_each(drop);
             state.bytes = 0;
             state.owner_charge = None;
+            if let Some(link) = state.link.take() {
+                link.store
+                    .record(vec![Record::Drop { key: link.key }], Fsync::Always);
+            }
         }
         state.closed = Some(reason);
     }
@@ -371,8 +509,8 @@ impl Mailbox {
             owner_gid: s.ownership.owner_gid,
             creator_uid: s.ownership.creator_uid,
             creator_gid: s.ownership.creator_gid,
-            durable: s.durable,
-            fsync: None,
+            durable: s.fsync.is_some(),
+            fsync: s.fsync,
             created_at: state.created_at,
             changed_at: state.changed_at,
             last_send: state.last_send,
@@ -395,7 +533,22 @@ impl State {
 
     fn fits(&self, len: u64) -> bool {
         let limits = &self.settings.limits;
-        (self.queue.len() as u64) < limits.max_msgs && self.bytes + len <= limits.max_bytes
+        self.queue.len() as u64 + self.storing < limits.max_msgs
+            && self.bytes + self.storing_bytes + len <= limits.max_bytes
+    }
+
+    fn fsync(&self) -> Fsync {
+        self.settings.fsync.unwrap_or(Fsync::Always)
+    }
+
+    /// The removal record a durable message will owe when delivered.
+    fn removal(&self, id: u64) -> Option<Removal> {
+        self.link.as_ref().map(|link| Removal {
+            store: link.store.clone(),
+            key: link.key,
+            id,
+            fsync: self.fsync(),
+        })
     }
 
     /// Whether `incoming` can be accepted now: there is room, or a receiver is waiting
@@ -427,6 +580,7 @@ impl State {
             deliveries: 0,
             payload: incoming.payload,
             _charge: Some(incoming.charge),
+            removal: None,
         }
     }
 
@@ -441,12 +595,48 @@ impl State {
         envelope
     }
 
-    /// Accepts a message: to the first waiting receiver it matches, else into the queue.
-    fn accept(&mut self, incoming: Incoming) -> u64 {
-        let envelope = self.stamp(incoming);
+    /// Accepts a message, answering `done` with its id: in a memory mailbox at once, to
+    /// the first waiting receiver it matches or else into the queue; in a durable one
+    /// the same, but only once the store has it.
+    fn accept(&mut self, incoming: Incoming, done: Handoff<SentId>) {
+        let mut envelope = self.stamp(incoming);
         let id = envelope.id;
-        self.offer_or_queue(envelope);
-        id
+        let Some(link) = &self.link else {
+            self.offer_or_queue(envelope);
+            let _ = done.send(Ok(SentId(id)));
+            return;
+        };
+        let len = envelope.payload.len() as u64;
+        self.storing += 1;
+        self.storing_bytes += len;
+        let record = Record::Put(StoredMessage {
+            key: link.key,
+            id,
+            mtype: envelope.mtype,
+            sender: envelope.sender,
+            sent_at: envelope.sent_at,
+            headers: envelope.headers.clone(),
+            payload: envelope.payload.clone(),
+        });
+        envelope.removal = self.removal(id);
+        let me = self.me.clone();
+        let store = link.store.clone();
+        store.submit(vec![record], self.fsync(), move |stored: Stored| {
+            if let Some(mailbox) = me.upgrade() {
+                let mut state = mailbox.lock();
+                state.storing -= 1;
+                state.storing_bytes -= len;
+                if stored.is_ok() && state.closed.is_none() && id >= state.purged_below {
+                    state.offer_or_queue(envelope);
+                } else {
+                    // Not stored, purged or removed meanwhile: it never becomes visible,
+                    // and its room goes to whoever waits for it.
+                    drop(envelope);
+                    state.admit_senders();
+                }
+            }
+            let _ = done.send(stored.map(|()| SentId(id)));
+        });
     }
 
     /// Hands `envelope` to waiting receivers: a copy to each matching peeker, the message
@@ -490,8 +680,7 @@ impl State {
                 break;
             }
             let waiter = self.senders.pop_front().expect("front exists");
-            let id = self.accept(waiter.incoming);
-            let _ = waiter.tx.send(Ok(SentId(id)));
+            self.accept(waiter.incoming, waiter.tx);
         }
     }
 }
@@ -584,17 +773,17 @@ impl<T: Side> Waiter<T> {
             Some(limit) => match tokio::time::timeout(limit, &mut self.rx).await {
                 Ok(handed) => handed.ok(),
                 Err(_) => {
-                    let mut state = self.mailbox.lock();
-                    if T::deregister(&mut state, self.key).is_some() {
+                    let withdrawn = T::deregister(&mut self.mailbox.lock(), self.key).is_some();
+                    if withdrawn {
                         self.finished = true;
                         return Err(op_error(
                             ErrorCode::TimedOut,
                             format!("timed out after {} ms: {}", limit.as_millis(), self.what),
                         ));
                     }
-                    // Completed just as the time ran out: the result is already here.
-                    drop(state);
-                    self.rx.try_recv().ok()
+                    // Completed just as the time ran out, or handed over and being stored
+                    // (a durable send): the result is here or on its way.
+                    (&mut self.rx).await.ok()
                 }
             },
         };

@@ -13,9 +13,9 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    CreateRequest, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
-    Headers, Hello, LimitChanges, MailboxChanges, MailboxName, RecvRequest, Request, Response,
-    Selector, SendRequest, Wait, Welcome,
+    CreateRequest, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, FrameKind, Fsync,
+    HEADER_LEN, Headers, Hello, LimitChanges, MailboxChanges, MailboxName, RecvRequest, Request,
+    Response, Selector, SendRequest, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -150,18 +150,25 @@ fn request() -> impl Strategy<Value = Request> {
             name(),
             any::<Option<u32>>(),
             any::<bool>(),
+            prop_oneof![
+                Just(None),
+                Just(Some(Fsync::Always)),
+                Just(Some(Fsync::Never)),
+                any::<u32>().prop_map(|ms| Some(Fsync::IntervalMs(ms))),
+            ],
             limits(),
             any::<bool>()
         )
-            .prop_map(
-                |(mailbox, mode, durable, limits, exist_ok)| Request::Create(CreateRequest {
+            .prop_map(|(mailbox, mode, durable, fsync, limits, exist_ok)| {
+                Request::Create(CreateRequest {
                     mailbox,
                     mode,
                     durable,
+                    fsync,
                     limits,
                     exist_ok,
                 })
-            ),
+            }),
         (
             name(),
             any::<i64>(),

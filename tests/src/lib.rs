@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use ipc_client::{BlockingClient, MailboxInfo};
 
-/// A daemon served by `ipcd::run` on its own runtime thread; stopped on drop.
+/// A daemon served by `ipcd::run` on its own runtime thread; stopped on drop. Its
+/// durable state lives in its temporary directory unless the config names another.
 #[derive(Debug)]
 pub struct TestDaemon {
     dir: tempfile::TempDir,
     socket: PathBuf,
+    config: ipcd::Config,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -26,12 +28,34 @@ impl TestDaemon {
         Self::start_with(ipcd::Config::default())
     }
 
-    pub fn start_with(config: ipcd::Config) -> Self {
+    pub fn start_with(mut config: ipcd::Config) -> Self {
         let dir = tempdir();
+        if config.state_dir == ipcd::Config::default().state_dir {
+            config.state_dir = dir.path().join("state");
+        }
         let socket = dir.path().join("ipcd.sock");
+        let mut daemon = Self {
+            dir,
+            socket,
+            config,
+            stop: None,
+            thread: None,
+        };
+        daemon.serve();
+        daemon
+    }
+
+    /// Stops the daemon gracefully and starts a new one on the same socket and state.
+    pub fn restart(&mut self) {
+        self.shut_down();
+        self.serve();
+    }
+
+    fn serve(&mut self) {
         // Bound before this returns, so clients may connect at once.
-        let (listener, socket_file) = ipcd::bind(&socket).expect("bind the test socket");
+        let (listener, socket_file) = ipcd::bind(&self.socket).expect("bind the test socket");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = self.config.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -45,11 +69,16 @@ impl TestDaemon {
                 .expect("daemon ran");
             drop(socket_file);
         });
-        Self {
-            dir,
-            socket,
-            stop: Some(stop),
-            thread: Some(thread),
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 
@@ -92,12 +121,7 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.shut_down();
     }
 }
 

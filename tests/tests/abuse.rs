@@ -259,6 +259,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
             mailbox: name("edge"),
             mode,
             durable: false,
+            fsync: None,
             limits: LimitChanges {
                 max_msgs: limit,
                 max_bytes: limit,

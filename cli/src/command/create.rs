@@ -13,6 +13,7 @@ pub fn run(ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
     let options = CreateOptions {
         mode: args.mode,
         durable: args.durable,
+        fsync: args.fsync,
         limits: args.limits.changes(),
         exist_ok: args.exist_ok,
     };

@@ -275,6 +275,7 @@ impl<D: Disk> Log<D> {
     }
 
     /// Live messages copied forward so far to reclaim old segments.
+    #[cfg(test)]
     pub fn copied(&self) -> u64 {
         self.copied
     }

@@ -42,6 +42,8 @@ struct Job {
     records: Vec<Record>,
     fsync: Fsync,
     done: Option<Completion>,
+    /// The last job: sync and stop.
+    stop: bool,
 }
 
 /// A handle on the store; clones share the writer.
@@ -50,6 +52,8 @@ pub struct Store {
     jobs: mpsc::Sender<Job>,
     next_key: Arc<AtomicU64>,
     dir: Arc<PathBuf>,
+    /// Held while any handle lives, so a second daemon cannot share the directory.
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl fmt::Debug for Store {
@@ -83,7 +87,10 @@ impl Store {
         let disk = OsDisk::new(&dir).map_err(|e| {
             anyhow::anyhow!("cannot open the state directory {}: {e}", dir.display())
         })?;
-        Self::open_on(disk, dir, options)
+        let lock = lock_dir(&dir)?;
+        let (mut store, writer, recovered) = Self::open_on(disk, dir, options)?;
+        store._lock = Some(Arc::new(lock));
+        Ok((store, writer, recovered))
     }
 
     pub(crate) fn open_on<D: Disk>(
@@ -102,6 +109,7 @@ impl Store {
             jobs,
             next_key: Arc::new(AtomicU64::new(recovered.next_key)),
             dir: Arc::new(dir),
+            _lock: None,
         };
         Ok((store, Writer(Some(thread)), recovered))
     }
@@ -122,6 +130,7 @@ impl Store {
             records,
             fsync,
             done: Some(Box::new(done)),
+            stop: false,
         };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             if let Some(done) = job.done {
@@ -130,15 +139,51 @@ impl Store {
         }
     }
 
-    /// Stores `records` with the next write, without waiting: for removals, whose loss
-    /// in a crash can only mean a redelivery.
-    pub fn record(&self, records: Vec<Record>) {
+    /// Stores `records` per `fsync` without anyone waiting: for removals, whose loss in
+    /// a crash can only mean a redelivery.
+    pub fn record(&self, records: Vec<Record>, fsync: Fsync) {
         let _ = self.jobs.send(Job {
             records,
-            fsync: Fsync::Never,
+            fsync,
             done: None,
+            stop: false,
         });
     }
+
+    /// Asks the writer to store everything submitted so far, sync, and stop; later
+    /// submissions fail. [`Writer::join`] waits for it.
+    pub fn stop(&self) {
+        let _ = self.jobs.send(Job {
+            records: Vec::new(),
+            fsync: Fsync::Always,
+            done: None,
+            stop: true,
+        });
+    }
+}
+
+/// Takes an exclusive `flock` on `dir/LOCK`: two daemons writing one log would corrupt
+/// it.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "cannot lock {}: {e} (is another ipcd using this state directory?)",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 fn stopped() -> ErrorReply {
@@ -188,6 +233,7 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let stop = batch.iter().any(|j| j.stop);
         let records: Vec<Record> = batch.iter_mut().flat_map(|j| j.records.drain(..)).collect();
         let mut result = log.write(&records);
         let sync_now = batch.iter().any(|j| j.fsync == Fsync::Always);
@@ -219,6 +265,9 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
             if let Some(done) = job.done {
                 done(outcome.clone());
             }
+        }
+        if stop {
+            break;
         }
         if let Err(e) = log.compact_step() {
             tracing::warn!("reclaiming durable log space failed (will retry): {e}");
