@@ -60,6 +60,44 @@ pub enum Command {
     Rm(NameArg),
     /// Show the daemon's version, uptime and usage.
     Status,
+    /// Settle a message leased with `recv --ack`: it leaves the mailbox for good.
+    Ack(MessageArg),
+    /// Give a message leased with `recv --ack` back, to be redelivered.
+    Nack(MessageArg),
+}
+
+#[derive(Debug, Args)]
+pub struct MessageArg {
+    /// The mailbox.
+    pub name: String,
+    /// The message's id (`id` in `recv --json`).
+    pub id: u64,
+}
+
+/// What happens to unacknowledged messages, shared by `create` and `set`.
+#[derive(Debug, Args)]
+pub struct DeliveryArgs {
+    /// After this many deliveries without an ack, a message goes to the dead-letter
+    /// mailbox (or is dropped and counted); 0 is no limit.
+    #[arg(long, value_name = "N")]
+    pub max_deliveries: Option<u32>,
+    /// The mailbox that gets messages past --max-deliveries.
+    #[arg(long, value_name = "M")]
+    pub dead_letter: Option<String>,
+}
+
+impl DeliveryArgs {
+    pub fn changes(&self, clear: bool) -> Result<ipc_proto::DeliveryChanges, ipc_proto::NameError> {
+        Ok(ipc_proto::DeliveryChanges {
+            max_deliveries: self.max_deliveries,
+            dead_letter: self
+                .dead_letter
+                .as_deref()
+                .map(ipc_proto::MailboxName::new)
+                .transpose()?,
+            clear_dead_letter: clear,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +147,8 @@ pub struct CreateArgs {
     pub fsync: Option<ipc_client::Fsync>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
     /// Succeed, changing nothing, if the mailbox exists already.
     #[arg(long)]
     pub exist_ok: bool,
@@ -196,6 +236,19 @@ pub struct RecvArgs {
     /// Print payload bytes only, without a newline after each.
     #[arg(long, conflicts_with = "json")]
     pub raw: bool,
+    /// Lease the message instead of taking it (at least once): it stays in the mailbox,
+    /// hidden, until `ipcctl ack NAME ID` (or `nack`), or until the lease ends and it is
+    /// redelivered. The lease outlives this command.
+    #[arg(long, conflicts_with = "peek")]
+    pub ack: bool,
+    /// How long the lease lasts.
+    #[arg(long, value_name = "DUR", value_parser = parse::duration, default_value = "30s",
+          requires = "ack")]
+    pub lease: Duration,
+    /// Run CMD (with sh -c) for each message, its payload on standard input and
+    /// IPC_MAILBOX, IPC_MESSAGE_ID, IPC_TYPE set; ack if it exits 0, nack otherwise.
+    #[arg(long, value_name = "CMD", requires = "ack", conflicts_with_all = ["raw", "json"])]
+    pub exec: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -203,7 +256,8 @@ pub struct RecvArgs {
     ArgGroup::new("change")
         .required(true)
         .multiple(true)
-        .args(["mode", "owner", "max_msgs", "max_bytes", "max_msg_size"])
+        .args(["mode", "owner", "max_msgs", "max_bytes", "max_msg_size", "max_deliveries",
+               "dead_letter", "no_dead_letter"])
 ))]
 pub struct SetArgs {
     /// The mailbox.
@@ -216,6 +270,11 @@ pub struct SetArgs {
     pub owner: Option<parse::Owner>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    /// Stop dead-lettering: messages past --max-deliveries are dropped and counted.
+    #[arg(long, conflicts_with = "dead_letter")]
+    pub no_dead_letter: bool,
 }
 
 #[cfg(test)]

@@ -160,6 +160,11 @@ pub struct MailboxJson<'a> {
     pub waiting_receivers: u64,
     pub waiting_senders: u64,
     pub unacked: u64,
+    /// 0 is no limit.
+    pub max_deliveries: u32,
+    pub dead_letter: Option<&'a str>,
+    pub dead_lettered: u64,
+    pub dropped: u64,
 }
 
 impl<'a> MailboxJson<'a> {
@@ -187,6 +192,10 @@ impl<'a> MailboxJson<'a> {
             waiting_receivers: i.waiting_receivers,
             waiting_senders: i.waiting_senders,
             unacked: i.unacked,
+            max_deliveries: i.max_deliveries,
+            dead_letter: i.dead_letter.as_ref().map(|n| n.as_str()),
+            dead_lettered: i.dead_lettered,
+            dropped: i.dropped,
         }
     }
 }
@@ -297,7 +306,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// `stat` for people: `key: value` lines, with the JSON keys as the keys.
 pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<()> {
-    let rows: [(&str, String); 21] = [
+    let rows: [(&str, String); 25] = [
         ("name", i.name.to_string()),
         ("messages", i.messages.to_string()),
         ("bytes", bytes(i.bytes)),
@@ -325,6 +334,22 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
         ("waiting_receivers", i.waiting_receivers.to_string()),
         ("waiting_senders", i.waiting_senders.to_string()),
         ("unacked", i.unacked.to_string()),
+        (
+            "max_deliveries",
+            match i.max_deliveries {
+                0 => "no limit".to_owned(),
+                n => n.to_string(),
+            },
+        ),
+        (
+            "dead_letter",
+            i.dead_letter.as_ref().map_or_else(
+                || "none (dropped and counted)".to_owned(),
+                |n| n.to_string(),
+            ),
+        ),
+        ("dead_lettered", i.dead_lettered.to_string()),
+        ("dropped", i.dropped.to_string()),
     ];
     write_pairs(out, &rows)
 }
@@ -557,6 +582,10 @@ mod tests {
             creator_gid: 100,
             durable: false,
             fsync: None,
+            max_deliveries: 0,
+            dead_letter: None,
+            dead_lettered: 0,
+            dropped: 0,
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {
@@ -598,6 +627,10 @@ mod tests {
             "waiting_receivers",
             "waiting_senders",
             "unacked",
+            "max_deliveries",
+            "dead_letter",
+            "dead_lettered",
+            "dropped",
         ];
         expected.sort_unstable();
         assert_eq!(keys(&v), expected);
@@ -635,7 +668,9 @@ mod tests {
         );
         assert!(text.contains("last_recv:         never\n"), "{text}");
         assert!(text.contains("by pid 77\n"), "{text}");
-        assert_eq!(text.lines().count(), 21);
+        assert!(text.contains("durable:           no (memory: gone when the daemon stops)\n"));
+        assert!(text.contains("max_deliveries:    no limit\n"), "{text}");
+        assert_eq!(text.lines().count(), 25);
     }
 
     #[test]

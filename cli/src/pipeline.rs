@@ -287,6 +287,7 @@ mod tests {
             selector: Selector::Any,
             wait: Wait::Forever,
             peek: false,
+            lease: None,
         })
     }
 

@@ -239,6 +239,37 @@ impl BlockingClient {
         reply::message(self.request(&request)?)
     }
 
+    /// Receives one message on a lease (acknowledged receive): settle it with
+    /// [`BlockingDelivery::ack`] or [`BlockingDelivery::nack`]; dropping it unsettled
+    /// nacks it, as does closing the connection.
+    pub fn recv_leased(
+        &mut self,
+        mailbox: &str,
+        options: &RecvOptions,
+        lease: std::time::Duration,
+    ) -> Result<BlockingDelivery<'_>> {
+        let name = MailboxName::new(mailbox)?;
+        let options = options.lease(lease, false);
+        let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
+        Ok(BlockingDelivery {
+            client: self,
+            mailbox: name,
+            message: Some(message),
+        })
+    }
+
+    /// Settles leased message `id` of `mailbox` for good.
+    pub fn ack(&mut self, mailbox: &str, id: u64) -> Result<()> {
+        let mailbox = MailboxName::new(mailbox)?;
+        reply::ok(self.request(&Request::Ack { mailbox, id })?)
+    }
+
+    /// Gives leased message `id` of `mailbox` back, to be redelivered.
+    pub fn nack(&mut self, mailbox: &str, id: u64) -> Result<()> {
+        let mailbox = MailboxName::new(mailbox)?;
+        reply::ok(self.request(&Request::Nack { mailbox, id })?)
+    }
+
     pub fn stat(&mut self, mailbox: &str) -> Result<MailboxInfo> {
         let mailbox = MailboxName::new(mailbox)?;
         reply::mailbox(self.request(&Request::Stat { mailbox })?)
@@ -336,5 +367,61 @@ impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
         let message = reply::message(self.client.request(&request)?)?;
         let value = typed::decode(&message)?;
         Ok((message, value))
+    }
+}
+
+/// A message received on a lease by a [`BlockingClient`], which it borrows until settled.
+/// Dropping it unsettled nacks it.
+#[derive(Debug)]
+pub struct BlockingDelivery<'a> {
+    client: &'a mut BlockingClient,
+    mailbox: MailboxName,
+    message: Option<Message>,
+}
+
+impl BlockingDelivery<'_> {
+    pub fn message(&self) -> &Message {
+        self.message.as_ref().expect("present until settled")
+    }
+
+    /// Settles it: it leaves the mailbox for good.
+    pub fn ack(mut self) -> Result<()> {
+        let id = self.message.take().expect("present until settled").id;
+        let request = Request::Ack {
+            mailbox: self.mailbox.clone(),
+            id,
+        };
+        reply::ok(self.client.request(&request)?)
+    }
+
+    /// Gives it back at once, to be redelivered.
+    pub fn nack(mut self) -> Result<()> {
+        let id = self.message.take().expect("present until settled").id;
+        let request = Request::Nack {
+            mailbox: self.mailbox.clone(),
+            id,
+        };
+        reply::ok(self.client.request(&request)?)
+    }
+}
+
+impl std::ops::Deref for BlockingDelivery<'_> {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        self.message()
+    }
+}
+
+impl Drop for BlockingDelivery<'_> {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            let request = Request::Nack {
+                mailbox: self.mailbox.clone(),
+                id: message.id,
+            };
+            // Best effort: if the connection is broken, closing it ends the lease anyway.
+            let _ = self.client.request(&request);
+        }
     }
 }

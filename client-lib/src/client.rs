@@ -159,6 +159,51 @@ impl Client {
         reply::message(self.request(request).await?)
     }
 
+    /// Receives one message on a lease (acknowledged receive, at least once): settle it
+    /// with [`Delivery::ack`] or [`Delivery::nack`]; dropping it unsettled nacks it, and
+    /// so does the connection closing, so an unprocessed message is redelivered.
+    pub async fn recv_leased(
+        &self,
+        mailbox: &str,
+        options: &RecvOptions,
+        lease: std::time::Duration,
+    ) -> Result<Delivery> {
+        let name = MailboxName::new(mailbox)?;
+        let options = options.lease(lease, false);
+        let message = reply::message(
+            self.request(Request::Recv(options.request(name.clone())))
+                .await?,
+        )?;
+        Ok(Delivery {
+            client: self.clone(),
+            mailbox: name,
+            message: Some(message),
+        })
+    }
+
+    /// Settles leased message `id` of `mailbox` for good (e.g. one leased by
+    /// `ipcctl recv --ack`).
+    pub async fn ack(&self, mailbox: &str, id: u64) -> Result<()> {
+        let mailbox = MailboxName::new(mailbox)?;
+        reply::ok(self.request(Request::Ack { mailbox, id }).await?)
+    }
+
+    /// Gives leased message `id` of `mailbox` back, to be redelivered.
+    pub async fn nack(&self, mailbox: &str, id: u64) -> Result<()> {
+        let mailbox = MailboxName::new(mailbox)?;
+        reply::ok(self.request(Request::Nack { mailbox, id }).await?)
+    }
+
+    /// Queues `request` without waiting for (or keeping) its reply.
+    fn send_unanswered(&self, request: &Request) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::new();
+        if codec::encode_frame(FrameKind::Request, id, request, u32::MAX, &mut buf).is_ok() {
+            // The reader drops a reply nobody waits for.
+            let _ = self.inner.frames.send(buf.freeze());
+        }
+    }
+
     pub async fn stat(&self, mailbox: &str) -> Result<MailboxInfo> {
         let mailbox = MailboxName::new(mailbox)?;
         reply::mailbox(self.request(Request::Stat { mailbox }).await?)
@@ -435,5 +480,62 @@ impl<T: Serialize + DeserializeOwned> Mailbox<T> {
         let message = reply::message(self.client.request(request).await?)?;
         let value = typed::decode(&message)?;
         Ok((message, value))
+    }
+}
+
+/// A message received on a lease. [`ack`](Self::ack) it once it is processed; dropping it
+/// unsettled gives it back (a nack), so a task that fails or panics midway does not lose
+/// it.
+#[derive(Debug)]
+pub struct Delivery {
+    client: Client,
+    mailbox: MailboxName,
+    /// `None` once settled.
+    message: Option<Message>,
+}
+
+impl Delivery {
+    pub fn message(&self) -> &Message {
+        self.message.as_ref().expect("present until settled")
+    }
+
+    /// Settles it: it leaves the mailbox for good (for a durable mailbox, once that is
+    /// stored).
+    pub async fn ack(mut self) -> Result<()> {
+        let message = self.message.take().expect("present until settled");
+        let request = Request::Ack {
+            mailbox: self.mailbox.clone(),
+            id: message.id,
+        };
+        reply::ok(self.client.request(request).await?)
+    }
+
+    /// Gives it back at once, to be redelivered.
+    pub async fn nack(mut self) -> Result<()> {
+        let message = self.message.take().expect("present until settled");
+        let request = Request::Nack {
+            mailbox: self.mailbox.clone(),
+            id: message.id,
+        };
+        reply::ok(self.client.request(request).await?)
+    }
+}
+
+impl std::ops::Deref for Delivery {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        self.message()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            self.client.send_unanswered(&Request::Nack {
+                mailbox: self.mailbox.clone(),
+                id: message.id,
+            });
+        }
     }
 }

@@ -19,9 +19,9 @@ mod options;
 mod socket;
 mod typed;
 
-pub use blocking::{BlockingClient, BlockingMailbox};
+pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox};
 #[cfg(feature = "tokio")]
-pub use client::{Client, Mailbox};
+pub use client::{Client, Delivery, Mailbox};
 pub use error::{Error, Result};
 pub use options::{CreateOptions, RecvOptions, SendOptions};
 pub use socket::default_socket_path;

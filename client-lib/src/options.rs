@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use ipc_proto::{
-    CreateRequest, Fsync, Headers, LimitChanges, MailboxName, RecvRequest, Selector, SendRequest,
-    Wait,
+    CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges, MailboxName, RecvRequest,
+    Selector, SendRequest, Wait,
 };
 
 /// How to create a mailbox.
@@ -17,6 +17,8 @@ pub struct CreateOptions {
     /// For a durable mailbox, when messages reach the disk; `None` is `Always`.
     pub fsync: Option<Fsync>,
     pub limits: LimitChanges,
+    /// Redelivery limit and dead-letter mailbox.
+    pub delivery: DeliveryChanges,
     /// Succeed if it exists already.
     pub exist_ok: bool,
 }
@@ -29,6 +31,7 @@ impl CreateOptions {
             durable: self.durable,
             fsync: self.fsync,
             limits: self.limits,
+            delivery: self.delivery.clone(),
             exist_ok: self.exist_ok,
         }
     }
@@ -84,6 +87,8 @@ pub struct RecvOptions {
     pub wait: Wait,
     /// Copy the message and leave it in place.
     pub peek: bool,
+    /// Lease it instead (acknowledged receive); set by the `recv_leased` calls.
+    pub lease: Option<Lease>,
 }
 
 impl RecvOptions {
@@ -104,12 +109,22 @@ impl RecvOptions {
         self
     }
 
+    /// Lease the message for `timeout`; `detached` leases outlive the connection.
+    pub fn lease(mut self, timeout: std::time::Duration, detached: bool) -> Self {
+        self.lease = Some(Lease {
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            detached,
+        });
+        self
+    }
+
     pub(crate) fn request(&self, mailbox: MailboxName) -> RecvRequest {
         RecvRequest {
             mailbox,
             selector: self.selector,
             wait: self.wait,
             peek: self.peek,
+            lease: self.lease,
         }
     }
 }

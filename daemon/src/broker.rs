@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Limits};
-use crate::mailbox::{Link, Mailbox, OpResult, Settings};
+use crate::mailbox::{DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings};
 use crate::perm::{Caller, Ownership};
 use crate::quota::{Accounts, Charge, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
@@ -26,6 +26,10 @@ pub struct Broker {
     accounts: Accounts,
     /// Where durable mailboxes live, or why there is no such place.
     store: Result<Store, String>,
+    /// Every mailbox sends its dead letters here; [`Broker::deliver_dead_letters`]
+    /// takes them to their mailboxes.
+    dead_letters: DeadLetters,
+    dead_letter_queue: Mutex<Option<mpsc::UnboundedReceiver<DeadLetter>>>,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -68,11 +72,14 @@ impl Broker {
     /// A broker with no mailboxes; durable ones go to `store` (or, if it could not be
     /// opened, are refused with its error).
     pub fn new(config: Config, store: Result<Store, String>) -> Self {
+        let (dead_letters, queue) = mpsc::unbounded_channel();
         Self {
             config: Arc::new(config),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
             store,
+            dead_letters,
+            dead_letter_queue: Mutex::new(Some(queue)),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
         }
@@ -92,6 +99,8 @@ impl Broker {
                 ownership: def.ownership,
                 fsync: Some(def.fsync),
                 limits: def.limits,
+                max_deliveries: def.max_deliveries,
+                dead_letter: def.dead_letter.clone(),
             };
             let owned = self
                 .accounts
@@ -106,6 +115,7 @@ impl Broker {
                 settings,
                 owned,
                 Some(link),
+                self.dead_letters.clone(),
                 def.created_at,
                 def.next_id,
             );
@@ -225,13 +235,21 @@ impl Broker {
             },
             fsync: store.map(|_| request.fsync.unwrap_or(Fsync::Always)),
             limits,
+            max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
+            dead_letter: request.delivery.dead_letter.clone(),
         };
         let name = request.mailbox;
         let link = store.map(|store| Link {
             store: store.clone(),
             key: store.new_key(),
         });
-        let mailbox = Mailbox::new(name.clone(), settings, owned, link);
+        let mailbox = Mailbox::new(
+            name.clone(),
+            settings,
+            owned,
+            link,
+            self.dead_letters.clone(),
+        );
         let created = match mailbox.definition() {
             None => Created::Now(true),
             Some((store, define)) => {
@@ -266,6 +284,48 @@ impl Broker {
             ),
             true,
         );
+    }
+
+    /// Delivers dead letters until the broker is dropped: each to its dead-letter
+    /// mailbox if that exists and has room, else dropped with a log line. The source's
+    /// removal is recorded after the dead-letter mailbox has the message, so a crash in
+    /// between can duplicate it but never lose it.
+    pub async fn deliver_dead_letters(self: Arc<Self>) {
+        let Some(mut queue) = lock(&self.dead_letter_queue).take() else {
+            return;
+        };
+        let broker = Arc::downgrade(&self);
+        drop(self);
+        while let Some(DeadLetter {
+            from,
+            to,
+            mut envelope,
+        }) = queue.recv().await
+        {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let removal = envelope.removal.take();
+            let id = envelope.id;
+            let refused = match broker.get(&to) {
+                Err(_) => Some(format!("mailbox {to} does not exist")),
+                Ok(target) => {
+                    match target.send(envelope.into_incoming(), ipc_proto::Wait::NoWait) {
+                        Pending::Ready(Err(e)) => Some(e.message),
+                        // Accepted (a durable target finishes storing it on its own).
+                        Pending::Ready(Ok(_)) | Pending::Wait(_) => None,
+                    }
+                }
+            };
+            if let Some(why) = refused {
+                tracing::warn!(
+                    "dead letter {id} of mailbox {from} dropped: dead-letter mailbox {to} refused it: {why}"
+                );
+            }
+            if let Some(removal) = removal {
+                removal.commit();
+            }
+        }
     }
 
     /// Tells the store's writer to finish what it was given and stop.

@@ -68,6 +68,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for connections to flush their last replies.
     pub shutdown_timeout: Duration,
+    /// Longest lease an acknowledged receive may ask for.
+    pub max_lease: Duration,
     /// Size at which the durable log starts a new segment; space is reclaimed a
     /// segment at a time.
     pub segment_bytes: u64,
@@ -117,6 +119,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             segment_bytes: 64 * MIB,
+            max_lease: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipc_proto::{
     ErrorCode, ErrorReply, MailboxChanges, MailboxName, Message, RecvRequest, Request, Response,
@@ -14,12 +15,18 @@ use ipc_proto::{
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Created, check_mode};
-use crate::mailbox::{Canceller, Envelope, Incoming, Mailbox, OpResult, Pending, SentId, Side};
+use crate::mailbox::{
+    Canceller, Envelope, Incoming, LeaseTerms, Mailbox, OpResult, Pending, SentId, Side, Taker,
+};
 use crate::perm::{Access, Caller};
 use crate::quota::Resource;
 use crate::store::Stored;
 
 /// How a request is answered.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a reply lives on the stack for one request; boxing would allocate per request"
+)]
 pub enum Reply {
     /// At once.
     Now(Response),
@@ -50,7 +57,14 @@ fn now(result: OpResult<Response>) -> Reply {
 /// Answers one request from `caller`.
 pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
     match request {
-        Request::Create(req) => match broker.create(caller, req) {
+        Request::Create(req) => match check_dead_letter(
+            broker,
+            caller,
+            &req.mailbox,
+            req.delivery.dead_letter.as_ref(),
+        )
+        .and_then(|()| broker.create(caller, req))
+        {
             Ok(Created::Now(created)) => Reply::Now(Response::Created { created }),
             Ok(Created::Storing(stored)) => {
                 once_stored(stored, Response::Created { created: true })
@@ -93,6 +107,18 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
             })),
         Request::Status => Reply::Now(Response::Status(broker.status(caller))),
         Request::Cancel { request_id } => Reply::Cancel(request_id),
+        Request::Ack { mailbox, id } => {
+            match authorized(broker, caller, &mailbox, Access::Read)
+                .and_then(|m| m.ack(id, caller.uid()))
+            {
+                Ok(Some(stored)) => once_stored(stored, Response::Ok),
+                Ok(None) => Reply::Now(Response::Ok),
+                Err(e) => Reply::Now(Response::Error(e)),
+            }
+        }
+        Request::Nack { mailbox, id } => now(authorized(broker, caller, &mailbox, Access::Read)
+            .and_then(|m| m.nack(id, caller.uid()))
+            .map(|()| Response::Ok)),
     }
 }
 
@@ -115,9 +141,20 @@ fn set(
         return Err(denied(caller, &mailbox, "give away"));
     }
     // Root imposes the charge on the new owner, over its quota or not.
+    check_dead_letter(broker, caller, name, changes.delivery.dead_letter.as_ref())?;
     let moved = new_owner.map(|uid| broker.accounts().account(uid).force(Resource::Mailboxes, 1));
+    let delivery = changes.delivery;
     let stored = mailbox.update(|s| {
         s.limits = limits;
+        if let Some(max) = delivery.max_deliveries {
+            s.max_deliveries = max;
+        }
+        if delivery.clear_dead_letter {
+            s.dead_letter = None;
+        }
+        if let Some(to) = delivery.dead_letter {
+            s.dead_letter = Some(to);
+        }
         if let Some(mode) = mode {
             s.ownership.mode = mode;
         }
@@ -172,14 +209,70 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         sender: caller.creds,
         headers: req.headers,
         payload: req.payload,
-        charge,
+        charge: Some(charge),
     };
     Ok(mailbox.send(incoming, req.wait))
 }
 
 fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<Envelope>> {
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
-    Ok(mailbox.recv(req.selector, req.peek, caller.creds.pid, req.wait))
+    let lease = match req.lease {
+        None => None,
+        Some(_) if req.peek => {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                "a peek leaves the message in place, so it cannot lease it",
+            ));
+        }
+        Some(lease) => {
+            let max = broker.config().max_lease;
+            let timeout = Duration::from_millis(lease.timeout_ms);
+            if timeout.is_zero() || timeout > max {
+                return Err(ErrorReply::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "a lease of {} ms is out of range: 1 ms to max_lease of {} ms",
+                        lease.timeout_ms,
+                        max.as_millis()
+                    ),
+                ));
+            }
+            Some(LeaseTerms {
+                timeout,
+                uid: caller.uid(),
+                book: (!lease.detached).then(|| caller.leases.clone()),
+            })
+        }
+    };
+    let taker = Taker {
+        peek: req.peek,
+        pid: caller.creds.pid,
+        lease,
+    };
+    Ok(mailbox.recv(req.selector, taker, req.wait))
+}
+
+/// A dead-letter mailbox must not be the mailbox itself, and, if it exists, the caller
+/// must be allowed to send to it: dead-lettering must not be a way into a mailbox.
+fn check_dead_letter(
+    broker: &Broker,
+    caller: &Caller,
+    mailbox: &MailboxName,
+    dead_letter: Option<&MailboxName>,
+) -> OpResult<()> {
+    let Some(to) = dead_letter else {
+        return Ok(());
+    };
+    if to == mailbox {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!("mailbox {mailbox} cannot be its own dead-letter mailbox"),
+        ));
+    }
+    match authorized(broker, caller, to, Access::Write) {
+        Err(e) if e.code == ErrorCode::NoSuchMailbox => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Answers now if the operation finished, else when its waiter completes.

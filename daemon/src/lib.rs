@@ -42,6 +42,7 @@ pub async fn run(
     let (store, writer, recovered) = open_store(&config);
     let broker = Arc::new(broker::Broker::new(config, store));
     broker.restore(recovered);
+    tokio::spawn(broker.clone().deliver_dead_letters());
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let stop_peers = CancellationToken::new();

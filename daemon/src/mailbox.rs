@@ -9,7 +9,7 @@
 //! [`Waiter`] future whose `Drop` deregisters it and puts back anything handed to it in
 //! the meantime, so a cancelled or timed-out receive never loses a message.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use ipc_proto::{
     Credentials, ErrorCode, ErrorReply, Fsync, Headers, LastOp, MailboxInfo, MailboxName, Selector,
     Timestamp, Wait,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::index::TypeIndex;
@@ -67,9 +68,113 @@ impl Removal {
         };
         self.store.record(vec![record], self.fsync);
     }
+
+    /// As [`commit`](Self::commit), with a receiver that completes once it is stored
+    /// per the mailbox's policy (an ack is answered then: an acked message must not
+    /// come back after a crash).
+    pub fn commit_waiting(self) -> oneshot::Receiver<Stored> {
+        let record = Record::Remove {
+            key: self.key,
+            id: self.id,
+        };
+        let (done, stored) = crate::broker::completion();
+        self.store.submit(vec![record], self.fsync, done);
+        stored
+    }
+}
+
+/// A message on its way to a dead-letter mailbox (or to be dropped), for the broker to
+/// deliver: a mailbox cannot reach another mailbox itself (lock order).
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub from: MailboxName,
+    pub to: MailboxName,
+    pub envelope: Envelope,
+}
+
+/// Where a mailbox sends its dead letters.
+pub type DeadLetters = mpsc::UnboundedSender<DeadLetter>;
+
+/// How a receive takes its message.
+#[derive(Debug, Clone)]
+pub(crate) struct Taker {
+    /// Copy and leave it.
+    pub peek: bool,
+    pub pid: u32,
+    /// Lease it (acknowledged receive) rather than take it.
+    pub lease: Option<LeaseTerms>,
+}
+
+/// The terms of a lease.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseTerms {
+    pub timeout: Duration,
+    /// Who may settle it (besides root).
+    pub uid: u32,
+    /// The connection's book, for a lease that ends with the connection; `None` for a
+    /// detached lease.
+    pub book: Option<Arc<LeaseBook>>,
+}
+
+/// The leases one connection holds that end when it closes.
+#[derive(Debug, Default)]
+pub struct LeaseBook {
+    /// `(mailbox address, message id)` → `(mailbox, lease number)`.
+    leases: Mutex<HashMap<(usize, u64), BookEntry>>,
+}
+
+type BookEntry = (Weak<Mailbox>, u64);
+
+impl LeaseBook {
+    fn key(mailbox: &Weak<Mailbox>, id: u64) -> (usize, u64) {
+        (mailbox.as_ptr() as usize, id)
+    }
+
+    fn add(&self, mailbox: &Weak<Mailbox>, id: u64, lease_no: u64) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.insert(Self::key(mailbox, id), (mailbox.clone(), lease_no));
+    }
+
+    fn forget(&self, mailbox: &Weak<Mailbox>, id: u64) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.remove(&Self::key(mailbox, id));
+    }
+
+    /// Ends every lease still held: the connection is gone, so its messages are
+    /// redelivered.
+    pub fn release_all(&self) {
+        let leases = std::mem::take(&mut *self.leases.lock().unwrap_or_else(|e| e.into_inner()));
+        for ((_, id), (mailbox, lease_no)) in leases {
+            if let Some(mailbox) = mailbox.upgrade() {
+                mailbox.end_lease(id, lease_no);
+            }
+        }
+    }
+}
+
+/// A message out on lease.
+#[derive(Debug)]
+struct Leased {
+    envelope: Envelope,
+    uid: u32,
+    lease_no: u64,
+    deadline: Instant,
+    book: Option<Weak<LeaseBook>>,
 }
 
 impl Envelope {
+    /// The message as offered to another mailbox (dead-lettering): same sender, type,
+    /// headers and payload, still charged to its sender; a new id there.
+    pub fn into_incoming(self) -> Incoming {
+        Incoming {
+            mtype: self.mtype,
+            sender: self.sender,
+            headers: self.headers,
+            payload: self.payload,
+            charge: self._charge,
+        }
+    }
+
     /// A copy for a peek: the same message, charged to nobody.
     fn copy(&self) -> Envelope {
         Envelope {
@@ -94,7 +199,7 @@ pub struct Incoming {
     pub headers: Headers,
     pub payload: Bytes,
     /// The payload's charge to the sender's uid, taken before the message was offered.
-    pub charge: Charge,
+    pub charge: Option<Charge>,
 }
 
 /// What a `send` returns: the id the message got in the mailbox.
@@ -102,12 +207,15 @@ pub struct Incoming {
 pub struct SentId(pub u64);
 
 /// Settings a creator or owner chooses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub ownership: Ownership,
     /// `Some` for a durable mailbox: when its messages reach the disk.
     pub fsync: Option<Fsync>,
     pub limits: Limits,
+    /// Deliveries after which an unacknowledged message is dead-lettered; 0 is no limit.
+    pub max_deliveries: u32,
+    pub dead_letter: Option<MailboxName>,
 }
 
 /// A durable mailbox's tie to the store.
@@ -130,8 +238,7 @@ pub(crate) type Handoff<T> = oneshot::Sender<OpResult<T>>;
 struct RecvWaiter {
     key: u64,
     selector: Selector,
-    peek: bool,
-    pid: u32,
+    taker: Taker,
     tx: Handoff<Envelope>,
 }
 
@@ -166,8 +273,18 @@ pub(crate) struct State {
     storing_bytes: u64,
     /// Ids below this were purged; a message still being stored then is dropped.
     purged_below: u64,
-    /// This mailbox, for the store's completions.
+    /// This mailbox, for the store's completions and the lease books.
     me: Weak<Mailbox>,
+    /// Messages out on lease, by id; they still count against the limits.
+    leases: HashMap<u64, Leased>,
+    next_lease: u64,
+    /// When each lease ends: `(deadline, id, lease number)`.
+    deadlines: BTreeSet<(Instant, u64, u64)>,
+    /// Wakes the task that ends leases on time, once there is one.
+    timekeeper: Option<Arc<Notify>>,
+    dead_letters: DeadLetters,
+    dead_lettered: u64,
+    dropped: u64,
     created_at: Timestamp,
     changed_at: Timestamp,
     last_send: Option<LastOp>,
@@ -194,8 +311,17 @@ impl Mailbox {
         settings: Settings,
         owner_charge: Charge,
         link: Option<Link>,
+        dead_letters: DeadLetters,
     ) -> Arc<Self> {
-        Self::restore(name, settings, owner_charge, link, Timestamp::now(), 1)
+        Self::restore(
+            name,
+            settings,
+            owner_charge,
+            link,
+            dead_letters,
+            Timestamp::now(),
+            1,
+        )
     }
 
     /// A mailbox as recovered from the store (or new): empty, with ids continuing at
@@ -205,6 +331,7 @@ impl Mailbox {
         settings: Settings,
         owner_charge: Charge,
         link: Option<Link>,
+        dead_letters: DeadLetters,
         created_at: Timestamp,
         next_id: u64,
     ) -> Arc<Self> {
@@ -225,6 +352,13 @@ impl Mailbox {
                 storing_bytes: 0,
                 purged_below: 0,
                 me: me.clone(),
+                leases: HashMap::new(),
+                next_lease: 0,
+                deadlines: BTreeSet::new(),
+                timekeeper: None,
+                dead_letters,
+                dead_lettered: 0,
+                dropped: 0,
                 created_at,
                 changed_at: created_at,
                 last_send: None,
@@ -268,6 +402,8 @@ impl Mailbox {
             ownership: s.ownership,
             limits: s.limits,
             fsync: s.fsync.unwrap_or(Fsync::Always),
+            max_deliveries: s.max_deliveries,
+            dead_letter: s.dead_letter.clone(),
             created_at: state.created_at,
             next_id: state.next_id,
         };
@@ -285,7 +421,7 @@ impl Mailbox {
     }
 
     pub fn settings(&self) -> Settings {
-        self.lock().settings
+        self.lock().settings.clone()
     }
 
     /// Puts a message in, hands it to a waiting receiver, or waits for room.
@@ -349,10 +485,10 @@ impl Mailbox {
     pub(crate) fn recv(
         self: &Arc<Self>,
         selector: Selector,
-        peek: bool,
-        pid: u32,
+        taker: Taker,
         wait: Wait,
     ) -> Pending<Envelope> {
+        let peek = taker.peek;
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
             return Pending::Ready(Err(closed.clone()));
@@ -367,7 +503,7 @@ impl Mailbox {
             } else {
                 let envelope = state.queue.remove(slot).expect("found slot exists");
                 state.bytes -= envelope.payload.len() as u64;
-                let envelope = state.delivered(envelope, pid);
+                let envelope = state.take(envelope, &taker);
                 state.admit_senders();
                 envelope
             };
@@ -386,7 +522,7 @@ impl Mailbox {
                 let waiter = state.senders.remove(i).expect("position is in range");
                 let envelope = state.stamp(waiter.incoming);
                 let _ = waiter.tx.send(Ok(SentId(envelope.id)));
-                return Pending::Ready(Ok(state.delivered(envelope, pid)));
+                return Pending::Ready(Ok(state.take(envelope, &taker)));
             }
         }
         let what = match selector {
@@ -412,8 +548,7 @@ impl Mailbox {
         state.receivers.push_back(RecvWaiter {
             key,
             selector,
-            peek,
-            pid,
+            taker,
             tx,
         });
         drop(state);
@@ -423,8 +558,11 @@ impl Mailbox {
     /// Drops every queued message and lets waiting senders in; returns how many went.
     pub fn purge(&self) -> u64 {
         let mut state = self.lock();
-        let dropped = state.queue.len() as u64;
+        let dropped = (state.queue.len() + state.leases.len()) as u64;
         state.queue.drain().for_each(drop);
+        // Leased messages are in the mailbox too; their acks will find nothing to settle.
+        state.leases.clear();
+        state.deadlines.clear();
         state.bytes = 0;
         state.purged_below = state.next_id;
         if let Some(link) = &state.link {
@@ -470,6 +608,8 @@ impl Mailbox {
         }
         if drop_messages {
             state.queue.drain().for_each(drop);
+            state.leases.clear();
+            state.deadlines.clear();
             state.bytes = 0;
             state.owner_charge = None;
             if let Some(link) = state.link.take() {
@@ -478,6 +618,65 @@ impl Mailbox {
             }
         }
         state.closed = Some(reason);
+        if let Some(timekeeper) = state.timekeeper.take() {
+            timekeeper.notify_one();
+        }
+    }
+
+    /// Settles leased message `id` for good. Root or the lease's uid only. For a durable
+    /// mailbox, the answer is due once the removal is stored.
+    pub fn ack(&self, id: u64, uid: u32) -> OpResult<Option<oneshot::Receiver<Stored>>> {
+        let mut state = self.lock();
+        self.check_lease(&state, id, uid)?;
+        let mut envelope = state.unlease(id).expect("checked");
+        state.admit_senders();
+        Ok(envelope.removal.take().map(Removal::commit_waiting))
+    }
+
+    /// Gives leased message `id` back, to be redelivered (or dead-lettered).
+    pub fn nack(&self, id: u64, uid: u32) -> OpResult<()> {
+        let mut state = self.lock();
+        self.check_lease(&state, id, uid)?;
+        let envelope = state.unlease(id).expect("checked");
+        state.return_message(envelope, &self.name);
+        Ok(())
+    }
+
+    /// Ends lease `lease_no` of message `id` if it is still that lease: its connection
+    /// closed.
+    pub fn end_lease(&self, id: u64, lease_no: u64) {
+        let mut state = self.lock();
+        if state
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.lease_no == lease_no)
+        {
+            let envelope = state.unlease(id).expect("lease exists");
+            state.return_message(envelope, &self.name);
+        }
+    }
+
+    fn check_lease(&self, state: &State, id: u64, uid: u32) -> OpResult<()> {
+        let Some(lease) = state.leases.get(&id) else {
+            return Err(op_error(
+                ErrorCode::NotLeased,
+                format!(
+                    "message {id} of mailbox {} is not leased: it was settled already, or its \
+                     lease ended and it is back in the mailbox",
+                    self.name
+                ),
+            ));
+        };
+        if uid != 0 && uid != lease.uid {
+            return Err(op_error(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: message {id} of mailbox {} is leased to uid {}, not {uid}",
+                    self.name, lease.uid
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts the mailbox against its new owner's quota instead of the old owner's.
@@ -519,7 +718,11 @@ impl Mailbox {
             total_received: state.total_received,
             waiting_receivers: state.receivers.len() as u64,
             waiting_senders: state.senders.len() as u64,
-            unacked: 0,
+            unacked: state.leases.len() as u64,
+            max_deliveries: s.max_deliveries,
+            dead_letter: s.dead_letter.clone(),
+            dead_lettered: state.dead_lettered,
+            dropped: state.dropped,
         }
     }
 }
@@ -533,7 +736,7 @@ impl State {
 
     fn fits(&self, len: u64) -> bool {
         let limits = &self.settings.limits;
-        self.queue.len() as u64 + self.storing < limits.max_msgs
+        (self.queue.len() + self.leases.len()) as u64 + self.storing < limits.max_msgs
             && self.bytes + self.storing_bytes + len <= limits.max_bytes
     }
 
@@ -558,7 +761,7 @@ impl State {
             || self
                 .receivers
                 .iter()
-                .any(|w| !w.peek && w.selector.matches(incoming.mtype))
+                .any(|w| !w.taker.peek && w.selector.matches(incoming.mtype))
     }
 
     /// Gives `incoming` its id and send statistics.
@@ -579,7 +782,7 @@ impl State {
             headers: incoming.headers,
             deliveries: 0,
             payload: incoming.payload,
-            _charge: Some(incoming.charge),
+            _charge: incoming.charge,
             removal: None,
         }
     }
@@ -639,6 +842,121 @@ impl State {
         });
     }
 
+    /// Gives `envelope` (already out of the queue, its bytes no longer counted) to a
+    /// receiver: taken outright, or leased — then a copy goes out and the original waits
+    /// for its ack, still counted in the mailbox.
+    fn take(&mut self, envelope: Envelope, taker: &Taker) -> Envelope {
+        let envelope = self.delivered(envelope, taker.pid);
+        let Some(terms) = &taker.lease else {
+            return envelope;
+        };
+        let wire = envelope.copy();
+        self.next_lease += 1;
+        let lease_no = self.next_lease;
+        let id = envelope.id;
+        let deadline = Instant::now() + terms.timeout;
+        if let Some(book) = &terms.book {
+            book.add(&self.me, id, lease_no);
+        }
+        self.bytes += envelope.payload.len() as u64;
+        self.leases.insert(
+            id,
+            Leased {
+                envelope,
+                uid: terms.uid,
+                lease_no,
+                deadline,
+                book: terms.book.as_ref().map(Arc::downgrade),
+            },
+        );
+        let earliest = self
+            .deadlines
+            .first()
+            .is_none_or(|first| deadline < first.0);
+        self.deadlines.insert((deadline, id, lease_no));
+        self.wake_timekeeper(earliest);
+        wire
+    }
+
+    /// Ends the lease of `id` and returns the leased message, no longer counted.
+    fn unlease(&mut self, id: u64) -> Option<Envelope> {
+        let leased = self.leases.remove(&id)?;
+        self.deadlines
+            .remove(&(leased.deadline, id, leased.lease_no));
+        if let Some(book) = leased.book.as_ref().and_then(Weak::upgrade) {
+            book.forget(&self.me, id);
+        }
+        self.bytes -= leased.envelope.payload.len() as u64;
+        Some(leased.envelope)
+    }
+
+    /// A leased message came back unacknowledged: to its old place (a waiting receiver
+    /// may take it at once), or, past `max_deliveries`, to the dead-letter mailbox — or
+    /// away, counted, without one.
+    fn return_message(&mut self, mut envelope: Envelope, name: &MailboxName) {
+        let max = self.settings.max_deliveries;
+        if max == 0 || envelope.deliveries < max {
+            self.offer_or_queue(envelope);
+            return;
+        }
+        match &self.settings.dead_letter {
+            Some(to) => {
+                self.dead_lettered += 1;
+                let letter = DeadLetter {
+                    from: name.clone(),
+                    to: to.clone(),
+                    envelope,
+                };
+                if let Err(mpsc::error::SendError(letter)) = self.dead_letters.send(letter) {
+                    // No broker to deliver it: it is dropped after all.
+                    self.dead_lettered -= 1;
+                    self.dropped += 1;
+                    if let Some(removal) = letter.envelope.removal {
+                        removal.commit();
+                    }
+                }
+            }
+            None => {
+                self.dropped += 1;
+                if let Some(removal) = envelope.removal.take() {
+                    removal.commit();
+                }
+            }
+        }
+        self.admit_senders();
+    }
+
+    /// Ends every lease whose time is up.
+    fn expire_due(&mut self, now: Instant, name: &MailboxName) {
+        while let Some(&(deadline, id, lease_no)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if self.leases.get(&id).is_some_and(|l| l.lease_no == lease_no) {
+                let envelope = self.unlease(id).expect("lease exists");
+                self.return_message(envelope, name);
+            }
+        }
+    }
+
+    /// Makes sure a task ends leases on time: starts it, or wakes it when the earliest
+    /// deadline moved closer.
+    fn wake_timekeeper(&mut self, earliest_changed: bool) {
+        match &self.timekeeper {
+            Some(wake) => {
+                if earliest_changed {
+                    wake.notify_one();
+                }
+            }
+            None => {
+                let wake = Arc::new(Notify::new());
+                self.timekeeper = Some(wake.clone());
+                tokio::spawn(keep_time(self.me.clone(), wake));
+            }
+        }
+    }
+
     /// Hands `envelope` to waiting receivers: a copy to each matching peeker, the message
     /// itself to the first matching receiver (FIFO among those whose selector matches).
     /// Waiters exist only while nothing queued matched them, so the new message is the
@@ -651,20 +969,24 @@ impl State {
                 continue;
             }
             let waiter = self.receivers.remove(i).expect("index is in range");
-            if waiter.peek {
+            if waiter.taker.peek {
                 let _ = waiter.tx.send(Ok(envelope.copy()));
                 continue;
             }
-            let handed = self.delivered(envelope, waiter.pid);
+            let id = envelope.id;
+            let handed = self.take(envelope, &waiter.taker);
             match waiter.tx.send(Ok(handed)) {
                 Ok(()) => return,
                 // Unreachable while waiters deregister under this lock before their
                 // receiver goes; kept so a message can never be lost that way.
                 Err(back) => {
-                    let mut back = back.expect("we sent Ok");
-                    back.deliveries -= 1;
+                    let back = back.expect("we sent Ok");
+                    envelope = match self.unlease(id) {
+                        Some(leased) => leased,
+                        None => back,
+                    };
+                    envelope.deliveries -= 1;
                     self.total_received -= 1;
-                    envelope = back;
                 }
             }
         }
@@ -681,6 +1003,44 @@ impl State {
             }
             let waiter = self.senders.pop_front().expect("front exists");
             self.accept(waiter.incoming, waiter.tx);
+        }
+    }
+}
+
+/// Ends a mailbox's leases on time: sleeps until the earliest deadline (or until woken
+/// because an earlier one appeared), ends what is due, and stops when the mailbox is
+/// closed or gone.
+async fn keep_time(mailbox: Weak<Mailbox>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(mailbox) = mailbox.upgrade() else {
+                return;
+            };
+            let mut state = mailbox.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.expire_due(Instant::now(), &mailbox.name);
+            state.deadlines.first().map(|d| d.0)
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // Lets the timekeeper see the mailbox is gone instead of waiting for ever.
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(wake) = state.timekeeper.take() {
+            wake.notify_one();
         }
     }
 }
@@ -703,6 +1063,12 @@ impl Side for Envelope {
     /// A message was handed to a receiver that is gone: it goes back to where it was
     /// (or to the next waiting receiver), as if it had never left.
     fn reclaim(state: &mut State, mut envelope: Envelope) {
+        if envelope.removal.is_none() {
+            // A copy sent for a lease: the leased original is what goes back.
+            if let Some(leased) = state.unlease(envelope.id) {
+                envelope = leased;
+            }
+        }
         envelope.deliveries = envelope.deliveries.saturating_sub(1);
         state.total_received = state.total_received.saturating_sub(1);
         state.offer_or_queue(envelope);

@@ -91,6 +91,7 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         creds,
         groups,
         account: broker.accounts().account(creds.uid),
+        leases: Arc::default(),
     };
     // Held for the connection's life; over quota, the client is told so after its hello.
     let counted = broker.charge(&caller, Resource::Connections, 1);
@@ -116,10 +117,14 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         client_name,
         replies,
         mut tasks,
+        caller,
         ..
     } = peer;
     // Abandoned waits deregister as their tasks drop, returning any message they held.
     tasks.shutdown().await;
+    // Messages leased to this connection (not detached) go back to be redelivered. Even
+    // a reply with one of them that was written is not an ack.
+    caller.leases.release_all();
     drop(replies);
     let written = tokio::time::timeout(config.shutdown_timeout, writer).await;
     let level_is_info = !matches!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use ipc_proto::Credentials;
 
+use crate::mailbox::LeaseBook;
 use crate::quota::UidAccount;
 
 /// Who is asking: the process at the other end of a connection, as the kernel reported
@@ -25,6 +26,8 @@ pub struct Caller {
     /// Supplementary groups (the primary one is `creds.gid`).
     pub groups: Vec<u32>,
     pub account: Arc<UidAccount>,
+    /// The leases this connection holds that end when it closes.
+    pub leases: Arc<LeaseBook>,
 }
 
 impl Caller {
@@ -136,6 +139,7 @@ mod tests {
             creds: Credentials { pid: 1, uid, gid },
             groups: groups.to_vec(),
             account: Accounts::default().account(uid),
+            leases: Arc::default(),
         }
     }
 

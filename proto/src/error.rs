@@ -44,12 +44,15 @@ pub enum ErrorCode {
     /// A durable mailbox's storage failed (disk full, I/O error); nothing stored before
     /// was harmed (exit 1).
     StorageFailed,
+    /// `Ack`/`Nack` of a message that is not leased: already settled, or its lease
+    /// ended (exit 1).
+    NotLeased,
     /// A code this build does not know; kept so newer daemons stay readable.
     Unknown(u16),
 }
 
 impl ErrorCode {
-    const TABLE: [(u16, ErrorCode); 16] = [
+    const TABLE: [(u16, ErrorCode); 17] = [
         (1, ErrorCode::Internal),
         (2, ErrorCode::BadRequest),
         (3, ErrorCode::InvalidName),
@@ -66,6 +69,7 @@ impl ErrorCode {
         (14, ErrorCode::InvalidArgument),
         (15, ErrorCode::Cancelled),
         (16, ErrorCode::StorageFailed),
+        (17, ErrorCode::NotLeased),
     ];
 
     /// The number sent on the wire.
@@ -95,6 +99,7 @@ impl ErrorCode {
             | ErrorCode::Exists
             | ErrorCode::Cancelled
             | ErrorCode::StorageFailed
+            | ErrorCode::NotLeased
             | ErrorCode::Unknown(_) => 1,
         }
     }

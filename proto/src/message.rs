@@ -156,6 +156,7 @@ pub struct CreateRequest {
     /// For a durable mailbox: when its messages reach the disk (`Always` when absent).
     pub fsync: Option<Fsync>,
     pub limits: LimitChanges,
+    pub delivery: DeliveryChanges,
     /// Succeed without change if the mailbox already exists.
     pub exist_ok: bool,
 }
@@ -222,6 +223,30 @@ pub struct RecvRequest {
     pub wait: Wait,
     /// Return a copy and leave the message in place.
     pub peek: bool,
+    /// Acknowledged receive: lease the message instead of taking it (SPEC §3).
+    pub lease: Option<Lease>,
+}
+
+/// How long, and how, a receiver holds a message it must `Ack` or `Nack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Unacknowledged after this long, the message is redelivered.
+    pub timeout_ms: u64,
+    /// Outlive the connection: end only by `Ack`/`Nack` (from any connection of the
+    /// same uid, or root) or the timeout. Otherwise closing the connection ends it.
+    pub detached: bool,
+}
+
+/// What happens to a message that is not acknowledged (SPEC §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryChanges {
+    /// After this many deliveries without an ack, the message is dead-lettered; 0 is no
+    /// limit.
+    pub max_deliveries: Option<u32>,
+    /// Where such messages go; without one they are dropped and counted. `Some("")` is
+    /// not a name, so clearing is `clear_dead_letter`.
+    pub dead_letter: Option<MailboxName>,
+    pub clear_dead_letter: bool,
 }
 
 /// Change a mailbox's settings; absent fields stay as they are.
@@ -231,6 +256,7 @@ pub struct MailboxChanges {
     pub owner_uid: Option<u32>,
     pub owner_gid: Option<u32>,
     pub limits: LimitChanges,
+    pub delivery: DeliveryChanges,
 }
 
 /// Everything a client can ask. One variant per operation; the daemon has one `match`
@@ -262,6 +288,16 @@ pub enum Request {
     /// answered with `Cancelled` unless it completed first. The cancel itself gets `Ok`.
     Cancel {
         request_id: u64,
+    },
+    /// Settle a leased message for good: it leaves the mailbox.
+    Ack {
+        mailbox: MailboxName,
+        id: u64,
+    },
+    /// Give a leased message back: it returns to its place, to be redelivered.
+    Nack {
+        mailbox: MailboxName,
+        id: u64,
     },
 }
 
@@ -314,7 +350,14 @@ pub struct MailboxInfo {
     pub total_received: u64,
     pub waiting_receivers: u64,
     pub waiting_senders: u64,
+    /// Messages leased to receivers and not yet acknowledged.
     pub unacked: u64,
+    /// Deliveries after which an unacknowledged message is dead-lettered; 0 is no limit.
+    pub max_deliveries: u32,
+    pub dead_letter: Option<MailboxName>,
+    /// Messages moved to the dead-letter mailbox, and dropped for want of one.
+    pub dead_lettered: u64,
+    pub dropped: u64,
 }
 
 /// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited

@@ -13,9 +13,9 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    CreateRequest, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, FrameKind, Fsync,
-    HEADER_LEN, Headers, Hello, LimitChanges, MailboxChanges, MailboxName, RecvRequest, Request,
-    Response, Selector, SendRequest, Wait, Welcome,
+    CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder, FrameError, FrameKind,
+    Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges, MailboxChanges, MailboxName,
+    RecvRequest, Request, Response, Selector, SendRequest, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -157,18 +157,22 @@ fn request() -> impl Strategy<Value = Request> {
                 any::<u32>().prop_map(|ms| Some(Fsync::IntervalMs(ms))),
             ],
             limits(),
+            delivery(),
             any::<bool>()
         )
-            .prop_map(|(mailbox, mode, durable, fsync, limits, exist_ok)| {
-                Request::Create(CreateRequest {
-                    mailbox,
-                    mode,
-                    durable,
-                    fsync,
-                    limits,
-                    exist_ok,
-                })
-            }),
+            .prop_map(
+                |(mailbox, mode, durable, fsync, limits, delivery, exist_ok)| {
+                    Request::Create(CreateRequest {
+                        mailbox,
+                        mode,
+                        durable,
+                        fsync,
+                        limits,
+                        delivery,
+                        exist_ok,
+                    })
+                }
+            ),
         (
             name(),
             any::<i64>(),
@@ -185,29 +189,42 @@ fn request() -> impl Strategy<Value = Request> {
                     payload: Bytes::from(payload),
                 }
             )),
-        (name(), selector(), wait(), any::<bool>()).prop_map(|(mailbox, selector, wait, peek)| {
-            Request::Recv(RecvRequest {
-                mailbox,
-                selector,
-                wait,
-                peek,
-            })
-        }),
+        (
+            name(),
+            selector(),
+            wait(),
+            any::<bool>(),
+            any::<Option<(u64, bool)>>()
+        )
+            .prop_map(|(mailbox, selector, wait, peek, lease)| {
+                Request::Recv(RecvRequest {
+                    mailbox,
+                    selector,
+                    wait,
+                    peek,
+                    lease: lease.map(|(timeout_ms, detached)| Lease {
+                        timeout_ms,
+                        detached,
+                    }),
+                })
+            }),
         name().prop_map(|mailbox| Request::Stat { mailbox }),
         Just(Request::List),
         (
             name(),
             any::<(Option<u32>, Option<u32>, Option<u32>)>(),
-            limits()
+            limits(),
+            delivery()
         )
             .prop_map(
-                |(mailbox, (mode, owner_uid, owner_gid), limits)| Request::Set {
+                |(mailbox, (mode, owner_uid, owner_gid), limits, delivery)| Request::Set {
                     mailbox,
                     changes: MailboxChanges {
                         mode,
                         owner_uid,
                         owner_gid,
                         limits,
+                        delivery,
                     },
                 }
             ),
@@ -215,7 +232,24 @@ fn request() -> impl Strategy<Value = Request> {
         name().prop_map(|mailbox| Request::Remove { mailbox }),
         Just(Request::Status),
         any::<u64>().prop_map(|request_id| Request::Cancel { request_id }),
+        (name(), any::<u64>()).prop_map(|(mailbox, id)| Request::Ack { mailbox, id }),
+        (name(), any::<u64>()).prop_map(|(mailbox, id)| Request::Nack { mailbox, id }),
     ]
+}
+
+fn delivery() -> impl Strategy<Value = DeliveryChanges> {
+    (
+        any::<Option<u32>>(),
+        proptest::option::of(name()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(max_deliveries, dead_letter, clear_dead_letter)| DeliveryChanges {
+                max_deliveries,
+                dead_letter,
+                clear_dead_letter,
+            },
+        )
 }
 
 /// The variant number of docs/protocol.md. The match is exhaustive, so a new request
@@ -232,6 +266,8 @@ fn documented_variant(request: &Request) -> u8 {
         Request::Remove { .. } => 7,
         Request::Status => 8,
         Request::Cancel { .. } => 9,
+        Request::Ack { .. } => 10,
+        Request::Nack { .. } => 11,
     }
 }
 

@@ -133,6 +133,7 @@ fn a_reader_that_never_reads_is_cut_off() {
                 selector: Selector::Any,
                 wait: Wait::Forever,
                 peek: false,
+                lease: None,
             });
             codec::encode_frame(FrameKind::Request, id, &recv, u32::MAX, &mut out).unwrap();
         }
@@ -260,6 +261,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
             mode,
             durable: false,
             fsync: None,
+            delivery: Default::default(),
             limits: LimitChanges {
                 max_msgs: limit,
                 max_bytes: limit,
@@ -308,6 +310,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
             selector,
             wait,
             peek: false,
+            lease: None,
         })
     };
     for selector in [

@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
         durable: args.durable,
         fsync: args.fsync,
         limits: args.limits.changes(),
+        delivery: args.delivery.changes(false)?,
         exist_ok: args.exist_ok,
     };
     let created = ctx.connect()?.create(name.as_str(), &options)?;

@@ -10,7 +10,9 @@ use ipc_proto::MailboxName;
 
 use crate::cli::{Cli, Command};
 
+mod ack;
 mod create;
+mod exec;
 mod ls;
 mod purge;
 mod recv;
@@ -53,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Purge(args) => purge::run(&ctx, &args.name),
         Command::Rm(args) => rm::run(&ctx, &args.name),
         Command::Status => status::run(&ctx),
+        Command::Ack(args) => ack::run(&ctx, &args, true),
+        Command::Nack(args) => ack::run(&ctx, &args, false),
     }
 }
 

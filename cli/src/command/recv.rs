@@ -2,9 +2,9 @@
 //! printed in order, or keep taking them with `--follow`.
 
 use ipc_client::Error;
-use ipc_proto::{Message, RecvRequest, Request, Response, Selector};
+use ipc_proto::{Lease, Message, RecvRequest, Request, Response, Selector};
 
-use super::{Context, mailbox_name};
+use super::{Context, exec, mailbox_name};
 use crate::cli::RecvArgs;
 use crate::output::MessageFormat;
 use crate::pipeline::{self, Pipeline};
@@ -22,13 +22,29 @@ pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
     } else {
         MessageFormat::Line
     };
+    // `--ack` leases are detached: the command exits, the lease stays until acked.
+    let lease = args.ack.then(|| Lease {
+        timeout_ms: u64::try_from(args.lease.as_millis()).unwrap_or(u64::MAX),
+        detached: true,
+    });
     let request = Request::Recv(RecvRequest {
         mailbox: mailbox.clone(),
         selector: Selector::from_msgrcv(args.mtype, args.except),
         wait: args.wait.wait(),
         peek: args.peek,
+        lease,
     });
     let mut client = ctx.connect()?;
+    if let Some(command) = &args.exec {
+        return exec::run(
+            &mut client,
+            &mailbox,
+            &request,
+            command,
+            args.count,
+            args.follow,
+        );
+    }
 
     // `--follow` keeps one receive in flight and writes each message before the next
     // receive: every message received is gone from the mailbox, so a reader that stops

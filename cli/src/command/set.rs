@@ -16,6 +16,7 @@ pub fn run(ctx: &Context, args: SetArgs) -> anyhow::Result<()> {
         owner_uid: args.owner.and_then(|o| o.uid),
         owner_gid: args.owner.and_then(|o| o.gid),
         limits: args.limits.changes(),
+        delivery: args.delivery.changes(args.no_dead_letter)?,
     };
     let info = ctx.connect()?.set(name.as_str(), changes)?;
     if ctx.json {

@@ -25,6 +25,8 @@ pub struct MailboxDef {
     pub ownership: Ownership,
     pub limits: Limits,
     pub fsync: Fsync,
+    pub max_deliveries: u32,
+    pub dead_letter: Option<MailboxName>,
     pub created_at: Timestamp,
     /// The id the next message will get (ids stay increasing across restarts).
     pub next_id: u64,
@@ -109,6 +111,14 @@ impl Record {
                         out.put_u32_le(ms);
                     }
                     Fsync::Never => out.put_u8(2),
+                }
+                out.put_u32_le(def.max_deliveries);
+                match &def.dead_letter {
+                    Some(name) => {
+                        out.put_u8(1);
+                        put_str(out, name.as_str());
+                    }
+                    None => out.put_u8(0),
                 }
                 out.put_u64_le(def.created_at.0);
                 out.put_u64_le(def.next_id);
@@ -281,12 +291,16 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
                 2 => Fsync::Never,
                 _ => return Err(RecordError::Malformed("unknown fsync policy")),
             };
+            let max_deliveries = r.u32()?;
+            let dead_letter = if r.flag()? { Some(r.name()?) } else { None };
             Record::Define(MailboxDef {
                 key,
                 name,
                 ownership,
                 limits,
                 fsync,
+                max_deliveries,
+                dead_letter,
                 created_at: Timestamp(r.u64()?),
                 next_id: r.u64()?,
             })
@@ -358,6 +372,8 @@ pub(crate) mod tests {
                 max_msg_size: 100,
             },
             fsync: Fsync::IntervalMs(200),
+            max_deliveries: 5,
+            dead_letter: Some(MailboxName::new("dead").unwrap()),
             created_at: Timestamp(42),
             next_id: 7,
         }
