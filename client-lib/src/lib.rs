@@ -30,6 +30,7 @@ pub use typed::{reply, type_tag};
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.
 pub use ipc_proto::{
-    Credentials, DaemonStatus, ErrorCode, Fsync, Headers, LimitChanges, MailboxChanges,
-    MailboxInfo, MailboxName, Message, Selector, Timestamp, UidUsage, Wait, Welcome,
+    Credentials, DaemonStatus, DeliveryChanges, ErrorCode, Fsync, Headers, Lease, LimitChanges,
+    MailboxChanges, MailboxInfo, MailboxName, Message, Selector, Timestamp, UidUsage, Wait,
+    Welcome,
 };

@@ -171,7 +171,8 @@ pub struct DaemonProcess {
     pub socket: PathBuf,
     reaped: bool,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
-    _dir: tempfile::TempDir,
+    /// The directory of socket and state, when the process owns it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl DaemonProcess {
@@ -183,7 +184,15 @@ impl DaemonProcess {
     /// As [`spawn`](Self::spawn), run through `wrapper` (e.g. `["prlimit", "--nofile=64"]`).
     pub fn spawn_wrapped(wrapper: &[&str]) -> Self {
         let dir = tempdir();
-        let socket = dir.path().join("ipcd.sock");
+        let mut process = Self::spawn_in(dir.path(), wrapper);
+        process._dir = Some(dir);
+        process
+    }
+
+    /// Starts `ipcd` with its socket and state in `dir`, which the caller keeps: a
+    /// daemon started again in the same directory finds the state of the last one.
+    pub fn spawn_in(dir: &Path, wrapper: &[&str]) -> Self {
+        let socket = dir.join("ipcd.sock");
         let ipcd = binary("ipcd");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -197,7 +206,7 @@ impl DaemonProcess {
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .env("IPCD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -221,7 +230,7 @@ impl DaemonProcess {
             socket,
             reaped: false,
             log,
-            _dir: dir,
+            _dir: None,
         };
         process
             .wait_for_log("listening on", Duration::from_secs(60))
@@ -268,6 +277,13 @@ impl DaemonProcess {
     /// A new blocking client.
     pub fn client(&self) -> BlockingClient {
         BlockingClient::connect_to(&self.socket).expect("connect to ipcd")
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it: a crash, as far as the daemon can tell.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill ipcd");
+        self.child.wait().expect("reap ipcd");
+        self.reaped = true;
     }
 
     /// Sends `signal` to the daemon.
