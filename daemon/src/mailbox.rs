@@ -282,6 +282,9 @@ pub(crate) struct State {
     deadlines: BTreeSet<(Instant, u64, u64)>,
     /// Wakes the task that ends leases on time, once there is one.
     timekeeper: Option<Arc<Notify>>,
+    /// Where that task runs: lease hand-overs also happen on the store's writer thread,
+    /// which is not a runtime thread.
+    runtime: tokio::runtime::Handle,
     dead_letters: DeadLetters,
     dead_lettered: u64,
     dropped: u64,
@@ -356,6 +359,7 @@ impl Mailbox {
                 next_lease: 0,
                 deadlines: BTreeSet::new(),
                 timekeeper: None,
+                runtime: tokio::runtime::Handle::current(),
                 dead_letters,
                 dead_lettered: 0,
                 dropped: 0,
@@ -952,7 +956,7 @@ impl State {
             None => {
                 let wake = Arc::new(Notify::new());
                 self.timekeeper = Some(wake.clone());
-                tokio::spawn(keep_time(self.me.clone(), wake));
+                self.runtime.spawn(keep_time(self.me.clone(), wake));
             }
         }
     }

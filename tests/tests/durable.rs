@@ -204,6 +204,32 @@ fn leases_end_by_ack_nack_timeout_or_closing_the_connection() {
 }
 
 #[test]
+fn a_waiting_leased_receive_gets_a_durable_message_once_it_is_stored() {
+    // The hand-over happens as the store completes the send, on its writer thread.
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create("jobs", &durable(Fsync::Always)).unwrap();
+    let socket = daemon.socket().to_path_buf();
+    let worker = std::thread::spawn(move || {
+        let mut w = ipc_client::BlockingClient::connect_to(socket).unwrap();
+        let wait = RecvOptions::default().wait(Wait::Forever);
+        let d = w
+            .recv_leased("jobs", &wait, Duration::from_millis(50))
+            .unwrap();
+        let id = d.id;
+        std::mem::forget(d);
+        id
+    });
+    daemon.wait_for_receivers("jobs", 1);
+    let id = c.send("jobs", "late", &SendOptions::default()).unwrap();
+    assert_eq!(worker.join().unwrap(), id);
+    // Its lease runs out on the timekeeper, and it comes back.
+    let wait = RecvOptions::default().wait(Wait::timeout(Duration::from_secs(30)));
+    let back = c.recv("jobs", &wait).unwrap();
+    assert_eq!((back.id, back.redelivered), (id, true));
+}
+
+#[test]
 fn unacked_leases_are_redelivered_after_a_restart_and_acked_ones_are_not() {
     let mut daemon = TestDaemon::start();
     let mut c = daemon.client();

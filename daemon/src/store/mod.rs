@@ -134,7 +134,8 @@ impl Store {
         };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             if let Some(done) = job.done {
-                done(Err(stopped()));
+                // Not inline: the caller may hold the lock its completion takes.
+                std::thread::spawn(move || done(Err(stopped())));
             }
         }
     }
@@ -263,7 +264,14 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
         }
         for job in batch {
             if let Some(done) = job.done {
-                done(outcome.clone());
+                // A completion that panics must not take the writer, and with it every
+                // durable mailbox, down with it.
+                let outcome = outcome.clone();
+                let completed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(outcome)));
+                if completed.is_err() {
+                    tracing::error!("a durable store completion panicked; the writer carries on");
+                }
             }
         }
         if stop {
