@@ -81,9 +81,12 @@ pub struct DeliveryArgs {
     /// mailbox (or is dropped and counted); 0 is no limit.
     #[arg(long, value_name = "N")]
     pub max_deliveries: Option<u32>,
-    /// The mailbox that gets messages past --max-deliveries.
+    /// The mailbox that gets messages past --max-deliveries, and expired ones.
     #[arg(long, value_name = "M")]
     pub dead_letter: Option<String>,
+    /// The TTL of messages sent without --ttl (0 for none).
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub default_ttl: Option<Duration>,
 }
 
 impl DeliveryArgs {
@@ -96,6 +99,7 @@ impl DeliveryArgs {
                 .map(ipc_proto::MailboxName::new)
                 .transpose()?,
             clear_dead_letter: clear,
+            default_ttl_ms: self.default_ttl.map(millis),
         })
     }
 }
@@ -203,6 +207,18 @@ pub struct SendArgs {
     /// Send one message per input line (the newline is not sent), pipelined.
     #[arg(long)]
     pub lines: bool,
+    /// Expire the message if it is not delivered within DUR (to the dead-letter mailbox,
+    /// or dropped and counted).
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub ttl: Option<Duration>,
+    /// Keep the message invisible to receivers for DUR (delayed delivery).
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub delay: Option<Duration>,
+}
+
+/// Milliseconds for the wire, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Args)]
@@ -257,7 +273,7 @@ pub struct RecvArgs {
         .required(true)
         .multiple(true)
         .args(["mode", "owner", "max_msgs", "max_bytes", "max_msg_size", "max_deliveries",
-               "dead_letter", "no_dead_letter"])
+               "dead_letter", "no_dead_letter", "default_ttl"])
 ))]
 pub struct SetArgs {
     /// The mailbox.

@@ -165,6 +165,10 @@ pub struct MailboxJson<'a> {
     pub dead_letter: Option<&'a str>,
     pub dead_lettered: u64,
     pub dropped: u64,
+    /// 0 is none.
+    pub default_ttl_ms: u64,
+    pub expired: u64,
+    pub delayed: u64,
 }
 
 impl<'a> MailboxJson<'a> {
@@ -196,6 +200,9 @@ impl<'a> MailboxJson<'a> {
             dead_letter: i.dead_letter.as_ref().map(|n| n.as_str()),
             dead_lettered: i.dead_lettered,
             dropped: i.dropped,
+            default_ttl_ms: i.default_ttl_ms,
+            expired: i.expired,
+            delayed: i.delayed,
         }
     }
 }
@@ -306,7 +313,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// `stat` for people: `key: value` lines, with the JSON keys as the keys.
 pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<()> {
-    let rows: [(&str, String); 25] = [
+    let rows: [(&str, String); 28] = [
         ("name", i.name.to_string()),
         ("messages", i.messages.to_string()),
         ("bytes", bytes(i.bytes)),
@@ -350,6 +357,15 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
         ),
         ("dead_lettered", i.dead_lettered.to_string()),
         ("dropped", i.dropped.to_string()),
+        (
+            "default_ttl",
+            match i.default_ttl_ms {
+                0 => "none".to_owned(),
+                ms => humantime::format_duration(Duration::from_millis(ms)).to_string(),
+            },
+        ),
+        ("expired", i.expired.to_string()),
+        ("delayed", i.delayed.to_string()),
     ];
     write_pairs(out, &rows)
 }
@@ -586,6 +602,9 @@ mod tests {
             dead_letter: None,
             dead_lettered: 0,
             dropped: 0,
+            default_ttl_ms: 0,
+            expired: 0,
+            delayed: 0,
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {
@@ -631,6 +650,9 @@ mod tests {
             "dead_letter",
             "dead_lettered",
             "dropped",
+            "default_ttl_ms",
+            "expired",
+            "delayed",
         ];
         expected.sort_unstable();
         assert_eq!(keys(&v), expected);
@@ -670,7 +692,7 @@ mod tests {
         assert!(text.contains("by pid 77\n"), "{text}");
         assert!(text.contains("durable:           no (memory: gone when the daemon stops)\n"));
         assert!(text.contains("max_deliveries:    no limit\n"), "{text}");
-        assert_eq!(text.lines().count(), 25);
+        assert_eq!(text.lines().count(), 28);
     }
 
     #[test]

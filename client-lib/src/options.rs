@@ -44,6 +44,10 @@ pub struct SendOptions {
     pub mtype: i64,
     pub wait: Wait,
     pub headers: Headers,
+    /// Expire the message if undelivered after this long (else the mailbox's default).
+    pub ttl: Option<std::time::Duration>,
+    /// Keep it invisible to receivers for this long.
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Default for SendOptions {
@@ -52,6 +56,8 @@ impl Default for SendOptions {
             mtype: 1,
             wait: Wait::Forever,
             headers: Headers::default(),
+            ttl: None,
+            delay: None,
         }
     }
 }
@@ -75,6 +81,8 @@ impl SendOptions {
             mtype: self.mtype,
             headers: self.headers.clone(),
             wait: self.wait,
+            ttl_ms: self.ttl.map(millis),
+            delay_ms: self.delay.map(millis),
             payload,
         }
     }
@@ -112,7 +120,7 @@ impl RecvOptions {
     /// Lease the message for `timeout`; `detached` leases outlive the connection.
     pub fn lease(mut self, timeout: std::time::Duration, detached: bool) -> Self {
         self.lease = Some(Lease {
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: millis(timeout),
             detached,
         });
         self
@@ -127,4 +135,8 @@ impl RecvOptions {
             lease: self.lease,
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

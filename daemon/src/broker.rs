@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +101,7 @@ impl Broker {
                 limits: def.limits,
                 max_deliveries: def.max_deliveries,
                 dead_letter: def.dead_letter.clone(),
+                default_ttl: def.default_ttl,
             };
             let owned = self
                 .accounts
@@ -195,6 +196,31 @@ impl Broker {
         })
     }
 
+    /// A default TTL as asked: `None` not asked, `Some(None)` none (0), else checked
+    /// against `max_ttl`.
+    pub fn ttl(&self, ms: Option<u64>) -> OpResult<Option<Option<Duration>>> {
+        let Some(ms) = ms else { return Ok(None) };
+        if ms == 0 {
+            return Ok(Some(None));
+        }
+        Ok(Some(Some(self.duration("ttl", ms, self.config.max_ttl)?)))
+    }
+
+    /// `ms` as a duration of at most `max`, or an error naming `what` and the bound.
+    pub fn duration(&self, what: &str, ms: u64, max: Duration) -> OpResult<Duration> {
+        let d = Duration::from_millis(ms);
+        if d.is_zero() || d > max {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "a {what} of {ms} ms is out of range: 1 ms to max_{what} of {} ms",
+                    max.as_millis()
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
     /// Creates a mailbox owned by `caller`; a durable one is answered once stored.
     pub fn create(&self, caller: &Caller, request: CreateRequest) -> OpResult<Created> {
         if self.stopping.load(Ordering::Acquire) {
@@ -237,6 +263,7 @@ impl Broker {
             limits,
             max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
             dead_letter: request.delivery.dead_letter.clone(),
+            default_ttl: self.ttl(request.delivery.default_ttl_ms)?.flatten(),
         };
         let name = request.mailbox;
         let link = store.map(|store| Link {

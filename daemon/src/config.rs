@@ -70,6 +70,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Longest lease an acknowledged receive may ask for.
     pub max_lease: Duration,
+    /// Longest TTL and delay a message may be sent with.
+    pub max_ttl: Duration,
+    pub max_delay: Duration,
     /// Size at which the durable log starts a new segment; space is reclaimed a
     /// segment at a time.
     pub segment_bytes: u64,
@@ -120,6 +123,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             segment_bytes: 64 * MIB,
             max_lease: Duration::from_secs(24 * 60 * 60),
+            max_ttl: Duration::from_secs(366 * 24 * 60 * 60),
+            max_delay: Duration::from_secs(31 * 24 * 60 * 60),
         }
     }
 }

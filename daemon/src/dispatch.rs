@@ -142,6 +142,7 @@ fn set(
     }
     // Root imposes the charge on the new owner, over its quota or not.
     check_dead_letter(broker, caller, name, changes.delivery.dead_letter.as_ref())?;
+    let default_ttl = broker.ttl(changes.delivery.default_ttl_ms)?;
     let moved = new_owner.map(|uid| broker.accounts().account(uid).force(Resource::Mailboxes, 1));
     let delivery = changes.delivery;
     let stored = mailbox.update(|s| {
@@ -154,6 +155,9 @@ fn set(
         }
         if let Some(to) = delivery.dead_letter {
             s.dead_letter = Some(to);
+        }
+        if let Some(ttl) = default_ttl {
+            s.default_ttl = ttl;
         }
         if let Some(mode) = mode {
             s.ownership.mode = mode;
@@ -201,6 +205,15 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         ));
     }
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let config = broker.config();
+    let ttl = req
+        .ttl_ms
+        .map(|ms| broker.duration("ttl", ms, config.max_ttl))
+        .transpose()?;
+    let delay = req
+        .delay_ms
+        .map(|ms| broker.duration("delay", ms, config.max_delay))
+        .transpose()?;
     // Charged before it is offered, and held by the message — or by its waiting sender —
     // until it leaves the daemon's keeping.
     let charge = broker.charge(caller, Resource::QueuedBytes, req.payload.len() as u64)?;
@@ -210,6 +223,8 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         headers: req.headers,
         payload: req.payload,
         charge: Some(charge),
+        ttl,
+        delay,
     };
     Ok(mailbox.send(incoming, req.wait))
 }

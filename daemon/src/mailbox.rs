@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::index::TypeIndex;
+use crate::index::{Slot, TypeIndex};
 use crate::perm::Ownership;
 use crate::quota::Charge;
 use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage};
@@ -48,6 +48,10 @@ pub struct Envelope {
     /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
     /// that may vanish and give it back.
     pub removal: Option<Removal>,
+    /// When it expires undelivered (its TTL), and until when it is invisible (its delay),
+    /// on the monotonic clock.
+    pub expires_at: Option<Instant>,
+    pub visible_at: Option<Instant>,
 }
 
 /// The `Remove` record a durable message's delivery owes the log.
@@ -172,6 +176,11 @@ impl Envelope {
             headers: self.headers,
             payload: self.payload,
             charge: self._charge,
+            // What is left of its TTL goes with it; a dead letter is visible at once.
+            ttl: self
+                .expires_at
+                .map(|at| at.saturating_duration_since(Instant::now())),
+            delay: None,
         }
     }
 
@@ -187,6 +196,8 @@ impl Envelope {
             payload: self.payload.clone(),
             _charge: None,
             removal: None,
+            expires_at: self.expires_at,
+            visible_at: self.visible_at,
         }
     }
 }
@@ -200,6 +211,10 @@ pub struct Incoming {
     pub payload: Bytes,
     /// The payload's charge to the sender's uid, taken before the message was offered.
     pub charge: Option<Charge>,
+    /// Expire it if undelivered after this long (else the mailbox's default TTL).
+    pub ttl: Option<Duration>,
+    /// Keep it invisible this long.
+    pub delay: Option<Duration>,
 }
 
 /// What a `send` returns: the id the message got in the mailbox.
@@ -216,6 +231,19 @@ pub struct Settings {
     /// Deliveries after which an unacknowledged message is dead-lettered; 0 is no limit.
     pub max_deliveries: u32,
     pub dead_letter: Option<MailboxName>,
+    /// The TTL of messages sent without one.
+    pub default_ttl: Option<Duration>,
+}
+
+/// Something a mailbox must do at a given time (its timekeeper does it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A lease ends, unless it was settled (then there is no lease of that number).
+    LeaseEnds { id: u64, lease_no: u64 },
+    /// A delayed message becomes visible.
+    Visible { id: u64 },
+    /// A message's TTL passes; if it is still queued or delayed, it expires.
+    Expires { id: u64, mtype: i64 },
 }
 
 /// A durable mailbox's tie to the store.
@@ -278,8 +306,12 @@ pub(crate) struct State {
     /// Messages out on lease, by id; they still count against the limits.
     leases: HashMap<u64, Leased>,
     next_lease: u64,
-    /// When each lease ends: `(deadline, id, lease number)`.
-    deadlines: BTreeSet<(Instant, u64, u64)>,
+    /// What is due when, for the timekeeper.
+    deadlines: BTreeSet<(Instant, Timer)>,
+    /// Messages sent with a delay, not visible yet; they count against the limits.
+    delayed: HashMap<u64, Envelope>,
+    delayed_bytes: u64,
+    expired: u64,
     /// Wakes the task that ends leases on time, once there is one.
     timekeeper: Option<Arc<Notify>>,
     /// Where that task runs: lease hand-overs also happen on the store's writer thread,
@@ -358,6 +390,9 @@ impl Mailbox {
                 leases: HashMap::new(),
                 next_lease: 0,
                 deadlines: BTreeSet::new(),
+                delayed: HashMap::new(),
+                delayed_bytes: 0,
+                expired: 0,
                 timekeeper: None,
                 runtime: tokio::runtime::Handle::current(),
                 dead_letters,
@@ -387,9 +422,11 @@ impl Mailbox {
             payload: message.payload,
             _charge: Some(charge),
             removal,
+            expires_at: message.expires_at.map(monotonic),
+            visible_at: message.not_before.map(monotonic),
         };
-        state.bytes += envelope.payload.len() as u64;
-        state.queue.insert(envelope.mtype, envelope.id, envelope);
+        // Delayed or due to expire, it gets its timers like a message just accepted.
+        state.offer_or_queue(envelope);
     }
 
     /// The store's record of this mailbox as it is now.
@@ -408,6 +445,7 @@ impl Mailbox {
             fsync: s.fsync.unwrap_or(Fsync::Always),
             max_deliveries: s.max_deliveries,
             dead_letter: s.dead_letter.clone(),
+            default_ttl: s.default_ttl,
             created_at: state.created_at,
             next_id: state.next_id,
         };
@@ -497,7 +535,19 @@ impl Mailbox {
         if let Some(closed) = &state.closed {
             return Pending::Ready(Err(closed.clone()));
         }
-        if let Some(slot) = state.queue.find(selector) {
+        let now = Instant::now();
+        while let Some(slot) = state.queue.find(selector) {
+            let expired = state
+                .queue
+                .get(slot)
+                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
+            if expired {
+                // Due, but the timekeeper has not got to it yet: it is never delivered.
+                let envelope = state.queue.remove(slot).expect("found slot exists");
+                state.bytes -= envelope.payload.len() as u64;
+                state.expire(envelope, &self.name);
+                continue;
+            }
             let envelope = if peek {
                 state
                     .queue
@@ -564,8 +614,12 @@ impl Mailbox {
         let mut state = self.lock();
         let dropped = (state.queue.len() + state.leases.len()) as u64;
         state.queue.drain().for_each(drop);
-        // Leased messages are in the mailbox too; their acks will find nothing to settle.
+        // Leased and delayed messages are in the mailbox too; acks of the leased ones
+        // will find nothing to settle.
+        let dropped = dropped + state.delayed.len() as u64;
         state.leases.clear();
+        state.delayed.clear();
+        state.delayed_bytes = 0;
         state.deadlines.clear();
         state.bytes = 0;
         state.purged_below = state.next_id;
@@ -613,6 +667,8 @@ impl Mailbox {
         if drop_messages {
             state.queue.drain().for_each(drop);
             state.leases.clear();
+            state.delayed.clear();
+            state.delayed_bytes = 0;
             state.deadlines.clear();
             state.bytes = 0;
             state.owner_charge = None;
@@ -727,6 +783,11 @@ impl Mailbox {
             dead_letter: s.dead_letter.clone(),
             dead_lettered: state.dead_lettered,
             dropped: state.dropped,
+            default_ttl_ms: s
+                .default_ttl
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            expired: state.expired,
+            delayed: state.delayed.len() as u64,
         }
     }
 }
@@ -740,8 +801,9 @@ impl State {
 
     fn fits(&self, len: u64) -> bool {
         let limits = &self.settings.limits;
-        (self.queue.len() + self.leases.len()) as u64 + self.storing < limits.max_msgs
-            && self.bytes + self.storing_bytes + len <= limits.max_bytes
+        (self.queue.len() + self.leases.len() + self.delayed.len()) as u64 + self.storing
+            < limits.max_msgs
+            && self.bytes + self.delayed_bytes + self.storing_bytes + len <= limits.max_bytes
     }
 
     fn fsync(&self) -> Fsync {
@@ -770,6 +832,8 @@ impl State {
 
     /// Gives `incoming` its id and send statistics.
     fn stamp(&mut self, incoming: Incoming) -> Envelope {
+        let clock = Instant::now();
+        let ttl = incoming.ttl.or(self.settings.default_ttl);
         let id = self.next_id;
         self.next_id += 1;
         let now = Timestamp::now();
@@ -788,6 +852,8 @@ impl State {
             payload: incoming.payload,
             _charge: incoming.charge,
             removal: None,
+            expires_at: ttl.map(|ttl| clock + ttl),
+            visible_at: incoming.delay.map(|delay| clock + delay),
         }
     }
 
@@ -823,6 +889,8 @@ impl State {
             sender: envelope.sender,
             sent_at: envelope.sent_at,
             headers: envelope.headers.clone(),
+            expires_at: envelope.expires_at.map(wall),
+            not_before: envelope.visible_at.map(wall),
             payload: envelope.payload.clone(),
         });
         envelope.removal = self.removal(id);
@@ -873,20 +941,16 @@ impl State {
                 book: terms.book.as_ref().map(Arc::downgrade),
             },
         );
-        let earliest = self
-            .deadlines
-            .first()
-            .is_none_or(|first| deadline < first.0);
-        self.deadlines.insert((deadline, id, lease_no));
-        self.wake_timekeeper(earliest);
+        self.schedule(deadline, Timer::LeaseEnds { id, lease_no });
         wire
     }
 
     /// Ends the lease of `id` and returns the leased message, no longer counted.
     fn unlease(&mut self, id: u64) -> Option<Envelope> {
         let leased = self.leases.remove(&id)?;
+        let lease_no = leased.lease_no;
         self.deadlines
-            .remove(&(leased.deadline, id, leased.lease_no));
+            .remove(&(leased.deadline, Timer::LeaseEnds { id, lease_no }));
         if let Some(book) = leased.book.as_ref().and_then(Weak::upgrade) {
             book.forget(&self.me, id);
         }
@@ -897,12 +961,26 @@ impl State {
     /// A leased message came back unacknowledged: to its old place (a waiting receiver
     /// may take it at once), or, past `max_deliveries`, to the dead-letter mailbox — or
     /// away, counted, without one.
-    fn return_message(&mut self, mut envelope: Envelope, name: &MailboxName) {
+    fn return_message(&mut self, envelope: Envelope, name: &MailboxName) {
         let max = self.settings.max_deliveries;
-        if max == 0 || envelope.deliveries < max {
+        if envelope.expires_at.is_some_and(|at| at <= Instant::now()) {
+            self.expire(envelope, name);
+        } else if max == 0 || envelope.deliveries < max {
             self.offer_or_queue(envelope);
-            return;
+        } else {
+            self.dead_letter(envelope, name);
         }
+    }
+
+    /// A message's TTL passed undelivered.
+    fn expire(&mut self, envelope: Envelope, name: &MailboxName) {
+        self.expired += 1;
+        self.dead_letter(envelope, name);
+    }
+
+    /// Sends `envelope` to the dead-letter mailbox, or, without one, drops it and counts
+    /// it. Either way it has left this mailbox for good.
+    fn dead_letter(&mut self, mut envelope: Envelope, name: &MailboxName) {
         match &self.settings.dead_letter {
             Some(to) => {
                 self.dead_lettered += 1;
@@ -930,16 +1008,50 @@ impl State {
         self.admit_senders();
     }
 
-    /// Ends every lease whose time is up.
+    /// Adds something due at `at`, waking the timekeeper if it is now the earliest.
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        let earliest = self.deadlines.first().is_none_or(|first| at < first.0);
+        self.deadlines.insert((at, timer));
+        self.wake_timekeeper(earliest);
+    }
+
+    /// Does everything that is due: ends leases, shows delayed messages, expires
+    /// messages whose TTL passed.
     fn expire_due(&mut self, now: Instant, name: &MailboxName) {
-        while let Some(&(deadline, id, lease_no)) = self.deadlines.first() {
-            if deadline > now {
+        while let Some(&(at, timer)) = self.deadlines.first() {
+            if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            if self.leases.get(&id).is_some_and(|l| l.lease_no == lease_no) {
-                let envelope = self.unlease(id).expect("lease exists");
-                self.return_message(envelope, name);
+            match timer {
+                Timer::LeaseEnds { id, lease_no } => {
+                    if self.leases.get(&id).is_some_and(|l| l.lease_no == lease_no) {
+                        let envelope = self.unlease(id).expect("lease exists");
+                        self.return_message(envelope, name);
+                    }
+                }
+                Timer::Visible { id } => {
+                    if let Some(mut envelope) = self.delayed.remove(&id) {
+                        self.delayed_bytes -= envelope.payload.len() as u64;
+                        envelope.visible_at = None;
+                        self.return_message(envelope, name);
+                    }
+                }
+                Timer::Expires { id, mtype } => {
+                    let envelope = match self.queue.remove(Slot { mtype, id }) {
+                        Some(envelope) => {
+                            self.bytes -= envelope.payload.len() as u64;
+                            Some(envelope)
+                        }
+                        // Delayed past its own expiry: it expires unseen.
+                        None => self.delayed.remove(&id).inspect(|e| {
+                            self.delayed_bytes -= e.payload.len() as u64;
+                        }),
+                    };
+                    if let Some(envelope) = envelope {
+                        self.expire(envelope, name);
+                    }
+                }
             }
         }
     }
@@ -966,6 +1078,13 @@ impl State {
     /// Waiters exist only while nothing queued matched them, so the new message is the
     /// oldest match for each. What no receiver takes is queued.
     fn offer_or_queue(&mut self, mut envelope: Envelope) {
+        if let Some(at) = envelope.visible_at.filter(|&at| at > Instant::now()) {
+            let id = envelope.id;
+            self.delayed_bytes += envelope.payload.len() as u64;
+            self.delayed.insert(id, envelope);
+            self.schedule(at, Timer::Visible { id });
+            return;
+        }
         let mut i = 0;
         while i < self.receivers.len() {
             if !self.receivers[i].selector.matches(envelope.mtype) {
@@ -995,6 +1114,10 @@ impl State {
             }
         }
         self.bytes += envelope.payload.len() as u64;
+        if let Some(at) = envelope.expires_at {
+            let (id, mtype) = (envelope.id, envelope.mtype);
+            self.schedule(at, Timer::Expires { id, mtype });
+        }
         self.queue.insert(envelope.mtype, envelope.id, envelope);
     }
 
@@ -1009,6 +1132,23 @@ impl State {
             self.accept(waiter.incoming, waiter.tx);
         }
     }
+}
+
+/// A stored wall-clock time as a deadline on the monotonic clock (now, if it has
+/// passed).
+fn monotonic(at: Timestamp) -> Instant {
+    let left = at.0.saturating_sub(Timestamp::now().0);
+    Instant::now() + Duration::from_nanos(left)
+}
+
+/// A monotonic deadline as a wall-clock time, for the store.
+fn wall(at: Instant) -> Timestamp {
+    let left = at.saturating_duration_since(Instant::now());
+    Timestamp(
+        Timestamp::now()
+            .0
+            .saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)),
+    )
 }
 
 /// Ends a mailbox's leases on time: sleeps until the earliest deadline (or until woken
@@ -1174,5 +1314,186 @@ impl<T: Side> Drop for Waiter<T> {
                 T::reclaim(&mut state, value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Timers on tokio's paused clock: delays, TTLs and leases end exactly when due,
+    //! with no real waiting.
+
+    use super::*;
+    use crate::quota::Accounts;
+
+    fn mailbox(
+        default_ttl: Option<Duration>,
+        dead_letter: Option<&str>,
+    ) -> (Arc<Mailbox>, mpsc::UnboundedReceiver<DeadLetter>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let settings = Settings {
+            ownership: Ownership {
+                owner_uid: 1,
+                owner_gid: 1,
+                creator_uid: 1,
+                creator_gid: 1,
+                mode: 0o600,
+            },
+            fsync: None,
+            limits: Limits {
+                max_msgs: 10,
+                max_bytes: 1000,
+                max_msg_size: 100,
+            },
+            max_deliveries: 0,
+            dead_letter: dead_letter.map(|n| MailboxName::new(n).unwrap()),
+            default_ttl,
+        };
+        let charge = Accounts::default()
+            .account(1)
+            .force(crate::quota::Resource::Mailboxes, 1);
+        let name = MailboxName::new("timed").unwrap();
+        (Mailbox::new(name, settings, charge, None, tx), rx)
+    }
+
+    fn send(m: &Arc<Mailbox>, payload: &str, ttl: Option<u64>, delay: Option<u64>) -> u64 {
+        let incoming = Incoming {
+            mtype: 1,
+            sender: Credentials {
+                pid: 1,
+                uid: 1,
+                gid: 1,
+            },
+            headers: Headers::default(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            charge: None,
+            ttl: ttl.map(Duration::from_secs),
+            delay: delay.map(Duration::from_secs),
+        };
+        match m.send(incoming, Wait::NoWait) {
+            Pending::Ready(Ok(SentId(id))) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn take(m: &Arc<Mailbox>) -> Option<Envelope> {
+        let taker = Taker {
+            peek: false,
+            pid: 1,
+            lease: None,
+        };
+        match m.recv(Selector::Any, taker, Wait::NoWait) {
+            Pending::Ready(Ok(e)) => Some(e),
+            Pending::Ready(Err(e)) if e.code == ErrorCode::WouldBlock => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Lets the timekeeper run after the clock moved.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_message_is_invisible_until_its_time() {
+        let (m, _) = mailbox(None, None);
+        send(&m, "later", None, Some(10));
+        send(&m, "now", None, None);
+        assert_eq!(&take(&m).unwrap().payload[..], b"now");
+        assert!(take(&m).is_none());
+        assert_eq!(m.info().delayed, 1);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        settle().await;
+        assert!(take(&m).is_none(), "one second early");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(&take(&m).unwrap().payload[..], b"later");
+        assert_eq!(m.info().delayed, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_receiver_gets_a_delayed_message_when_it_shows() {
+        let (m, _) = mailbox(None, None);
+        let taker = Taker {
+            peek: false,
+            pid: 1,
+            lease: None,
+        };
+        let Pending::Wait(waiter) = m.recv(Selector::Any, taker, Wait::Forever) else {
+            panic!("nothing to take yet");
+        };
+        send(&m, "later", None, Some(60));
+        // The paused clock jumps to the next timer once everything is idle.
+        let got = waiter.wait().await.unwrap();
+        assert_eq!(&got.payload[..], b"later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_messages_are_never_delivered_and_go_to_the_dead_letter_mailbox() {
+        let (m, mut dead) = mailbox(None, Some("dead"));
+        send(&m, "short", Some(5), None);
+        send(&m, "long", Some(50), None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        settle().await;
+        let letter = dead.try_recv().expect("the expired one was dead-lettered");
+        assert_eq!(&letter.envelope.payload[..], b"short");
+        assert_eq!(letter.to.as_str(), "dead");
+        // What is left of its TTL goes along: none.
+        assert_eq!(letter.envelope.into_incoming().ttl, Some(Duration::ZERO));
+        assert_eq!(&take(&m).unwrap().payload[..], b"long");
+        let info = m.info();
+        assert_eq!((info.expired, info.dead_lettered, info.messages), (1, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_never_takes_an_expired_message_even_before_the_timekeeper_runs() {
+        let (m, _) = mailbox(None, None);
+        send(&m, "stale", Some(5), None);
+        send(&m, "fresh", None, None);
+        // Stop the timekeeper from running: the receive below comes first.
+        m.lock().deadlines.clear();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(&take(&m).unwrap().payload[..], b"fresh");
+        assert_eq!(m.info().expired, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_ttl_applies_and_expiry_without_a_dead_letter_mailbox_drops() {
+        let (m, _) = mailbox(Some(Duration::from_secs(3)), None);
+        send(&m, "a", None, None);
+        send(&m, "b", Some(100), None);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        settle().await;
+        assert_eq!(&take(&m).unwrap().payload[..], b"b");
+        let info = m.info();
+        assert_eq!(
+            (info.expired, info.dropped, info.default_ttl_ms),
+            (1, 1, 3000)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leased_message_that_expires_meanwhile_is_not_redelivered() {
+        let (m, _) = mailbox(None, None);
+        let id = send(&m, "job", Some(10), None);
+        let taker = Taker {
+            peek: false,
+            pid: 1,
+            lease: Some(LeaseTerms {
+                timeout: Duration::from_secs(60),
+                uid: 1,
+                book: None,
+            }),
+        };
+        let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
+            panic!("leased");
+        };
+        tokio::time::advance(Duration::from_secs(20)).await;
+        settle().await;
+        assert_eq!(m.info().unacked, 1, "a lease keeps it while it runs");
+        m.nack(id, 1).unwrap();
+        assert!(take(&m).is_none());
+        assert_eq!(m.info().expired, 1);
     }
 }

@@ -136,6 +136,8 @@ mod tests {
                 content_type: Some("text/plain".into()),
             },
             wait: Wait::TimeoutMs(1500),
+            ttl_ms: Some(60_000),
+            delay_ms: None,
             payload: Bytes::from_static(&[0, 1, 2, 255]),
         });
         assert_eq!(round_trip(FrameKind::Request, &req), req);
@@ -152,13 +154,15 @@ mod tests {
             mtype: 1,
             headers: Headers::default(),
             wait: Wait::Forever,
+            ttl_ms: None,
+            delay_ms: None,
             payload: Bytes::from_static(b"hi"),
         });
         let mut buf = BytesMut::new();
         encode_frame(FrameKind::Request, 1, &req, DEFAULT_MAX_FRAME, &mut buf).unwrap();
         let expected: &[u8] = &[
-            0x0e, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // header
-            0x01, 0x04, b'j', b'o', b'b', b's', 0x02, 0, 0, 0, 0, 0x02, b'h', b'i',
+            0x10, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // header
+            0x01, 0x04, b'j', b'o', b'b', b's', 0x02, 0, 0, 0, 0, 0, 0, 0x02, b'h', b'i',
         ];
         assert_eq!(&buf[..], expected);
         let mut buf = BytesMut::new();

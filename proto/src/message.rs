@@ -212,6 +212,11 @@ pub struct SendRequest {
     pub mtype: i64,
     pub headers: Headers,
     pub wait: Wait,
+    /// Undelivered after this long, the message expires: it is dead-lettered, or dropped
+    /// and counted. `None`: the mailbox's default TTL.
+    pub ttl_ms: Option<u64>,
+    /// Invisible to receivers for this long (delayed delivery).
+    pub delay_ms: Option<u64>,
     pub payload: Bytes,
 }
 
@@ -247,6 +252,8 @@ pub struct DeliveryChanges {
     /// not a name, so clearing is `clear_dead_letter`.
     pub dead_letter: Option<MailboxName>,
     pub clear_dead_letter: bool,
+    /// The TTL of messages sent without one; 0 is none.
+    pub default_ttl_ms: Option<u64>,
 }
 
 /// Change a mailbox's settings; absent fields stay as they are.
@@ -358,6 +365,12 @@ pub struct MailboxInfo {
     /// Messages moved to the dead-letter mailbox, and dropped for want of one.
     pub dead_lettered: u64,
     pub dropped: u64,
+    /// The TTL of messages sent without one; 0 is none.
+    pub default_ttl_ms: u64,
+    /// Messages that expired undelivered (whether dead-lettered or dropped).
+    pub expired: u64,
+    /// Messages sent with a delay that are not visible yet (not in `messages`).
+    pub delayed: u64,
 }
 
 /// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited

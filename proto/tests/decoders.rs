@@ -178,17 +178,22 @@ fn request() -> impl Strategy<Value = Request> {
             any::<i64>(),
             headers(),
             wait(),
+            any::<(Option<u64>, Option<u64>)>(),
             vec(any::<u8>(), 0..200)
         )
-            .prop_map(|(mailbox, mtype, headers, wait, payload)| Request::Send(
-                SendRequest {
-                    mailbox,
-                    mtype,
-                    headers,
-                    wait,
-                    payload: Bytes::from(payload),
+            .prop_map(
+                |(mailbox, mtype, headers, wait, (ttl_ms, delay_ms), payload)| {
+                    Request::Send(SendRequest {
+                        mailbox,
+                        mtype,
+                        headers,
+                        wait,
+                        ttl_ms,
+                        delay_ms,
+                        payload: Bytes::from(payload),
+                    })
                 }
-            )),
+            ),
         (
             name(),
             selector(),
@@ -242,12 +247,14 @@ fn delivery() -> impl Strategy<Value = DeliveryChanges> {
         any::<Option<u32>>(),
         proptest::option::of(name()),
         any::<bool>(),
+        any::<Option<u64>>(),
     )
         .prop_map(
-            |(max_deliveries, dead_letter, clear_dead_letter)| DeliveryChanges {
+            |(max_deliveries, dead_letter, clear_dead_letter, default_ttl_ms)| DeliveryChanges {
                 max_deliveries,
                 dead_letter,
                 clear_dead_letter,
+                default_ttl_ms,
             },
         )
 }

@@ -291,6 +291,8 @@ fn extreme_values_in_well_formed_requests_are_answered() {
                 content_type: Some("\u{0}\u{ffff}".into()),
             },
             wait: Wait::TimeoutMs(u64::MAX),
+            ttl_ms: None,
+            delay_ms: None,
             payload: bytes::Bytes::new(),
         })
     };

@@ -263,7 +263,7 @@ fn messages_past_max_deliveries_are_dead_lettered_or_dropped() {
     options.delivery = DeliveryChanges {
         max_deliveries: Some(2),
         dead_letter: Some(MailboxName::new("dead").unwrap()),
-        clear_dead_letter: false,
+        ..DeliveryChanges::default()
     };
     c.create("poison", &options).unwrap();
     c.send("poison", "bad", &SendOptions::mtype(4)).unwrap();
@@ -355,4 +355,31 @@ fn recv_ack_exec_acks_on_success_and_nacks_on_failure() {
         (&back.payload[..], back.redelivered),
         (&b"broken"[..], true)
     );
+}
+
+#[test]
+fn delays_and_ttls_survive_a_restart() {
+    let mut daemon = TestDaemon::start();
+    let send = |args: &[&str]| {
+        let out = ipcctl(daemon.socket()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    send(&["create", "timed", "--durable", "--dead-letter", "expired"]);
+    send(&["create", "expired", "--durable"]);
+    send(&["send", "timed", "hidden", "--delay", "1h"]);
+    send(&["send", "timed", "soon gone", "--ttl", "300ms"]);
+    send(&["send", "timed", "kept", "--ttl", "1h"]);
+    daemon.restart();
+    let mut c = daemon.client();
+    let info = c.stat("timed").unwrap();
+    assert_eq!(info.delayed, 1, "still delayed after the restart");
+    // The short TTL runs out (its deadline was stored as a wall-clock time), and the
+    // message goes to the dead-letter mailbox; the delayed one stays hidden.
+    let wait = RecvOptions::default().wait(Wait::timeout(Duration::from_secs(30)));
+    let dead = c.recv("expired", &wait).unwrap();
+    assert_eq!(&dead.payload[..], b"soon gone");
+    assert_eq!(&c.recv("timed", &now()).unwrap().payload[..], b"kept");
+    assert!(matches!(c.recv("timed", &now()), Err(Error::WouldBlock(_))));
+    let info = c.stat("timed").unwrap();
+    assert_eq!((info.expired, info.delayed), (1, 1));
 }

@@ -202,6 +202,8 @@ fn competing_consumers_get_each_message_once() {
                 mtype: 1,
                 headers: Default::default(),
                 wait: Wait::Forever,
+                ttl_ms: None,
+                delay_ms: None,
                 payload: i.to_le_bytes().to_vec().into(),
             });
             producer.submit(&req).unwrap()

@@ -88,6 +88,8 @@ pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             content_type: args.content_type,
         },
         wait: args.wait.wait(),
+        ttl_ms: args.ttl.map(crate::cli::millis),
+        delay_ms: args.delay.map(crate::cli::millis),
         payload: Bytes::new(),
     };
     let source = Source::choose(args.data, args.file)?;

@@ -27,6 +27,7 @@ pub struct MailboxDef {
     pub fsync: Fsync,
     pub max_deliveries: u32,
     pub dead_letter: Option<MailboxName>,
+    pub default_ttl: Option<std::time::Duration>,
     pub created_at: Timestamp,
     /// The id the next message will get (ids stay increasing across restarts).
     pub next_id: u64,
@@ -41,6 +42,11 @@ pub struct StoredMessage {
     pub sender: Credentials,
     pub sent_at: Timestamp,
     pub headers: Headers,
+    /// When it expires, if it has a TTL (wall clock: it must mean the same after a
+    /// restart; the daemon turns it back into a monotonic deadline).
+    pub expires_at: Option<Timestamp>,
+    /// Before this it is invisible (delayed delivery).
+    pub not_before: Option<Timestamp>,
     pub payload: Bytes,
 }
 
@@ -120,6 +126,7 @@ impl Record {
                     }
                     None => out.put_u8(0),
                 }
+                out.put_u64_le(def.default_ttl.map_or(0, |t| t.as_millis() as u64));
                 out.put_u64_le(def.created_at.0);
                 out.put_u64_le(def.next_id);
             }
@@ -157,6 +164,8 @@ impl Record {
                     }
                     None => out.put_u8(0),
                 }
+                out.put_u64_le(m.expires_at.map_or(0, |t| t.0));
+                out.put_u64_le(m.not_before.map_or(0, |t| t.0));
                 out.put_u32_le(m.payload.len() as u32);
                 out.put_slice(&m.payload);
             }
@@ -293,6 +302,9 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
             };
             let max_deliveries = r.u32()?;
             let dead_letter = if r.flag()? { Some(r.name()?) } else { None };
+            let default_ttl = Some(r.u64()?)
+                .filter(|&ms| ms != 0)
+                .map(std::time::Duration::from_millis);
             Record::Define(MailboxDef {
                 key,
                 name,
@@ -301,6 +313,7 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
                 fsync,
                 max_deliveries,
                 dead_letter,
+                default_ttl,
                 created_at: Timestamp(r.u64()?),
                 next_id: r.u64()?,
             })
@@ -319,6 +332,8 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
             let reply_to = if r.flag()? { Some(r.name()?) } else { None };
             let correlation_id = if r.flag()? { Some(r.u64()?) } else { None };
             let content_type = if r.flag()? { Some(r.string()?) } else { None };
+            let expires_at = Some(Timestamp(r.u64()?)).filter(|t| t.0 != 0);
+            let not_before = Some(Timestamp(r.u64()?)).filter(|t| t.0 != 0);
             let len = r.u32()? as usize;
             let payload = r.bytes(len)?;
             Record::Put(StoredMessage {
@@ -332,6 +347,8 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
                     correlation_id,
                     content_type,
                 },
+                expires_at,
+                not_before,
                 payload,
             })
         }
@@ -374,6 +391,7 @@ pub(crate) mod tests {
             fsync: Fsync::IntervalMs(200),
             max_deliveries: 5,
             dead_letter: Some(MailboxName::new("dead").unwrap()),
+            default_ttl: Some(std::time::Duration::from_secs(9)),
             created_at: Timestamp(42),
             next_id: 7,
         }
@@ -395,6 +413,8 @@ pub(crate) mod tests {
                 correlation_id: None,
                 content_type: Some("text/plain".into()),
             },
+            expires_at: Some(Timestamp(1_000 + id)),
+            not_before: None,
             payload: Bytes::copy_from_slice(payload),
         }
     }
