@@ -418,7 +418,7 @@ impl Mailbox {
             sender: message.sender,
             sent_at: message.sent_at,
             headers: message.headers,
-            deliveries: 0,
+            deliveries: message.deliveries,
             payload: message.payload,
             _charge: Some(charge),
             removal,
@@ -891,6 +891,7 @@ impl State {
             headers: envelope.headers.clone(),
             expires_at: envelope.expires_at.map(wall),
             not_before: envelope.visible_at.map(wall),
+            deliveries: 0,
             payload: envelope.payload.clone(),
         });
         envelope.removal = self.removal(id);
@@ -923,6 +924,16 @@ impl State {
             return envelope;
         };
         let wire = envelope.copy();
+        if let Some(link) = &self.link {
+            // Written with the next sync, not waited for: it only keeps the count right
+            // across a crash.
+            let record = Record::Delivered {
+                key: link.key,
+                id: envelope.id,
+                deliveries: envelope.deliveries,
+            };
+            link.store.record(vec![record], Fsync::Never);
+        }
         self.next_lease += 1;
         let lease_no = self.next_lease;
         let id = envelope.id;

@@ -151,6 +151,16 @@ impl<D: Disk> Log<D> {
                             Record::Drop { key } => {
                                 payloads.remove(&key);
                             }
+                            Record::Delivered {
+                                key,
+                                id,
+                                deliveries,
+                            } => {
+                                if let Some(m) = payloads.get_mut(&key).and_then(|p| p.get_mut(&id))
+                                {
+                                    m.deliveries = m.deliveries.max(deliveries);
+                                }
+                            }
                             Record::Define(_) => {}
                         }
                         offset += used;
@@ -401,6 +411,8 @@ impl Index {
                     self.forget(old);
                 }
             }
+            // Changes no message's place or liveness.
+            Record::Delivered { .. } => {}
             Record::Purge { key, below } => {
                 if let Some(messages) = self.live.get_mut(key) {
                     let kept = messages.split_off(below);

@@ -47,6 +47,8 @@ pub struct StoredMessage {
     pub expires_at: Option<Timestamp>,
     /// Before this it is invisible (delayed delivery).
     pub not_before: Option<Timestamp>,
+    /// Times it was leased before (from `Delivered` records; not part of `Put`).
+    pub deliveries: u32,
     pub payload: Bytes,
 }
 
@@ -63,6 +65,9 @@ pub enum Record {
     Remove { key: u64, id: u64 },
     /// Every message of the mailbox with an id below `below` left it (purge).
     Purge { key: u64, below: u64 },
+    /// A message was leased for the `deliveries`th time, so that after a crash it is
+    /// redelivered as such, and `max_deliveries` still counts.
+    Delivered { key: u64, id: u64, deliveries: u32 },
 }
 
 const DEFINE: u8 = 1;
@@ -70,6 +75,7 @@ const DROP: u8 = 2;
 const PUT: u8 = 3;
 const REMOVE: u8 = 4;
 const PURGE: u8 = 5;
+const DELIVERED: u8 = 6;
 
 /// Why a record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +185,16 @@ impl Record {
                 out.put_u64_le(*key);
                 out.put_u64_le(*below);
             }
+            Record::Delivered {
+                key,
+                id,
+                deliveries,
+            } => {
+                out.put_u8(DELIVERED);
+                out.put_u64_le(*key);
+                out.put_u64_le(*id);
+                out.put_u32_le(*deliveries);
+            }
         }
         let body_len = out.len() - start - RECORD_HEADER;
         let crc = crc32fast::hash(&out[start + RECORD_HEADER..]);
@@ -217,7 +233,10 @@ impl Record {
         match self {
             Record::Define(def) => def.key,
             Record::Put(m) => m.key,
-            Record::Drop { key } | Record::Remove { key, .. } | Record::Purge { key, .. } => *key,
+            Record::Drop { key }
+            | Record::Remove { key, .. }
+            | Record::Purge { key, .. }
+            | Record::Delivered { key, .. } => *key,
         }
     }
 }
@@ -349,6 +368,7 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
                 },
                 expires_at,
                 not_before,
+                deliveries: 0,
                 payload,
             })
         }
@@ -359,6 +379,11 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
         PURGE => Record::Purge {
             key: r.u64()?,
             below: r.u64()?,
+        },
+        DELIVERED => Record::Delivered {
+            key: r.u64()?,
+            id: r.u64()?,
+            deliveries: r.u32()?,
         },
         _ => return Err(RecordError::Malformed("unknown record kind")),
     };
@@ -415,6 +440,7 @@ pub(crate) mod tests {
             },
             expires_at: Some(Timestamp(1_000 + id)),
             not_before: None,
+            deliveries: 0,
             payload: Bytes::copy_from_slice(payload),
         }
     }
@@ -428,6 +454,11 @@ pub(crate) mod tests {
             Record::Put(put(5, 10, b"")),
             Record::Remove { key: 5, id: 9 },
             Record::Purge { key: 5, below: 11 },
+            Record::Delivered {
+                key: 5,
+                id: 10,
+                deliveries: 3,
+            },
         ];
         for record in records {
             let mut out = BytesMut::new();
