@@ -366,9 +366,17 @@ impl<D: Disk> Log<D> {
             Record::Define(def.clone()).encode(&mut buf);
         }
         self.disk.create(seg)?;
-        self.disk.append(seg, &buf)?;
-        self.disk.sync(seg)?;
-        self.disk.sync_dir()?;
+        let written = self
+            .disk
+            .append(seg, &buf)
+            .and_then(|()| self.disk.sync(seg))
+            .and_then(|()| self.disk.sync_dir());
+        if let Err(e) = written {
+            // Half made (a full disk): take it away, so a later attempt can make it anew
+            // and recovery never meets a headless segment in the middle of the log.
+            let _ = self.disk.remove(seg);
+            return Err(e);
+        }
         self.index.segments.insert(
             seg,
             Segment {
