@@ -259,7 +259,7 @@ impl Broker {
                 creator_gid: gid,
                 mode,
             },
-            fsync: store.map(|_| request.fsync.unwrap_or(Fsync::Always)),
+            fsync: store.map(|_| request.fsync.unwrap_or(self.config.default_fsync)),
             limits,
             max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
             dead_letter: request.delivery.dead_letter.clone(),

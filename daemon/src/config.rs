@@ -43,11 +43,35 @@ impl Quota {
     };
 }
 
+/// A mailbox the configuration declares: created at start (and on reload) if missing,
+/// and held to these settings if present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredMailbox {
+    pub name: ipc_proto::MailboxName,
+    pub mode: u32,
+    /// Owner and group; the daemon's own when absent.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    /// `Some` for a durable mailbox.
+    pub fsync: Option<ipc_proto::Fsync>,
+    pub limits: Limits,
+    pub max_deliveries: u32,
+    pub dead_letter: Option<ipc_proto::MailboxName>,
+    pub default_ttl: Option<Duration>,
+}
+
 /// The daemon's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The socket to listen on, when the configuration names one (the command line and
+    /// the per-user default otherwise).
+    pub socket: Option<PathBuf>,
     /// Where durable state lives (used by durable mailboxes).
     pub state_dir: PathBuf,
+    /// The fsync policy of a durable mailbox whose creator names none.
+    pub default_fsync: ipc_proto::Fsync,
+    /// Mailboxes that exist whenever the daemon runs.
+    pub declared: Vec<DeclaredMailbox>,
     /// Limits a new mailbox gets when its creator names none.
     pub default_limits: Limits,
     /// The highest limits any mailbox may be given.
@@ -98,7 +122,10 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            socket: None,
             state_dir: PathBuf::from("/var/lib/ipcd"),
+            default_fsync: ipc_proto::Fsync::Always,
+            declared: Vec::new(),
             default_limits: Limits {
                 max_msgs: 100_000,
                 max_bytes: 64 * MIB,

@@ -8,6 +8,7 @@
 
 mod broker;
 pub mod config;
+pub mod config_file;
 mod connection;
 mod dispatch;
 mod index;
