@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
@@ -21,7 +21,8 @@ use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 /// The daemon's mailboxes and the per-uid accounts of what everyone holds.
 #[derive(Debug)]
 pub struct Broker {
-    config: Arc<Config>,
+    /// Swapped whole on reload; readers take a snapshot.
+    config: RwLock<Arc<Config>>,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
     accounts: Accounts,
     /// Where durable mailboxes live, or why there is no such place.
@@ -74,7 +75,7 @@ impl Broker {
     pub fn new(config: Config, store: Result<Store, String>) -> Self {
         let (dead_letters, queue) = mpsc::unbounded_channel();
         Self {
-            config: Arc::new(config),
+            config: RwLock::new(Arc::new(config)),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
             store,
@@ -85,8 +86,122 @@ impl Broker {
         }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force (SIGHUP): new defaults, ceilings, quotas and bounds apply to
+    /// what comes next, and the declared mailboxes are created or brought in line.
+    /// Connections stay; one already open keeps the `in_flight` quota it started with.
+    pub fn reconfigure(&self, config: Config) {
+        let old = self.config();
+        if config.state_dir != old.state_dir {
+            tracing::warn!(
+                "state_dir changed to {}; that takes a restart, so {} stays in use",
+                config.state_dir.display(),
+                old.state_dir.display()
+            );
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        self.declare();
+    }
+
+    /// Creates each mailbox the configuration declares that does not exist, and gives
+    /// each that does the declared settings. Problems are logged; they stop nothing.
+    pub fn declare(&self) {
+        let config = self.config();
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (me, my_group) = unsafe { (libc::geteuid(), libc::getegid()) };
+        for d in &config.declared {
+            let owner = d.owner.unwrap_or(me);
+            let group = d.group.unwrap_or(my_group);
+            let apply = |s: &mut Settings| {
+                s.ownership.mode = d.mode;
+                s.ownership.owner_uid = owner;
+                s.ownership.owner_gid = group;
+                s.limits = d.limits;
+                s.max_deliveries = d.max_deliveries;
+                s.dead_letter = d.dead_letter.clone();
+                s.default_ttl = d.default_ttl;
+            };
+            if let Ok(mailbox) = self.get(&d.name) {
+                let settings = mailbox.settings();
+                if settings.fsync.is_some() != d.fsync.is_some() {
+                    tracing::warn!(
+                        "mailbox {} is declared {} but exists as a {} mailbox; remove it to change that",
+                        d.name,
+                        if d.fsync.is_some() {
+                            "durable"
+                        } else {
+                            "memory"
+                        },
+                        if settings.fsync.is_some() {
+                            "durable"
+                        } else {
+                            "memory"
+                        },
+                    );
+                }
+                let moved = (settings.ownership.owner_uid != owner)
+                    .then(|| self.accounts.account(owner).force(Resource::Mailboxes, 1));
+                // The store's answer is not awaited: nobody is waiting for this change.
+                drop(mailbox.update(apply));
+                if let Some(charge) = moved {
+                    mailbox.move_owner_charge(charge);
+                }
+                continue;
+            }
+            let link = match (&self.store, d.fsync) {
+                (_, None) => None,
+                (Ok(store), Some(_)) => Some(Link {
+                    store: store.clone(),
+                    key: store.new_key(),
+                }),
+                (Err(why), Some(_)) => {
+                    tracing::error!(
+                        "declared durable mailbox {} not created: durable mailboxes are unavailable: {why}",
+                        d.name
+                    );
+                    continue;
+                }
+            };
+            let mut settings = Settings {
+                ownership: Ownership {
+                    owner_uid: owner,
+                    owner_gid: group,
+                    creator_uid: me,
+                    creator_gid: my_group,
+                    mode: d.mode,
+                },
+                fsync: d.fsync,
+                limits: d.limits,
+                max_deliveries: 0,
+                dead_letter: None,
+                default_ttl: None,
+            };
+            apply(&mut settings);
+            let owned = self.accounts.account(owner).force(Resource::Mailboxes, 1);
+            let mut mailboxes = lock(&self.mailboxes);
+            if mailboxes.contains_key(&d.name) {
+                continue;
+            }
+            let mailbox = Mailbox::new(
+                d.name.clone(),
+                settings,
+                owned,
+                link,
+                self.dead_letters.clone(),
+            );
+            if let Some((store, define)) = mailbox.definition() {
+                store.record(vec![define], Fsync::Always);
+            }
+            tracing::info!(mailbox = %d.name, "declared mailbox created");
+            mailboxes.insert(d.name.clone(), mailbox);
+        }
     }
 
     /// Puts back the durable mailboxes and messages the store recovered, each charged to
@@ -137,7 +252,7 @@ impl Broker {
 
     /// Charges `amount` of `resource` to the caller's uid, within its quota.
     pub fn charge(&self, caller: &Caller, resource: Resource, amount: u64) -> OpResult<Charge> {
-        let limit = resource.limit(&self.config.quota_for(caller.uid()));
+        let limit = resource.limit(&self.config().quota_for(caller.uid()));
         caller.account.charge(resource, amount, limit)
     }
 
@@ -157,7 +272,7 @@ impl Broker {
 
     /// Checks requested limits against the ceilings and fills in defaults.
     pub fn limits(&self, base: Limits, changes: &ipc_proto::LimitChanges) -> OpResult<Limits> {
-        let ceilings = self.config.ceilings;
+        let ceilings = self.config().ceilings;
         let pick = |what: &str, asked: Option<u64>, current: u64, ceiling: u64| {
             let value = asked.unwrap_or(current);
             if value == 0 {
@@ -203,7 +318,11 @@ impl Broker {
         if ms == 0 {
             return Ok(Some(None));
         }
-        Ok(Some(Some(self.duration("ttl", ms, self.config.max_ttl)?)))
+        Ok(Some(Some(self.duration(
+            "ttl",
+            ms,
+            self.config().max_ttl,
+        )?)))
     }
 
     /// `ms` as a duration of at most `max`, or an error naming `what` and the bound.
@@ -236,8 +355,9 @@ impl Broker {
                 ));
             }
         };
-        let mode = check_mode(request.mode.unwrap_or(self.config.default_mode))?;
-        let limits = self.limits(self.config.default_limits, &request.limits)?;
+        let config = self.config();
+        let mode = check_mode(request.mode.unwrap_or(config.default_mode))?;
+        let limits = self.limits(config.default_limits, &request.limits)?;
         let mut mailboxes = lock(&self.mailboxes);
         if mailboxes.contains_key(&request.mailbox) {
             return if request.exist_ok {
@@ -259,7 +379,7 @@ impl Broker {
                 creator_gid: gid,
                 mode,
             },
-            fsync: store.map(|_| request.fsync.unwrap_or(self.config.default_fsync)),
+            fsync: store.map(|_| request.fsync.unwrap_or(config.default_fsync)),
             limits,
             max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
             dead_letter: request.delivery.dead_letter.clone(),
@@ -370,6 +490,37 @@ impl Broker {
         }
     }
 
+    /// One line of figures, for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let connections: u64 = self
+            .accounts
+            .all()
+            .iter()
+            .map(|a| a.used(Resource::Connections))
+            .sum();
+        let all = self.all();
+        let (messages, bytes) = all.iter().fold((0, 0), |(m, b), mailbox| {
+            let (mm, bb) = mailbox.usage();
+            (m + mm, b + bb)
+        });
+        format!(
+            "{connections} connections, {} mailboxes, {messages} messages ({bytes} bytes)",
+            all.len()
+        )
+    }
+
+    /// Logs the daemon's state (SIGUSR1): the totals, then one line per uid.
+    pub fn log_summary(&self) {
+        tracing::info!("state: {}", self.summary());
+        for account in self.accounts.all() {
+            let [connections, mailboxes, queued] = snapshot(&account);
+            tracing::info!(
+                "state: uid {}: {connections} connections, {mailboxes} mailboxes, {queued} bytes queued",
+                account.uid()
+            );
+        }
+    }
+
     /// The daemon's figures; `users` holds only the caller's own uid unless it is root.
     pub fn status(&self, caller: &Caller) -> DaemonStatus {
         let limit = |n: u64| (n != u64::MAX).then_some(n);
@@ -381,7 +532,7 @@ impl Broker {
             if caller.uid() != 0 && account.uid() != caller.uid() {
                 continue;
             }
-            let quota = self.config.quota_for(account.uid());
+            let quota = self.config().quota_for(account.uid());
             users.push(UidUsage {
                 uid: account.uid(),
                 connections: conns,

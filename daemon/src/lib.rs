@@ -14,6 +14,7 @@ mod dispatch;
 mod index;
 pub mod logging;
 mod mailbox;
+mod notify;
 mod peer;
 mod perm;
 mod quota;
@@ -29,6 +30,17 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, Limits};
 pub use server::{SocketGuard, bind};
 
+/// What the binary (its signal handlers) asks of a running daemon.
+#[derive(Debug)]
+pub enum Control {
+    /// SIGHUP: put this configuration in force.
+    Reload(Config),
+    /// SIGUSR1: log a summary of the daemon's state.
+    Summary,
+    /// SIGTERM/SIGINT: stop.
+    Shutdown,
+}
+
 /// Serves `listener` with `config` until `shutdown` completes, then stops: no new
 /// connections, every waiter answered "shutting down", replies flushed (bounded by
 /// `config.shutdown_timeout`). Must be called within a tokio runtime.
@@ -37,12 +49,30 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let (controls, control_queue) = tokio::sync::mpsc::channel(4);
+    let server = run_with(listener, config, control_queue);
+    tokio::pin!(server, shutdown);
+    tokio::select! {
+        result = &mut server => result,
+        () = &mut shutdown => {
+            let _ = controls.send(Control::Shutdown).await;
+            server.await
+        }
+    }
+}
+
+/// As [`run`], taking its orders from `controls` (the channel closing means stop).
+pub async fn run_with(
+    listener: std::os::unix::net::UnixListener,
+    config: Config,
+    mut controls: tokio::sync::mpsc::Receiver<Control>,
+) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let shutdown_timeout = config.shutdown_timeout;
     let (store, writer, recovered) = open_store(&config);
     let broker = Arc::new(broker::Broker::new(config, store));
     broker.restore(recovered);
+    broker.declare();
     tokio::spawn(broker.clone().deliver_dead_letters());
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
@@ -55,14 +85,38 @@ pub async fn run(
         &stop_peers,
     );
     tokio::pin!(accepting);
-    tokio::select! {
-        () = &mut accepting => {}
-        () = shutdown => {
-            stop_accepting.cancel();
-            accepting.await;
+    notify::ready(&broker.summary());
+    // The watchdog is pinged from the runtime itself, so a stuck runtime stops the pings.
+    let tick = notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(5));
+    let mut ticks = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            () = &mut accepting => break,
+            control = controls.recv() => match control {
+                None | Some(Control::Shutdown) => {
+                    stop_accepting.cancel();
+                    (&mut accepting).await;
+                    break;
+                }
+                Some(Control::Reload(config)) => {
+                    notify::reloading();
+                    broker.reconfigure(config);
+                    tracing::info!("configuration reloaded");
+                    notify::ready(&broker.summary());
+                }
+                Some(Control::Summary) => broker.log_summary(),
+            },
+            _ = ticks.tick() => {
+                notify::status(&broker.summary());
+                if notify::watchdog_interval().is_some() {
+                    notify::watchdog();
+                }
+            }
         }
     }
+    notify::stopping();
     tracing::info!("shutting down");
+    let shutdown_timeout = broker.config().shutdown_timeout;
     broker.shut_down();
     stop_peers.cancel();
     tracker.close();

@@ -95,7 +95,7 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
     };
     // Held for the connection's life; over quota, the client is told so after its hello.
     let counted = broker.charge(&caller, Resource::Connections, 1);
-    let config = broker.config().clone();
+    let config = broker.config();
     let (read, write) = stream.into_split();
     let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_frame())));
     let (replies, queue) = reply_queue(config.max_queued_replies, config.max_pending_output);

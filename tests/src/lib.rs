@@ -192,6 +192,12 @@ impl DaemonProcess {
     /// Starts `ipcd` with its socket and state in `dir`, which the caller keeps: a
     /// daemon started again in the same directory finds the state of the last one.
     pub fn spawn_in(dir: &Path, wrapper: &[&str]) -> Self {
+        Self::spawn_custom(dir, wrapper, &[], &[])
+    }
+
+    /// As [`spawn_in`](Self::spawn_in), with more arguments for `ipcd` and more
+    /// environment.
+    pub fn spawn_custom(dir: &Path, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let socket = dir.join("ipcd.sock");
         let ipcd = binary("ipcd");
         let mut command = match wrapper.split_first() {
@@ -207,6 +213,8 @@ impl DaemonProcess {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(args)
+            .envs(env.iter().copied())
             .env("IPCD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
