@@ -34,7 +34,7 @@ pub use server::{SocketGuard, bind};
 #[derive(Debug)]
 pub enum Control {
     /// SIGHUP: put this configuration in force.
-    Reload(Config),
+    Reload(Box<Config>),
     /// SIGUSR1: log a summary of the daemon's state.
     Summary,
     /// SIGTERM/SIGINT: stop.
@@ -100,7 +100,7 @@ pub async fn run_with(
                 }
                 Some(Control::Reload(config)) => {
                     notify::reloading();
-                    broker.reconfigure(config);
+                    broker.reconfigure(*config);
                     tracing::info!("configuration reloaded");
                     notify::ready(&broker.summary());
                 }

@@ -125,7 +125,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                         continue;
                     }
                     Some(file) => match load_config(Some(file), &args, root) {
-                        Ok(config) => ipcd::Control::Reload(config),
+                        Ok(config) => ipcd::Control::Reload(Box::new(config)),
                         Err(e) => {
                             tracing::error!(
                                 "SIGHUP: new configuration refused, the old one stays: {e:#}"
