@@ -193,7 +193,18 @@ fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
     Ok(Some(listener))
 }
 
+/// The directory systemd made for the service (`CONFIGURATION_DIRECTORY=`, …), if any.
+fn systemd_directory(var: &str) -> Option<PathBuf> {
+    // Several may be listed, separated by ':'; ours is the first.
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(|v| PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or_default()))
+}
+
 fn default_config_file(root: bool) -> Option<PathBuf> {
+    if let Some(dir) = systemd_directory("CONFIGURATION_DIRECTORY") {
+        return Some(dir.join("ipcd.toml"));
+    }
     if root {
         return Some(PathBuf::from(ipcd::config_file::SYSTEM_CONFIG));
     }
@@ -233,6 +244,9 @@ fn default_socket(root: bool, from_file: Option<&std::path::Path>) -> anyhow::Re
     if let Some(path) = from_file {
         return Ok(path.to_path_buf());
     }
+    if let Some(dir) = systemd_directory("RUNTIME_DIRECTORY") {
+        return Ok(dir.join("ipcd.sock"));
+    }
     if root {
         return Ok(PathBuf::from(paths::SYSTEM_SOCKET));
     }
@@ -245,6 +259,9 @@ fn default_socket(root: bool, from_file: Option<&std::path::Path>) -> anyhow::Re
 }
 
 fn default_state_dir(root: bool) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = systemd_directory("STATE_DIRECTORY") {
+        return Ok(dir);
+    }
     if root {
         return Ok(PathBuf::from("/var/lib/ipcd"));
     }
