@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds target/debian/ipcd_<version>_<arch>.deb: release binaries, man pages (from
+# `ipcctl man`), the systemd units, the sysusers entry and the example configuration.
+# Needs cargo-deb (`cargo install cargo-deb`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p ipcd -p ipcctl
+rm -rf target/man
+target/release/ipcctl man target/man
+cargo deb -p ipcd --no-build --locked
+ls -1 target/debian/*.deb
