@@ -1,8 +1,16 @@
 //! Log set-up: `tracing-subscriber` to stderr, filtered by `IPCD_LOG` (else `RUST_LOG`,
-//! else `info`). Under journald (`JOURNAL_STREAM` set) lines carry no timestamp, since
-//! the journal adds its own.
+//! else `info`). Under journald (`JOURNAL_STREAM` set) each line starts with its syslog
+//! priority (`<3>` error … `<7>` debug, as sd-daemon(3) describes), which the journal
+//! turns into the entry's priority, and carries no timestamp, since the journal adds its
+//! own.
 
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 pub fn init() {
     let filter = std::env::var("IPCD_LOG")
@@ -15,8 +23,51 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .with_target(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder.with_ansi(false).event_format(Journal).init();
     } else {
         builder.init();
+    }
+}
+
+/// One line per event: `<priority>message key=value …`.
+struct Journal;
+
+/// The syslog priority of a tracing level.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Journal
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(priority(Level::ERROR), 3);
+        assert_eq!(priority(Level::WARN), 4);
+        assert_eq!(priority(Level::INFO), 6);
+        assert_eq!(priority(Level::DEBUG), 7);
     }
 }

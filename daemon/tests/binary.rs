@@ -104,3 +104,28 @@ fn refuses_a_stale_socket_of_another_user() {
     assert!(log.contains("belongs to uid 65534"), "{log}");
     assert!(path.exists(), "another user's file is left alone");
 }
+
+#[test]
+fn under_journald_lines_carry_priorities_and_no_timestamps() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipcd"))
+        .arg("--socket")
+        .arg(dir.path().join("ipcd.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("IPCD_LOG", "info")
+        .env("JOURNAL_STREAM", "8:1234")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.starts_with("<6>ipcd "), "{first:?}");
+    assert!(!first.contains("Z "), "no timestamp: {first:?}");
+    assert!(!first.contains('\u{1b}'), "no colour: {first:?}");
+}
