@@ -5,7 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueHint};
+use clap_complete::Shell;
 use ipc_proto::Wait;
 
 use crate::parse;
@@ -15,9 +16,14 @@ use crate::parse;
 #[command(name = "ipcctl", version, propagate_version = true)]
 #[command(
     about = "Command-line client of the ipcd message broker",
-    after_help = "Exit codes: 0 success, 1 other error, 2 bad usage, 65 bad data, \
-                  66 no such mailbox, 69 daemon not reachable, 75 would block or timed out, \
-                  77 permission denied or quota exceeded."
+    long_about = "Command-line client of the ipcd message broker: create and administer \
+                  mailboxes, send and receive messages, and see what the daemon holds.\n\n\
+                  Payloads are bytes. Every subcommand takes --socket and --json; with \
+                  --json, results are one JSON object per line, whose keys scripts may \
+                  rely on. Human output is the same text whether or not standard output \
+                  is a terminal; on a terminal, table headers are bold unless NO_COLOR \
+                  is set.",
+    after_help = exit_codes_help()
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -31,7 +37,7 @@ pub struct Cli {
 pub struct Global {
     /// The daemon's socket [default: $IPCD_SOCKET, else the per-user daemon's, else
     /// /run/ipcd/ipcd.sock].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub socket: Option<PathBuf>,
     /// Machine-readable output: one JSON object per line.
     #[arg(long, global = true)]
@@ -64,6 +70,71 @@ pub enum Command {
     Ack(MessageArg),
     /// Give a message leased with `recv --ack` back, to be redelivered.
     Nack(MessageArg),
+    /// Print a shell completion script.
+    #[command(after_help = examples(&[
+        "source <(ipcctl completions bash)    # for this shell only",
+        "ipcctl completions bash > ~/.local/share/bash-completion/completions/ipcctl",
+        "ipcctl completions zsh > ~/.zfunc/_ipcctl    # a directory in $fpath",
+        "ipcctl completions fish > ~/.config/fish/completions/ipcctl.fish",
+    ]))]
+    Completions(CompletionsArgs),
+    /// Print the ipcctl(1) man page, or write it and one page per subcommand into DIR.
+    #[command(after_help = examples(&[
+        "ipcctl man | man -l -",
+        "ipcctl man /usr/local/share/man/man1",
+    ]))]
+    Man(ManArgs),
+}
+
+/// What starts a subcommand's `after_help`: its examples, one command a line, which the
+/// man page shows under EXAMPLES.
+pub const EXAMPLES: &str = "Examples:";
+
+/// `Examples:` and the commands, indented.
+fn examples(commands: &[&str]) -> String {
+    let mut text = EXAMPLES.to_owned();
+    for command in commands {
+        text.push_str("\n  ");
+        text.push_str(command);
+    }
+    text
+}
+
+/// The exit codes of SPEC §9, as `--help` and the man page state them (`report.rs` and
+/// `ipc_client::Error::exit_code` decide them).
+pub const EXIT_CODES: [(u8, &str); 8] = [
+    (0, "success"),
+    (1, "other error"),
+    (2, "bad usage"),
+    (65, "bad data"),
+    (66, "no such mailbox"),
+    (69, "daemon not reachable"),
+    (75, "would block or timed out"),
+    (77, "permission denied or quota exceeded"),
+];
+
+/// `Exit codes: 0 success, 1 other error, …, 77 permission denied or quota exceeded.`
+fn exit_codes_help() -> String {
+    let codes: Vec<String> = EXIT_CODES
+        .iter()
+        .map(|(code, meaning)| format!("{code} {meaning}"))
+        .collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ipcctl.1 and ipcctl-SUBCOMMAND.1 here (created if missing) instead of
+    /// printing ipcctl.1.
+    #[arg(value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +262,7 @@ pub struct SendArgs {
     #[arg(long = "type", value_name = "N", default_value_t = 1, value_parser = parse::send_type)]
     pub mtype: i64,
     /// Read the payload from this file.
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", value_hint = ValueHint::FilePath)]
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -263,7 +334,8 @@ pub struct RecvArgs {
     pub lease: Duration,
     /// Run CMD (with sh -c) for each message, its payload on standard input and
     /// IPC_MAILBOX, IPC_MESSAGE_ID, IPC_TYPE set; ack if it exits 0, nack otherwise.
-    #[arg(long, value_name = "CMD", requires = "ack", conflicts_with_all = ["raw", "json"])]
+    #[arg(long, value_name = "CMD", value_hint = ValueHint::CommandString, requires = "ack",
+          conflicts_with_all = ["raw", "json"])]
     pub exec: Option<String>,
 }
 
@@ -335,6 +407,48 @@ mod tests {
             &["set", "q"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn help_states_the_exit_codes() {
+        assert_eq!(
+            exit_codes_help(),
+            "Exit codes: 0 success, 1 other error, 2 bad usage, 65 bad data, \
+             66 no such mailbox, 69 daemon not reachable, 75 would block or timed out, \
+             77 permission denied or quota exceeded."
+        );
+    }
+
+    #[test]
+    fn a_subcommand_epilogue_is_examples() {
+        for sub in Cli::command().get_subcommands() {
+            if let Some(help) = sub.get_after_help() {
+                let help = help.to_string();
+                assert!(
+                    help.starts_with("Examples:\n  "),
+                    "{}: {help}",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn completions_and_man() {
+        match parse(&["completions", "zsh"]).unwrap().command {
+            Command::Completions(c) => assert_eq!(c.shell, Shell::Zsh),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        assert!(parse(&["completions"]).is_err());
+        match parse(&["man"]).unwrap().command {
+            Command::Man(m) => assert_eq!(m.dir, None),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["man", "out/man1"]).unwrap().command {
+            Command::Man(m) => assert_eq!(m.dir, Some(PathBuf::from("out/man1"))),
+            other => panic!("{other:?}"),
         }
     }
 

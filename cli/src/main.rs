@@ -12,6 +12,7 @@ mod parse;
 mod pipeline;
 mod printer;
 mod report;
+mod style;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

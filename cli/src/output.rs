@@ -1,6 +1,7 @@
 //! How results look: the JSON objects scripts rely on (SPEC §9 names their keys) and the
-//! human forms. Everything here is a pure function of the values it is given, so the
-//! key sets can be checked without a daemon; writing to stdout is the callers' business.
+//! human forms. Everything here is a pure function of the values it is given (the
+//! [`Style`] included), so the key sets and layouts can be checked without a daemon or a
+//! terminal; writing to stdout is the callers' business.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use ipc_proto::{DaemonStatus, LastOp, MailboxInfo, Message, Timestamp};
 use serde::Serialize;
+
+use crate::style::Style;
 
 /// RFC 3339 in UTC with nanoseconds, the form `sent_at` and the other times take.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -370,8 +373,13 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
     write_pairs(out, &rows)
 }
 
-/// `status` for people.
-pub fn write_status_human(out: &mut impl Write, s: &StatusJson<'_>) -> io::Result<()> {
+/// `status` for people: the daemon as `key: value` lines, then each uid's usage against
+/// its quotas (what the caller may see of them).
+pub fn write_status_human(
+    out: &mut impl Write,
+    s: &StatusJson<'_>,
+    style: Style,
+) -> io::Result<()> {
     let rows = [
         ("version", s.version.to_owned()),
         ("pid", s.pid.to_string()),
@@ -417,13 +425,20 @@ pub fn write_status_human(out: &mut impl Write, s: &StatusJson<'_>) -> io::Resul
             out,
             ["UID", "CONNECTIONS", "MAILBOXES", "QUEUED", "IN-FLIGHT"],
             &table,
+            style,
         )?;
     }
     Ok(())
 }
 
-/// `ls` for people: one row per mailbox.
-pub fn write_mailbox_table(out: &mut impl Write, list: &[MailboxInfo]) -> io::Result<()> {
+/// `ls` for people: one row per mailbox under a header. The layout is the same whether
+/// or not standard output is a terminal (scripts read it); only the header's emphasis
+/// depends on `style`.
+pub fn write_mailbox_table(
+    out: &mut impl Write,
+    list: &[MailboxInfo],
+    style: Style,
+) -> io::Result<()> {
     let rows: Vec<[String; 6]> = list
         .iter()
         .map(|i| {
@@ -441,6 +456,7 @@ pub fn write_mailbox_table(out: &mut impl Write, list: &[MailboxInfo]) -> io::Re
         out,
         ["NAME", "MESSAGES", "BYTES", "MODE", "OWNER", "DURABLE"],
         &rows,
+        style,
     )
 }
 
@@ -452,11 +468,13 @@ fn write_pairs(out: &mut impl Write, rows: &[(&str, String)]) -> io::Result<()> 
     Ok(())
 }
 
-/// Left-aligned columns two spaces apart, the last one unpadded.
+/// Left-aligned columns two spaces apart, the last one unpadded; the header in bold when
+/// `style` allows. Widths are measured on the plain text, so emphasis cannot shift a column.
 fn write_table<const N: usize>(
     out: &mut impl Write,
     header: [&str; N],
     rows: &[[String; N]],
+    style: Style,
 ) -> io::Result<()> {
     let mut widths = header.map(str::len);
     for row in rows {
@@ -464,7 +482,7 @@ fn write_table<const N: usize>(
             *w = (*w).max(cell.len());
         }
     }
-    let mut line = |cells: [&str; N]| -> io::Result<()> {
+    let line = |cells: [&str; N]| -> String {
         let mut text = String::new();
         for (n, (cell, w)) in cells.iter().zip(widths).enumerate() {
             if n + 1 == N {
@@ -473,11 +491,12 @@ fn write_table<const N: usize>(
                 text.push_str(&format!("{cell:<w$}  "));
             }
         }
-        writeln!(out, "{}", text.trim_end())
+        text.truncate(text.trim_end().len());
+        text
     };
-    line(header)?;
+    writeln!(out, "{}", style.bold(&line(header)))?;
     for row in rows {
-        line(row.each_ref().map(String::as_str))?;
+        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
     }
     Ok(())
 }
@@ -673,7 +692,7 @@ mod tests {
     #[test]
     fn human_forms() {
         let mut out = Vec::new();
-        write_mailbox_table(&mut out, &[info()]).unwrap();
+        write_mailbox_table(&mut out, &[info()], Style::PLAIN).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "NAME  MESSAGES  BYTES  MODE  OWNER  DURABLE\n\
@@ -695,9 +714,8 @@ mod tests {
         assert_eq!(text.lines().count(), 28);
     }
 
-    #[test]
-    fn status_forms() {
-        let s = DaemonStatus {
+    fn daemon_status() -> DaemonStatus {
+        DaemonStatus {
             version: "0.1.0".into(),
             pid: 10,
             uptime_ms: 3_723_456,
@@ -715,7 +733,12 @@ mod tests {
                 max_queued_bytes: Some(64 << 20),
                 max_in_flight: None,
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn status_forms() {
+        let s = daemon_status();
         let status = StatusJson::new(&s, Path::new("/run/ipcd/ipcd.sock"));
         let v = json(&status);
         assert_eq!(v["uptime"], "1h 2m 3s");
@@ -729,7 +752,7 @@ mod tests {
             }])
         );
         let mut out = Vec::new();
-        write_status_human(&mut out, &status).unwrap();
+        write_status_human(&mut out, &status, Style::PLAIN).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("uptime:      1h 2m 3s\n"), "{text}");
         assert!(
@@ -739,6 +762,89 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn status_for_people_in_full() {
+        let s = daemon_status();
+        let status = StatusJson::new(&s, Path::new("/run/ipcd/ipcd.sock"));
+        let mut out = Vec::new();
+        write_status_human(&mut out, &status, Style::PLAIN).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "version:     0.1.0\n\
+             pid:         10\n\
+             uptime:      1h 2m 3s\n\
+             socket:      /run/ipcd/ipcd.sock\n\
+             connections: 2\n\
+             mailboxes:   1\n\
+             messages:    3\n\
+             bytes:       120\n\
+             \n\
+             UID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\n\
+             1000  2/256        1/1000     1.5 KiB/64 MiB  -\n"
+        );
+    }
+
+    /// The style as a terminal with this `NO_COLOR` would get it.
+    fn terminal(no_color: Option<&str>) -> Style {
+        Style::new(
+            true,
+            no_color.map(std::ffi::OsStr::new),
+            Some(std::ffi::OsStr::new("xterm")),
+        )
+    }
+
+    #[test]
+    fn a_terminal_gets_bold_headers_and_the_same_text() {
+        let mut plain = Vec::new();
+        write_mailbox_table(&mut plain, &[info()], Style::PLAIN).unwrap();
+        let mut bold = Vec::new();
+        write_mailbox_table(&mut bold, &[info()], terminal(None)).unwrap();
+        let bold = String::from_utf8(bold).unwrap();
+        assert_eq!(
+            bold,
+            "\x1b[1mNAME  MESSAGES  BYTES  MODE  OWNER  DURABLE\x1b[0m\n\
+             jobs  3         120    0660  1000   no\n"
+        );
+        assert_eq!(
+            bold.replace("\x1b[1m", "")
+                .replace("\x1b[0m", "")
+                .as_bytes(),
+            plain
+        );
+
+        let status = daemon_status();
+        let status = StatusJson::new(&status, Path::new("/s"));
+        let mut out = Vec::new();
+        write_status_human(&mut out, &status, terminal(None)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "\n\x1b[1mUID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\x1b[0m\n"
+            ),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn no_color_disables_emphasis() {
+        for no_color in ["1", "true", "0"] {
+            let style = terminal(Some(no_color));
+            let mut out = Vec::new();
+            write_mailbox_table(&mut out, &[info()], style).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "NAME  MESSAGES  BYTES  MODE  OWNER  DURABLE\n\
+                 jobs  3         120    0660  1000   no\n",
+                "NO_COLOR={no_color}"
+            );
+            let status = daemon_status();
+            let status = StatusJson::new(&status, Path::new("/s"));
+            let mut out = Vec::new();
+            write_status_human(&mut out, &status, style).unwrap();
+            assert!(!out.contains(&0x1b), "NO_COLOR={no_color}");
+        }
     }
 
     #[test]

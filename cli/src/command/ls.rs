@@ -4,6 +4,7 @@ use std::io::Write;
 
 use super::{Context, stdout};
 use crate::output::{MailboxJson, write_json, write_mailbox_table};
+use crate::style::Style;
 
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let mut list = ctx.connect()?.list()?;
@@ -14,7 +15,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             write_json(&mut out, &MailboxJson::new(info))?;
         }
     } else {
-        write_mailbox_table(&mut out, &list)?;
+        write_mailbox_table(&mut out, &list, Style::for_stdout())?;
     }
     out.flush()?;
     Ok(())

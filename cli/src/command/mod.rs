@@ -11,9 +11,11 @@ use ipc_proto::MailboxName;
 use crate::cli::{Cli, Command};
 
 mod ack;
+mod completions;
 mod create;
 mod exec;
 mod ls;
+mod man;
 mod purge;
 mod recv;
 mod rm;
@@ -57,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status::run(&ctx),
         Command::Ack(args) => ack::run(&ctx, &args, true),
         Command::Nack(args) => ack::run(&ctx, &args, false),
+        Command::Completions(args) => completions::run(args.shell),
+        Command::Man(args) => man::run(args.dir.as_deref()),
     }
 }
 

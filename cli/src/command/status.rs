@@ -4,6 +4,7 @@ use std::io::Write;
 
 use super::{Context, stdout};
 use crate::output::{StatusJson, write_json, write_status_human};
+use crate::style::Style;
 
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let mut client = ctx.connect()?;
@@ -13,7 +14,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
     if ctx.json {
         write_json(&mut out, &status)?;
     } else {
-        write_status_human(&mut out, &status)?;
+        write_status_human(&mut out, &status, Style::for_stdout())?;
     }
     out.flush()?;
     Ok(())
