@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p ipcd -p ipcctl
-rm -rf target/man
-target/release/ipcctl man target/man
+rm -rf target/release/man
+target/release/ipcctl man target/release/man
 cargo deb -p ipcd --no-build --locked
 ls -1 target/debian/*.deb
