@@ -170,6 +170,12 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     client
         .send("declared", "kept", &SendOptions::default())
         .unwrap();
+    // SIGUSR1: a summary in the log.
+    daemon.signal(libc::SIGUSR1);
+    let summary = daemon
+        .wait_for_log("state: ", Duration::from_secs(60))
+        .expect("SIGUSR1 logs the daemon's state");
+    assert!(summary.contains("1 mailboxes, 1 messages"), "{summary}");
 
     std::fs::write(
         &config,
