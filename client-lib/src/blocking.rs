@@ -2,20 +2,28 @@
 //! pipelined with [`BlockingClient::submit`] and [`BlockingClient::next_reply`]; the
 //! one-call methods use the same machinery and keep replies that arrive for other
 //! requests until they are asked for.
+//!
+//! With a [`ReconnectPolicy`] ([`BlockingClient::with_reconnect`]) a broken connection is
+//! replaced by a new one, and the one-call methods make again what is safe to make again
+//! (see [`crate::reconnect`] for the rules); without one, a broken connection stays
+//! broken and every later call fails with [`Error::Disconnected`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ipc_proto::{
-    DEFAULT_MAX_FRAME, DaemonStatus, FrameDecoder, FrameKind, Hello, MailboxChanges, MailboxInfo,
-    MailboxName, Message, PROTOCOL_VERSION, Request, Response, Welcome, codec,
+    DEFAULT_MAX_FRAME, DaemonStatus, ErrorCode, FrameDecoder, FrameKind, Hello, MailboxChanges,
+    MailboxInfo, MailboxName, Message, PROTOCOL_VERSION, Request, Response, Welcome, codec,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::reconnect::{self, Backoff, ReconnectPolicy, Retry};
 use crate::typed::{self, TypeMap, reply};
 use crate::{CreateOptions, Error, RecvOptions, Result, SendOptions, default_socket_path};
 
@@ -27,52 +35,77 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A connection to ipcd with blocking calls.
 #[derive(Debug)]
 pub struct BlockingClient {
+    /// The live connection; `None` once it has broken, until a new one is made.
+    conn: Option<Connection>,
+    /// Counts connections made: a lease belongs to the connection that took it.
+    generation: u64,
+    /// When the current (or last) connection was made, to tell a connection that broke
+    /// at once from one that served for a while.
+    opened: Instant,
+    /// The pause before reconnecting after connections that keep breaking at once.
+    churn: Duration,
+    next_id: u64,
+    /// Requests with lower ids were made on a connection that has since broken: a reply
+    /// to one of them that is not in the stash will never come.
+    first_live_id: u64,
+    /// Replies that arrived while the caller waited for another one.
+    stash: HashMap<u64, Response>,
+    /// What the daemon of the current connection said about itself.
+    welcome: Welcome,
+    path: PathBuf,
+    /// Given again to the daemon when reconnecting.
+    client_name: String,
+    /// `None`: a broken connection stays broken.
+    reconnect: Option<ReconnectPolicy>,
+    /// Why the last connection broke, for the calls that find it broken.
+    broken: Option<(io::ErrorKind, String)>,
+}
+
+/// One connection's socket and buffers.
+#[derive(Debug)]
+struct Connection {
     stream: UnixStream,
     /// Bytes read and not yet decoded into frames.
     rbuf: BytesMut,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
     decoder: FrameDecoder,
-    next_id: u64,
-    /// Replies that arrived while the caller waited for another one.
-    stash: HashMap<u64, Response>,
-    welcome: Welcome,
-    path: PathBuf,
 }
 
-impl BlockingClient {
-    /// Connects to the default socket ([`default_socket_path`]).
-    pub fn connect() -> Result<Self> {
-        Self::connect_to(default_socket_path())
-    }
+/// A write that failed, and how much of the buffer had gone out before it did.
+struct WriteFailed {
+    written: usize,
+    error: io::Error,
+}
 
-    /// Connects to the socket at `path`.
-    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self> {
-        Self::connect_named(path, "ipc-client")
-    }
-
-    /// Connects to the socket at `path`, giving the daemon `client_name` for its logs.
-    pub fn connect_named(path: impl AsRef<Path>, client_name: &str) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let stream = UnixStream::connect(&path).map_err(|source| Error::NotReachable {
-            path: path.clone(),
+impl Connection {
+    /// Connects and shakes hands; with `timeout`, neither may take longer (a daemon
+    /// that accepted but never answers must not hold a reconnection for ever).
+    fn open(path: &Path, client_name: &str, timeout: Option<Duration>) -> Result<(Self, Welcome)> {
+        let stream = UnixStream::connect(path).map_err(|source| Error::NotReachable {
+            path: path.to_path_buf(),
             source,
         })?;
-        let mut client = Self {
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(Error::Disconnected)?;
+        let mut conn = Self {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::new(),
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
-            next_id: 1,
-            stash: HashMap::new(),
-            welcome: placeholder_welcome(),
-            path,
         };
-        client.handshake(client_name)?;
-        Ok(client)
+        let welcome = conn.handshake(client_name)?;
+        conn.stream
+            .set_read_timeout(None)
+            .and_then(|()| conn.stream.set_write_timeout(None))
+            .map_err(Error::Disconnected)?;
+        Ok((conn, welcome))
     }
 
-    fn handshake(&mut self, client_name: &str) -> Result<()> {
+    fn handshake(&mut self, client_name: &str) -> Result<Welcome> {
         let hello = Hello {
             version: PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
@@ -85,14 +118,11 @@ impl BlockingClient {
             &mut self.wbuf,
         )
         .map_err(|e| Error::Protocol(e.to_string()))?;
-        self.flush()?;
+        self.flush().map_err(|f| Error::Disconnected(f.error))?;
         let frame = self.read_frame()?;
         match frame.kind {
-            FrameKind::Welcome => {
-                self.welcome = codec::decode_body(&frame, FrameKind::Welcome)
-                    .map_err(|e| Error::Protocol(e.to_string()))?;
-                Ok(())
-            }
+            FrameKind::Welcome => codec::decode_body(&frame, FrameKind::Welcome)
+                .map_err(|e| Error::Protocol(e.to_string())),
             FrameKind::Response => {
                 match codec::decode_body(&frame, FrameKind::Response)
                     .map_err(|e| Error::Protocol(e.to_string()))?
@@ -107,89 +137,24 @@ impl BlockingClient {
         }
     }
 
-    /// What the daemon said about itself at connection time.
-    pub fn welcome(&self) -> &Welcome {
-        &self.welcome
-    }
-
-    /// The socket this client is connected to.
-    pub fn socket_path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Queues `request` for sending and returns its id. Nothing is written until the
-    /// batch is large, [`Self::flush`] is called, or a reply is awaited.
-    pub fn submit(&mut self, request: &Request) -> Result<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        codec::encode_frame(
-            FrameKind::Request,
-            id,
-            request,
-            self.welcome.max_frame,
-            &mut self.wbuf,
-        )
-        .map_err(|e| Error::BadData(e.to_string()))?;
-        if self.wbuf.len() >= WRITE_BATCH {
-            self.flush()?;
-        }
-        Ok(id)
-    }
-
-    /// Writes every queued request.
-    pub fn flush(&mut self) -> Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream
-                .write_all(&self.wbuf)
-                .map_err(Error::Disconnected)?;
-            self.wbuf.clear();
-        }
-        Ok(())
-    }
-
-    /// Flushes, then waits for the next reply to any submitted request, in the order the
-    /// daemon sends them (which need not be submission order).
-    pub fn next_reply(&mut self) -> Result<(u64, Response)> {
-        if let Some(&id) = self.stash.keys().next() {
-            let response = self.stash.remove(&id).expect("key just seen");
-            return Ok((id, response));
-        }
-        self.read_reply()
-    }
-
-    /// Flushes, then waits for the reply to request `id`.
-    pub fn wait_for(&mut self, id: u64) -> Result<Response> {
-        if let Some(response) = self.stash.remove(&id) {
-            return Ok(response);
-        }
-        loop {
-            let (got, response) = self.read_reply()?;
-            if got == id {
-                return Ok(response);
+    /// Writes the whole buffer, or says how much of it went out before the failure.
+    fn flush(&mut self) -> Result<(), WriteFailed> {
+        let mut written = 0;
+        while written < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[written..]) {
+                Ok(0) => {
+                    return Err(WriteFailed {
+                        written,
+                        error: io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(WriteFailed { written, error }),
             }
-            self.stash.insert(got, response);
         }
-    }
-
-    /// Sends one request and waits for its reply.
-    pub fn request(&mut self, request: &Request) -> Result<Response> {
-        let id = self.submit(request)?;
-        self.wait_for(id)
-    }
-
-    fn read_reply(&mut self) -> Result<(u64, Response)> {
-        self.flush()?;
-        let frame = self.read_frame()?;
-        let response = codec::decode_body(&frame, FrameKind::Response)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        if frame.request_id == 0 {
-            // A connection-level error: the daemon closes after sending it.
-            return Err(match response {
-                Response::Error(e) => e.into(),
-                _ => Error::Protocol("unsolicited reply from the daemon".into()),
-            });
-        }
-        Ok((frame.request_id, response))
+        self.wbuf.clear();
+        Ok(())
     }
 
     fn read_frame(&mut self) -> Result<ipc_proto::Frame> {
@@ -210,10 +175,305 @@ impl BlockingClient {
                 }
             };
             if n == 0 {
-                return Err(Error::Disconnected(io::ErrorKind::UnexpectedEof.into()));
+                return Err(Error::Disconnected(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                )));
             }
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+impl BlockingClient {
+    /// Connects to the default socket ([`default_socket_path`]).
+    pub fn connect() -> Result<Self> {
+        Self::connect_to(default_socket_path())
+    }
+
+    /// Connects to the socket at `path`.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_named(path, "ipc-client")
+    }
+
+    /// Connects to the socket at `path`, giving the daemon `client_name` for its logs.
+    /// Fails at once if no daemon answers; reconnecting is only for connections that
+    /// were made (see [`Self::with_reconnect`]).
+    pub fn connect_named(path: impl AsRef<Path>, client_name: &str) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let (conn, welcome) = Connection::open(&path, client_name, None)?;
+        Ok(Self {
+            conn: Some(conn),
+            generation: 1,
+            opened: Instant::now(),
+            churn: Duration::ZERO,
+            next_id: 1,
+            first_live_id: 1,
+            stash: HashMap::new(),
+            welcome,
+            path,
+            client_name: client_name.to_owned(),
+            reconnect: None,
+            broken: None,
+        })
+    }
+
+    /// Reconnects by itself under `policy` when the connection breaks, making again the
+    /// requests that are safe to make again ([`crate::reconnect`] has the rules).
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy.
+    pub fn set_reconnect(&mut self, policy: Option<ReconnectPolicy>) {
+        self.reconnect = policy;
+    }
+
+    /// What the daemon said about itself when the current connection was made.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes a new connection now, waiting for the daemon as `policy` allows, whether or
+    /// not the current one is still up. Requests in flight on the old connection are
+    /// lost (their [`Self::wait_for`] fails with [`Error::Disconnected`]); leases it
+    /// held end.
+    pub fn reconnect(&mut self, policy: &ReconnectPolicy) -> Result<()> {
+        if self.conn.is_some() {
+            self.break_connection(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was replaced",
+            ));
+        }
+        let pause = reconnect::churn_pause(policy, self.opened, &mut self.churn);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        let mut backoff = Backoff::new(policy);
+        loop {
+            let timeout = backoff.left();
+            match Connection::open(&self.path, &self.client_name, Some(timeout)) {
+                Ok((conn, welcome)) => {
+                    self.conn = Some(conn);
+                    self.welcome = welcome;
+                    self.generation += 1;
+                    self.opened = Instant::now();
+                    self.broken = None;
+                    return Ok(());
+                }
+                Err(e) if reconnect::is_transient(&e) => match backoff.pause() {
+                    Some(pause) => std::thread::sleep(pause),
+                    None => return Err(reconnect::gave_up(&self.path, policy.max_wait, e)),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Forgets a connection that failed: what was in flight on it will not be answered.
+    fn break_connection(&mut self, why: io::Error) {
+        self.conn = None;
+        self.first_live_id = self.next_id;
+        self.broken = Some((why.kind(), why.to_string()));
+    }
+
+    fn broken_error(&self) -> Error {
+        let (kind, text) = self
+            .broken
+            .clone()
+            .unwrap_or((io::ErrorKind::NotConnected, "not connected".to_owned()));
+        Error::Disconnected(io::Error::new(kind, text))
+    }
+
+    /// The live connection, making a new one first if it broke and a policy allows.
+    fn connection(&mut self) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            match self.reconnect {
+                Some(policy) => self.reconnect(&policy)?,
+                None => return Err(self.broken_error()),
+            }
+        }
+        Ok(self.conn.as_mut().expect("connected"))
+    }
+
+    /// Encodes `request` onto the connection's write buffer and returns its id.
+    fn queue(&mut self, request: &Request) -> Result<u64> {
+        self.connection()?;
+        // Read after connecting: a new daemon may allow another frame size.
+        let max_frame = self.welcome.max_frame;
+        let id = self.next_id;
+        let conn = self.conn.as_mut().expect("connected");
+        codec::encode_frame(FrameKind::Request, id, request, max_frame, &mut conn.wbuf)
+            .map_err(|e| Error::BadData(e.to_string()))?;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Queues `request` for sending and returns its id. Nothing is written until the
+    /// batch is large, [`Self::flush`] is called, or a reply is awaited. If the
+    /// connection has broken, a new one is made first when a reconnect policy is set;
+    /// requests submitted are never made again by the client itself.
+    pub fn submit(&mut self, request: &Request) -> Result<u64> {
+        let id = self.queue(request)?;
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.wbuf.len() >= WRITE_BATCH)
+        {
+            self.flush()?;
+        }
+        Ok(id)
+    }
+
+    /// Writes every queued request.
+    pub fn flush(&mut self) -> Result<()> {
+        self.write_out().map_err(|f| Error::Disconnected(f.error))
+    }
+
+    /// Writes every queued request; a failure breaks the connection.
+    fn write_out(&mut self) -> Result<(), WriteFailed> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        conn.flush().inspect_err(|f| {
+            let why = io::Error::new(f.error.kind(), f.error.to_string());
+            self.break_connection(why);
+        })
+    }
+
+    /// Flushes, then waits for the next reply to any submitted request, in the order the
+    /// daemon sends them (which need not be submission order).
+    pub fn next_reply(&mut self) -> Result<(u64, Response)> {
+        if let Some(&id) = self.stash.keys().next() {
+            let response = self.stash.remove(&id).expect("key just seen");
+            return Ok((id, response));
+        }
+        self.read_reply()
+    }
+
+    /// Flushes, then waits for the reply to request `id`.
+    pub fn wait_for(&mut self, id: u64) -> Result<Response> {
+        if let Some(response) = self.stash.remove(&id) {
+            return Ok(response);
+        }
+        loop {
+            if id < self.first_live_id {
+                return Err(self.broken_error());
+            }
+            let (got, response) = self.read_reply()?;
+            if got == id {
+                return Ok(response);
+            }
+            self.stash.insert(got, response);
+        }
+    }
+
+    /// Sends one request and waits for its reply. With a reconnect policy, a request
+    /// whose connection breaks first is made again on a new connection when that is
+    /// safe ([`crate::reconnect`]).
+    pub fn request(&mut self, request: &Request) -> Result<Response> {
+        let retry = Retry::new(request);
+        let mut attempt = Cow::Borrowed(request);
+        loop {
+            let policy = self.reconnect;
+            let retryable = policy.is_some() && reconnect::retry_safe(request);
+            // Requests already queued by `submit` go out first, on their own, so that a
+            // failed write of this one alone tells whether any of it reached the daemon.
+            // A failure here breaks the connection, and `queue` deals with that.
+            let _ = self.write_out();
+            let id = self.queue(&attempt)?;
+            let outcome = match self.write_out() {
+                Ok(()) => self.wait_for(id),
+                // Not a byte of it went out: it never reached the daemon, so it may be
+                // made on a new connection whatever it is.
+                Err(f) if f.written == 0 => {
+                    if policy.is_none() {
+                        return Err(Error::Disconnected(f.error));
+                    }
+                    attempt = retry.again()?;
+                    continue;
+                }
+                Err(f) => Err(Error::Disconnected(f.error)),
+            };
+            match outcome {
+                Ok(Response::Error(e)) if e.code == ErrorCode::ShuttingDown && policy.is_some() => {
+                    // The daemon is stopping and closes this connection after this reply.
+                    self.break_connection(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        e.message.clone(),
+                    ));
+                    if !retryable {
+                        return Ok(Response::Error(e));
+                    }
+                }
+                Ok(response) => return Ok(response),
+                Err(e) if retryable && e.is_connection_lost() => {}
+                Err(e) => return Err(reconnect::lost(request, e)),
+            }
+            attempt = retry.again()?;
+        }
+    }
+
+    /// Sends one request on the current connection only, and waits for its reply: for
+    /// settling a lease, which belongs to the connection `generation` that took it.
+    fn request_on(&mut self, generation: u64, request: &Request) -> Result<Response> {
+        if self.generation != generation || self.conn.is_none() {
+            return Err(lease_lost(request));
+        }
+        let _ = self.write_out();
+        if self.conn.is_none() {
+            return Err(lease_lost(request));
+        }
+        let id = self.queue(request)?;
+        match self.write_out() {
+            Ok(()) => self.wait_for(id).map_err(|e| reconnect::lost(request, e)),
+            Err(f) if f.written == 0 => Err(lease_lost(request)),
+            Err(f) => Err(reconnect::lost(request, Error::Disconnected(f.error))),
+        }
+    }
+
+    fn read_reply(&mut self) -> Result<(u64, Response)> {
+        self.flush()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(self.broken_error());
+        };
+        let frame = match conn.read_frame() {
+            Ok(frame) => frame,
+            Err(e) => {
+                let why = match &e {
+                    Error::Disconnected(io) => io::Error::new(io.kind(), io.to_string()),
+                    other => io::Error::other(other.to_string()),
+                };
+                self.break_connection(why);
+                return Err(e);
+            }
+        };
+        let response = match codec::decode_body(&frame, FrameKind::Response) {
+            Ok(response) => response,
+            Err(e) => {
+                self.break_connection(io::Error::other(format!("undecodable reply: {e}")));
+                return Err(Error::Protocol(e.to_string()));
+            }
+        };
+        if frame.request_id == 0 {
+            // A connection-level error: the daemon closes after sending it.
+            let e = match response {
+                Response::Error(e) => e.into(),
+                _ => Error::Protocol("unsolicited reply from the daemon".into()),
+            };
+            self.break_connection(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                e.to_string(),
+            ));
+            return Err(e);
+        }
+        Ok((frame.request_id, response))
     }
 
     /// Creates a mailbox; `Ok(false)` when it existed and `exist_ok` was set.
@@ -252,6 +512,7 @@ impl BlockingClient {
         let options = options.lease(lease, false);
         let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
         Ok(BlockingDelivery {
+            generation: self.generation,
             client: self,
             mailbox: name,
             message: Some(message),
@@ -311,19 +572,11 @@ impl BlockingClient {
     }
 }
 
-fn placeholder_welcome() -> Welcome {
-    Welcome {
-        version: PROTOCOL_VERSION,
-        server: String::new(),
-        max_frame: DEFAULT_MAX_FRAME,
-        max_msg_size: 0,
-        max_in_flight: 1,
-        features: Vec::new(),
-        peer: ipc_proto::Credentials {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        },
+/// The error for settling a lease whose connection is gone (see [`reconnect::lease_lost`]).
+fn lease_lost(request: &Request) -> Error {
+    match request {
+        Request::Ack { id, .. } | Request::Nack { id, .. } => reconnect::lease_lost(*id),
+        _ => Error::Protocol("only a lease is settled on its own connection".into()),
     }
 }
 
@@ -371,10 +624,14 @@ impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
 }
 
 /// A message received on a lease by a [`BlockingClient`], which it borrows until settled.
-/// Dropping it unsettled nacks it.
+/// Dropping it unsettled nacks it. The lease belongs to the connection that took it: if
+/// that connection is lost, the lease ends with it and `ack`/`nack` fail with
+/// `ErrorCode::NotLeased` at once.
 #[derive(Debug)]
 pub struct BlockingDelivery<'a> {
     client: &'a mut BlockingClient,
+    /// The connection that holds the lease: settling it anywhere else is meaningless.
+    generation: u64,
     mailbox: MailboxName,
     message: Option<Message>,
 }
@@ -391,7 +648,7 @@ impl BlockingDelivery<'_> {
             mailbox: self.mailbox.clone(),
             id,
         };
-        reply::ok(self.client.request(&request)?)
+        reply::ok(self.client.request_on(self.generation, &request)?)
     }
 
     /// Gives it back at once, to be redelivered.
@@ -401,7 +658,7 @@ impl BlockingDelivery<'_> {
             mailbox: self.mailbox.clone(),
             id,
         };
-        reply::ok(self.client.request(&request)?)
+        reply::ok(self.client.request_on(self.generation, &request)?)
     }
 }
 
@@ -420,8 +677,8 @@ impl Drop for BlockingDelivery<'_> {
                 mailbox: self.mailbox.clone(),
                 id: message.id,
             };
-            // Best effort: if the connection is broken, closing it ends the lease anyway.
-            let _ = self.client.request(&request);
+            // Best effort: if the connection is broken, that ended the lease anyway.
+            let _ = self.client.request_on(self.generation, &request);
         }
     }
 }

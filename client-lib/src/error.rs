@@ -89,6 +89,12 @@ impl Error {
     pub fn is_would_block(&self) -> bool {
         matches!(self, Error::WouldBlock(_) | Error::TimedOut(_))
     }
+
+    /// True when the connection is gone or going: it broke, or the daemon answered that
+    /// it is shutting down. A new connection may succeed (see [`crate::ReconnectPolicy`]).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Disconnected(_) | Error::ShuttingDown(_))
+    }
 }
 
 impl From<ErrorReply> for Error {

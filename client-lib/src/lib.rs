@@ -10,12 +10,18 @@
 //!
 //! Both clients offer every protocol operation with the raw bytes API; all errors are one
 //! [`Error`] enum whose variants follow the `ipcctl` exit-code table.
+//!
+//! Either client survives a daemon restart when given a [`ReconnectPolicy`]: it
+//! reconnects with backoff and makes again the requests that are safe to make again — a
+//! pending receive resumes waiting on the new daemon, a send is never sent twice. It is
+//! opt-in; [`reconnect`] says what is retried and why it is not the default.
 
 mod blocking;
 #[cfg(feature = "tokio")]
 mod client;
 mod error;
 mod options;
+pub mod reconnect;
 mod socket;
 mod typed;
 
@@ -24,6 +30,7 @@ pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox};
 pub use client::{Client, Delivery, Mailbox};
 pub use error::{Error, Result};
 pub use options::{CreateOptions, RecvOptions, SendOptions};
+pub use reconnect::ReconnectPolicy;
 pub use socket::default_socket_path;
 pub use typed::{reply, type_tag};
 
