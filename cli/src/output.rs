@@ -423,7 +423,7 @@ pub fn write_status_human(
             .collect();
         write_table(
             out,
-            ["UID", "CONNECTIONS", "MAILBOXES", "QUEUED", "IN-FLIGHT"],
+            ["UID", "CONNECTIONS", "MAILBOXES", "QUEUED", "MAX-IN-FLIGHT"],
             &table,
             style,
         )?;
@@ -757,7 +757,7 @@ mod tests {
         assert!(text.contains("uptime:      1h 2m 3s\n"), "{text}");
         assert!(
             text.ends_with(
-                "UID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\n\
+                "UID   CONNECTIONS  MAILBOXES  QUEUED          MAX-IN-FLIGHT\n\
                  1000  2/256        1/1000     1.5 KiB/64 MiB  -\n"
             ),
             "{text}"
@@ -781,7 +781,7 @@ mod tests {
              messages:    3\n\
              bytes:       120\n\
              \n\
-             UID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\n\
+             UID   CONNECTIONS  MAILBOXES  QUEUED          MAX-IN-FLIGHT\n\
              1000  2/256        1/1000     1.5 KiB/64 MiB  -\n"
         );
     }
@@ -821,7 +821,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(
-                "\n\x1b[1mUID   CONNECTIONS  MAILBOXES  QUEUED          IN-FLIGHT\x1b[0m\n"
+                "\n\x1b[1mUID   CONNECTIONS  MAILBOXES  QUEUED          MAX-IN-FLIGHT\x1b[0m\n"
             ),
             "{text:?}"
         );
