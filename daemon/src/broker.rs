@@ -155,20 +155,13 @@ impl Broker {
                 }
                 continue;
             }
-            let link = match (&self.store, d.fsync) {
-                (_, None) => None,
-                (Ok(store), Some(_)) => Some(Link {
-                    store: store.clone(),
-                    key: store.new_key(),
-                }),
-                (Err(why), Some(_)) => {
-                    tracing::error!(
-                        "declared durable mailbox {} not created: durable mailboxes are unavailable: {why}",
-                        d.name
-                    );
-                    continue;
-                }
-            };
+            if let (Err(why), Some(_)) = (&self.store, d.fsync) {
+                tracing::error!(
+                    "declared durable mailbox {} not created: durable mailboxes are unavailable: {why}",
+                    d.name
+                );
+                continue;
+            }
             let mut settings = Settings {
                 ownership: Ownership {
                     owner_uid: owner,
@@ -184,23 +177,14 @@ impl Broker {
                 default_ttl: None,
             };
             apply(&mut settings);
-            let owned = self.accounts.account(owner).force(Resource::Mailboxes, 1);
             let mut mailboxes = lock(&self.mailboxes);
             if mailboxes.contains_key(&d.name) {
                 continue;
             }
-            let mailbox = Mailbox::new(
-                d.name.clone(),
-                settings,
-                owned,
-                link,
-                self.dead_letters.clone(),
-            );
-            if let Some((store, define)) = mailbox.definition() {
-                store.record(vec![define], Fsync::Always);
-            }
+            let owned = self.accounts.account(owner).force(Resource::Mailboxes, 1);
+            // Nobody waits for the definition to be stored.
+            drop(self.insert_new(&mut mailboxes, d.name.clone(), settings, owned));
             tracing::info!(mailbox = %d.name, "declared mailbox created");
-            mailboxes.insert(d.name.clone(), mailbox);
         }
     }
 
@@ -318,26 +302,7 @@ impl Broker {
         if ms == 0 {
             return Ok(Some(None));
         }
-        Ok(Some(Some(self.duration(
-            "ttl",
-            ms,
-            self.config().max_ttl,
-        )?)))
-    }
-
-    /// `ms` as a duration of at most `max`, or an error naming `what` and the bound.
-    pub fn duration(&self, what: &str, ms: u64, max: Duration) -> OpResult<Duration> {
-        let d = Duration::from_millis(ms);
-        if d.is_zero() || d > max {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "a {what} of {ms} ms is out of range: 1 ms to max_{what} of {} ms",
-                    max.as_millis()
-                ),
-            ));
-        }
-        Ok(d)
+        Ok(Some(Some(bounded("ttl", ms, self.config().max_ttl)?)))
     }
 
     /// Creates a mailbox owned by `caller`; a durable one is answered once stored.
@@ -386,10 +351,32 @@ impl Broker {
             default_ttl: self.ttl(request.delivery.default_ttl_ms)?.flatten(),
         };
         let name = request.mailbox;
-        let link = store.map(|store| Link {
-            store: store.clone(),
-            key: store.new_key(),
-        });
+        let created = match self.insert_new(&mut mailboxes, name.clone(), settings, owned) {
+            None => Created::Now(true),
+            Some(stored) => Created::Storing(stored),
+        };
+        tracing::debug!(mailbox = %name, uid, durable = request.durable, "mailbox created");
+        Ok(created)
+    }
+
+    /// Makes and lists a new mailbox — durable if `settings.fsync` is set; callers have
+    /// checked that the store is open — its definition submitted to the store before the
+    /// mailbox is visible, so that it precedes every message of it in the log. Returns
+    /// what completes once that definition is stored.
+    fn insert_new(
+        &self,
+        mailboxes: &mut HashMap<MailboxName, Arc<Mailbox>>,
+        name: MailboxName,
+        settings: Settings,
+        owned: Charge,
+    ) -> Option<oneshot::Receiver<Stored>> {
+        let link = match (&self.store, settings.fsync) {
+            (Ok(store), Some(_)) => Some(Link {
+                store: store.clone(),
+                key: store.new_key(),
+            }),
+            _ => None,
+        };
         let mailbox = Mailbox::new(
             name.clone(),
             settings,
@@ -397,19 +384,13 @@ impl Broker {
             link,
             self.dead_letters.clone(),
         );
-        let created = match mailbox.definition() {
-            None => Created::Now(true),
-            Some((store, define)) => {
-                // Submitted before the mailbox is visible, so its definition precedes
-                // every message of it in the log.
-                let (done, stored) = completion();
-                store.submit(vec![define], Fsync::Always, done);
-                Created::Storing(stored)
-            }
-        };
-        tracing::debug!(mailbox = %name, uid, durable = request.durable, "mailbox created");
+        let stored = mailbox.definition().map(|(store, define)| {
+            let (done, stored) = completion();
+            store.submit(vec![define], Fsync::Always, done);
+            stored
+        });
         mailboxes.insert(name, mailbox);
-        Ok(created)
+        stored
     }
 
     /// Takes `mailbox` out of the table (if it is still the one the caller checked) and
@@ -492,7 +473,16 @@ impl Broker {
 
     /// One line of figures, for systemd's STATUS=.
     pub fn summary(&self) -> String {
-        let connections: u64 = self
+        let t = self.totals();
+        format!(
+            "{} connections, {} mailboxes, {} messages ({} bytes)",
+            t.connections, t.mailboxes, t.messages, t.bytes
+        )
+    }
+
+    /// What the daemon holds, summed over every uid and mailbox.
+    fn totals(&self) -> Totals {
+        let connections = self
             .accounts
             .all()
             .iter()
@@ -503,10 +493,12 @@ impl Broker {
             let (mm, bb) = mailbox.usage();
             (m + mm, b + bb)
         });
-        format!(
-            "{connections} connections, {} mailboxes, {messages} messages ({bytes} bytes)",
-            all.len()
-        )
+        Totals {
+            connections,
+            mailboxes: all.len() as u64,
+            messages,
+            bytes,
+        }
     }
 
     /// Logs the daemon's state (SIGUSR1): the totals, then one line per uid.
@@ -524,44 +516,64 @@ impl Broker {
     /// The daemon's figures; `users` holds only the caller's own uid unless it is root.
     pub fn status(&self, caller: &Caller) -> DaemonStatus {
         let limit = |n: u64| (n != u64::MAX).then_some(n);
-        let mut connections = 0;
-        let mut users = Vec::new();
-        for account in self.accounts.all() {
-            let [conns, owned, queued] = snapshot(&account);
-            connections += conns;
-            if caller.uid() != 0 && account.uid() != caller.uid() {
-                continue;
-            }
-            let quota = self.config().quota_for(account.uid());
-            users.push(UidUsage {
-                uid: account.uid(),
-                connections: conns,
-                mailboxes: owned,
-                queued_bytes: queued,
-                max_connections: limit(quota.connections),
-                max_mailboxes: limit(quota.mailboxes),
-                max_queued_bytes: limit(quota.queued_bytes),
-                max_in_flight: limit(quota.in_flight),
-            });
-        }
-        let (mut messages, mut bytes) = (0, 0);
-        let all = self.all();
-        for mailbox in &all {
-            let (m, b) = mailbox.usage();
-            messages += m;
-            bytes += b;
-        }
+        let config = self.config();
+        let users = self
+            .accounts
+            .all()
+            .into_iter()
+            .filter(|account| caller.uid() == 0 || account.uid() == caller.uid())
+            .map(|account| {
+                let [connections, mailboxes, queued_bytes] = snapshot(&account);
+                let quota = config.quota_for(account.uid());
+                UidUsage {
+                    uid: account.uid(),
+                    connections,
+                    mailboxes,
+                    queued_bytes,
+                    max_connections: limit(quota.connections),
+                    max_mailboxes: limit(quota.mailboxes),
+                    max_queued_bytes: limit(quota.queued_bytes),
+                    max_in_flight: limit(quota.in_flight),
+                }
+            })
+            .collect();
+        let totals = self.totals();
         DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            connections,
-            mailboxes: all.len() as u64,
-            messages,
-            bytes,
+            connections: totals.connections,
+            mailboxes: totals.mailboxes,
+            messages: totals.messages,
+            bytes: totals.bytes,
             users,
         }
     }
+}
+
+/// The daemon's figures: for `status`, systemd's STATUS= and SIGUSR1.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    connections: u64,
+    mailboxes: u64,
+    messages: u64,
+    bytes: u64,
+}
+
+/// `ms` as a duration of 1 ms to `max` (a TTL, delay or lease), or an error naming `what`
+/// and the bound (`max_<what>` in the configuration).
+pub fn bounded(what: &str, ms: u64, max: Duration) -> OpResult<Duration> {
+    let d = Duration::from_millis(ms);
+    if d.is_zero() || d > max {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a {what} of {ms} ms is out of range: 1 ms to max_{what} of {} ms",
+                max.as_millis()
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// A mode is permission bits only: no file type, setuid or sticky bits.

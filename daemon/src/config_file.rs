@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipc_proto::{Fsync, MailboxName};
+use ipc_proto::{Fsync, MailboxName, units};
 use serde::Deserialize;
 
 use crate::config::{Config, DeclaredMailbox, Limits, Quota};
@@ -59,32 +59,10 @@ type Text = String;
 
 impl Size {
     fn bytes(&self, key: &str) -> Result<u64, String> {
-        let text = match self {
-            Size::Bytes(n) => return Ok(*n),
-            Size::Text(t) => t.trim(),
-        };
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let shift = match unit.trim() {
-            "" => 0,
-            "K" | "k" | "KiB" => 10,
-            "M" | "MiB" => 20,
-            "G" | "GiB" => 30,
-            _ => {
-                return Err(format!(
-                    "{key}: {text:?} is not a size such as 4096, \"64M\" or \"1GiB\""
-                ));
-            }
-        };
-        number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1 << shift))
-            .ok_or_else(|| {
-                format!("{key}: {text:?} is not a size such as 4096, \"64M\" or \"1GiB\"")
-            })
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(t) => units::size(t.trim()).map_err(|e| format!("{key}: {e}")),
+        }
     }
 }
 
@@ -95,10 +73,7 @@ fn duration(text: &str, key: &str) -> Result<Duration, String> {
 }
 
 fn mode(text: &str, key: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim().trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|&m| m <= 0o777)
-        .ok_or_else(|| format!("{key}: {text:?} is not an octal mode such as \"0660\""))
+    units::mode(text.trim()).map_err(|e| format!("{key}: {e}"))
 }
 
 fn fsync(text: &str, key: &str) -> Result<Fsync, String> {

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ipc_proto::{
     ErrorCode, ErrorReply, MailboxChanges, MailboxName, Message, RecvRequest, Request, Response,
@@ -14,7 +13,7 @@ use ipc_proto::{
 };
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, Created, check_mode};
+use crate::broker::{Broker, Created, bounded, check_mode};
 use crate::mailbox::{
     Canceller, Envelope, Incoming, LeaseTerms, Mailbox, OpResult, Pending, SentId, Side, Taker,
 };
@@ -208,11 +207,11 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
     let config = broker.config();
     let ttl = req
         .ttl_ms
-        .map(|ms| broker.duration("ttl", ms, config.max_ttl))
+        .map(|ms| bounded("ttl", ms, config.max_ttl))
         .transpose()?;
     let delay = req
         .delay_ms
-        .map(|ms| broker.duration("delay", ms, config.max_delay))
+        .map(|ms| bounded("delay", ms, config.max_delay))
         .transpose()?;
     // Charged before it is offered, and held by the message — or by its waiting sender —
     // until it leaves the daemon's keeping.
@@ -239,25 +238,11 @@ fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<
                 "a peek leaves the message in place, so it cannot lease it",
             ));
         }
-        Some(lease) => {
-            let max = broker.config().max_lease;
-            let timeout = Duration::from_millis(lease.timeout_ms);
-            if timeout.is_zero() || timeout > max {
-                return Err(ErrorReply::new(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "a lease of {} ms is out of range: 1 ms to max_lease of {} ms",
-                        lease.timeout_ms,
-                        max.as_millis()
-                    ),
-                ));
-            }
-            Some(LeaseTerms {
-                timeout,
-                uid: caller.uid(),
-                book: (!lease.detached).then(|| caller.leases.clone()),
-            })
-        }
+        Some(lease) => Some(LeaseTerms {
+            timeout: bounded("lease", lease.timeout_ms, broker.config().max_lease)?,
+            uid: caller.uid(),
+            book: (!lease.detached).then(|| caller.leases.clone()),
+        }),
     };
     let taker = Taker {
         peek: req.peek,

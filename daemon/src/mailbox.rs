@@ -57,32 +57,34 @@ pub struct Envelope {
 /// The `Remove` record a durable message's delivery owes the log.
 #[derive(Debug)]
 pub struct Removal {
-    store: Store,
-    key: u64,
+    /// Shared by the mailbox and all its messages: one reference count per message, not
+    /// a store handle each.
+    link: Arc<Link>,
     id: u64,
     fsync: Fsync,
 }
 
 impl Removal {
+    fn record(&self) -> Record {
+        Record::Remove {
+            key: self.link.key,
+            id: self.id,
+        }
+    }
+
     /// Records that the message has left its mailbox for good.
     pub fn commit(self) {
-        let record = Record::Remove {
-            key: self.key,
-            id: self.id,
-        };
-        self.store.record(vec![record], self.fsync);
+        self.link.store.record(vec![self.record()], self.fsync);
     }
 
     /// As [`commit`](Self::commit), with a receiver that completes once it is stored
     /// per the mailbox's policy (an ack is answered then: an acked message must not
     /// come back after a crash).
     pub fn commit_waiting(self) -> oneshot::Receiver<Stored> {
-        let record = Record::Remove {
-            key: self.key,
-            id: self.id,
-        };
         let (done, stored) = crate::broker::completion();
-        self.store.submit(vec![record], self.fsync, done);
+        self.link
+            .store
+            .submit(vec![self.record()], self.fsync, done);
         stored
     }
 }
@@ -294,7 +296,7 @@ pub(crate) struct State {
     /// The mailbox counted against its owner's `mailboxes` quota; given back on removal.
     owner_charge: Option<Charge>,
     /// For a durable mailbox, the store and its key there.
-    link: Option<Link>,
+    link: Option<Arc<Link>>,
     /// Messages (and their bytes) accepted but still being stored: they count against
     /// the limits, and become visible once stored.
     storing: u64,
@@ -382,7 +384,7 @@ impl Mailbox {
                 next_key: 1,
                 closed: None,
                 owner_charge: Some(owner_charge),
-                link,
+                link: link.map(Arc::new),
                 storing: 0,
                 storing_bytes: 0,
                 purged_below: 0,
@@ -813,8 +815,7 @@ impl State {
     /// The removal record a durable message will owe when delivered.
     fn removal(&self, id: u64) -> Option<Removal> {
         self.link.as_ref().map(|link| Removal {
-            store: link.store.clone(),
-            key: link.key,
+            link: link.clone(),
             id,
             fsync: self.fsync(),
         })

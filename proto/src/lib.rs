@@ -12,6 +12,7 @@ pub mod frame;
 pub mod message;
 pub mod name;
 pub mod paths;
+pub mod units;
 
 pub use error::{ErrorCode, ErrorReply};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN};
