@@ -172,6 +172,8 @@ pub struct MailboxJson<'a> {
     pub default_ttl_ms: u64,
     pub expired: u64,
     pub delayed: u64,
+    /// Deadlines kept (lease ends, delayed messages, TTLs).
+    pub timers: u64,
 }
 
 impl<'a> MailboxJson<'a> {
@@ -206,6 +208,7 @@ impl<'a> MailboxJson<'a> {
             default_ttl_ms: i.default_ttl_ms,
             expired: i.expired,
             delayed: i.delayed,
+            timers: i.timers,
         }
     }
 }
@@ -316,7 +319,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// `stat` for people: `key: value` lines, with the JSON keys as the keys.
 pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<()> {
-    let rows: [(&str, String); 28] = [
+    let rows: [(&str, String); 29] = [
         ("name", i.name.to_string()),
         ("messages", i.messages.to_string()),
         ("bytes", bytes(i.bytes)),
@@ -369,6 +372,7 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
         ),
         ("expired", i.expired.to_string()),
         ("delayed", i.delayed.to_string()),
+        ("timers", i.timers.to_string()),
     ];
     write_pairs(out, &rows)
 }
@@ -624,6 +628,7 @@ mod tests {
             default_ttl_ms: 0,
             expired: 0,
             delayed: 0,
+            timers: 0,
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {
@@ -672,6 +677,7 @@ mod tests {
             "default_ttl_ms",
             "expired",
             "delayed",
+            "timers",
         ];
         expected.sort_unstable();
         assert_eq!(keys(&v), expected);
@@ -711,7 +717,7 @@ mod tests {
         assert!(text.contains("by pid 77\n"), "{text}");
         assert!(text.contains("durable:           no (memory: gone when the daemon stops)\n"));
         assert!(text.contains("max_deliveries:    no limit\n"), "{text}");
-        assert_eq!(text.lines().count(), 28);
+        assert_eq!(text.lines().count(), 29);
     }
 
     fn daemon_status() -> DaemonStatus {

@@ -13,7 +13,9 @@ use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, Mailb
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Limits};
-use crate::mailbox::{DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings};
+use crate::mailbox::{
+    DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings, headers_size,
+};
 use crate::perm::{Caller, Ownership};
 use crate::quota::{Accounts, Charge, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
@@ -30,7 +32,7 @@ pub struct Broker {
     /// Every mailbox sends its dead letters here; [`Broker::deliver_dead_letters`]
     /// takes them to their mailboxes.
     dead_letters: DeadLetters,
-    dead_letter_queue: Mutex<Option<mpsc::UnboundedReceiver<DeadLetter>>>,
+    dead_letter_queue: Mutex<Option<mpsc::Receiver<DeadLetter>>>,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -73,7 +75,7 @@ impl Broker {
     /// A broker with no mailboxes; durable ones go to `store` (or, if it could not be
     /// opened, are refused with its error).
     pub fn new(config: Config, store: Result<Store, String>) -> Self {
-        let (dead_letters, queue) = mpsc::unbounded_channel();
+        let (dead_letters, queue) = mpsc::channel(config.dead_letter_backlog.max(1));
         Self {
             config: RwLock::new(Arc::new(config)),
             mailboxes: Mutex::new(HashMap::new()),
@@ -219,11 +221,13 @@ impl Broker {
                 def.created_at,
                 def.next_id,
             );
+            let overhead = self.config().message_overhead;
             for message in messages {
+                let size = message.payload.len() as u64 + headers_size(&message.headers);
                 let charge = self
                     .accounts
                     .account(message.sender.uid)
-                    .force(Resource::QueuedBytes, message.payload.len() as u64);
+                    .force(Resource::QueuedBytes, size + overhead);
                 mailbox.restore_message(message, charge);
             }
             mailboxes.insert(def.name, mailbox);
@@ -394,15 +398,15 @@ impl Broker {
     }
 
     /// Takes `mailbox` out of the table (if it is still the one the caller checked) and
-    /// wakes its waiters with `Removed`.
-    pub fn remove(&self, mailbox: &Arc<Mailbox>) {
+    /// wakes its waiters with `Removed`. A durable one's removal completes once stored.
+    pub fn remove(&self, mailbox: &Arc<Mailbox>) -> Option<oneshot::Receiver<Stored>> {
         {
             let mut mailboxes = lock(&self.mailboxes);
             match mailboxes.get(mailbox.name()) {
                 Some(current) if Arc::ptr_eq(current, mailbox) => {
                     mailboxes.remove(mailbox.name());
                 }
-                _ => return,
+                _ => return None,
             }
         }
         mailbox.close(
@@ -411,7 +415,7 @@ impl Broker {
                 format!("mailbox {} was removed", mailbox.name()),
             ),
             true,
-        );
+        )
     }
 
     /// Delivers dead letters until the broker is dropped: each to its dead-letter
@@ -467,7 +471,8 @@ impl Broker {
     pub fn shut_down(&self) {
         self.stopping.store(true, Ordering::Release);
         for mailbox in self.all() {
-            mailbox.close(shutting_down(), false);
+            // Nothing is stored when messages stay.
+            let _ = mailbox.close(shutting_down(), false);
         }
     }
 

@@ -100,6 +100,14 @@ pub struct Config {
     /// Size at which the durable log starts a new segment; space is reclaimed a
     /// segment at a time.
     pub segment_bytes: u64,
+    /// What every queued message costs its sender's `queued_bytes` quota beyond its
+    /// payload and headers: near what the daemon spends to keep one (its envelope, index
+    /// entries and allocations), so that a uid cannot hold unbounded memory with empty
+    /// messages.
+    pub message_overhead: u64,
+    /// Dead letters waiting to be delivered to their dead-letter mailboxes; past this a
+    /// dead letter is dropped and counted on its source mailbox.
+    pub dead_letter_backlog: usize,
 }
 
 impl Config {
@@ -149,6 +157,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             segment_bytes: 64 * MIB,
+            message_overhead: 256,
+            dead_letter_backlog: 4096,
             max_lease: Duration::from_secs(24 * 60 * 60),
             max_ttl: Duration::from_secs(366 * 24 * 60 * 60),
             max_delay: Duration::from_secs(31 * 24 * 60 * 60),

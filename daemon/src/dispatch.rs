@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ipc_proto::{
-    ErrorCode, ErrorReply, MailboxChanges, MailboxName, Message, RecvRequest, Request, Response,
-    SendRequest,
+    ErrorCode, ErrorReply, MAX_CONTENT_TYPE, MailboxChanges, MailboxName, Message, RecvRequest,
+    Request, Response, SendRequest,
 };
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Created, bounded, check_mode};
 use crate::mailbox::{
     Canceller, Envelope, Incoming, LeaseTerms, Mailbox, OpResult, Pending, SentId, Side, Taker,
+    headers_size,
 };
 use crate::perm::{Access, Caller};
 use crate::quota::Resource;
@@ -95,23 +96,25 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
         )),
         Request::Set { mailbox, changes } => set(broker, caller, &mailbox, changes)
             .unwrap_or_else(|e| Reply::Now(Response::Error(e))),
-        Request::Purge { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
-            .map(|m| Response::Purged {
-                messages: m.purge(),
-            })),
-        Request::Remove { mailbox } => now(authorized(broker, caller, &mailbox, Access::Manage)
-            .map(|m| {
-                broker.remove(&m);
-                Response::Ok
-            })),
+        Request::Purge { mailbox } => {
+            match authorized(broker, caller, &mailbox, Access::Manage).map(|m| m.purge()) {
+                Ok((messages, stored)) => answer(stored, Response::Purged { messages }),
+                Err(e) => Reply::Now(Response::Error(e)),
+            }
+        }
+        Request::Remove { mailbox } => {
+            match authorized(broker, caller, &mailbox, Access::Manage).map(|m| broker.remove(&m)) {
+                Ok(stored) => answer(stored, Response::Ok),
+                Err(e) => Reply::Now(Response::Error(e)),
+            }
+        }
         Request::Status => Reply::Now(Response::Status(broker.status(caller))),
         Request::Cancel { request_id } => Reply::Cancel(request_id),
         Request::Ack { mailbox, id } => {
             match authorized(broker, caller, &mailbox, Access::Read)
                 .and_then(|m| m.ack(id, caller.uid()))
             {
-                Ok(Some(stored)) => once_stored(stored, Response::Ok),
-                Ok(None) => Reply::Now(Response::Ok),
+                Ok(stored) => answer(stored, Response::Ok),
                 Err(e) => Reply::Now(Response::Error(e)),
             }
         }
@@ -171,11 +174,16 @@ fn set(
     if let Some(charge) = moved {
         mailbox.move_owner_charge(charge);
     }
-    let response = Response::Mailbox(mailbox.info());
-    Ok(match stored {
+    Ok(answer(stored, Response::Mailbox(mailbox.info())))
+}
+
+/// Answers `response` now, or — for a durable mailbox, whose change is being stored —
+/// once it is stored.
+fn answer(stored: Option<oneshot::Receiver<Stored>>, response: Response) -> Reply {
+    match stored {
         Some(stored) => once_stored(stored, response),
         None => Reply::Now(response),
-    })
+    }
 }
 
 /// Answers `response` once the store has what it was given, or with why it could not.
@@ -203,6 +211,17 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
             format!("message type must be at least 1, not {}", req.mtype),
         ));
     }
+    if let Some(content_type) = &req.headers.content_type
+        && content_type.len() > MAX_CONTENT_TYPE
+    {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "content_type of {} bytes is longer than its bound of {MAX_CONTENT_TYPE} bytes",
+                content_type.len()
+            ),
+        ));
+    }
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
     let config = broker.config();
     let ttl = req
@@ -214,8 +233,14 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         .map(|ms| bounded("delay", ms, config.max_delay))
         .transpose()?;
     // Charged before it is offered, and held by the message — or by its waiting sender —
-    // until it leaves the daemon's keeping.
-    let charge = broker.charge(caller, Resource::QueuedBytes, req.payload.len() as u64)?;
+    // until it leaves the daemon's keeping: payload, headers, and what keeping any
+    // message costs, so that even empty messages are paid for.
+    let size = req.payload.len() as u64 + headers_size(&req.headers);
+    let charge = broker.charge(
+        caller,
+        Resource::QueuedBytes,
+        size + config.message_overhead,
+    )?;
     let incoming = Incoming {
         mtype: req.mtype,
         sender: caller.creds,

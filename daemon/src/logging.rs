@@ -71,3 +71,29 @@ mod tests {
         assert_eq!(priority(Level::DEBUG), 7);
     }
 }
+
+/// Rate-limits log lines of one cause: at most one per [`Throttle::EVERY`], each saying
+/// how many were held back since the last, so that a client cannot flood the log.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `Some(lines held back since the last one)` if a line may be logged now.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}

@@ -127,14 +127,19 @@ impl Selector {
     }
 }
 
-/// Optional message headers (SPEC §3).
+/// Longest `content_type` header, in bytes of UTF-8; the daemon refuses a longer one.
+pub const MAX_CONTENT_TYPE: usize = 255;
+
+/// Optional message headers (SPEC §3). They count with the payload against a mailbox's
+/// `max_bytes` and the sender's quota.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Headers {
     /// Where the receiver should send its answer.
     pub reply_to: Option<MailboxName>,
     /// Ties a reply to its request.
     pub correlation_id: Option<u64>,
-    /// What the payload is; the typed client puts the Rust type's tag here.
+    /// What the payload is; the typed client puts the Rust type's tag here. At most
+    /// [`MAX_CONTENT_TYPE`] bytes.
     pub content_type: Option<String>,
 }
 
@@ -371,6 +376,9 @@ pub struct MailboxInfo {
     pub expired: u64,
     /// Messages sent with a delay that are not visible yet (not in `messages`).
     pub delayed: u64,
+    /// Deadlines the mailbox keeps: lease ends, delayed messages to show, TTLs. Each
+    /// lives only as long as what it times.
+    pub timers: u64,
 }
 
 /// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited

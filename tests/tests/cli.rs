@@ -159,7 +159,11 @@ fn json_output_has_the_keys_scripts_rely_on() {
     }
     assert_eq!(stat["name"], "j");
     assert_eq!(stat["messages"], 1);
-    assert_eq!(stat["bytes"], "héllo".len());
+    // Headers count with the payload: reply-to, content type, and 8 for the correlation id.
+    assert_eq!(
+        stat["bytes"],
+        "héllo".len() + "answers".len() + "text/plain".len() + 8
+    );
     assert_eq!(stat["max_msgs"], 10);
     assert_eq!(stat["mode"], "0640");
     assert_eq!(stat["owner_uid"], u64::from(uid()));

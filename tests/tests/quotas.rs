@@ -15,6 +15,9 @@ const LIGHT: Principal<'static> = Principal::new(62002, 62002);
 fn daemon_with(quota: Quota) -> TestDaemon {
     TestDaemon::start_with(ipcd::Config {
         quota,
+        // Exact payload arithmetic below; the per-message charge has its own test in
+        // reliability.rs.
+        message_overhead: 0,
         ..ipcd::Config::default()
     })
 }

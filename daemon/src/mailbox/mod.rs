@@ -9,7 +9,9 @@
 //! [`Waiter`] future whose `Drop` deregisters it and puts back anything handed to it in
 //! the meantime, so a cancelled or timed-out receive never loses a message.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+mod waiters;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -23,9 +25,12 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::index::{Slot, TypeIndex};
+use crate::logging::Throttle;
 use crate::perm::Ownership;
 use crate::quota::Charge;
 use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage};
+
+use self::waiters::WaiterIndex;
 
 /// The result of a mailbox operation; errors are already in their wire form.
 pub type OpResult<T> = Result<T, ErrorReply>;
@@ -98,8 +103,10 @@ pub struct DeadLetter {
     pub envelope: Envelope,
 }
 
-/// Where a mailbox sends its dead letters.
-pub type DeadLetters = mpsc::UnboundedSender<DeadLetter>;
+/// Where a mailbox sends its dead letters: bounded (`dead_letter_backlog`). A mailbox
+/// offers them under its lock and cannot wait, so past the bound a dead letter is dropped
+/// and counted on its source mailbox.
+pub type DeadLetters = mpsc::Sender<DeadLetter>;
 
 /// How a receive takes its message.
 #[derive(Debug, Clone)]
@@ -168,7 +175,26 @@ struct Leased {
     book: Option<Weak<LeaseBook>>,
 }
 
+/// Bytes a message's headers take: they count with its payload against the mailbox's
+/// `max_bytes` and the sender's quota, so a message with an empty payload is not free.
+pub fn headers_size(headers: &Headers) -> u64 {
+    let name = headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
+    let content_type = headers.content_type.as_ref().map_or(0, String::len);
+    let correlation = if headers.correlation_id.is_some() {
+        8
+    } else {
+        0
+    };
+    (name + content_type + correlation) as u64
+}
+
 impl Envelope {
+    /// What the message counts for against the mailbox's `max_bytes`: payload and
+    /// headers.
+    pub fn size(&self) -> u64 {
+        self.payload.len() as u64 + headers_size(&self.headers)
+    }
+
     /// The message as offered to another mailbox (dead-lettering): same sender, type,
     /// headers and payload, still charged to its sender; a new id there.
     pub fn into_incoming(self) -> Incoming {
@@ -219,6 +245,13 @@ pub struct Incoming {
     pub delay: Option<Duration>,
 }
 
+impl Incoming {
+    /// As [`Envelope::size`].
+    pub fn size(&self) -> u64 {
+        self.payload.len() as u64 + headers_size(&self.headers)
+    }
+}
+
 /// What a `send` returns: the id the message got in the mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentId(pub u64);
@@ -266,15 +299,12 @@ pub(crate) type Handoff<T> = oneshot::Sender<OpResult<T>>;
 
 #[derive(Debug)]
 struct RecvWaiter {
-    key: u64,
-    selector: Selector,
     taker: Taker,
     tx: Handoff<Envelope>,
 }
 
 #[derive(Debug)]
 struct SendWaiter {
-    key: u64,
     incoming: Incoming,
     tx: Handoff<SentId>,
 }
@@ -283,13 +313,16 @@ struct SendWaiter {
 pub(crate) struct State {
     settings: Settings,
     queue: TypeIndex<Envelope>,
-    /// Sum of queued payload lengths.
+    /// Sum of queued messages' sizes ([`Envelope::size`]).
     bytes: u64,
     next_id: u64,
-    /// Receivers waiting for a match, in arrival order.
-    receivers: VecDeque<RecvWaiter>,
-    /// Senders waiting for room, in arrival order, each holding its message.
-    senders: VecDeque<SendWaiter>,
+    /// Receivers waiting for a match that take it, indexed by selector; their keys are
+    /// in arrival order.
+    receivers: WaiterIndex<RecvWaiter>,
+    /// Receivers waiting to peek at a match: each matching one gets a copy.
+    peekers: WaiterIndex<RecvWaiter>,
+    /// Senders waiting for room, by key (so in arrival order), each holding its message.
+    senders: BTreeMap<u64, SendWaiter>,
     next_key: u64,
     /// Set once the mailbox is removed or the daemon stops: every later wait fails so.
     closed: Option<ErrorReply>,
@@ -320,6 +353,8 @@ pub(crate) struct State {
     /// which is not a runtime thread.
     runtime: tokio::runtime::Handle,
     dead_letters: DeadLetters,
+    /// Rate-limits the lines about dead letters dropped for want of room.
+    drop_log: Throttle,
     dead_lettered: u64,
     dropped: u64,
     created_at: Timestamp,
@@ -379,8 +414,9 @@ impl Mailbox {
                 queue: TypeIndex::default(),
                 bytes: 0,
                 next_id,
-                receivers: VecDeque::new(),
-                senders: VecDeque::new(),
+                receivers: WaiterIndex::default(),
+                peekers: WaiterIndex::default(),
+                senders: BTreeMap::new(),
                 next_key: 1,
                 closed: None,
                 owner_charge: Some(owner_charge),
@@ -398,6 +434,7 @@ impl Mailbox {
                 timekeeper: None,
                 runtime: tokio::runtime::Handle::current(),
                 dead_letters,
+                drop_log: Throttle::default(),
                 dead_lettered: 0,
                 dropped: 0,
                 created_at,
@@ -475,18 +512,24 @@ impl Mailbox {
             return Pending::Ready(Err(closed.clone()));
         }
         let len = incoming.payload.len() as u64;
+        let size = incoming.size();
         let limits = state.settings.limits;
-        if len > limits.max_msg_size || len > limits.max_bytes {
-            let (what, max) = if len > limits.max_msg_size {
-                ("max_msg_size", limits.max_msg_size)
-            } else {
-                ("max_bytes", limits.max_bytes)
-            };
+        if len > limits.max_msg_size {
             return Pending::Ready(Err(op_error(
                 ErrorCode::TooLarge,
                 format!(
-                    "payload of {len} bytes exceeds {what} of {max} bytes of mailbox {}",
-                    self.name
+                    "payload of {len} bytes exceeds max_msg_size of {} bytes of mailbox {}",
+                    limits.max_msg_size, self.name
+                ),
+            )));
+        }
+        if size > limits.max_bytes {
+            return Pending::Ready(Err(op_error(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {size} bytes (payload and headers) exceeds max_bytes of {} \
+                     bytes of mailbox {}",
+                    limits.max_bytes, self.name
                 ),
             )));
         }
@@ -520,7 +563,7 @@ impl Mailbox {
         let what = full();
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
-        state.senders.push_back(SendWaiter { key, incoming, tx });
+        state.senders.insert(key, SendWaiter { incoming, tx });
         drop(state);
         Pending::Wait(Waiter::new(self.clone(), key, rx, timeout, what))
     }
@@ -545,8 +588,7 @@ impl Mailbox {
                 .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
             if expired {
                 // Due, but the timekeeper has not got to it yet: it is never delivered.
-                let envelope = state.queue.remove(slot).expect("found slot exists");
-                state.bytes -= envelope.payload.len() as u64;
+                let envelope = state.dequeue(slot);
                 state.expire(envelope, &self.name);
                 continue;
             }
@@ -557,8 +599,7 @@ impl Mailbox {
                     .map(Envelope::copy)
                     .expect("found slot exists")
             } else {
-                let envelope = state.queue.remove(slot).expect("found slot exists");
-                state.bytes -= envelope.payload.len() as u64;
+                let envelope = state.dequeue(slot);
                 let envelope = state.take(envelope, &taker);
                 state.admit_senders();
                 envelope
@@ -570,12 +611,13 @@ impl Mailbox {
             // match: it is then the oldest match, so take it straight from the sender.
             // (A durable mailbox stores a message before anyone may take it; its senders
             // get in through `admit_senders` as room appears.)
-            if let Some(i) = state
+            if let Some(key) = state
                 .senders
                 .iter()
-                .position(|w| selector.matches(w.incoming.mtype))
+                .find(|(_, w)| selector.matches(w.incoming.mtype))
+                .map(|(&key, _)| key)
             {
-                let waiter = state.senders.remove(i).expect("position is in range");
+                let waiter = state.senders.remove(&key).expect("found");
                 let envelope = state.stamp(waiter.incoming);
                 let _ = waiter.tx.send(Ok(SentId(envelope.id)));
                 return Pending::Ready(Ok(state.take(envelope, &taker)));
@@ -601,18 +643,24 @@ impl Mailbox {
         };
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
-        state.receivers.push_back(RecvWaiter {
-            key,
-            selector,
-            taker,
-            tx,
-        });
+        let waiters = if peek {
+            &mut state.peekers
+        } else {
+            &mut state.receivers
+        };
+        waiters.insert(key, selector, RecvWaiter { taker, tx });
         drop(state);
-        Pending::Wait(Waiter::new(self.clone(), key, rx, timeout, what))
+        let mut waiter = Waiter::new(self.clone(), key, rx, timeout, what);
+        // What a peek is handed is a copy: if it is not delivered, it is dropped, never
+        // put back in place of (or beside) the original.
+        waiter.copy = peek;
+        Pending::Wait(waiter)
     }
 
-    /// Drops every queued message and lets waiting senders in; returns how many went.
-    pub fn purge(&self) -> u64 {
+    /// Drops every queued message and lets waiting senders in; returns how many went and,
+    /// for a durable mailbox, what completes once the purge is stored (it is answered
+    /// then, so purged messages do not come back after a crash).
+    pub fn purge(&self) -> (u64, Option<oneshot::Receiver<Stored>>) {
         let mut state = self.lock();
         let dropped = (state.queue.len() + state.leases.len()) as u64;
         state.queue.drain().for_each(drop);
@@ -625,16 +673,18 @@ impl Mailbox {
         state.deadlines.clear();
         state.bytes = 0;
         state.purged_below = state.next_id;
-        if let Some(link) = &state.link {
+        let stored = state.link.as_ref().map(|link| {
             let record = Record::Purge {
                 key: link.key,
                 below: state.next_id,
             };
-            link.store.record(vec![record], state.fsync());
-        }
+            let (done, stored) = crate::broker::completion();
+            link.store.submit(vec![record], state.fsync(), done);
+            stored
+        });
         state.changed_at = Timestamp::now();
         state.admit_senders();
-        dropped
+        (dropped, stored)
     }
 
     /// Applies new settings (already checked by the caller) and lets senders in if the
@@ -657,15 +707,22 @@ impl Mailbox {
 
     /// Closes the mailbox for good: every waiter, now and later, gets `reason`. With
     /// `drop_messages` the queue is emptied too (removal); without, it stays for a final
-    /// flush (shutdown).
-    pub fn close(&self, reason: ErrorReply, drop_messages: bool) {
+    /// flush (shutdown). A durable mailbox's removal returns what completes once it is
+    /// stored.
+    pub fn close(
+        &self,
+        reason: ErrorReply,
+        drop_messages: bool,
+    ) -> Option<oneshot::Receiver<Stored>> {
         let mut state = self.lock();
-        for waiter in state.receivers.drain(..) {
+        let receivers = state.receivers.drain();
+        for waiter in receivers.into_iter().chain(state.peekers.drain()) {
             let _ = waiter.tx.send(Err(reason.clone()));
         }
-        for waiter in state.senders.drain(..) {
+        for (_, waiter) in std::mem::take(&mut state.senders) {
             let _ = waiter.tx.send(Err(reason.clone()));
         }
+        let mut stored = None;
         if drop_messages {
             state.queue.drain().for_each(drop);
             state.leases.clear();
@@ -675,14 +732,17 @@ impl Mailbox {
             state.bytes = 0;
             state.owner_charge = None;
             if let Some(link) = state.link.take() {
+                let (done, removed) = crate::broker::completion();
                 link.store
-                    .record(vec![Record::Drop { key: link.key }], Fsync::Always);
+                    .submit(vec![Record::Drop { key: link.key }], Fsync::Always, done);
+                stored = Some(removed);
             }
         }
         state.closed = Some(reason);
         if let Some(timekeeper) = state.timekeeper.take() {
             timekeeper.notify_one();
         }
+        stored
     }
 
     /// Settles leased message `id` for good. Root or the lease's uid only. For a durable
@@ -778,7 +838,7 @@ impl Mailbox {
             last_recv: state.last_recv,
             total_sent: state.total_sent,
             total_received: state.total_received,
-            waiting_receivers: state.receivers.len() as u64,
+            waiting_receivers: (state.receivers.len() + state.peekers.len()) as u64,
             waiting_senders: state.senders.len() as u64,
             unacked: state.leases.len() as u64,
             max_deliveries: s.max_deliveries,
@@ -790,6 +850,7 @@ impl Mailbox {
                 .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             expired: state.expired,
             delayed: state.delayed.len() as u64,
+            timers: state.deadlines.len() as u64,
         }
     }
 }
@@ -824,11 +885,7 @@ impl State {
     /// Whether `incoming` can be accepted now: there is room, or a receiver is waiting
     /// for it (a hand-over takes no room).
     fn can_accept(&self, incoming: &Incoming) -> bool {
-        self.fits(incoming.payload.len() as u64)
-            || self
-                .receivers
-                .iter()
-                .any(|w| !w.taker.peek && w.selector.matches(incoming.mtype))
+        self.fits(incoming.size()) || self.receivers.first_match(incoming.mtype).is_some()
     }
 
     /// Gives `incoming` its id and send statistics.
@@ -880,7 +937,7 @@ impl State {
             let _ = done.send(Ok(SentId(id)));
             return;
         };
-        let len = envelope.payload.len() as u64;
+        let len = envelope.size();
         self.storing += 1;
         self.storing_bytes += len;
         let record = Record::Put(StoredMessage {
@@ -942,7 +999,7 @@ impl State {
         if let Some(book) = &terms.book {
             book.add(&self.me, id, lease_no);
         }
-        self.bytes += envelope.payload.len() as u64;
+        self.bytes += envelope.size();
         self.leases.insert(
             id,
             Leased {
@@ -966,7 +1023,7 @@ impl State {
         if let Some(book) = leased.book.as_ref().and_then(Weak::upgrade) {
             book.forget(&self.me, id);
         }
-        self.bytes -= leased.envelope.payload.len() as u64;
+        self.bytes -= leased.envelope.size();
         Some(leased.envelope)
     }
 
@@ -1001,10 +1058,26 @@ impl State {
                     to: to.clone(),
                     envelope,
                 };
-                if let Err(mpsc::error::SendError(letter)) = self.dead_letters.send(letter) {
-                    // No broker to deliver it: it is dropped after all.
+                if let Err(refused) = self.dead_letters.try_send(letter) {
+                    // No broker to deliver it, or more dead letters waiting for it than
+                    // the bound: it is dropped after all, and counted.
+                    let (letter, why) = match refused {
+                        mpsc::error::TrySendError::Full(letter) => {
+                            (letter, "too many dead letters are waiting for delivery")
+                        }
+                        mpsc::error::TrySendError::Closed(letter) => {
+                            (letter, "the daemon is stopping")
+                        }
+                    };
                     self.dead_lettered -= 1;
                     self.dropped += 1;
+                    if let Some(suppressed) = self.drop_log.allow() {
+                        tracing::warn!(
+                            "dead letter {} of mailbox {name} dropped: {why} \
+                             ({suppressed} more dropped since the last such line)",
+                            letter.envelope.id
+                        );
+                    }
                     if let Some(removal) = letter.envelope.removal {
                         removal.commit();
                     }
@@ -1044,22 +1117,16 @@ impl State {
                 }
                 Timer::Visible { id } => {
                     if let Some(mut envelope) = self.delayed.remove(&id) {
-                        self.delayed_bytes -= envelope.payload.len() as u64;
+                        self.delayed_bytes -= envelope.size();
                         envelope.visible_at = None;
                         self.return_message(envelope, name);
                     }
                 }
                 Timer::Expires { id, mtype } => {
-                    let envelope = match self.queue.remove(Slot { mtype, id }) {
-                        Some(envelope) => {
-                            self.bytes -= envelope.payload.len() as u64;
-                            Some(envelope)
-                        }
-                        // Delayed past its own expiry: it expires unseen.
-                        None => self.delayed.remove(&id).inspect(|e| {
-                            self.delayed_bytes -= e.payload.len() as u64;
-                        }),
-                    };
+                    // The timer leaves with its message, so the message is queued.
+                    let envelope = self.queue.remove(Slot { mtype, id }).inspect(|e| {
+                        self.bytes -= e.size();
+                    });
                     if let Some(envelope) = envelope {
                         self.expire(envelope, name);
                     }
@@ -1092,22 +1159,24 @@ impl State {
     fn offer_or_queue(&mut self, mut envelope: Envelope) {
         if let Some(at) = envelope.visible_at.filter(|&at| at > Instant::now()) {
             let id = envelope.id;
-            self.delayed_bytes += envelope.payload.len() as u64;
+            self.delayed_bytes += envelope.size();
             self.delayed.insert(id, envelope);
             self.schedule(at, Timer::Visible { id });
             return;
         }
-        let mut i = 0;
-        while i < self.receivers.len() {
-            if !self.receivers[i].selector.matches(envelope.mtype) {
-                i += 1;
-                continue;
+        loop {
+            let taker = self.receivers.first_match(envelope.mtype);
+            // Peekers that came before the receiver that takes it see it.
+            while let Some(key) = self
+                .peekers
+                .first_match(envelope.mtype)
+                .filter(|&key| taker.is_none_or(|taker| key < taker))
+            {
+                let peeker = self.peekers.remove(key).expect("found");
+                let _ = peeker.tx.send(Ok(envelope.copy()));
             }
-            let waiter = self.receivers.remove(i).expect("index is in range");
-            if waiter.taker.peek {
-                let _ = waiter.tx.send(Ok(envelope.copy()));
-                continue;
-            }
+            let Some(key) = taker else { break };
+            let waiter = self.receivers.remove(key).expect("found");
             let id = envelope.id;
             let handed = self.take(envelope, &waiter.taker);
             match waiter.tx.send(Ok(handed)) {
@@ -1125,7 +1194,7 @@ impl State {
                 }
             }
         }
-        self.bytes += envelope.payload.len() as u64;
+        self.bytes += envelope.size();
         if let Some(at) = envelope.expires_at {
             let (id, mtype) = (envelope.id, envelope.mtype);
             self.schedule(at, Timer::Expires { id, mtype });
@@ -1133,14 +1202,26 @@ impl State {
         self.queue.insert(envelope.mtype, envelope.id, envelope);
     }
 
+    /// Takes the message at `slot` out of the queue, with its share of the bytes and its
+    /// expiry timer: a timer lives only as long as what it times.
+    fn dequeue(&mut self, slot: Slot) -> Envelope {
+        let envelope = self.queue.remove(slot).expect("slot is queued");
+        self.bytes -= envelope.size();
+        if let Some(at) = envelope.expires_at {
+            let (id, mtype) = (envelope.id, envelope.mtype);
+            self.deadlines.remove(&(at, Timer::Expires { id, mtype }));
+        }
+        envelope
+    }
+
     /// Lets waiting senders in, oldest first, while their messages can be accepted. A
     /// sender that does not fit keeps later ones waiting too, so none is starved.
     fn admit_senders(&mut self) {
-        while let Some(front) = self.senders.front() {
+        while let Some((_, front)) = self.senders.first_key_value() {
             if !self.can_accept(&front.incoming) {
                 break;
             }
-            let waiter = self.senders.pop_front().expect("front exists");
+            let (_, waiter) = self.senders.pop_first().expect("first exists");
             self.accept(waiter.incoming, waiter.tx);
         }
     }
@@ -1212,8 +1293,11 @@ pub(crate) trait Side: Sized + Send + 'static {
 
 impl Side for Envelope {
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
-        let found = state.receivers.iter().position(|w| w.key == key)?;
-        state.receivers.remove(found).map(|w| w.tx)
+        let waiter = state
+            .receivers
+            .remove(key)
+            .or_else(|| state.peekers.remove(key))?;
+        Some(waiter.tx)
     }
 
     /// A message was handed to a receiver that is gone: it goes back to where it was
@@ -1233,8 +1317,7 @@ impl Side for Envelope {
 
 impl Side for SentId {
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
-        let found = state.senders.iter().position(|w| w.key == key)?;
-        state.senders.remove(found).map(|w| w.tx)
+        state.senders.remove(&key).map(|w| w.tx)
     }
 
     /// The message was accepted; its sender just will not hear of it.
@@ -1257,6 +1340,8 @@ pub(crate) struct Waiter<T: Side> {
     /// What is being waited for, for the timeout message.
     what: String,
     finished: bool,
+    /// What this waiter is handed is a copy (a peek): undelivered, it is dropped.
+    copy: bool,
 }
 
 impl<T: Side> Waiter<T> {
@@ -1274,6 +1359,7 @@ impl<T: Side> Waiter<T> {
             timeout,
             what,
             finished: false,
+            copy: false,
         }
     }
 
@@ -1322,7 +1408,9 @@ impl<T: Side> Drop for Waiter<T> {
         let mut state = self.mailbox.lock();
         if T::deregister(&mut state, self.key).is_none() {
             // Already completed: undo the hand-over this waiter will never report.
-            if let Ok(Ok(value)) = self.rx.try_recv() {
+            if let Ok(Ok(value)) = self.rx.try_recv()
+                && !self.copy
+            {
                 T::reclaim(&mut state, value);
             }
         }
@@ -1340,8 +1428,8 @@ mod tests {
     fn mailbox(
         default_ttl: Option<Duration>,
         dead_letter: Option<&str>,
-    ) -> (Arc<Mailbox>, mpsc::UnboundedReceiver<DeadLetter>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Arc<Mailbox>, mpsc::Receiver<DeadLetter>) {
+        let (tx, rx) = mpsc::channel(16);
         let settings = Settings {
             ownership: Ownership {
                 owner_uid: 1,
@@ -1507,5 +1595,124 @@ mod tests {
         m.nack(id, 1).unwrap();
         assert!(take(&m).is_none());
         assert_eq!(m.info().expired, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_received_message_takes_its_ttl_timer_with_it() {
+        let (m, _) = mailbox(None, None);
+        for i in 0..5 {
+            send(&m, &format!("m{i}"), Some(3600), None);
+        }
+        assert_eq!(m.info().timers, 5);
+        for _ in 0..5 {
+            take(&m).expect("queued");
+        }
+        assert_eq!(m.info().timers, 0, "no timer outlives its message");
+        // Leased, it has a lease timer only; back in the queue, its TTL timer again.
+        let id = send(&m, "leased", Some(3600), None);
+        let taker = Taker {
+            peek: false,
+            pid: 1,
+            lease: Some(LeaseTerms {
+                timeout: Duration::from_secs(60),
+                uid: 1,
+                book: None,
+            }),
+        };
+        let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
+            panic!("leased");
+        };
+        assert_eq!(m.info().timers, 1);
+        m.nack(id, 1).unwrap();
+        assert_eq!(m.info().timers, 1);
+        m.purge();
+        assert_eq!(m.info().timers, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peek_copy_whose_waiter_is_gone_is_dropped_not_put_back() {
+        let (m, _) = mailbox(None, None);
+        let peeker = Taker {
+            peek: true,
+            pid: 1,
+            lease: None,
+        };
+        let Pending::Wait(waiter) = m.recv(Selector::Any, peeker, Wait::Forever) else {
+            panic!("nothing to peek at yet");
+        };
+        send(&m, "only", None, None);
+        // The peeker was handed a copy, but goes away without reading it.
+        drop(waiter);
+        assert_eq!(m.info().messages, 1, "the original stays, and only it");
+        assert_eq!(&take(&m).unwrap().payload[..], b"only");
+        assert!(take(&m).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_count_against_max_bytes() {
+        let (m, _) = mailbox(None, None);
+        let incoming = |content_type: usize| Incoming {
+            mtype: 1,
+            sender: Credentials {
+                pid: 1,
+                uid: 1,
+                gid: 1,
+            },
+            headers: Headers {
+                content_type: Some("x".repeat(content_type)),
+                ..Headers::default()
+            },
+            payload: Bytes::new(),
+            charge: None,
+            ttl: None,
+            delay: None,
+        };
+        // max_bytes is 1000: two 400-byte header sets fit, a third does not.
+        for _ in 0..2 {
+            assert!(matches!(
+                m.send(incoming(400), Wait::NoWait),
+                Pending::Ready(Ok(_))
+            ));
+        }
+        assert_eq!(m.info().bytes, 800);
+        let Pending::Ready(Err(full)) = m.send(incoming(400), Wait::NoWait) else {
+            panic!("over max_bytes");
+        };
+        assert_eq!(full.code, ErrorCode::WouldBlock);
+        let Pending::Ready(Err(large)) = m.send(incoming(1001), Wait::NoWait) else {
+            panic!("larger than max_bytes");
+        };
+        assert_eq!(large.code, ErrorCode::TooLarge);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_goes_to_the_oldest_matching_receiver_past_any_number_that_never_match() {
+        let (m, _) = mailbox(None, None);
+        let taker = || Taker {
+            peek: false,
+            pid: 1,
+            lease: None,
+        };
+        let mut parked = Vec::new();
+        for t in 2..1000 {
+            let Pending::Wait(w) = m.recv(Selector::Type(t), taker(), Wait::Forever) else {
+                panic!("waits");
+            };
+            parked.push(w);
+        }
+        let Pending::Wait(first) = m.recv(Selector::AtMost(1), taker(), Wait::Forever) else {
+            panic!("waits");
+        };
+        let Pending::Wait(second) = m.recv(Selector::Any, taker(), Wait::Forever) else {
+            panic!("waits");
+        };
+        assert_eq!(m.info().waiting_receivers, 1000);
+        send(&m, "one", None, None);
+        send(&m, "two", None, None);
+        assert_eq!(&first.wait().await.unwrap().payload[..], b"one");
+        assert_eq!(&second.wait().await.unwrap().payload[..], b"two");
+        drop(parked);
+        assert_eq!(m.info().waiting_receivers, 0);
+        assert_eq!(m.info().messages, 0);
     }
 }

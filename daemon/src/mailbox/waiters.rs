@@ -1,0 +1,405 @@
+//! Waiting receivers indexed by their selector, so that handing a new message over finds
+//! the oldest waiter whose selector matches its type in `O(log n)`, however many others
+//! wait with selectors that do not match.
+//!
+//! A waiter is known by its key, which the mailbox hands out in arrival order, so "oldest"
+//! is "smallest key". Each selector kind keeps what answers "the smallest key whose
+//! selector matches type `m`" quickly:
+//! - `Any`: one ordered set — its first key.
+//! - `Type(t)`: a set per `t` — the first key of the set of `m`.
+//! - `Except(t)`: a set per `t`, plus the sets' first keys in one ordered set. The answer
+//!   is the first head whose `t` is not `m`: at most the first two heads.
+//! - `AtMost(t)`: a set per bound `t`, plus a treap over the bounds whose nodes carry the
+//!   smallest head key in their subtree: the smallest head among bounds `>= m` is one
+//!   walk down the tree.
+//!
+//! Removing a waiter (handed a message, timed out, cancelled) is `O(log n)` too.
+
+use std::collections::{BTreeSet, HashMap};
+
+use ipc_proto::Selector;
+
+/// Waiters of type `W`, each under a unique key given in increasing arrival order.
+#[derive(Debug)]
+pub struct WaiterIndex<W> {
+    waiters: HashMap<u64, (Selector, W)>,
+    any: BTreeSet<u64>,
+    exact: HashMap<i64, BTreeSet<u64>>,
+    except: HashMap<i64, BTreeSet<u64>>,
+    /// `(first key, t)` of every non-empty `except` set.
+    except_heads: BTreeSet<(u64, i64)>,
+    at_most: HashMap<i64, BTreeSet<u64>>,
+    /// Bound → first key of that bound's `at_most` set, with subtree minima.
+    at_most_heads: Treap,
+}
+
+impl<W> Default for WaiterIndex<W> {
+    fn default() -> Self {
+        Self {
+            waiters: HashMap::new(),
+            any: BTreeSet::new(),
+            exact: HashMap::new(),
+            except: HashMap::new(),
+            except_heads: BTreeSet::new(),
+            at_most: HashMap::new(),
+            at_most_heads: Treap::default(),
+        }
+    }
+}
+
+impl<W> WaiterIndex<W> {
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Adds a waiter; `key` must be unused.
+    pub fn insert(&mut self, key: u64, selector: Selector, waiter: W) {
+        let old = self.waiters.insert(key, (selector, waiter));
+        debug_assert!(old.is_none(), "waiter key {key} reused");
+        match selector {
+            Selector::Any => {
+                self.any.insert(key);
+            }
+            Selector::Type(t) => {
+                self.exact.entry(t).or_default().insert(key);
+            }
+            Selector::Except(t) => {
+                let set = self.except.entry(t).or_default();
+                let before = set.first().copied();
+                set.insert(key);
+                let after = set.first().copied();
+                reseat(&mut self.except_heads, t, before, after);
+            }
+            Selector::AtMost(t) => {
+                let set = self.at_most.entry(t).or_default();
+                let before = set.first().copied();
+                set.insert(key);
+                if before != set.first().copied() {
+                    self.at_most_heads
+                        .set(t, *set.first().expect("just inserted"));
+                }
+            }
+        }
+    }
+
+    /// Takes out the waiter `key`, if it is still here.
+    pub fn remove(&mut self, key: u64) -> Option<W> {
+        let (selector, waiter) = self.waiters.remove(&key)?;
+        match selector {
+            Selector::Any => {
+                self.any.remove(&key);
+            }
+            Selector::Type(t) => remove_from(&mut self.exact, t, key),
+            Selector::Except(t) => {
+                let set = self.except.get_mut(&t).expect("indexed");
+                let before = set.first().copied();
+                set.remove(&key);
+                let after = set.first().copied();
+                if after.is_none() {
+                    self.except.remove(&t);
+                }
+                reseat(&mut self.except_heads, t, before, after);
+            }
+            Selector::AtMost(t) => {
+                let set = self.at_most.get_mut(&t).expect("indexed");
+                let before = set.first().copied();
+                set.remove(&key);
+                let after = set.first().copied();
+                match after {
+                    None => {
+                        self.at_most.remove(&t);
+                        self.at_most_heads.remove(t);
+                    }
+                    Some(head) if Some(head) != before => self.at_most_heads.set(t, head),
+                    Some(_) => {}
+                }
+            }
+        }
+        Some(waiter)
+    }
+
+    /// The key of the oldest waiter whose selector matches a message of type `mtype`.
+    pub fn first_match(&self, mtype: i64) -> Option<u64> {
+        let any = self.any.first().copied();
+        let exact = self.exact.get(&mtype).and_then(|s| s.first().copied());
+        let except = self
+            .except_heads
+            .iter()
+            .take(2)
+            .find(|&&(_, t)| t != mtype)
+            .map(|&(key, _)| key);
+        let at_most = self.at_most_heads.min_from(mtype);
+        [any, exact, except, at_most].into_iter().flatten().min()
+    }
+
+    /// Removes and returns every waiter, oldest first.
+    pub fn drain(&mut self) -> Vec<W> {
+        let mut all: Vec<_> = std::mem::take(&mut self.waiters).into_iter().collect();
+        all.sort_unstable_by_key(|(key, _)| *key);
+        *self = Self::default();
+        all.into_iter().map(|(_, (_, w))| w).collect()
+    }
+}
+
+fn remove_from(sets: &mut HashMap<i64, BTreeSet<u64>>, t: i64, key: u64) {
+    if let Some(set) = sets.get_mut(&t) {
+        set.remove(&key);
+        if set.is_empty() {
+            sets.remove(&t);
+        }
+    }
+}
+
+/// Keeps `(head, t)` in `heads` in step with the first key of `t`'s set.
+fn reseat(heads: &mut BTreeSet<(u64, i64)>, t: i64, before: Option<u64>, after: Option<u64>) {
+    if before == after {
+        return;
+    }
+    if let Some(old) = before {
+        heads.remove(&(old, t));
+    }
+    if let Some(new) = after {
+        heads.insert((new, t));
+    }
+}
+
+/// A treap keyed by `i64` whose values are `u64` and whose nodes know the smallest value
+/// in their subtree: "the smallest value among keys `>= k`" in one walk down.
+#[derive(Debug)]
+struct Treap {
+    root: Link,
+    /// For node priorities (xorshift64): a treap needs them random only with respect to
+    /// the keys, which a client chooses.
+    seed: u64,
+}
+
+type Link = Option<Box<Node>>;
+
+#[derive(Debug)]
+struct Node {
+    key: i64,
+    value: u64,
+    priority: u64,
+    /// Smallest value in this subtree.
+    min: u64,
+    left: Link,
+    right: Link,
+}
+
+impl Default for Treap {
+    fn default() -> Self {
+        // Seeded from the address space layout and the clock: nothing a client sees.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let local = 0u8;
+        let seed = clock ^ (&raw const local as u64).rotate_left(32) | 1;
+        Self { root: None, seed }
+    }
+}
+
+impl Node {
+    fn update(&mut self) {
+        self.min = [
+            Some(self.value),
+            self.left.as_ref().map(|n| n.min),
+            self.right.as_ref().map(|n| n.min),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("a node has a value");
+    }
+}
+
+/// Splits `link` into keys `< key` and keys `>= key`.
+fn split(link: Link, key: i64) -> (Link, Link) {
+    let Some(mut node) = link else {
+        return (None, None);
+    };
+    if node.key < key {
+        let (mid, right) = split(node.right.take(), key);
+        node.right = mid;
+        node.update();
+        (Some(node), right)
+    } else {
+        let (left, mid) = split(node.left.take(), key);
+        node.left = mid;
+        node.update();
+        (left, Some(node))
+    }
+}
+
+/// Joins two treaps, every key of `left` below every key of `right`.
+fn merge(left: Link, right: Link) -> Link {
+    match (left, right) {
+        (None, r) => r,
+        (l, None) => l,
+        (Some(mut l), Some(mut r)) => {
+            if l.priority > r.priority {
+                l.right = merge(l.right.take(), Some(r));
+                l.update();
+                Some(l)
+            } else {
+                r.left = merge(Some(l), r.left.take());
+                r.update();
+                Some(r)
+            }
+        }
+    }
+}
+
+impl Treap {
+    fn next_priority(&mut self) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    /// Sets `key`'s value, inserting it if absent.
+    fn set(&mut self, key: i64, value: u64) {
+        if set_in(&mut self.root, key, value) {
+            return;
+        }
+        let node = Box::new(Node {
+            key,
+            value,
+            priority: self.next_priority(),
+            min: value,
+            left: None,
+            right: None,
+        });
+        let (below, rest) = split(self.root.take(), key);
+        self.root = merge(merge(below, Some(node)), rest);
+    }
+
+    fn remove(&mut self, key: i64) {
+        let (below, rest) = split(self.root.take(), key);
+        let (_, above) = split(rest, key.saturating_add(1));
+        let above = if key == i64::MAX { None } else { above };
+        self.root = merge(below, above);
+    }
+
+    /// The smallest value among keys `>= key`.
+    fn min_from(&self, key: i64) -> Option<u64> {
+        let mut best: Option<u64> = None;
+        let mut link = &self.root;
+        while let Some(node) = link {
+            if node.key < key {
+                link = &node.right;
+            } else {
+                let right = node.right.as_ref().map(|n| n.min);
+                best = [best, Some(node.value), right].into_iter().flatten().min();
+                link = &node.left;
+            }
+        }
+        best
+    }
+}
+
+/// Updates `key`'s value where it already is, fixing the minima on the way back up;
+/// returns whether it was there.
+fn set_in(link: &mut Link, key: i64, value: u64) -> bool {
+    let Some(node) = link else { return false };
+    let found = match key.cmp(&node.key) {
+        std::cmp::Ordering::Equal => {
+            node.value = value;
+            true
+        }
+        std::cmp::Ordering::Less => set_in(&mut node.left, key, value),
+        std::cmp::Ordering::Greater => set_in(&mut node.right, key, value),
+    };
+    if found {
+        node.update();
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn selector() -> impl Strategy<Value = Selector> {
+        // Few distinct types, so that selectors collide and match often.
+        prop_oneof![
+            Just(Selector::Any),
+            (1i64..6).prop_map(Selector::Type),
+            (1i64..6).prop_map(Selector::Except),
+            (1i64..6).prop_map(Selector::AtMost),
+            Just(Selector::AtMost(i64::MAX)),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(Selector),
+        Remove(usize),
+        Offer(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => selector().prop_map(Op::Add),
+            1 => any::<usize>().prop_map(Op::Remove),
+            2 => (1i64..7).prop_map(Op::Offer),
+        ]
+    }
+
+    proptest! {
+        /// The index answers exactly what a scan of the waiters in arrival order would.
+        #[test]
+        fn the_index_agrees_with_a_fifo_scan(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut index = WaiterIndex::default();
+            let mut model: Vec<(u64, Selector)> = Vec::new();
+            let mut next = 1;
+            for op in ops {
+                match op {
+                    Op::Add(selector) => {
+                        index.insert(next, selector, next);
+                        model.push((next, selector));
+                        next += 1;
+                    }
+                    Op::Remove(i) if !model.is_empty() => {
+                        let (key, _) = model.remove(i % model.len());
+                        prop_assert_eq!(index.remove(key), Some(key));
+                        prop_assert_eq!(index.remove(key), None);
+                    }
+                    Op::Remove(_) => {}
+                    Op::Offer(mtype) => {
+                        let want = model.iter().find(|(_, s)| s.matches(mtype)).map(|w| w.0);
+                        prop_assert_eq!(index.first_match(mtype), want);
+                        if let Some(key) = want {
+                            index.remove(key);
+                            model.retain(|w| w.0 != key);
+                        }
+                    }
+                }
+                prop_assert_eq!(index.len(), model.len());
+            }
+            let drained = index.drain();
+            prop_assert_eq!(drained, model.iter().map(|w| w.0).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn many_waiters_that_never_match_are_passed_over() {
+        let mut index = WaiterIndex::default();
+        let mut key = 0;
+        for t in 1..=10_000 {
+            key += 1;
+            index.insert(key, Selector::Type(t), ());
+            key += 1;
+            index.insert(key, Selector::AtMost(t), ());
+            key += 1;
+            index.insert(key, Selector::Except(7), ());
+        }
+        // Type 7: Type(7) has key 19; AtMost(7) (key 20) is younger, AtMost(1..6) are too
+        // low and every Except waiter excludes 7.
+        assert_eq!(index.first_match(7), Some(3 * 6 + 1));
+        assert_eq!(index.first_match(1), Some(1));
+        assert_eq!(index.first_match(20_000), Some(3));
+        assert_eq!(index.first_match(i64::MAX), Some(3));
+    }
+}
