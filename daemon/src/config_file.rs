@@ -166,6 +166,8 @@ struct QuotaTable {
     mailboxes: Option<u64>,
     queued_bytes: Option<Size>,
     in_flight: Option<u64>,
+    /// What each queued message costs beyond its payload and headers (every uid).
+    message_overhead: Option<Size>,
     #[serde(default)]
     uid: BTreeMap<String, QuotaFile>,
 }
@@ -186,6 +188,7 @@ struct ConnectionsFile {
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     segment_bytes: Option<Size>,
+    dead_letter_backlog: Option<usize>,
 }
 
 /// `[[mailbox]]`: a mailbox that exists whenever the daemon runs.
@@ -261,6 +264,9 @@ impl File {
             in_flight: q.in_flight,
         }
         .apply(config.quota, "quota")?;
+        if let Some(s) = &q.message_overhead {
+            config.message_overhead = s.bytes("quota.message_overhead")?;
+        }
         for (uid, quota) in &self.quota.uid {
             let key = format!("quota.uid.{uid}");
             let n: u32 = uid
@@ -302,6 +308,9 @@ impl File {
         }
         if let Some(s) = &self.store.segment_bytes {
             config.segment_bytes = s.bytes("store.segment_bytes")?.max(64 * 1024);
+        }
+        if let Some(n) = self.store.dead_letter_backlog {
+            config.dead_letter_backlog = n.max(1);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.mailboxes.into_iter().enumerate() {
@@ -398,6 +407,7 @@ mod tests {
             [quota]
             connections = 10
             queued_bytes = "1G"
+            message_overhead = 512
             [quota.uid.1000]
             mailboxes = 3
             [quota.uid.0]
@@ -407,6 +417,7 @@ mod tests {
             handshake_timeout = "2s"
             [store]
             segment_bytes = "1M"
+            dead_letter_backlog = 10
             [[mailbox]]
             name = "jobs"
             mode = "0660"
@@ -447,6 +458,10 @@ mod tests {
         );
         assert_eq!(config.handshake_timeout, Duration::from_secs(2));
         assert_eq!(config.segment_bytes, 1 << 20);
+        assert_eq!(
+            (config.message_overhead, config.dead_letter_backlog),
+            (512, 10)
+        );
         let jobs = &config.declared[0];
         assert_eq!(
             (jobs.mode, jobs.owner, jobs.group),

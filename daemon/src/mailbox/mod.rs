@@ -1715,4 +1715,26 @@ mod tests {
         assert_eq!(m.info().waiting_receivers, 0);
         assert_eq!(m.info().messages, 0);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_letters_past_the_backlog_are_dropped_and_counted() {
+        // The test mailbox's dead-letter channel holds 16, and nothing delivers them.
+        let (m, mut dead) = mailbox(None, Some("dead"));
+        m.update(|s| s.limits.max_msgs = 100);
+        for i in 0..20 {
+            send(&m, &format!("m{i}"), Some(1), None);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        let info = m.info();
+        assert_eq!(
+            (info.expired, info.dead_lettered, info.dropped),
+            (20, 16, 4)
+        );
+        let mut waiting = 0;
+        while dead.try_recv().is_ok() {
+            waiting += 1;
+        }
+        assert_eq!(waiting, 16);
+    }
 }
