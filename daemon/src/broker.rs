@@ -13,6 +13,7 @@ use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, Mailb
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Limits};
+use crate::logging::Throttle;
 use crate::mailbox::{
     DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings, headers_size,
 };
@@ -328,15 +329,14 @@ impl Broker {
         let mode = check_mode(request.mode.unwrap_or(config.default_mode))?;
         let limits = self.limits(config.default_limits, &request.limits)?;
         let mut mailboxes = lock(&self.mailboxes);
-        if mailboxes.contains_key(&request.mailbox) {
-            return if request.exist_ok {
-                Ok(Created::Now(false))
-            } else {
-                Err(ErrorReply::new(
+        if let Some(existing) = mailboxes.get(&request.mailbox) {
+            if !request.exist_ok {
+                return Err(ErrorReply::new(
                     ErrorCode::Exists,
                     format!("mailbox {} already exists", request.mailbox),
-                ))
-            };
+                ));
+            }
+            return existing_fits(caller, existing, &request, mode).map(|()| Created::Now(false));
         }
         let owned = self.charge(caller, Resource::Mailboxes, 1)?;
         let (uid, gid) = (caller.creds.uid, caller.creds.gid);
@@ -419,17 +419,22 @@ impl Broker {
     }
 
     /// Delivers dead letters until the broker is dropped: each to its dead-letter
-    /// mailbox if that exists and has room, else dropped with a log line. The source's
-    /// removal is recorded after the dead-letter mailbox has the message, so a crash in
-    /// between can duplicate it but never lose it.
+    /// mailbox if that exists, its route's owner may write to it now, and it has room;
+    /// else the letter is dropped, counted on its source mailbox, and logged (at most one
+    /// line per [`Throttle::EVERY`], with a count of the rest). The source's removal is
+    /// recorded after the dead-letter mailbox has the message, so a crash in between can
+    /// duplicate it but never lose it.
     pub async fn deliver_dead_letters(self: Arc<Self>) {
         let Some(mut queue) = lock(&self.dead_letter_queue).take() else {
             return;
         };
         let broker = Arc::downgrade(&self);
         drop(self);
+        let mut log = Throttle::default();
         while let Some(DeadLetter {
             from,
+            source,
+            route_owner,
             to,
             mut envelope,
         }) = queue.recv().await
@@ -441,6 +446,12 @@ impl Broker {
             let id = envelope.id;
             let refused = match broker.get(&to) {
                 Err(_) => Some(format!("mailbox {to} does not exist")),
+                Ok(target) if !target.settings().ownership.allows_route(route_owner) => {
+                    Some(format!(
+                        "uid {} (owner of {from}) may not send to {to}",
+                        route_owner.uid
+                    ))
+                }
                 Ok(target) => {
                     match target.send(envelope.into_incoming(), ipc_proto::Wait::NoWait) {
                         Pending::Ready(Err(e)) => Some(e.message),
@@ -450,9 +461,15 @@ impl Broker {
                 }
             };
             if let Some(why) = refused {
-                tracing::warn!(
-                    "dead letter {id} of mailbox {from} dropped: dead-letter mailbox {to} refused it: {why}"
-                );
+                if let Some(source) = source.upgrade() {
+                    source.dead_letter_dropped();
+                }
+                if let Some(suppressed) = log.allow() {
+                    tracing::warn!(
+                        "dead letter {id} of mailbox {from} dropped: {why} \
+                         ({suppressed} more dropped since the last such line)"
+                    );
+                }
             }
             if let Some(removal) = removal {
                 removal.commit();
@@ -563,6 +580,64 @@ struct Totals {
     mailboxes: u64,
     messages: u64,
     bytes: u64,
+}
+
+/// Whether `existing` is what a `create --exist-ok` asked for: owned by the caller (or
+/// the caller is root), of the asked durability, and with every setting the request
+/// names explicitly. Otherwise the create fails, naming the owner and what differs, so
+/// that nobody goes on to use a mailbox that is not the one they meant.
+fn existing_fits(
+    caller: &Caller,
+    existing: &Mailbox,
+    request: &CreateRequest,
+    mode: u32,
+) -> OpResult<()> {
+    let s = existing.settings();
+    let own = s.ownership;
+    let mut differs = Vec::new();
+    if caller.uid() != 0 && caller.uid() != own.owner_uid {
+        differs.push(format!(
+            "it is owned by uid {}, not {}",
+            own.owner_uid,
+            caller.uid()
+        ));
+    }
+    let kind = |durable: bool| if durable { "durable" } else { "memory" };
+    if s.fsync.is_some() != request.durable {
+        differs.push(format!(
+            "it is a {} mailbox, not {}",
+            kind(s.fsync.is_some()),
+            kind(request.durable)
+        ));
+    } else if let (Some(asked), Some(has)) = (request.fsync, s.fsync)
+        && asked != has
+    {
+        differs.push(format!("its fsync policy is {has}, not {asked}"));
+    }
+    if request.mode.is_some() && mode != own.mode {
+        differs.push(format!("its mode is {:04o}, not {mode:04o}", own.mode));
+    }
+    let l = &request.limits;
+    for (what, asked, has) in [
+        ("max_msgs", l.max_msgs, s.limits.max_msgs),
+        ("max_bytes", l.max_bytes, s.limits.max_bytes),
+        ("max_msg_size", l.max_msg_size, s.limits.max_msg_size),
+    ] {
+        if let Some(asked) = asked.filter(|&asked| asked != has) {
+            differs.push(format!("its {what} is {has}, not {asked}"));
+        }
+    }
+    if differs.is_empty() {
+        return Ok(());
+    }
+    Err(ErrorReply::new(
+        ErrorCode::Exists,
+        format!(
+            "mailbox {} already exists and is not what was asked: {}",
+            existing.name(),
+            differs.join("; ")
+        ),
+    ))
 }
 
 /// `ms` as a duration of 1 ms to `max` (a TTL, delay or lease), or an error naming `what`

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ipc_proto::{
     ErrorCode, ErrorReply, MAX_CONTENT_TYPE, MailboxChanges, MailboxName, Message, RecvRequest,
-    Request, Response, SendRequest,
+    Request, Response, Selector, SendRequest,
 };
 use tokio::sync::oneshot;
 
@@ -142,6 +142,23 @@ fn set(
         // another user's quota pay for it.
         return Err(denied(caller, &mailbox, "give away"));
     }
+    let current_gid = mailbox.settings().ownership.owner_gid;
+    if let Some(gid) = changes.owner_gid.filter(|&gid| gid != current_gid)
+        && caller.uid() != 0
+        && !caller.in_group(gid)
+    {
+        // Like chown(2): an owner may hand the group only to a group it is in, or it
+        // could open its mailbox to a group that never asked for it.
+        return Err(ErrorReply::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "permission denied: uid {} may give mailbox {} only to a group it is in, \
+                 not gid {gid}",
+                caller.uid(),
+                mailbox.name()
+            ),
+        ));
+    }
     // Root imposes the charge on the new owner, over its quota or not.
     check_dead_letter(broker, caller, name, changes.delivery.dead_letter.as_ref())?;
     let default_ttl = broker.ttl(changes.delivery.default_ttl_ms)?;
@@ -254,6 +271,7 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
 }
 
 fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<Envelope>> {
+    check_selector(req.selector)?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
     let lease = match req.lease {
         None => None,
@@ -275,6 +293,23 @@ fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<
         lease,
     };
     Ok(mailbox.recv(req.selector, taker, req.wait))
+}
+
+/// Refuses a selector that can never be satisfied (message types start at 1), or that
+/// would be read as something else, rather than letting the receive wait for ever.
+fn check_selector(selector: Selector) -> OpResult<()> {
+    let why = match selector {
+        Selector::Any => return Ok(()),
+        Selector::Type(t) if t < 1 => format!("type {t} can never match: message types start at 1"),
+        Selector::AtMost(t) if t < 1 => {
+            format!("types up to {t} can never match: message types start at 1")
+        }
+        Selector::Except(t) if t < 1 => {
+            format!("--except needs a positive type, not {t}")
+        }
+        Selector::Type(_) | Selector::AtMost(_) | Selector::Except(_) => return Ok(()),
+    };
+    Err(ErrorReply::new(ErrorCode::InvalidArgument, why))
 }
 
 /// A dead-letter mailbox must not be the mailbox itself, and, if it exists, the caller

@@ -273,7 +273,7 @@ impl Peer {
             // The frame was whole, so the stream is still in step: refuse this request
             // only.
             Err(e) => {
-                let error = ErrorReply::new(ErrorCode::BadRequest, e.to_string());
+                let error = ErrorReply::new(e.code(), e.to_string());
                 return self
                     .queue(Outgoing::Reply(id, Response::Error(error)))
                     .await;

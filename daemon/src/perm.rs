@@ -85,6 +85,14 @@ pub enum Access {
     Manage,
 }
 
+/// Whose authority a route (a dead letter on its way) carries: its source mailbox's
+/// owner at the moment the message was routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Ownership and mode of one mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ownership {
@@ -96,21 +104,40 @@ pub struct Ownership {
 }
 
 impl Ownership {
+    /// The authority of routes out of a mailbox with this ownership.
+    pub fn route_owner(&self) -> RouteOwner {
+        RouteOwner {
+            uid: self.owner_uid,
+            gid: self.owner_gid,
+        }
+    }
+
     /// Whether `caller` may perform an operation needing `access`. Like the kernel's
     /// `ipcperms`: the owner or creator uses the owner bits, a member (by primary or
     /// supplementary group) of the owning or creating group the group bits, everyone else
     /// the other bits; root passes every check.
     pub fn allows(&self, caller: &Caller, access: Access) -> bool {
-        if caller.uid() == 0 {
+        self.allows_ids(caller.uid(), |gid| caller.in_group(gid), access)
+    }
+
+    /// Whether the owner of a route (a dead-letter mailbox's source) may write here: the
+    /// route acts as the source mailbox's owner uid and group. Its supplementary groups
+    /// are not known to the daemon unless that user is connected, so they do not count.
+    pub fn allows_route(&self, route: RouteOwner) -> bool {
+        self.allows_ids(route.uid, |gid| gid == route.gid, Access::Write)
+    }
+
+    fn allows_ids(&self, uid: u32, in_group: impl Fn(u32) -> bool, access: Access) -> bool {
+        if uid == 0 {
             return true;
         }
-        let is_owner = caller.uid() == self.owner_uid || caller.uid() == self.creator_uid;
+        let is_owner = uid == self.owner_uid || uid == self.creator_uid;
         if access == Access::Manage {
             return is_owner;
         }
         let bits = if is_owner {
             self.mode >> 6
-        } else if caller.in_group(self.owner_gid) || caller.in_group(self.creator_gid) {
+        } else if in_group(self.owner_gid) || in_group(self.creator_gid) {
             self.mode >> 3
         } else {
             self.mode

@@ -9,6 +9,7 @@ use bytes::{BufMut, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::frame::{Frame, FrameKind, HEADER_LEN, Header};
+use crate::name::NameError;
 
 /// A body that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,10 @@ pub enum CodecError {
         what: &'static str,
         source: postcard::Error,
     },
+    #[error("{0}")]
+    InvalidName(#[from] NameError),
+    #[error("cannot decode {what}: {extra} bytes after its end")]
+    TrailingBytes { what: &'static str, extra: usize },
     #[error("encoded frame body is {len} bytes, more than the maximum of {max}")]
     TooLarge { len: usize, max: u32 },
     #[error("expected a {expected:?} frame, got {got:?}")]
@@ -75,10 +80,48 @@ pub fn decode_body<T: DeserializeOwned>(
             got: frame.kind,
         });
     }
-    postcard::from_bytes(&frame.body).map_err(|source| CodecError::Decode {
-        what: kind_name(expected),
-        source,
-    })
+    LAST_NAME_ERROR.set(None);
+    let (body, rest) = postcard::take_from_bytes(&frame.body).map_err(|source| {
+        // A body that is well formed but for a bad mailbox name says what is wrong with
+        // the name.
+        match (source, LAST_NAME_ERROR.take()) {
+            (postcard::Error::SerdeDeCustom, Some(name)) => CodecError::InvalidName(name),
+            (source, _) => CodecError::Decode {
+                what: kind_name(expected),
+                source,
+            },
+        }
+    })?;
+    if !rest.is_empty() {
+        // A body is exactly one value: anything after it means the sender and this side
+        // disagree about the format, and guessing would be worse than refusing.
+        return Err(CodecError::TrailingBytes {
+            what: kind_name(expected),
+            extra: rest.len(),
+        });
+    }
+    Ok(body)
+}
+
+thread_local! {
+    /// Why the last mailbox name decoded on this thread was refused: the format's own
+    /// error type drops the reason, and decoding is synchronous, so it is passed here.
+    static LAST_NAME_ERROR: std::cell::Cell<Option<NameError>> =
+        const { std::cell::Cell::new(None) };
+}
+
+pub(crate) fn note_name_error(error: NameError) {
+    LAST_NAME_ERROR.set(Some(error));
+}
+
+impl CodecError {
+    /// The error code a request that failed so is answered with.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            CodecError::InvalidName(_) => crate::ErrorCode::InvalidName,
+            _ => crate::ErrorCode::BadRequest,
+        }
+    }
 }
 
 /// Encodes a typed payload (the typed client API).

@@ -106,11 +106,14 @@ pub enum Selector {
 
 impl Selector {
     /// Builds a selector from `msgrcv` arguments: a signed type and the `MSG_EXCEPT` flag.
-    /// `except` only has a meaning for a positive type, as in the kernel.
+    /// `except` only has a meaning for a positive type; with any other the daemon refuses
+    /// the receive.
     pub fn from_msgrcv(msgtyp: i64, except: bool) -> Self {
         match msgtyp {
+            // Kept as asked, for the daemon to refuse: `MSG_EXCEPT` of a type that is not
+            // positive would otherwise be read as another selector.
+            t if except => Selector::Except(t),
             0 => Selector::Any,
-            t if t > 0 && except => Selector::Except(t),
             t if t > 0 => Selector::Type(t),
             t => Selector::AtMost(t.checked_neg().unwrap_or(i64::MAX)),
         }
@@ -431,7 +434,9 @@ mod tests {
     #[test]
     fn selector_follows_msgrcv() {
         assert_eq!(Selector::from_msgrcv(0, false), Selector::Any);
-        assert_eq!(Selector::from_msgrcv(0, true), Selector::Any);
+        // Kept for the daemon to refuse, not read as another selector.
+        assert_eq!(Selector::from_msgrcv(0, true), Selector::Except(0));
+        assert_eq!(Selector::from_msgrcv(-2, true), Selector::Except(-2));
         assert_eq!(Selector::from_msgrcv(5, false), Selector::Type(5));
         assert_eq!(Selector::from_msgrcv(5, true), Selector::Except(5));
         assert_eq!(Selector::from_msgrcv(-3, false), Selector::AtMost(3));

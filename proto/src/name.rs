@@ -11,9 +11,20 @@ pub const MAX_NAME_LEN: usize = 255;
 /// A mailbox name: 1–255 bytes of `[A-Za-z0-9._/-]`, not starting with `/` or `.`, with no
 /// `..` segment. The restrictions keep names safe to use as file names under the state
 /// directory and unambiguous in topic patterns.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct MailboxName(String);
+
+impl<'de> Deserialize<'de> for MailboxName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        MailboxName::new(name).map_err(|e| {
+            // The format's error cannot carry why; the codec picks it up from here.
+            crate::codec::note_name_error(e.clone());
+            serde::de::Error::custom(e)
+        })
+    }
+}
 
 /// Why a string is not a valid mailbox name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

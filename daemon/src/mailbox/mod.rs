@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::config::Limits;
 use crate::index::{Slot, TypeIndex};
 use crate::logging::Throttle;
-use crate::perm::Ownership;
+use crate::perm::{Ownership, RouteOwner};
 use crate::quota::Charge;
 use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage};
 
@@ -99,6 +99,11 @@ impl Removal {
 #[derive(Debug)]
 pub struct DeadLetter {
     pub from: MailboxName,
+    /// The source mailbox, to count the letter there as dropped if it cannot be delivered.
+    pub source: Weak<Mailbox>,
+    /// Whose authority the route carries: the target must let it write, checked at
+    /// delivery, not when the route was set.
+    pub route_owner: RouteOwner,
     pub to: MailboxName,
     pub envelope: Envelope,
 }
@@ -801,6 +806,13 @@ impl Mailbox {
         Ok(())
     }
 
+    /// A dead letter of this mailbox could not be delivered: it counts as dropped.
+    pub fn dead_letter_dropped(&self) {
+        let mut state = self.lock();
+        state.dead_lettered = state.dead_lettered.saturating_sub(1);
+        state.dropped += 1;
+    }
+
     /// Counts the mailbox against its new owner's quota instead of the old owner's.
     pub fn move_owner_charge(&self, charge: Charge) {
         let mut state = self.lock();
@@ -1055,6 +1067,8 @@ impl State {
                 self.dead_lettered += 1;
                 let letter = DeadLetter {
                     from: name.clone(),
+                    source: self.me.clone(),
+                    route_owner: self.settings.ownership.route_owner(),
                     to: to.clone(),
                     envelope,
                 };
