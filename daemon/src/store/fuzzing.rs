@@ -13,6 +13,8 @@ pub use super::record::{
     EncodeError, Framed, MailboxDef, RECORD_HEADER, Record, RecordError, StoredMessage, body_shape,
     frame,
 };
+pub use crate::config::Limits;
+pub use crate::perm::Ownership;
 
 /// The log's tuning while fuzzing: segments and records of a size fuzz inputs reach.
 const OPTIONS: LogOptions = LogOptions {
