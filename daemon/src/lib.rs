@@ -29,6 +29,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits};
 pub use server::{SocketGuard, bind};
+#[cfg(feature = "fuzzing")]
+pub use store::fuzzing;
 
 /// What the binary (its signal handlers) asks of a running daemon.
 #[derive(Debug)]

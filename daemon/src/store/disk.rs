@@ -134,11 +134,13 @@ impl Disk for OsDisk {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod sim {
     //! A disk in memory that remembers what is durable, for crash tests: a crash keeps
     //! what was synced, and of each segment's unsynced tail keeps nothing, a torn prefix,
-    //! or all of it with bits flipped — as the test chooses.
+    //! or all of it with bits flipped — as the test chooses. Besides crashing, it can fail
+    //! a chosen operation and carry on, as a disk does on a transient I/O error.
 
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::{Arc, Mutex};
@@ -173,6 +175,12 @@ pub(crate) mod sim {
         crash_at: Option<u64>,
         dead: bool,
         full_at_bytes: Option<usize>,
+        /// Operations that fail with EIO while the disk lives on.
+        fail_ops: BTreeSet<u64>,
+        /// The next `sync` fails so.
+        fail_next_sync: bool,
+        /// Operations that were a `sync` or `sync_dir`.
+        sync_ops: Vec<u64>,
     }
 
     /// A shared handle: the test keeps one to crash and inspect the disk the log uses.
@@ -184,6 +192,50 @@ pub(crate) mod sim {
         /// later one fails.
         pub fn crash_at(&self, n: u64) {
             self.0.lock().unwrap().crash_at = Some(n);
+        }
+
+        /// Operation `n` fails with EIO, and the disk carries on. A failed `sync` is taken
+        /// at its worst for the log: the data reached the disk all the same, so anything
+        /// not cut back comes back after a crash. A failed `sync_dir` made nothing durable.
+        pub fn fail_at(&self, n: u64) {
+            self.0.lock().unwrap().fail_ops.insert(n);
+        }
+
+        /// The next `sync` fails as [`fail_at`](Self::fail_at) describes.
+        pub fn fail_next_sync(&self) {
+            self.0.lock().unwrap().fail_next_sync = true;
+        }
+
+        /// The operations so far that were a `sync` or `sync_dir`.
+        pub fn sync_ops(&self) -> Vec<u64> {
+            self.0.lock().unwrap().sync_ops.clone()
+        }
+
+        /// A healthy disk holding `segments`, all of it durable.
+        pub fn with_segments(segments: impl IntoIterator<Item = (u64, Vec<u8>)>) -> SimDisk {
+            let files: BTreeMap<u64, SimFile> = segments
+                .into_iter()
+                .map(|(seg, data)| {
+                    (
+                        seg,
+                        SimFile {
+                            durable: data.clone(),
+                            data,
+                        },
+                    )
+                })
+                .collect();
+            SimDisk(Arc::new(Mutex::new(State {
+                durable_names: files.keys().copied().collect(),
+                files,
+                ..State::default()
+            })))
+        }
+
+        /// The bytes of segment `seg` as they are now (durable or not).
+        pub fn bytes(&self, seg: u64) -> Option<Vec<u8>> {
+            let state = self.0.lock().unwrap();
+            state.files.get(&seg).map(|f| f.data.clone())
         }
 
         /// Appends past `bytes` in total fail with ENOSPC.
@@ -268,7 +320,26 @@ pub(crate) mod sim {
                 state.dead = true;
                 return Err(io::Error::other("simulated crash"));
             }
+            if state.fail_ops.contains(&state.ops) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             Ok(state)
+        }
+
+        /// As [`op`](Self::op), for a `sync` or `sync_dir`: noted, and failed when asked.
+        fn sync_op(&self) -> (io::Result<()>, std::sync::MutexGuard<'_, State>) {
+            let mut state = self.0.lock().unwrap();
+            state.ops += 1;
+            let n = state.ops;
+            state.sync_ops.push(n);
+            if state.dead || state.crash_at.is_some_and(|c| n >= c) {
+                state.dead = true;
+                return (Err(io::Error::other("simulated crash")), state);
+            }
+            if state.fail_ops.contains(&n) || std::mem::take(&mut state.fail_next_sync) {
+                return (Err(io::Error::from_raw_os_error(libc::EIO)), state);
+            }
+            (Ok(()), state)
         }
     }
 
@@ -323,10 +394,14 @@ pub(crate) mod sim {
         }
 
         fn sync(&mut self, seg: u64) -> io::Result<()> {
-            let mut state = self.op()?;
+            let (result, mut state) = self.sync_op();
+            if result.as_ref().is_err_and(|_| state.dead) {
+                return result;
+            }
+            // Failed or not, the data reached the disk (see `fail_at`).
             let file = state.files.get_mut(&seg).ok_or_else(missing)?;
             file.durable = file.data.clone();
-            Ok(())
+            result
         }
 
         fn truncate(&mut self, seg: u64, len: u64) -> io::Result<()> {
@@ -346,7 +421,8 @@ pub(crate) mod sim {
         }
 
         fn sync_dir(&mut self) -> io::Result<()> {
-            let mut state = self.op()?;
+            let (result, mut state) = self.sync_op();
+            result?;
             state.durable_names = state.files.keys().copied().collect();
             Ok(())
         }

@@ -9,11 +9,28 @@
 //! - Every segment begins with a header and a `Define` of every mailbox alive when it was
 //!   started, so deleting older segments never loses a mailbox's settings.
 //! - Segments are deleted oldest first, and only once every message still live in them
-//!   has been copied to the head *and synced*. A copy is a second `Put` of the same id;
-//!   recovery keeps one.
-//! - On recovery a record that fails its checksum or is cut short ends its segment: at
-//!   the head that is a torn write, cut off and logged; anywhere else it is damage, also
-//!   logged, and the records after it in that segment are lost.
+//!   has been copied to the head *and synced*. A copy is a second `Put` of the same id,
+//!   followed by a `Delivered` record if the message was leased before, so its delivery
+//!   count survives; recovery keeps one `Put` and the highest count.
+//! - Appends are *staged* until they are synced ([`Log::sync`]) or committed unsynced
+//!   ([`Log::commit`], for fsync policies that answer before a sync). If `fdatasync`
+//!   fails, the staged appends are cut back off the head and the cut is synced, so that
+//!   records whose writers were told "failed" never come back after a restart; if that
+//!   fails too, the log refuses every further write until the daemon restarts.
+//!
+//! Recovery reads each segment record by record:
+//! - a record whose checksum holds and whose body reads is applied;
+//! - one whose checksum holds but whose body does not read (a kind from a newer release,
+//!   or a bug) is reported and skipped by its length, which the checksum vouches for;
+//! - one whose checksum fails is reported and skipped by its length when the body's own
+//!   fields add up to exactly that length (a flipped bit in the body or checksum);
+//! - otherwise the next record cannot be found safely — searching byte by byte could take
+//!   a payload, which a client chose, for a record — so the rest of the segment is not
+//!   read. At the head, bytes that hold no intact frame at all are a torn write and are
+//!   cut off; anything else is reported and left in place.
+//!
+//! Only a torn tail is ever cut, and every record skipped or left unread is reported,
+//! saying what it held.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -21,17 +38,35 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 
 use super::disk::Disk;
-use super::record::{MailboxDef, Record, StoredMessage};
+use super::record::{
+    self, EncodeError, Framed, Glimpse, MailboxDef, RECORD_HEADER, Record, StoredMessage,
+};
 
 /// The first bytes of every segment.
-const MAGIC: &[u8; 8] = b"IPCDLOG1";
+pub(crate) const MAGIC: &[u8; 8] = b"IPCDLOG1";
 
-/// Where a live message's `Put` lies.
+/// Bytes of a segment's header: the magic and the segment's number.
+const HEADER_LEN: usize = MAGIC.len() + 8;
+
+/// Most bytes checksummed while looking for intact frames in a damaged stretch; past it
+/// the stretch is treated as possibly holding records (left in place, never cut).
+const SCAN_BUDGET: usize = 256 << 20;
+
+/// Where a record lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loc {
     seg: u64,
     offset: u64,
-    len: u32,
+    len: u64,
+}
+
+/// A live message as the index knows it.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    /// Its newest `Put`.
+    loc: Loc,
+    /// Its highest recorded delivery count, which a copy must carry forward.
+    deliveries: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,7 +82,8 @@ struct Segment {
 pub struct LogOptions {
     /// A new segment is started once the head would pass this size.
     pub segment_bytes: u64,
-    /// Largest record body accepted when reading.
+    /// Largest record body a write may make; a larger record is refused. Recovery does
+    /// not apply it: a log written under a larger bound stays readable.
     pub max_record: u32,
 }
 
@@ -58,10 +94,48 @@ pub struct Recovered {
     pub mailboxes: Vec<(MailboxDef, Vec<StoredMessage>)>,
     /// The next unused mailbox key.
     pub next_key: u64,
-    /// One line per damage found and cut, for the log.
+    /// One line per damage found, saying what was lost, skipped or cut.
     pub damage: Vec<String>,
     pub records: u64,
     pub segments: u64,
+}
+
+/// What a record changes in the [`Index`], without its payload.
+#[derive(Debug, Clone)]
+enum Change {
+    Define(MailboxDef),
+    Drop { key: u64 },
+    Put { key: u64, id: u64 },
+    Remove { key: u64, id: u64 },
+    Purge { key: u64, below: u64 },
+    Delivered { key: u64, id: u64, deliveries: u32 },
+}
+
+impl Change {
+    fn of(record: &Record) -> Self {
+        match record {
+            Record::Define(def) => Change::Define(def.clone()),
+            Record::Drop { key } => Change::Drop { key: *key },
+            Record::Put(m) => Change::Put {
+                key: m.key,
+                id: m.id,
+            },
+            Record::Remove { key, id } => Change::Remove { key: *key, id: *id },
+            Record::Purge { key, below } => Change::Purge {
+                key: *key,
+                below: *below,
+            },
+            Record::Delivered {
+                key,
+                id,
+                deliveries,
+            } => Change::Delivered {
+                key: *key,
+                id: *id,
+                deliveries: *deliveries,
+            },
+        }
+    }
 }
 
 /// What the log holds, as far as reclaiming space needs to know: the segments, the
@@ -70,7 +144,7 @@ pub struct Recovered {
 struct Index {
     segments: BTreeMap<u64, Segment>,
     defs: HashMap<u64, MailboxDef>,
-    live: HashMap<u64, BTreeMap<u64, Loc>>,
+    live: HashMap<u64, BTreeMap<u64, Live>>,
 }
 
 /// The log itself.
@@ -78,134 +152,356 @@ struct Index {
 pub struct Log<D: Disk> {
     disk: D,
     options: LogOptions,
+    /// What is committed: staged appends are not in it yet.
     index: Index,
     head: u64,
     /// Whether the head holds appends not yet synced.
     dirty: bool,
     buf: BytesMut,
+    /// Appends not yet committed, with where they lie; all in the head.
+    staged: Vec<(Change, Loc)>,
+    /// Where in the head the first staged append begins: what a failed sync cuts back to.
+    staged_from: Option<u64>,
+    /// Why the log refuses writes, once a failure could not be undone.
+    failed: Option<String>,
     /// Live messages copied forward so far to reclaim segments.
     copied: u64,
+}
+
+/// Recovery's state while it reads the segments in order.
+#[derive(Default)]
+struct Replay {
+    index: Index,
+    /// Live messages by mailbox key and id, with their payloads.
+    messages: HashMap<u64, BTreeMap<u64, StoredMessage>>,
+    max_key: u64,
+    recovered: Recovered,
+}
+
+/// How many intact frames a stretch of bytes holds, as far as was looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Found(u64),
+    /// The search would have cost more than [`SCAN_BUDGET`].
+    TooCostly,
+}
+
+/// Counts the positions in `bytes` where a whole frame with a holding checksum starts.
+/// Only used to tell a torn tail (none) from damage followed by records.
+fn scan_frames(bytes: &[u8]) -> Scan {
+    let mut budget = SCAN_BUDGET;
+    let mut found = 0;
+    for at in 0..bytes.len().saturating_sub(RECORD_HEADER) {
+        let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let (len, crc) = (word(at) as usize, word(at + 4));
+        let body = at + RECORD_HEADER;
+        if len == 0 || len > bytes.len() - body {
+            continue;
+        }
+        let Some(left) = budget.checked_sub(len) else {
+            return Scan::TooCostly;
+        };
+        budget = left;
+        if crc32fast::hash(&bytes[body..body + len]) == crc {
+            found += 1;
+        }
+    }
+    Scan::Found(found)
+}
+
+impl Replay {
+    /// Reads segment `seg`; returns how many of its bytes stay on disk, or `None` if the
+    /// segment was removed.
+    fn segment<D: Disk>(
+        &mut self,
+        disk: &mut D,
+        seg: u64,
+        data: &Bytes,
+        is_head: bool,
+    ) -> io::Result<Option<usize>> {
+        let header_ok = data.len() >= HEADER_LEN
+            && &data[..MAGIC.len()] == MAGIC
+            && data[MAGIC.len()..HEADER_LEN] == seg.to_le_bytes();
+        if !header_ok {
+            if is_head && scan_frames(data) == Scan::Found(0) {
+                self.damage(format!(
+                    "segment {seg}: missing or bad header and no intact record in its {} \
+                     bytes (a segment being started when ipcd stopped); removed",
+                    data.len()
+                ));
+                disk.remove(seg)?;
+                disk.sync_dir()?;
+                return Ok(None);
+            }
+            if data.len() < HEADER_LEN {
+                self.damage(format!(
+                    "segment {seg}: only {} bytes, too short for a header; ignored",
+                    data.len()
+                ));
+                return Ok(Some(data.len()));
+            }
+            self.damage(format!(
+                "segment {seg}: bad header; its records are read all the same, each checked \
+                 by its checksum"
+            ));
+        }
+        let mut offset = HEADER_LEN;
+        while offset < data.len() {
+            match record::frame(&data.slice(offset..)) {
+                Framed::Intact { body, used } => {
+                    match record::decode_body(body.clone()) {
+                        Ok(record) => {
+                            let loc = Loc {
+                                seg,
+                                offset: offset as u64,
+                                len: used as u64,
+                            };
+                            self.apply(record, loc);
+                        }
+                        Err(e) => {
+                            let what = self.held(record::glimpse(&body), "it held");
+                            self.damage(format!(
+                                "segment {seg}: record at offset {offset} ({used} bytes) has a \
+                                 valid checksum but cannot be read ({e}); skipped, and the \
+                                 records after it are kept; {what}"
+                            ));
+                        }
+                    }
+                    offset += used;
+                }
+                Framed::Corrupt { body, used } if record::body_shape(&body) == Some(body.len()) => {
+                    let what = self.held(record::glimpse(&body), "it seems to have held");
+                    self.damage(format!(
+                        "segment {seg}: record at offset {offset} ({used} bytes) fails its \
+                         checksum; skipped by its length, which its own fields confirm, and the \
+                         records after it are kept; {what}"
+                    ));
+                    offset += used;
+                }
+                Framed::Corrupt { .. } => {
+                    let why = "checksum mismatch, and its fields do not confirm its length";
+                    return self.unreadable_tail(disk, seg, data, offset, why, is_head);
+                }
+                Framed::Unframed(e) => {
+                    let why = e.to_string();
+                    return self.unreadable_tail(disk, seg, data, offset, &why, is_head);
+                }
+            }
+        }
+        Ok(Some(data.len()))
+    }
+
+    /// Handles the bytes of `seg` from `offset` on, where no next record can be found
+    /// safely: cut if they are a torn tail of the head, else reported and left in place.
+    fn unreadable_tail<D: Disk>(
+        &mut self,
+        disk: &mut D,
+        seg: u64,
+        data: &Bytes,
+        offset: usize,
+        why: &str,
+        is_head: bool,
+    ) -> io::Result<Option<usize>> {
+        let rest = data.len() - offset;
+        let scan = scan_frames(&data[offset + 1..]);
+        if is_head && scan == Scan::Found(0) {
+            disk.truncate(seg, offset as u64)?;
+            disk.sync(seg)?;
+            self.damage(format!(
+                "segment {seg}: torn tail at offset {offset} ({why}); cut {rest} bytes that hold \
+                 no intact record (the end of a write that a crash cut short, or damage to the \
+                 last record)"
+            ));
+            return Ok(Some(offset));
+        }
+        let inside = match scan {
+            Scan::Found(0) => "no intact record".to_string(),
+            Scan::Found(n) => format!(
+                "{n} stretches with a valid checksum, which cannot be told apart from message \
+                 contents"
+            ),
+            Scan::TooCostly => "too much to search".to_string(),
+        };
+        self.damage(format!(
+            "segment {seg}: damaged record at offset {offset} ({why}) and the next record cannot \
+             be found safely; the {rest} bytes from there ({inside}) are left in place unread: \
+             acknowledged messages in them are missing and removals in them undone"
+        ));
+        Ok(Some(data.len()))
+    }
+
+    /// Applies one record read at `loc`.
+    fn apply(&mut self, record: Record, loc: Loc) {
+        self.recovered.records += 1;
+        self.max_key = self.max_key.max(record.key());
+        self.index.apply(&Change::of(&record), loc);
+        match record {
+            Record::Put(m) => {
+                let messages = self.messages.entry(m.key).or_default();
+                // A second `Put` of an id is a copy made to reclaim space: the count of
+                // deliveries recorded before it still holds.
+                let deliveries = messages.get(&m.id).map_or(0, |old| old.deliveries);
+                let m = StoredMessage {
+                    // Copied out, so one small message does not pin a whole segment's
+                    // buffer.
+                    payload: Bytes::copy_from_slice(&m.payload),
+                    deliveries: deliveries.max(m.deliveries),
+                    ..m
+                };
+                messages.insert(m.id, m);
+            }
+            Record::Remove { key, id } => {
+                if let Some(p) = self.messages.get_mut(&key) {
+                    p.remove(&id);
+                }
+            }
+            Record::Purge { key, below } => {
+                if let Some(p) = self.messages.get_mut(&key) {
+                    *p = p.split_off(&below);
+                }
+            }
+            Record::Drop { key } => {
+                self.messages.remove(&key);
+            }
+            Record::Delivered {
+                key,
+                id,
+                deliveries,
+            } => {
+                if let Some(m) = self.messages.get_mut(&key).and_then(|p| p.get_mut(&id)) {
+                    m.deliveries = m.deliveries.max(deliveries);
+                }
+            }
+            Record::Define(_) => {}
+        }
+    }
+
+    fn damage(&mut self, line: String) {
+        self.recovered.damage.push(line);
+    }
+
+    /// Names mailbox `key` as well as the definitions read so far allow.
+    fn mailbox(&self, key: u64) -> String {
+        match self.index.defs.get(&key) {
+            Some(def) => format!("mailbox {}", def.name),
+            None => format!("mailbox #{key}"),
+        }
+    }
+
+    /// Says what a skipped record held and what its loss means.
+    fn held(&self, glimpse: Glimpse, held: &str) -> String {
+        match glimpse {
+            Glimpse::Put { key, id } => {
+                format!(
+                    "{held} message {id} of {}, which is lost",
+                    self.mailbox(key)
+                )
+            }
+            Glimpse::Remove { key, id } => format!(
+                "{held} the removal of message {id} of {}, which may be delivered again",
+                self.mailbox(key)
+            ),
+            Glimpse::Purge { key, below } => format!(
+                "{held} a purge of {} (ids below {below}), whose messages may be delivered again",
+                self.mailbox(key)
+            ),
+            Glimpse::Drop { key } => format!(
+                "{held} the removal of {}, which may come back",
+                self.mailbox(key)
+            ),
+            Glimpse::Define { key } => format!(
+                "{held} settings of {}; its earlier settings stand, and without any it is dropped",
+                self.mailbox(key)
+            ),
+            Glimpse::Delivered { key, id } => format!(
+                "{held} a delivery count of message {id} of {}, which may now count fewer \
+                 deliveries",
+                self.mailbox(key)
+            ),
+            Glimpse::Unknown { kind: Some(kind) } => format!(
+                "{held} a record of unknown kind {kind} (written by a newer ipcd?), which is \
+                 ignored"
+            ),
+            Glimpse::Unknown { kind: None } => format!("{held} nothing"),
+        }
+    }
+
+    /// Turns what was read into the mailboxes to restore. Damage can leave a mailbox's
+    /// messages without any definition, or one name on two mailboxes (when the removal of
+    /// the older was lost); those are reported, and returned as `Drop`s to write, so that
+    /// the log says what the daemon now holds.
+    fn finish(&mut self) -> Vec<Record> {
+        let mut settle = Vec::new();
+        let mut defs: Vec<_> = self.index.defs.values().cloned().collect();
+        // Newest first: keys only grow, so of two mailboxes of one name the later wins.
+        defs.sort_by_key(|d| std::cmp::Reverse(d.key));
+        let mut names = HashMap::new();
+        let mut mailboxes = Vec::new();
+        for mut def in defs {
+            let messages: Vec<_> = self
+                .messages
+                .remove(&def.key)
+                .map(|p| p.into_values().collect())
+                .unwrap_or_default();
+            if let Some(newer) = names.get(&def.name) {
+                self.damage(format!(
+                    "mailbox {} (#{}) is defined again later as #{newer}, so the record of its \
+                     removal was lost; the older one and its {} messages are dropped",
+                    def.name,
+                    def.key,
+                    messages.len()
+                ));
+                settle.push(Record::Drop { key: def.key });
+                continue;
+            }
+            names.insert(def.name.clone(), def.key);
+            if let Some(last) = messages.last() {
+                def.next_id = def.next_id.max(last.id + 1);
+            }
+            mailboxes.push((def, messages));
+        }
+        let mut orphans: Vec<_> = self
+            .index
+            .live
+            .iter()
+            .filter(|(key, live)| !live.is_empty() && !self.index.defs.contains_key(key))
+            .map(|(&key, live)| (key, live.len()))
+            .collect();
+        orphans.sort_unstable();
+        for (key, count) in orphans {
+            self.damage(format!(
+                "mailbox #{key}: no definition of it survived, so its {count} messages are \
+                 dropped"
+            ));
+            settle.push(Record::Drop { key });
+        }
+        mailboxes.sort_by_key(|(d, _)| d.key);
+        for (def, _) in &mailboxes {
+            self.index.defs.insert(def.key, def.clone());
+        }
+        self.recovered.mailboxes = mailboxes;
+        self.recovered.next_key = self.max_key + 1;
+        settle
+    }
 }
 
 impl<D: Disk> Log<D> {
     /// Opens the log on `disk`, replaying what it holds, and starts a fresh head segment.
     pub fn open(mut disk: D, options: LogOptions) -> io::Result<(Self, Recovered)> {
-        let mut index = Index::default();
-        let mut recovered = Recovered::default();
-        let mut payloads: HashMap<u64, BTreeMap<u64, StoredMessage>> = HashMap::new();
-        let mut max_key = 0;
+        let mut replay = Replay::default();
         let segs = disk.list()?;
         let last = segs.last().copied();
         for seg in segs {
             let data = Bytes::from(disk.read(seg)?);
-            recovered.segments += 1;
-            let mut offset = MAGIC.len() + 8;
-            let header_ok = data.len() >= offset
-                && &data[..MAGIC.len()] == MAGIC
-                && data[MAGIC.len()..offset] == seg.to_le_bytes();
-            if !header_ok {
-                recovered.damage.push(format!(
-                    "segment {seg}: missing or bad header ({} bytes); ignored",
-                    data.len()
-                ));
-                if Some(seg) == last {
-                    // A head that was being created when the daemon died.
-                    disk.remove(seg)?;
-                    disk.sync_dir()?;
-                } else {
-                    index.segments.insert(seg, Segment::default());
-                }
-                continue;
+            replay.recovered.segments += 1;
+            if let Some(kept) = replay.segment(&mut disk, seg, &data, Some(seg) == last)? {
+                replay.index.segments.entry(seg).or_default().len = kept as u64;
             }
-            while offset < data.len() {
-                match Record::decode(&data.slice(offset..), options.max_record) {
-                    Ok((record, used)) => {
-                        recovered.records += 1;
-                        max_key = max_key.max(record.key());
-                        let loc = Loc {
-                            seg,
-                            offset: offset as u64,
-                            len: used as u32,
-                        };
-                        index.apply(&record, loc);
-                        match record {
-                            Record::Put(m) => {
-                                let m = StoredMessage {
-                                    // Copied out, so one small message does not pin a
-                                    // whole segment's buffer.
-                                    payload: Bytes::copy_from_slice(&m.payload),
-                                    ..m
-                                };
-                                payloads.entry(m.key).or_default().insert(m.id, m);
-                            }
-                            Record::Remove { key, id } => {
-                                if let Some(p) = payloads.get_mut(&key) {
-                                    p.remove(&id);
-                                }
-                            }
-                            Record::Purge { key, below } => {
-                                if let Some(p) = payloads.get_mut(&key) {
-                                    *p = p.split_off(&below);
-                                }
-                            }
-                            Record::Drop { key } => {
-                                payloads.remove(&key);
-                            }
-                            Record::Delivered {
-                                key,
-                                id,
-                                deliveries,
-                            } => {
-                                if let Some(m) = payloads.get_mut(&key).and_then(|p| p.get_mut(&id))
-                                {
-                                    m.deliveries = m.deliveries.max(deliveries);
-                                }
-                            }
-                            Record::Define(_) => {}
-                        }
-                        offset += used;
-                    }
-                    Err(e) => {
-                        let lost = data.len() - offset;
-                        if Some(seg) == last {
-                            recovered.damage.push(format!(
-                                "segment {seg}: torn or corrupt tail at offset {offset} ({e}); \
-                                 cut {lost} bytes that were never acknowledged as synced"
-                            ));
-                            disk.truncate(seg, offset as u64)?;
-                            disk.sync(seg)?;
-                        } else {
-                            recovered.damage.push(format!(
-                                "segment {seg}: damaged record at offset {offset} ({e}); \
-                                 the {lost} bytes after it in this segment are lost"
-                            ));
-                        }
-                        break;
-                    }
-                }
-            }
-            index.segments.entry(seg).or_default().len = offset.min(data.len()) as u64;
         }
-        recovered.next_key = max_key + 1;
-        // Messages of mailboxes that no longer exist are gone with them.
-        let mut mailboxes: Vec<_> = index.defs.values().cloned().collect();
-        mailboxes.sort_by_key(|d| d.key);
-        recovered.mailboxes = mailboxes
-            .into_iter()
-            .map(|mut def| {
-                let messages: Vec<_> = payloads
-                    .remove(&def.key)
-                    .map(|p| p.into_values().collect())
-                    .unwrap_or_default();
-                if let Some(last) = messages.last() {
-                    def.next_id = def.next_id.max(last.id + 1);
-                }
-                (def, messages)
-            })
-            .collect();
-        for (def, _) in &recovered.mailboxes {
-            index.defs.insert(def.key, def.clone());
-        }
+        let settle = replay.finish();
+        let Replay {
+            index, recovered, ..
+        } = replay;
         let next = index.segments.keys().next_back().map_or(1, |s| s + 1);
         let mut log = Log {
             disk,
@@ -214,24 +510,54 @@ impl<D: Disk> Log<D> {
             head: 0,
             dirty: false,
             buf: BytesMut::new(),
+            staged: Vec::new(),
+            staged_from: None,
+            failed: None,
             copied: 0,
         };
         log.start_segment(next)?;
+        if !settle.is_empty() {
+            log.write(&settle)?;
+            log.sync()?;
+        }
         Ok((log, recovered))
     }
 
-    /// Appends `records` to the head (not synced). On failure nothing of them counts:
-    /// the head is cut back to where it was.
+    /// Checks that `record` can be written: every length fits the format, and the whole
+    /// fits [`LogOptions::max_record`].
+    pub fn admit(&self, record: &Record) -> Result<(), EncodeError> {
+        let body = record.encoded_len()? - RECORD_HEADER;
+        let max = self.options.max_record as usize;
+        if body > max {
+            return Err(EncodeError::TooLong {
+                field: "record",
+                len: body,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends `records` to the head, staged: neither synced nor committed. On failure
+    /// nothing of them counts: the head is cut back to where it was (and if even that
+    /// fails, the log refuses further writes).
     pub fn write(&mut self, records: &[Record]) -> io::Result<()> {
+        self.usable()?;
+        if records.is_empty() {
+            return Ok(());
+        }
         self.buf.clear();
         let mut ends = Vec::with_capacity(records.len());
         for record in records {
-            record.encode(&mut self.buf);
+            // Checked whole before anything reaches the disk.
+            self.admit(record)
+                .and_then(|()| record.encode(&mut self.buf))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             ends.push(self.buf.len());
         }
         let head_len = self.index.segments[&self.head].len;
         if head_len + self.buf.len() as u64 > self.options.segment_bytes
-            && head_len > self.header_len()
+            && head_len > HEADER_LEN as u64
         {
             self.roll()?;
             // The snapshot of definitions went to the new head; encode again after it.
@@ -242,25 +568,25 @@ impl<D: Disk> Log<D> {
         let written = self.disk.append(self.head, &buf);
         self.buf = buf;
         if let Err(e) = written {
-            // Best effort: a later recovery would cut a torn tail anyway, but appends
-            // after garbage would be unreachable, so the head must end where it did.
+            // Appends after garbage would be unreachable, so the head must end where it
+            // did; what was staged before stays staged.
             if let Err(cut) = self.disk.truncate(self.head, start) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("{e}; and cutting the failed write back failed too: {cut}"),
-                ));
+                let why = format!("a write failed ({e}) and cutting it back failed too ({cut})");
+                self.failed = Some(why.clone());
+                return Err(io::Error::new(e.kind(), why));
             }
             return Err(e);
         }
         self.dirty = true;
+        self.staged_from.get_or_insert(start);
         let mut begin = 0;
         for (record, end) in records.iter().zip(ends) {
             let loc = Loc {
                 seg: self.head,
                 offset: start + begin as u64,
-                len: (end - begin) as u32,
+                len: (end - begin) as u64,
             };
-            self.index.apply(record, loc);
+            self.staged.push((Change::of(record), loc));
             begin = end;
         }
         self.index
@@ -271,13 +597,77 @@ impl<D: Disk> Log<D> {
         Ok(())
     }
 
-    /// Makes every append so far durable.
+    /// Commits the staged appends without syncing them: for writers whose fsync policy
+    /// answers once the data is written. A later failed sync no longer takes them back.
+    pub fn commit(&mut self) {
+        self.staged_from = None;
+        for (change, loc) in std::mem::take(&mut self.staged) {
+            self.index.apply(&change, loc);
+        }
+    }
+
+    /// Makes every append so far durable, and commits the staged ones. If `fdatasync`
+    /// fails, the staged appends are cut back off and the cut synced, so they never come
+    /// back; if that fails too, the log refuses every further write.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.usable()?;
         if self.dirty {
-            self.disk.sync(self.head)?;
+            if let Err(e) = self.disk.sync(self.head) {
+                return Err(self.undo(&format!("fdatasync failed: {e}"), e.kind()));
+            }
             self.dirty = false;
         }
+        self.commit();
         Ok(())
+    }
+
+    /// Takes the staged appends back off the head after `what` went wrong, and syncs the
+    /// cut; returns the error for their writers.
+    fn undo(&mut self, what: &str, kind: io::ErrorKind) -> io::Error {
+        self.staged.clear();
+        let Some(from) = self.staged_from.take() else {
+            // Nothing staged: what was written before was answered already.
+            return io::Error::new(kind, what.to_string());
+        };
+        let cut = self
+            .disk
+            .truncate(self.head, from)
+            .and_then(|()| self.disk.sync(self.head));
+        match cut {
+            Ok(()) => {
+                self.index
+                    .segments
+                    .get_mut(&self.head)
+                    .expect("head exists")
+                    .len = from;
+                self.dirty = false;
+                io::Error::new(
+                    kind,
+                    format!("{what}; the unsynced records were cut back off the log"),
+                )
+            }
+            Err(cut) => {
+                let why =
+                    format!("{what}, and cutting the unsynced records back off failed too ({cut})");
+                self.failed = Some(why.clone());
+                io::Error::new(kind, why)
+            }
+        }
+    }
+
+    /// Fails if the log refuses writes.
+    fn usable(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(why) => Err(io::Error::other(format!(
+                "durable writes are refused until ipcd restarts: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -298,9 +688,13 @@ impl<D: Disk> Log<D> {
     }
 
     /// Reclaims the oldest segment if that is worth it: at once when nothing in it is
-    /// live, else by copying its live messages to the head when the log holds more than
-    /// twice what is live (plus one segment). Returns whether a segment was deleted.
+    /// live, else by copying its live messages (with their delivery counts) to the head
+    /// when the log holds more than twice what is live (plus one segment). Returns
+    /// whether a segment was deleted. Call it with nothing staged.
     pub fn compact_step(&mut self) -> io::Result<bool> {
+        if self.failed.is_some() {
+            return Ok(false);
+        }
         let Some((&oldest, seg)) = self.index.segments.iter().next() else {
             return Ok(false);
         };
@@ -313,25 +707,40 @@ impl<D: Disk> Log<D> {
                 return Ok(false);
             }
             let mut copies = Vec::new();
+            let mut count = 0;
             for messages in self.index.live.values() {
-                for loc in messages.values().filter(|l| l.seg == oldest) {
-                    let raw =
-                        Bytes::from(self.disk.read_at(oldest, loc.offset, loc.len as usize)?);
-                    let (record, _) =
-                        Record::decode(&raw, self.options.max_record).map_err(|e| {
-                            io::Error::other(format!("re-reading segment {oldest}: {e}"))
-                        })?;
+                for live in messages.values().filter(|l| l.loc.seg == oldest) {
+                    let raw = Bytes::from(self.disk.read_at(
+                        oldest,
+                        live.loc.offset,
+                        live.loc.len as usize,
+                    )?);
+                    let (record, _) = Record::decode(&raw, u32::MAX).map_err(|e| {
+                        io::Error::other(format!("re-reading segment {oldest}: {e}"))
+                    })?;
+                    let (key, id) = (record.key(), live_id(&record));
                     copies.push(record);
+                    count += 1;
+                    if live.deliveries > 0 {
+                        copies.push(Record::Delivered {
+                            key,
+                            id,
+                            deliveries: live.deliveries,
+                        });
+                    }
                 }
             }
             // Copies go to the head in a fresh segment if need be, never to `oldest`.
             for chunk in copies.chunks(256) {
-                self.write(chunk)?;
+                if let Err(e) = self.write(chunk) {
+                    // Earlier chunks are staged; none of them may linger half-done.
+                    return Err(self.undo(&format!("copying live messages failed: {e}"), e.kind()));
+                }
             }
-            self.copied += copies.len() as u64;
+            self.copied += count;
             tracing::debug!(
                 segment = oldest,
-                copied = copies.len(),
+                copied = count,
                 "reclaiming a durable log segment"
             );
         }
@@ -339,16 +748,14 @@ impl<D: Disk> Log<D> {
         self.sync()?;
         debug_assert_eq!(self.index.segments[&oldest].live, 0, "copied away");
         self.disk.remove(oldest)?;
-        self.disk.sync_dir()?;
+        // Gone from the index even if the directory sync fails: should the file come
+        // back after a crash, its records are older than their copies, which win.
         self.index.segments.remove(&oldest);
+        self.disk.sync_dir()?;
         Ok(true)
     }
 
-    fn header_len(&self) -> u64 {
-        (MAGIC.len() + 8) as u64
-    }
-
-    /// Syncs the head and starts a new one.
+    /// Syncs the head (committing what is staged) and starts a new one.
     fn roll(&mut self) -> io::Result<()> {
         self.sync()?;
         self.start_segment(self.head + 1)
@@ -362,8 +769,10 @@ impl<D: Disk> Log<D> {
         buf.extend_from_slice(&seg.to_le_bytes());
         let mut defs: Vec<_> = self.index.defs.values().cloned().collect();
         defs.sort_by_key(|d| d.key);
-        for def in &defs {
-            Record::Define(def.clone()).encode(&mut buf);
+        for def in defs {
+            Record::Define(def)
+                .encode(&mut buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         }
         self.disk.create(seg)?;
         let written = self
@@ -390,43 +799,60 @@ impl<D: Disk> Log<D> {
     }
 }
 
+/// The message id of a live message's `Put`.
+fn live_id(record: &Record) -> u64 {
+    match record {
+        Record::Put(m) => m.id,
+        _ => unreachable!("the index locates only `Put`s"),
+    }
+}
+
 impl Index {
-    /// Updates the in-memory picture for one record at `loc`.
-    fn apply(&mut self, record: &Record, loc: Loc) {
-        match record {
-            Record::Define(def) => {
+    /// Updates the committed picture for one record at `loc`.
+    fn apply(&mut self, change: &Change, loc: Loc) {
+        match change {
+            Change::Define(def) => {
                 self.defs.insert(def.key, def.clone());
             }
-            Record::Drop { key } => {
+            Change::Drop { key } => {
                 self.defs.remove(key);
                 for (_, old) in self.live.remove(key).unwrap_or_default() {
-                    self.forget(old);
+                    self.forget(old.loc);
                 }
             }
-            Record::Put(m) => {
-                if let Some(def) = self.defs.get_mut(&m.key) {
-                    def.next_id = def.next_id.max(m.id + 1);
+            Change::Put { key, id } => {
+                if let Some(def) = self.defs.get_mut(key) {
+                    def.next_id = def.next_id.max(id + 1);
                 }
-                if let Some(old) = self.live.entry(m.key).or_default().insert(m.id, loc) {
-                    self.forget(old);
+                let messages = self.live.entry(*key).or_default();
+                let deliveries = messages.get(id).map_or(0, |old| old.deliveries);
+                if let Some(old) = messages.insert(*id, Live { loc, deliveries }) {
+                    self.forget(old.loc);
                 }
                 let seg = self.segments.entry(loc.seg).or_default();
                 seg.live += 1;
-                seg.live_bytes += u64::from(loc.len);
+                seg.live_bytes += loc.len;
             }
-            Record::Remove { key, id } => {
+            Change::Remove { key, id } => {
                 if let Some(old) = self.live.get_mut(key).and_then(|m| m.remove(id)) {
-                    self.forget(old);
+                    self.forget(old.loc);
                 }
             }
-            // Changes no message's place or liveness.
-            Record::Delivered { .. } => {}
-            Record::Purge { key, below } => {
+            Change::Delivered {
+                key,
+                id,
+                deliveries,
+            } => {
+                if let Some(live) = self.live.get_mut(key).and_then(|m| m.get_mut(id)) {
+                    live.deliveries = live.deliveries.max(*deliveries);
+                }
+            }
+            Change::Purge { key, below } => {
                 if let Some(messages) = self.live.get_mut(key) {
                     let kept = messages.split_off(below);
                     let gone = std::mem::replace(messages, kept);
                     for (_, old) in gone {
-                        self.forget(old);
+                        self.forget(old.loc);
                     }
                 }
             }
@@ -436,7 +862,7 @@ impl Index {
     fn forget(&mut self, loc: Loc) {
         if let Some(seg) = self.segments.get_mut(&loc.seg) {
             seg.live -= 1;
-            seg.live_bytes -= u64::from(loc.len);
+            seg.live_bytes -= loc.len;
         }
     }
 }
@@ -444,9 +870,10 @@ impl Index {
 #[cfg(test)]
 mod crash_tests {
     //! Crash-point testing of the log on a simulated disk: run a workload, let the disk
-    //! die at operation N, apply what a crash does to unsynced data (lose it, tear it,
-    //! or flip a bit in it), recover, and check what survived against what was
-    //! acknowledged. Every operation of every workload is a crash point.
+    //! die at operation N — or fail the `fdatasync` at operation N and carry on, or both —
+    //! apply what a crash does to unsynced data (lose it, tear it, or flip a bit in it),
+    //! recover, and check what survived against what the log answered. Every operation of
+    //! every workload is a crash point, and every sync a failure point.
 
     use std::collections::{HashMap, HashSet};
 
@@ -458,6 +885,8 @@ mod crash_tests {
         segment_bytes: 2048,
         max_record: 1 << 20,
     };
+
+    type Id = (u64, u64);
 
     /// A small deterministic generator (xorshift64*), so every run is reproducible.
     struct Rng(u64);
@@ -474,63 +903,108 @@ mod crash_tests {
         }
     }
 
-    /// What the workload did and what the log acknowledged.
-    #[derive(Default)]
-    struct Model {
-        attempted: HashMap<(u64, u64), Bytes>,
-        acked: HashSet<(u64, u64)>,
-        removal_attempted: HashSet<(u64, u64)>,
-        removal_acked: HashSet<(u64, u64)>,
-        /// Written since the last successful sync: puts and removals.
-        unsynced_puts: Vec<(u64, u64)>,
-        unsynced_removals: Vec<(u64, u64)>,
-        /// Believed live (for choosing what to remove).
-        live: Vec<(u64, u64)>,
-        dropped: HashSet<u64>,
-        unsynced_drops: Vec<u64>,
-        drop_acked: HashSet<u64>,
-        reclaimed: u64,
-        copied: u64,
+    /// How the log answered one write, as the store's writer would pass it on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        /// Written and synced: a send would be answered with its id.
+        Acked,
+        /// Written and committed without a sync (fsync `never`): answered, but a crash
+        /// may lose it.
+        Written,
+        /// Refused or taken back: answered "failed", so it must never come back.
+        Failed,
+        /// Failed and the log could not undo it: the writer was told it may come back.
+        Unknown,
     }
 
-    impl Model {
-        fn synced(&mut self) {
-            self.acked.extend(self.unsynced_puts.drain(..));
-            self.removal_acked.extend(self.unsynced_removals.drain(..));
-            self.drop_acked.extend(self.unsynced_drops.drain(..));
+    /// Writes `records` and syncs or commits them as the store's writer does.
+    fn exec(log: &mut Log<SimDisk>, records: &[Record], sync: bool) -> Outcome {
+        let failed = |log: &Log<SimDisk>| {
+            if log.failure().is_some() {
+                Outcome::Unknown
+            } else {
+                Outcome::Failed
+            }
+        };
+        if log.write(records).is_err() {
+            return failed(log);
         }
+        if !sync {
+            log.commit();
+            return Outcome::Written;
+        }
+        match log.sync() {
+            Ok(()) => Outcome::Acked,
+            Err(_) => failed(log),
+        }
+    }
+
+    /// What the workload did and what the log answered.
+    #[derive(Default)]
+    struct Model {
+        /// Every `Put` written or attempted, as it was.
+        sent: HashMap<Id, StoredMessage>,
+        acked: HashSet<Id>,
+        /// Answered "failed": must never be delivered.
+        failed: HashSet<Id>,
+        /// Removals answered as synced: must never be delivered again.
+        removal_acked: HashSet<Id>,
+        /// Removals that may have happened (written, whatever the answer but "failed").
+        removal_maybe: HashSet<Id>,
+        /// Believed live (for choosing what to remove or lease).
+        live: Vec<Id>,
+        defs_acked: HashSet<u64>,
+        defs_failed: HashSet<u64>,
+        drop_acked: HashSet<u64>,
+        drop_maybe: HashSet<u64>,
+        /// Delivery counts: synced (recovery reports at least this) and written (at most).
+        deliveries_acked: HashMap<Id, u32>,
+        deliveries_max: HashMap<Id, u32>,
+        failed_writes: u64,
+        reclaimed: u64,
+        copied: u64,
     }
 
     /// Runs the workload for `seed` until it ends or the disk dies; returns the model.
     fn workload(disk: SimDisk, seed: u64, steps: usize) -> Model {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut m = Model::default();
-        let Ok((mut log, _)) = Log::open(disk, OPTIONS) else {
+        let Ok((mut log, _)) = Log::open(disk.clone(), OPTIONS) else {
             return m;
         };
         let mut next_key = 1;
         let mut next_id: HashMap<u64, u64> = HashMap::new();
         let mut keys: Vec<u64> = Vec::new();
-        macro_rules! io {
-            ($e:expr) => {
-                if $e.is_err() {
-                    return m;
-                }
-            };
-        }
+        // Odd seeds churn: new messages are removed first, so old ones stay live in old
+        // segments and reclaiming them means copying (the dangerous path).
+        let churn = seed % 2 == 1;
+        let (puts_below, most_per_put) = if churn { (6, 1) } else { (10, 4) };
         for _ in 0..steps {
+            if disk.is_dead() || log.failure().is_some() {
+                return m;
+            }
+            let sync = rng.below(3) == 0;
             if keys.len() < 2 {
                 let key = next_key;
                 next_key += 1;
-                io!(log.write(&[Record::Define(def(key, &format!("box{key}")))]));
-                keys.push(key);
+                match exec(
+                    &mut log,
+                    &[Record::Define(def(key, &format!("box{key}")))],
+                    sync,
+                ) {
+                    Outcome::Failed => {
+                        m.defs_failed.insert(key);
+                    }
+                    outcome => {
+                        if outcome == Outcome::Acked {
+                            m.defs_acked.insert(key);
+                        }
+                        keys.push(key);
+                    }
+                }
                 continue;
             }
-            // Odd seeds churn: new messages are removed first, so old ones stay live in
-            // old segments and reclaiming them means copying (the dangerous path).
-            let churn = seed % 2 == 1;
-            let (puts_below, most_per_put) = if churn { (6, 1) } else { (10, 4) };
-            match rng.below(20) {
+            match rng.below(22) {
                 roll if roll < puts_below => {
                     let key = keys[rng.below(keys.len() as u64) as usize];
                     let mut batch = Vec::new();
@@ -538,16 +1012,25 @@ mod crash_tests {
                         let id = next_id.entry(key).or_insert(1);
                         let len = rng.below(300) as usize;
                         let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                        batch.push(Record::Put(put(key, *id, &payload)));
-                        m.attempted.insert((key, *id), Bytes::from(payload));
+                        let message = put(key, *id, &payload);
+                        m.sent.insert((key, *id), message.clone());
+                        batch.push(Record::Put(message));
                         *id += 1;
                     }
-                    io!(log.write(&batch));
-                    for r in &batch {
-                        if let Record::Put(p) = r {
-                            m.unsynced_puts.push((p.key, p.id));
-                            m.live.push((p.key, p.id));
+                    let ids = batch.iter().map(|r| match r {
+                        Record::Put(p) => (p.key, p.id),
+                        _ => unreachable!(),
+                    });
+                    match exec(&mut log, &batch, sync) {
+                        Outcome::Acked => {
+                            for id in ids {
+                                m.acked.insert(id);
+                                m.live.push(id);
+                            }
                         }
+                        Outcome::Written => m.live.extend(ids),
+                        Outcome::Failed => m.failed.extend(ids),
+                        Outcome::Unknown => {}
                     }
                 }
                 roll if roll < 14 && !m.live.is_empty() => {
@@ -556,53 +1039,73 @@ mod crash_tests {
                     } else {
                         m.live.swap_remove(rng.below(m.live.len() as u64) as usize)
                     };
-                    io!(log.write(&[Record::Remove { key, id }]));
-                    m.removal_attempted.insert((key, id));
-                    m.unsynced_removals.push((key, id));
+                    match exec(&mut log, &[Record::Remove { key, id }], sync) {
+                        Outcome::Failed => m.live.push((key, id)),
+                        outcome => {
+                            m.removal_maybe.insert((key, id));
+                            if outcome == Outcome::Acked {
+                                m.removal_acked.insert((key, id));
+                            }
+                        }
+                    }
                 }
                 14 => {
                     let key = keys[rng.below(keys.len() as u64) as usize];
                     let below = *next_id.get(&key).unwrap_or(&1);
-                    io!(log.write(&[Record::Purge { key, below }]));
-                    let gone: Vec<_> = m.live.iter().copied().filter(|&(k, _)| k == key).collect();
-                    m.live.retain(|&(k, _)| k != key);
-                    for g in gone {
-                        m.removal_attempted.insert(g);
-                        m.unsynced_removals.push(g);
+                    let outcome = exec(&mut log, &[Record::Purge { key, below }], sync);
+                    if outcome != Outcome::Failed {
+                        m.live.retain(|&(k, _)| k != key);
+                        for &id in m.sent.keys().filter(|&&(k, i)| k == key && i < below) {
+                            m.removal_maybe.insert(id);
+                            if outcome == Outcome::Acked {
+                                m.removal_acked.insert(id);
+                            }
+                        }
                     }
                 }
                 15 => {
                     let i = rng.below(keys.len() as u64) as usize;
-                    let key = keys.swap_remove(i);
-                    io!(log.write(&[Record::Drop { key }]));
-                    m.dropped.insert(key);
-                    m.unsynced_drops.push(key);
-                    let gone: Vec<_> = m
-                        .attempted
-                        .keys()
-                        .copied()
-                        .filter(|&(k, _)| k == key)
-                        .collect();
-                    m.live.retain(|&(k, _)| k != key);
-                    for g in gone {
-                        m.removal_attempted.insert(g);
-                        m.unsynced_removals.push(g);
+                    let key = keys[i];
+                    let outcome = exec(&mut log, &[Record::Drop { key }], sync);
+                    if outcome != Outcome::Failed {
+                        keys.swap_remove(i);
+                        m.live.retain(|&(k, _)| k != key);
+                        m.drop_maybe.insert(key);
+                        if outcome == Outcome::Acked {
+                            m.drop_acked.insert(key);
+                        }
                     }
                 }
-                16 | 17 => match log.compact_step() {
+                16 | 17 if !m.live.is_empty() => {
+                    // A lease: its delivery count must survive crashes and copies.
+                    let id = m.live[rng.below(m.live.len() as u64) as usize];
+                    let deliveries = m.deliveries_max.get(&id).copied().unwrap_or(0) + 1;
+                    let record = Record::Delivered {
+                        key: id.0,
+                        id: id.1,
+                        deliveries,
+                    };
+                    match exec(&mut log, &[record], sync) {
+                        Outcome::Failed => {}
+                        outcome => {
+                            m.deliveries_max.insert(id, deliveries);
+                            if outcome == Outcome::Acked {
+                                m.deliveries_acked.insert(id, deliveries);
+                            }
+                        }
+                    }
+                }
+                18 | 19 => match log.compact_step() {
                     Ok(true) => m.reclaimed += 1,
                     Ok(false) => {}
-                    Err(_) => return m,
+                    Err(_) => m.failed_writes += 1,
                 },
                 _ => {}
             }
-            if rng.below(3) == 0 {
-                io!(log.sync());
-                m.synced();
-            }
         }
-        io!(log.sync());
-        m.synced();
+        if exec(&mut log, &[], true) != Outcome::Acked {
+            return m;
+        }
         loop {
             match log.compact_step() {
                 Ok(true) => m.reclaimed += 1,
@@ -614,55 +1117,103 @@ mod crash_tests {
         m
     }
 
+    /// Every message recovery found, by id.
+    fn messages(recovered: &Recovered) -> HashMap<Id, StoredMessage> {
+        let mut found = HashMap::new();
+        for (def, messages) in &recovered.mailboxes {
+            for msg in messages {
+                assert_eq!(msg.key, def.key, "a message under another mailbox");
+                let twice = found.insert((msg.key, msg.id), msg.clone());
+                assert!(twice.is_none(), "{:?} delivered twice", (msg.key, msg.id));
+            }
+        }
+        found
+    }
+
     /// Recovers `disk` and checks it against `m`; returns how many messages survived.
     fn check(disk: SimDisk, m: &Model, what: &str) -> usize {
         let (mut log, recovered) = Log::open(disk.clone(), OPTIONS)
             .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
-        let mut found = HashSet::new();
-        for (def, messages) in &recovered.mailboxes {
+        let found = messages(&recovered);
+        let keys: HashSet<u64> = recovered.mailboxes.iter().map(|(d, _)| d.key).collect();
+        for key in &keys {
             assert!(
-                !m.drop_acked.contains(&def.key),
-                "{what}: mailbox {} is back after its removal was acknowledged",
-                def.key
+                !m.drop_acked.contains(key),
+                "{what}: mailbox {key} is back after its removal was acknowledged"
             );
-            for msg in messages {
-                let id = (msg.key, msg.id);
-                assert_eq!(msg.key, def.key);
-                let sent = m
-                    .attempted
-                    .get(&id)
-                    .unwrap_or_else(|| panic!("{what}: unknown message {id:?} appeared"));
-                assert_eq!(&msg.payload, sent, "{what}: payload of {id:?} corrupted");
-                assert!(found.insert(id), "{what}: {id:?} twice");
-                assert!(
-                    !m.removal_acked.contains(&id),
-                    "{what}: {id:?} came back after its removal was acknowledged"
-                );
-            }
+            assert!(
+                !m.defs_failed.contains(key),
+                "{what}: mailbox {key} exists though its creation was answered failed"
+            );
+        }
+        for key in &m.defs_acked {
+            assert!(
+                keys.contains(key) || m.drop_maybe.contains(key),
+                "{what}: acknowledged mailbox {key} was lost"
+            );
+        }
+        for (id, msg) in &found {
+            let sent = m
+                .sent
+                .get(id)
+                .unwrap_or_else(|| panic!("{what}: unknown message {id:?} appeared"));
+            let as_found = StoredMessage {
+                deliveries: 0,
+                ..msg.clone()
+            };
+            assert_eq!(&as_found, sent, "{what}: {id:?} corrupted");
+            assert!(
+                !m.failed.contains(id),
+                "{what}: {id:?} came back though its write was answered failed"
+            );
+            assert!(
+                !m.removal_acked.contains(id),
+                "{what}: {id:?} came back after its removal was acknowledged"
+            );
+            let least = m.deliveries_acked.get(id).copied().unwrap_or(0);
+            let most = m.deliveries_max.get(id).copied().unwrap_or(0);
+            assert!(
+                (least..=most).contains(&msg.deliveries),
+                "{what}: {id:?} counts {} deliveries, not within {least}..={most}",
+                msg.deliveries
+            );
         }
         for id in &m.acked {
-            if !m.removal_attempted.contains(id) {
-                assert!(found.contains(id), "{what}: acknowledged {id:?} was lost");
+            if !m.removal_maybe.contains(id) && !m.drop_maybe.contains(&id.0) {
+                assert!(
+                    found.contains_key(id),
+                    "{what}: acknowledged {id:?} was lost"
+                );
             }
         }
         // The recovered log takes new writes, and a second recovery agrees with the first.
         let key = recovered.next_key;
-        log.write(&[
-            Record::Define(def(key, "after")),
-            Record::Put(put(key, 1, b"new")),
-        ])
-        .unwrap();
+        let new = put(key, 1, b"new");
+        log.write(&[Record::Define(def(key, "after")), Record::Put(new.clone())])
+            .unwrap();
         log.sync().unwrap();
         drop(log);
         let (_, again) = Log::open(disk, OPTIONS).unwrap();
-        let count = |r: &Recovered| r.mailboxes.iter().map(|(_, v)| v.len()).sum::<usize>();
+        let mut expected = found.clone();
+        expected.insert((key, 1), new);
         assert_eq!(
-            count(&again),
-            found.len() + 1,
+            messages(&again),
+            expected,
             "{what}: second recovery differs"
         );
         found.len()
     }
+
+    const MODES: [Crash; 4] = [
+        Crash::DropUnsynced,
+        Crash::Tear {
+            keep_per_mille: 500,
+        },
+        Crash::Tear {
+            keep_per_mille: 999,
+        },
+        Crash::FlipBit { at_per_mille: 300 },
+    ];
 
     #[test]
     fn the_workload_without_a_crash_keeps_everything_acknowledged() {
@@ -672,17 +1223,17 @@ mod crash_tests {
             assert!(!disk.is_dead());
             let total: usize = disk.segments().iter().map(|(_, len)| len).sum();
             let first = disk.segments()[0].0;
-            let survivors = check(
+            let found = check(
                 disk.after_crash(Crash::DropUnsynced),
                 &m,
                 &format!("seed {seed}"),
             );
             let expected = m
-                .attempted
+                .sent
                 .keys()
-                .filter(|id| !m.removal_attempted.contains(id));
+                .filter(|id| !m.removal_maybe.contains(id) && !m.drop_maybe.contains(&id.0));
             assert_eq!(
-                survivors,
+                found,
                 expected.count(),
                 "seed {seed}: exactly the live ones"
             );
@@ -690,10 +1241,10 @@ mod crash_tests {
             // twice what is live.
             assert!(first > 1, "seed {seed}: nothing was reclaimed");
             let live: usize = m
-                .attempted
+                .sent
                 .iter()
-                .filter(|(id, _)| !m.removal_attempted.contains(id))
-                .map(|(_, p)| p.len() + 100)
+                .filter(|(id, _)| !m.removal_maybe.contains(id) && !m.drop_maybe.contains(&id.0))
+                .map(|(_, p)| p.payload.len() + 130)
                 .sum();
             let bound = 2 * live + 3 * OPTIONS.segment_bytes as usize;
             assert!(
@@ -705,32 +1256,27 @@ mod crash_tests {
 
     /// Crash points checked in the normal test run; `IPCD_CRASH_SEEDS` raises the
     /// number of workloads for a longer offline run.
-    #[test]
-    fn every_crash_point_keeps_every_acknowledged_write() {
-        let seeds: u64 = std::env::var("IPCD_CRASH_SEEDS")
+    fn seeds() -> u64 {
+        std::env::var("IPCD_CRASH_SEEDS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(4);
-        let modes = [
-            Crash::DropUnsynced,
-            Crash::Tear {
-                keep_per_mille: 500,
-            },
-            Crash::Tear {
-                keep_per_mille: 999,
-            },
-            Crash::FlipBit { at_per_mille: 300 },
-        ];
-        let (mut points, mut copied) = (0, 0);
-        for seed in 0..seeds {
+            .unwrap_or(4)
+    }
+
+    #[test]
+    fn every_crash_point_keeps_every_acknowledged_write() {
+        let (mut points, mut copied, mut delivered) = (0, 0, 0);
+        for seed in 0..seeds() {
             let probe = SimDisk::default();
-            copied += workload(probe.clone(), seed, 120).copied;
+            let m = workload(probe.clone(), seed, 120);
+            copied += m.copied;
+            delivered += m.deliveries_acked.len();
             let total_ops = probe.ops();
             for n in 1..=total_ops {
                 let disk = SimDisk::default();
                 disk.crash_at(n);
                 let m = workload(disk.clone(), seed, 120);
-                for crash in modes {
+                for crash in MODES {
                     check(
                         disk.after_crash(crash),
                         &m,
@@ -742,19 +1288,98 @@ mod crash_tests {
         }
         eprintln!("{points} crash points checked; the full runs copied {copied} live messages");
         assert!(copied > 0, "no run exercised copying live messages forward");
+        assert!(delivered > 0, "no run recorded a delivery count");
         assert!(points >= 1000, "only {points} crash points");
     }
 
     #[test]
-    fn a_full_disk_fails_the_write_and_harms_nothing_stored() {
+    fn every_failed_sync_takes_back_what_it_failed_and_nothing_else() {
+        let (mut points, mut failed) = (0, 0);
+        for seed in 0..seeds() {
+            let probe = SimDisk::default();
+            workload(probe.clone(), seed, 120);
+            for n in probe.sync_ops() {
+                // The sync at op n fails; the workload goes on to its end, or the disk
+                // dies one, two or three operations later (during the undoing).
+                for crash_after in [None, Some(1), Some(2), Some(3)] {
+                    let disk = SimDisk::default();
+                    disk.fail_at(n);
+                    if let Some(k) = crash_after {
+                        disk.crash_at(n + k);
+                    }
+                    let m = workload(disk.clone(), seed, 120);
+                    failed += m.failed.len();
+                    for crash in MODES {
+                        check(
+                            disk.after_crash(crash),
+                            &m,
+                            &format!(
+                                "seed {seed}, sync at op {n} failed, crash {crash_after:?} \
+                                 later, {crash:?}"
+                            ),
+                        );
+                        points += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("{points} failed-sync points checked; {failed} writes answered failed");
+        assert!(failed > 0, "no write was ever answered failed");
+        assert!(points >= 1000, "only {points} failed-sync points");
+    }
+
+    /// A log of one mailbox with `n` messages, all synced, on a disk of its own.
+    fn log_of(n: u64, payload: usize) -> (SimDisk, Log<SimDisk>) {
         let disk = SimDisk::default();
         let (mut log, _) = Log::open(disk.clone(), OPTIONS).unwrap();
-        log.write(&[
-            Record::Define(def(1, "jobs")),
-            Record::Put(put(1, 1, b"kept")),
-        ])
-        .unwrap();
+        log.write(&[Record::Define(def(1, "jobs"))]).unwrap();
+        for id in 1..=n {
+            log.write(&[Record::Put(put(1, id, &vec![id as u8; payload]))])
+                .unwrap();
+        }
         log.sync().unwrap();
+        (disk, log)
+    }
+
+    /// Where each record of segment `seg` begins, and its length.
+    fn records_of(disk: &SimDisk, seg: u64) -> Vec<(usize, usize)> {
+        let data = disk.bytes(seg).unwrap();
+        let mut at = HEADER_LEN;
+        let mut found = Vec::new();
+        while at < data.len() {
+            let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+            found.push((at, RECORD_HEADER + len));
+            at += RECORD_HEADER + len;
+        }
+        found
+    }
+
+    /// A frame around `body` with a valid checksum.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Ids of the messages recovered from `disk`, and its damage lines.
+    fn recover(disk: &SimDisk) -> (Vec<u64>, Vec<String>) {
+        let (_, recovered) = Log::open(disk.after_crash(Crash::DropUnsynced), OPTIONS).unwrap();
+        let ids = recovered
+            .mailboxes
+            .iter()
+            .flat_map(|(_, m)| m.iter())
+            .map(|m| {
+                assert_eq!(&m.payload[..], &vec![m.id as u8; m.payload.len()][..]);
+                m.id
+            })
+            .collect();
+        (ids, recovered.damage)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_write_and_harms_nothing_stored() {
+        let (disk, mut log) = log_of(1, 4);
         let used: usize = disk.segments().iter().map(|(_, len)| len).sum();
         disk.fill_at(used + 40);
         let big = Record::Put(put(1, 2, &[7; 200]));
@@ -763,36 +1388,229 @@ mod crash_tests {
         // The partial write was cut back; a smaller one still fits and is readable.
         log.write(&[Record::Remove { key: 1, id: 99 }]).unwrap();
         log.sync().unwrap();
-        let (_, recovered) = Log::open(disk.after_crash(Crash::DropUnsynced), OPTIONS).unwrap();
-        assert!(recovered.damage.is_empty(), "{:?}", recovered.damage);
-        let (_, messages) = &recovered.mailboxes[0];
-        assert_eq!(messages.len(), 1);
-        assert_eq!(&messages[0].payload[..], b"kept");
+        let (ids, damage) = recover(&disk);
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(ids, [1]);
     }
 
     #[test]
-    fn damage_inside_an_old_segment_is_reported_and_never_delivered() {
-        let disk = SimDisk::default();
-        let (mut log, _) = Log::open(disk.clone(), OPTIONS).unwrap();
-        log.write(&[Record::Define(def(1, "jobs"))]).unwrap();
-        for id in 1..=40 {
-            log.write(&[Record::Put(put(1, id, &[id as u8; 100]))])
-                .unwrap();
+    fn a_flipped_bit_in_synced_data_loses_only_its_own_record() {
+        for in_head in [false, true] {
+            let (disk, log) = log_of(40, 100);
+            drop(log);
+            let segs = disk.segments();
+            let seg = if in_head {
+                segs.last().unwrap().0
+            } else {
+                segs[0].0
+            };
+            let records = records_of(&disk, seg);
+            // A record in the middle, hit in its payload.
+            let (at, len) = records[records.len() / 2];
+            disk.corrupt(seg, at + len - 10);
+            let victim = disk.bytes(seg).unwrap()[at + len - 10] ^ 1;
+            let (ids, damage) = recover(&disk);
+            assert_eq!(ids.len(), 39, "in head {in_head}: {damage:?}");
+            assert!(!ids.contains(&u64::from(victim)));
+            assert_eq!(damage.len(), 1, "{damage:?}");
+            assert!(
+                damage[0].contains("fails its checksum")
+                    && damage[0].contains(&format!("message {victim} of mailbox jobs"))
+                    && damage[0].contains("which is lost"),
+                "{damage:?}"
+            );
         }
-        log.sync().unwrap();
-        let (first, len) = disk.segments()[0];
-        disk.corrupt(first, len - 50);
-        let (_, recovered) = Log::open(disk.after_crash(Crash::DropUnsynced), OPTIONS).unwrap();
-        assert_eq!(recovered.damage.len(), 1, "{:?}", recovered.damage);
+    }
+
+    #[test]
+    fn a_flipped_length_leaves_the_rest_unread_but_never_delivers_it_wrong() {
+        for in_head in [false, true] {
+            let (disk, log) = log_of(40, 100);
+            drop(log);
+            let segs = disk.segments();
+            let seg = if in_head {
+                segs.last().unwrap().0
+            } else {
+                segs[0].0
+            };
+            let before = disk.bytes(seg).unwrap().len();
+            let records = records_of(&disk, seg);
+            let (at, _) = records[records.len() / 2];
+            disk.corrupt(seg, at + 1);
+            let (ids, damage) = recover(&disk);
+            let after = records.len() - records.len() / 2;
+            assert_eq!(ids.len(), 40 - after, "in head {in_head}: {damage:?}");
+            assert_eq!(damage.len(), 1, "{damage:?}");
+            assert!(
+                damage[0].contains("cannot be found safely") && damage[0].contains("left in place"),
+                "{damage:?}"
+            );
+            // Not cut: what follows may be acknowledged data.
+            assert_eq!(disk.bytes(seg).unwrap().len(), before);
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_is_skipped_and_everything_after_it_kept() {
+        for (in_head, body) in [
+            (false, vec![99, 1, 2, 3]),
+            (true, vec![99]),
+            // A `Put` whose content_type claims more than there is, as a wrapped length
+            // once made: the checksum holds, the body does not read.
+            (true, {
+                let mut body = vec![3];
+                body.extend_from_slice(&1u64.to_le_bytes());
+                body.extend_from_slice(&[0; 40]);
+                body
+            }),
+        ] {
+            let (disk, log) = log_of(40, 100);
+            drop(log);
+            let segs = disk.segments();
+            let seg = if in_head {
+                segs.last().unwrap().0
+            } else {
+                segs[0].0
+            };
+            let records = records_of(&disk, seg);
+            let (at, _) = records[records.len() / 2];
+            let mut data = disk.bytes(seg).unwrap();
+            data.splice(at..at, framed(&body));
+            let segments = segs.iter().map(|&(s, _)| {
+                let bytes = if s == seg {
+                    data.clone()
+                } else {
+                    disk.bytes(s).unwrap()
+                };
+                (s, bytes)
+            });
+            let planted = SimDisk::with_segments(segments);
+            let (ids, damage) = recover(&planted);
+            assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "{damage:?}");
+            assert_eq!(damage.len(), 1, "{damage:?}");
+            assert!(
+                damage[0].contains("valid checksum but cannot be read")
+                    && damage[0].contains("records after it are kept"),
+                "{damage:?}"
+            );
+            // A second recovery finds the same.
+            assert_eq!(recover(&planted).0.len(), 40);
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_said_to_hold_no_record() {
+        let (disk, mut log) = log_of(3, 10);
+        log.write(&[Record::Put(put(1, 4, &[4; 100]))]).unwrap();
+        let (ids, damage) = recover(&disk.after_crash(Crash::Tear {
+            keep_per_mille: 600,
+        }));
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(damage.len(), 1, "{damage:?}");
         assert!(
-            recovered.damage[0].contains("damaged record"),
-            "{:?}",
-            recovered.damage
+            damage[0].contains("torn tail") && damage[0].contains("no intact record"),
+            "{damage:?}"
         );
-        let (_, messages) = &recovered.mailboxes[0];
-        assert!(messages.len() < 40);
-        for m in messages {
-            assert_eq!(&m.payload[..], &[m.id as u8; 100][..], "intact or absent");
+    }
+
+    #[test]
+    fn a_failed_sync_takes_its_batch_back_and_the_log_goes_on() {
+        let (disk, mut log) = log_of(2, 10);
+        log.write(&[Record::Put(put(1, 3, &[3; 10]))]).unwrap();
+        disk.fail_next_sync();
+        let err = log.sync().unwrap_err();
+        assert!(err.to_string().contains("cut back off"), "{err}");
+        assert!(log.failure().is_none());
+        // The failed sync made the bytes durable (at its worst); the cut took them away.
+        let (ids, _) = recover(&disk);
+        assert_eq!(ids, [1, 2]);
+        log.write(&[Record::Put(put(1, 4, &[4; 10]))]).unwrap();
+        log.sync().unwrap();
+        let (ids, damage) = recover(&disk);
+        assert_eq!(ids, [1, 2, 4]);
+        assert!(damage.is_empty(), "{damage:?}");
+    }
+
+    #[test]
+    fn a_failed_sync_that_cannot_be_undone_stops_every_later_write() {
+        let (disk, mut log) = log_of(2, 10);
+        log.write(&[Record::Put(put(1, 3, &[3; 10]))]).unwrap();
+        let n = disk.ops();
+        // The sync fails, and so does the truncate that would undo it.
+        disk.fail_at(n + 1);
+        disk.fail_at(n + 2);
+        let err = log.sync().unwrap_err();
+        assert!(err.to_string().contains("failed too"), "{err}");
+        assert!(log.failure().is_some());
+        let refused = log.write(&[Record::Remove { key: 1, id: 1 }]).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("durable writes are refused until ipcd restarts: fdatasync failed"),
+            "{refused}"
+        );
+        assert!(log.sync().is_err());
+        assert!(!log.compact_step().unwrap());
+    }
+
+    #[test]
+    fn delivery_counts_survive_the_copy_that_reclaims_their_segment() {
+        let (disk, mut log) = log_of(1, 10);
+        log.write(&[Record::Delivered {
+            key: 1,
+            id: 1,
+            deliveries: 3,
+        }])
+        .unwrap();
+        log.sync().unwrap();
+        // Churn until the segment holding message 1 and its count has been reclaimed.
+        let first = disk.segments()[0].0;
+        let mut id = 2;
+        while disk.segments()[0].0 == first {
+            log.write(&[Record::Put(put(1, id, &[0; 200]))]).unwrap();
+            log.write(&[Record::Remove { key: 1, id }]).unwrap();
+            log.sync().unwrap();
+            log.compact_step().unwrap();
+            id += 1;
         }
+        assert!(log.copied() > 0);
+        let (_, recovered) = Log::open(disk.after_crash(Crash::DropUnsynced), OPTIONS).unwrap();
+        let (_, messages) = &recovered.mailboxes[0];
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].deliveries, 3);
+    }
+
+    #[test]
+    fn a_lost_mailbox_removal_leaves_one_mailbox_of_a_name() {
+        let (disk, mut log) = log_of(1, 10);
+        let mut encoded = BytesMut::new();
+        Record::Drop { key: 1 }.encode(&mut encoded).unwrap();
+        log.write(&[Record::Drop { key: 1 }]).unwrap();
+        log.write(&[
+            Record::Define(def(2, "jobs")),
+            Record::Put(put(2, 1, &[1; 10])),
+        ])
+        .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        // Damage the `Drop`'s body: its fields still add up, so it is skipped alone.
+        let seg = disk.segments().last().unwrap().0;
+        let data = disk.bytes(seg).unwrap();
+        let at = data
+            .windows(encoded.len())
+            .position(|w| w == &encoded[..])
+            .unwrap();
+        disk.corrupt(seg, at + RECORD_HEADER + 3);
+        let disk = disk.after_crash(Crash::DropUnsynced);
+        let (_, recovered) = Log::open(disk.clone(), OPTIONS).unwrap();
+        assert_eq!(recovered.mailboxes.len(), 1);
+        assert_eq!(recovered.mailboxes[0].0.key, 2);
+        assert_eq!(recovered.damage.len(), 2, "{:?}", recovered.damage);
+        assert!(recovered.damage[1].contains("defined again later"));
+        // The older one was dropped for good: a second recovery reports nothing new.
+        let (_, again) = Log::open(disk, OPTIONS).unwrap();
+        assert_eq!(again.mailboxes.len(), 1);
+        assert_eq!(again.damage.len(), 1, "{:?}", again.damage);
+        assert!(again.damage[0].contains("fails its checksum"));
     }
 }

@@ -12,6 +12,13 @@
 //! the writer takes mailbox locks in completions, so a bounded channel could deadlock.
 //! What is queued is bounded upstream: a message counts against its mailbox's limits and
 //! its sender's quota from the moment it is submitted.
+//!
+//! Failures stay with the jobs they concern: a job whose records do not fit the format
+//! (a string longer than its length prefix) is refused alone, before the write, and the
+//! rest of its batch goes on. A failed `fdatasync` fails the whole batch it was to make
+//! durable, and the log takes that batch back off the disk first, so nothing answered
+//! "failed" comes back after a restart; if the log cannot do that, it refuses every
+//! further durable write until the daemon restarts, and says so in each answer.
 
 pub mod disk;
 pub mod log;
@@ -29,6 +36,9 @@ use ipc_proto::{ErrorCode, ErrorReply, Fsync};
 use self::disk::{Disk, OsDisk};
 use self::log::{Log, LogOptions, Recovered};
 pub use self::record::{MailboxDef, Record, StoredMessage};
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 /// Most jobs gathered into one write.
 const MAX_BATCH_JOBS: usize = 4096;
@@ -191,8 +201,12 @@ fn stopped() -> ErrorReply {
     ErrorReply::new(ErrorCode::ShuttingDown, "the store has stopped")
 }
 
-fn failed(e: &std::io::Error) -> ErrorReply {
-    let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+/// The answer to a job whose write or sync failed; `undone` says whether the log took
+/// its records back (else they may still be there after a restart).
+fn failed(e: &std::io::Error, undone: bool) -> ErrorReply {
+    let hint = if !undone {
+        "; it may still be there after ipcd restarts"
+    } else if e.raw_os_error() == Some(libc::ENOSPC) {
         "; free space in the state directory and retry — messages stored before are unharmed"
     } else {
         "; messages stored before are unharmed"
@@ -200,6 +214,14 @@ fn failed(e: &std::io::Error) -> ErrorReply {
     ErrorReply::new(
         ErrorCode::StorageFailed,
         format!("could not store the message durably: {e}{hint}"),
+    )
+}
+
+/// The answer to a job whose records the log cannot hold at all.
+fn refused(e: &record::EncodeError) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::InvalidArgument,
+        format!("cannot store the message durably: {e}"),
     )
 }
 
@@ -235,12 +257,31 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
             }
         }
         let stop = batch.iter().any(|j| j.stop);
-        let records: Vec<Record> = batch.iter_mut().flat_map(|j| j.records.drain(..)).collect();
-        let mut result = log.write(&records);
+        // A job the log cannot hold is refused alone; the rest of the batch goes on.
+        let mut refusals = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        for job in &mut batch {
+            match job.records.iter().try_for_each(|r| log.admit(r)) {
+                Ok(()) => {
+                    records.append(&mut job.records);
+                    refusals.push(None);
+                }
+                Err(e) => {
+                    tracing::warn!("a durable write was refused: {e}");
+                    refusals.push(Some(refused(&e)));
+                }
+            }
+        }
+        let was_failed = log.failure().is_some();
         let sync_now = batch.iter().any(|j| j.fsync == Fsync::Always);
-        if result.is_ok() && sync_now {
-            result = log.sync();
-            sync_by = None;
+        let mut result = log.write(&records);
+        if result.is_ok() {
+            if sync_now {
+                result = log.sync();
+                sync_by = None;
+            } else {
+                log.commit();
+            }
         }
         if result.is_ok() && log.is_dirty() {
             let interval = batch
@@ -255,18 +296,33 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
                 sync_by = Some(sync_by.map_or(due, |d| d.min(due)));
             }
         }
-        let outcome = result.as_ref().map(|_| ()).map_err(failed);
-        if let Err(e) = &result {
+        // Only the batch whose failure put the log out of service may have left records
+        // behind; later batches are refused before anything is written.
+        let left_behind = !was_failed && log.failure().is_some();
+        let outcome = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| failed(e, !left_behind));
+        match &result {
+            Err(e) if !was_failed => {
+                tracing::error!(
+                    "durable log write failed for {} records: {e}",
+                    records.len()
+                );
+            }
+            _ => {}
+        }
+        if left_behind {
             tracing::error!(
-                "durable log write failed for {} records: {e}",
-                records.len()
+                "durable log out of service, durable writes fail until ipcd restarts: {}",
+                log.failure().unwrap_or_default()
             );
         }
-        for job in batch {
+        for (job, refusal) in batch.into_iter().zip(refusals) {
             if let Some(done) = job.done {
                 // A completion that panics must not take the writer, and with it every
                 // durable mailbox, down with it.
-                let outcome = outcome.clone();
+                let outcome = refusal.map_or_else(|| outcome.clone(), Err);
                 let completed =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(outcome)));
                 if completed.is_err() {
@@ -283,5 +339,171 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
     }
     if let Err(e) = log.sync() {
         tracing::error!("final sync of the durable log failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::Receiver;
+
+    use super::disk::sim::{Crash, SimDisk};
+    use super::record::tests::{def, put};
+    use super::*;
+
+    const OPTIONS: LogOptions = LogOptions {
+        segment_bytes: 1 << 16,
+        max_record: 1 << 20,
+    };
+
+    /// Submits `records`; the receiver hears how it went.
+    fn submit(store: &Store, records: Vec<Record>) -> Receiver<Stored> {
+        let (tx, rx) = mpsc::channel();
+        store.submit(records, Fsync::Always, move |stored| {
+            let _ = tx.send(stored);
+        });
+        rx
+    }
+
+    /// Ids of the messages a restart would find on `disk`.
+    fn ids_after_restart(disk: &SimDisk) -> Vec<u64> {
+        let disk = disk.after_crash(Crash::DropUnsynced);
+        let (store, writer, recovered) =
+            Store::open_on(disk, PathBuf::from("sim"), OPTIONS).unwrap();
+        store.stop();
+        drop(store);
+        writer.join();
+        recovered
+            .mailboxes
+            .iter()
+            .flat_map(|(_, m)| m.iter().map(|m| m.id))
+            .collect()
+    }
+
+    #[test]
+    fn a_record_too_long_for_the_format_fails_its_own_job_and_no_other() {
+        let disk = SimDisk::default();
+        let (store, writer, _) =
+            Store::open_on(disk.clone(), PathBuf::from("sim"), OPTIONS).unwrap();
+        submit(&store, vec![Record::Define(def(1, "jobs"))])
+            .recv()
+            .unwrap()
+            .unwrap();
+        // The first job's completion holds the writer until the others are queued, so
+        // they go out together in one batch.
+        let (release, hold) = mpsc::channel::<()>();
+        let (first_tx, first) = mpsc::channel();
+        store.submit(
+            vec![Record::Put(put(1, 1, b"before"))],
+            Fsync::Always,
+            move |stored| {
+                let _ = hold.recv();
+                let _ = first_tx.send(stored);
+            },
+        );
+        let mut evil = put(1, 2, b"evil");
+        evil.headers.content_type = Some("a".repeat(70_000));
+        let evil = submit(&store, vec![Record::Put(evil)]);
+        let after: Vec<_> = (3..=5)
+            .map(|id| submit(&store, vec![Record::Put(put(1, id, b"after"))]))
+            .collect();
+        release.send(()).unwrap();
+        first.recv().unwrap().unwrap();
+        let refused = evil.recv().unwrap().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidArgument);
+        assert!(
+            refused.message.contains("content_type is 70000 bytes")
+                && refused.message.contains("65535"),
+            "{}",
+            refused.message
+        );
+        for done in after {
+            done.recv().unwrap().unwrap();
+        }
+        store.stop();
+        drop(store);
+        writer.join();
+        assert_eq!(ids_after_restart(&disk), [1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_failed_fdatasync_fails_its_batch_and_leaves_nothing_of_it_behind() {
+        let disk = SimDisk::default();
+        let (store, writer, _) =
+            Store::open_on(disk.clone(), PathBuf::from("sim"), OPTIONS).unwrap();
+        submit(
+            &store,
+            vec![
+                Record::Define(def(1, "jobs")),
+                Record::Put(put(1, 1, b"kept")),
+            ],
+        )
+        .recv()
+        .unwrap()
+        .unwrap();
+        disk.fail_next_sync();
+        let failed = submit(&store, vec![Record::Put(put(1, 2, b"failed"))])
+            .recv()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(failed.code, ErrorCode::StorageFailed);
+        assert!(
+            failed.message.contains("fdatasync failed")
+                && failed
+                    .message
+                    .contains("messages stored before are unharmed"),
+            "{}",
+            failed.message
+        );
+        // The log goes on.
+        submit(&store, vec![Record::Put(put(1, 3, b"later"))])
+            .recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids_after_restart(&disk), [1, 3]);
+        store.stop();
+        drop(store);
+        writer.join();
+    }
+
+    #[test]
+    fn a_log_that_cannot_undo_a_failed_sync_refuses_every_later_write() {
+        let disk = SimDisk::default();
+        let (store, writer, _) =
+            Store::open_on(disk.clone(), PathBuf::from("sim"), OPTIONS).unwrap();
+        submit(&store, vec![Record::Define(def(1, "jobs"))])
+            .recv()
+            .unwrap()
+            .unwrap();
+        // The append, then its sync and the truncate that would undo it, fail.
+        let n = disk.ops();
+        disk.fail_at(n + 2);
+        disk.fail_at(n + 3);
+        let failed = submit(&store, vec![Record::Put(put(1, 1, b"unknown"))])
+            .recv()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            failed
+                .message
+                .contains("may still be there after ipcd restarts"),
+            "{}",
+            failed.message
+        );
+        let refused = submit(&store, vec![Record::Put(put(1, 2, b"refused"))])
+            .recv()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::StorageFailed);
+        assert!(
+            refused
+                .message
+                .contains("durable writes are refused until ipcd restarts")
+                && !refused.message.contains("may still be there"),
+            "{}",
+            refused.message
+        );
+        store.stop();
+        drop(store);
+        writer.join();
     }
 }

@@ -4,7 +4,13 @@
 //!
 //! A record on disk is `len: u32 LE | crc32: u32 LE | body[len]`, where the CRC (IEEE,
 //! `crc32fast`) covers the body. The body starts with a kind byte. All integers are
-//! little-endian; strings and byte strings are length-prefixed.
+//! little-endian; strings and byte strings are length-prefixed: a string by a `u16`, the
+//! payload by a `u32`.
+//!
+//! Every length is checked when encoding ([`Record::encoded_len`]): a value that does
+//! not fit its prefix is refused with [`EncodeError`], never written as a wrapped number
+//! that would make the record unreadable — and, since its checksum would still hold,
+//! look like a valid record to recovery.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ipc_proto::{Credentials, Fsync, Headers, MailboxName, Timestamp};
@@ -14,6 +20,16 @@ use crate::perm::Ownership;
 
 /// Bytes before a record's body.
 pub const RECORD_HEADER: usize = 8;
+
+/// Longest string (mailbox name, `reply_to`, `content_type`) a record holds: its `u16`
+/// length prefix.
+pub const MAX_STRING: usize = u16::MAX as usize;
+
+/// Longest payload a record holds: its `u32` length prefix.
+pub const MAX_PAYLOAD: usize = u32::MAX as usize;
+
+/// Longest record body: the `u32` length in the record header.
+pub const MAX_BODY: usize = u32::MAX as usize;
 
 /// A durable mailbox as stored: everything needed to recreate it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +98,8 @@ const DELIVERED: u8 = 6;
 pub enum RecordError {
     #[error("truncated record header")]
     ShortHeader,
+    #[error("record length is zero")]
+    ZeroLength,
     #[error("record length {0} is beyond the largest record")]
     TooLong(u32),
     #[error("record body truncated: {have} of {want} bytes")]
@@ -92,9 +110,92 @@ pub enum RecordError {
     Malformed(&'static str),
 }
 
+/// Why a record cannot be written: a value does not fit the format (or the log's bound).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{field} is {len} bytes, over the {max}-byte limit of the durable store")]
+    TooLong {
+        /// The field as users know it (`content_type`, `payload`, …).
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Checks that `len` bytes of `field` fit `max`.
+fn fits(field: &'static str, len: usize, max: usize) -> Result<usize, EncodeError> {
+    if len > max {
+        Err(EncodeError::TooLong { field, len, max })
+    } else {
+        Ok(len)
+    }
+}
+
+/// Bytes a length-prefixed string takes in a body, once checked.
+fn string_len(field: &'static str, s: &str) -> Result<usize, EncodeError> {
+    Ok(2 + fits(field, s.len(), MAX_STRING)?)
+}
+
 impl Record {
-    /// Appends this record, framed and checksummed, to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// Bytes this record takes on disk, header included, after checking that every
+    /// length in it fits its prefix. [`encode`](Self::encode) writes exactly this much.
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        let body = match self {
+            Record::Define(def) => {
+                let fsync = match def.fsync {
+                    Fsync::IntervalMs(_) => 5,
+                    Fsync::Always | Fsync::Never => 1,
+                };
+                let dead_letter = match &def.dead_letter {
+                    Some(name) => 1 + string_len("dead_letter", name.as_str())?,
+                    None => 1,
+                };
+                1 + 8
+                    + string_len("mailbox name", def.name.as_str())?
+                    + 5 * 4
+                    + 3 * 8
+                    + fsync
+                    + 4
+                    + dead_letter
+                    + 3 * 8
+            }
+            Record::Put(m) => {
+                let reply_to = match &m.headers.reply_to {
+                    Some(name) => 1 + string_len("reply_to", name.as_str())?,
+                    None => 1,
+                };
+                let correlation_id = if m.headers.correlation_id.is_some() {
+                    9
+                } else {
+                    1
+                };
+                let content_type = match &m.headers.content_type {
+                    Some(ct) => 1 + string_len("content_type", ct)?,
+                    None => 1,
+                };
+                // A payload that fills its own prefix makes a body past the header's
+                // `u32`; the check of the whole body below refuses that.
+                let payload = fits("payload", m.payload.len(), MAX_PAYLOAD)?;
+                (1 + 3 * 8 + 3 * 4 + 8 + reply_to + correlation_id + content_type + 2 * 8 + 4)
+                    .checked_add(payload)
+                    .ok_or(EncodeError::TooLong {
+                        field: "record",
+                        len: usize::MAX,
+                        max: MAX_BODY,
+                    })?
+            }
+            Record::Drop { .. } => 1 + 8,
+            Record::Remove { .. } | Record::Purge { .. } => 1 + 2 * 8,
+            Record::Delivered { .. } => 1 + 2 * 8 + 4,
+        };
+        Ok(RECORD_HEADER + fits("record", body, MAX_BODY)?)
+    }
+
+    /// Appends this record, framed and checksummed, to `out`; or, if a length does not
+    /// fit the format, appends nothing and says which.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = self.encoded_len()?;
+        out.reserve(len);
         let start = out.len();
         out.put_u64_le(0); // length and checksum, filled in below
         match self {
@@ -132,7 +233,9 @@ impl Record {
                     }
                     None => out.put_u8(0),
                 }
-                out.put_u64_le(def.default_ttl.map_or(0, |t| t.as_millis() as u64));
+                // A TTL is bounded by the configuration's `max_ttl`, far below this.
+                let ttl = def.default_ttl.map_or(0, |t| t.as_millis());
+                out.put_u64_le(u64::try_from(ttl).unwrap_or(u64::MAX));
                 out.put_u64_le(def.created_at.0);
                 out.put_u64_le(def.next_id);
             }
@@ -172,7 +275,7 @@ impl Record {
                 }
                 out.put_u64_le(m.expires_at.map_or(0, |t| t.0));
                 out.put_u64_le(m.not_before.map_or(0, |t| t.0));
-                out.put_u32_le(m.payload.len() as u32);
+                out.put_u32_le(u32::try_from(m.payload.len()).expect("checked by encoded_len"));
                 out.put_slice(&m.payload);
             }
             Record::Remove { key, id } => {
@@ -196,36 +299,28 @@ impl Record {
                 out.put_u32_le(*deliveries);
             }
         }
-        let body_len = out.len() - start - RECORD_HEADER;
+        debug_assert_eq!(out.len() - start, len, "encoded_len agrees with encode");
+        let body_len = u32::try_from(len - RECORD_HEADER).expect("checked by encoded_len");
         let crc = crc32fast::hash(&out[start + RECORD_HEADER..]);
-        out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
     }
 
     /// Reads one record from the start of `bytes`; returns it and the bytes it took.
     /// `max_body` bounds the length a header may claim.
     pub fn decode(bytes: &Bytes, max_body: u32) -> Result<(Record, usize), RecordError> {
-        if bytes.len() < RECORD_HEADER {
-            return Err(RecordError::ShortHeader);
+        if bytes.len() >= RECORD_HEADER {
+            let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            if len > max_body {
+                return Err(RecordError::TooLong(len));
+            }
         }
-        let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if len > max_body {
-            return Err(RecordError::TooLong(len));
+        match frame(bytes) {
+            Framed::Intact { body, used } => Ok((decode_body(body)?, used)),
+            Framed::Corrupt { .. } => Err(RecordError::Checksum),
+            Framed::Unframed(e) => Err(e),
         }
-        let want = RECORD_HEADER + len as usize;
-        if bytes.len() < want {
-            return Err(RecordError::ShortBody {
-                have: bytes.len() - RECORD_HEADER,
-                want: len as usize,
-            });
-        }
-        let body = bytes.slice(RECORD_HEADER..want);
-        if crc32fast::hash(&body) != crc {
-            return Err(RecordError::Checksum);
-        }
-        let record = decode_body(body)?;
-        Ok((record, want))
     }
 
     /// The mailbox this record is about.
@@ -242,8 +337,195 @@ impl Record {
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u16_le(s.len() as u16);
+    out.put_u16_le(u16::try_from(s.len()).expect("checked by encoded_len"));
     out.put_slice(s.as_bytes());
+}
+
+/// A record's frame as found at the start of some bytes, before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framed {
+    /// Whole, and its checksum holds; `used` counts the header too.
+    Intact { body: Bytes, used: usize },
+    /// Whole, but its checksum fails: some bit of it — body, checksum or length — is
+    /// wrong.
+    Corrupt { body: Bytes, used: usize },
+    /// No frame can be read here: the header is cut short, or claims no body or more
+    /// bytes than there are.
+    Unframed(RecordError),
+}
+
+/// Reads the frame at the start of `bytes`, bounded only by the bytes there (which the
+/// caller already holds, so no length can make it allocate).
+pub fn frame(bytes: &Bytes) -> Framed {
+    if bytes.len() < RECORD_HEADER {
+        return Framed::Unframed(RecordError::ShortHeader);
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    // Every body holds at least its kind byte; a zero length is what a zero-filled
+    // stretch (a file extended but never written) reads as, and its checksum would hold.
+    if len == 0 {
+        return Framed::Unframed(RecordError::ZeroLength);
+    }
+    let have = bytes.len() - RECORD_HEADER;
+    let Some(used) = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= have)
+        .map(|len| RECORD_HEADER + len)
+    else {
+        return Framed::Unframed(RecordError::ShortBody {
+            have,
+            want: len as usize,
+        });
+    };
+    let body = bytes.slice(RECORD_HEADER..used);
+    if crc32fast::hash(&body) == crc {
+        Framed::Intact { body, used }
+    } else {
+        Framed::Corrupt { body, used }
+    }
+}
+
+/// The length a body's own fields give it — its kind, the fixed fields of that kind and
+/// its length-prefixed strings and payload — without checking their contents; `None`
+/// if they cannot be followed. A body whose checksum fails but whose structure spans
+/// exactly its framed length has that length confirmed by a second, independent count,
+/// so the record after it can be found without trusting the damaged header alone.
+pub fn body_shape(body: &[u8]) -> Option<usize> {
+    let mut rest = body;
+    let mut skip = |n: usize| -> Option<&[u8]> {
+        let (taken, left) = rest.split_at_checked(n)?;
+        rest = left;
+        Some(taken)
+    };
+    fn le(b: &[u8]) -> usize {
+        b.iter()
+            .rev()
+            .fold(0, |n, &byte| n << 8 | usize::from(byte))
+    }
+    let kind = skip(1)?[0];
+    match kind {
+        DEFINE => {
+            skip(8)?;
+            let name = le(skip(2)?);
+            skip(name + 5 * 4 + 3 * 8)?;
+            match skip(1)?[0] {
+                0 | 2 => {}
+                1 => {
+                    skip(4)?;
+                }
+                _ => return None,
+            }
+            skip(4)?;
+            match skip(1)?[0] {
+                0 => {}
+                1 => {
+                    let dead_letter = le(skip(2)?);
+                    skip(dead_letter)?;
+                }
+                _ => return None,
+            }
+            skip(3 * 8)?;
+        }
+        DROP => {
+            skip(8)?;
+        }
+        PUT => {
+            skip(3 * 8 + 3 * 4 + 8)?;
+            match skip(1)?[0] {
+                0 => {}
+                1 => {
+                    let reply_to = le(skip(2)?);
+                    skip(reply_to)?;
+                }
+                _ => return None,
+            }
+            match skip(1)?[0] {
+                0 => {}
+                1 => {
+                    skip(8)?;
+                }
+                _ => return None,
+            }
+            match skip(1)?[0] {
+                0 => {}
+                1 => {
+                    let content_type = le(skip(2)?);
+                    skip(content_type)?;
+                }
+                _ => return None,
+            }
+            skip(2 * 8)?;
+            let payload = le(skip(4)?);
+            skip(payload)?;
+        }
+        REMOVE | PURGE => {
+            skip(2 * 8)?;
+        }
+        DELIVERED => {
+            skip(2 * 8 + 4)?;
+        }
+        _ => return None,
+    }
+    Some(body.len() - rest.len())
+}
+
+/// What a record that cannot be used seems to have been, read from its first fields
+/// alone, for the line that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Glimpse {
+    Define {
+        key: u64,
+    },
+    Drop {
+        key: u64,
+    },
+    Put {
+        key: u64,
+        id: u64,
+    },
+    Remove {
+        key: u64,
+        id: u64,
+    },
+    Purge {
+        key: u64,
+        below: u64,
+    },
+    Delivered {
+        key: u64,
+        id: u64,
+    },
+    /// Too short to say, or of a kind this build does not know.
+    Unknown {
+        kind: Option<u8>,
+    },
+}
+
+/// Reads what a damaged or unreadable body seems to be.
+pub fn glimpse(body: &[u8]) -> Glimpse {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
+    };
+    let kind = body.first().copied();
+    let seen = match kind {
+        Some(DEFINE) => word(1).map(|key| Glimpse::Define { key }),
+        Some(DROP) => word(1).map(|key| Glimpse::Drop { key }),
+        Some(PUT) => word(1)
+            .zip(word(9))
+            .map(|(key, id)| Glimpse::Put { key, id }),
+        Some(REMOVE) => word(1)
+            .zip(word(9))
+            .map(|(key, id)| Glimpse::Remove { key, id }),
+        Some(PURGE) => word(1)
+            .zip(word(9))
+            .map(|(key, below)| Glimpse::Purge { key, below }),
+        Some(DELIVERED) => word(1)
+            .zip(word(9))
+            .map(|(key, id)| Glimpse::Delivered { key, id }),
+        _ => None,
+    };
+    seen.unwrap_or(Glimpse::Unknown { kind })
 }
 
 /// A cursor over a record body that reports a short body instead of panicking.
@@ -295,7 +577,8 @@ impl Reader {
     }
 }
 
-fn decode_body(body: Bytes) -> Result<Record, RecordError> {
+/// Reads a record's body (its frame already checked).
+pub fn decode_body(body: Bytes) -> Result<Record, RecordError> {
     let mut r = Reader(body);
     let record = match r.u8()? {
         DEFINE => {
@@ -462,8 +745,13 @@ pub(crate) mod tests {
         ];
         for record in records {
             let mut out = BytesMut::new();
-            record.encode(&mut out);
+            record.encode(&mut out).unwrap();
             let bytes = out.freeze();
+            assert_eq!(record.encoded_len(), Ok(bytes.len()));
+            assert_eq!(
+                body_shape(&bytes[RECORD_HEADER..]),
+                Some(bytes.len() - RECORD_HEADER)
+            );
             let (back, used) = Record::decode(&bytes, u32::MAX).unwrap();
             assert_eq!(back, record);
             assert_eq!(used, bytes.len());
@@ -491,5 +779,175 @@ pub(crate) mod tests {
             Record::decode(&Bytes::from(bytes), 1 << 20),
             Err(RecordError::TooLong(0x7fff_ffff))
         );
+    }
+
+    use proptest::prelude::*;
+
+    /// A mailbox name of `len` bytes (1..=255).
+    fn name_of(len: usize) -> MailboxName {
+        MailboxName::new("n".repeat(len)).unwrap()
+    }
+
+    /// Encodes `record`, checking that a refusal leaves `out` as it was; decodes what was
+    /// written and checks it is `record`.
+    fn round_trip(record: &Record) -> Result<(), EncodeError> {
+        let mut out = BytesMut::from(&b"before"[..]);
+        let result = record.encode(&mut out);
+        if result.is_err() {
+            assert_eq!(&out[..], b"before", "a refused record wrote nothing");
+            return result;
+        }
+        let bytes = out.freeze().slice(6..);
+        let (back, used) = Record::decode(&bytes, u32::MAX).expect("what was written reads");
+        assert_eq!(&back, record);
+        assert_eq!(used, bytes.len());
+        assert_eq!(record.encoded_len(), Ok(used));
+        assert_eq!(
+            body_shape(&bytes[RECORD_HEADER..]),
+            Some(used - RECORD_HEADER)
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every string field at its smallest, at the most its `u16` prefix can say and
+        /// one more: each round-trips or is refused naming the field and the bound — never
+        /// written with a wrapped length.
+        #[test]
+        fn every_string_field_round_trips_or_is_refused(
+            ct_len in prop::sample::select(vec![0, MAX_STRING, MAX_STRING + 1]),
+            reply_len in prop::option::of(prop::sample::select(vec![1usize, 255])),
+            name_len in prop::sample::select(vec![1usize, 255]),
+            dead_len in prop::option::of(prop::sample::select(vec![1usize, 255])),
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+            id in any::<u64>(),
+            correlation_id in any::<Option<u64>>(),
+        ) {
+            let mut message = put(7, id, &payload);
+            message.headers.content_type = Some("c".repeat(ct_len));
+            message.headers.reply_to = reply_len.map(name_of);
+            message.headers.correlation_id = correlation_id;
+            let result = round_trip(&Record::Put(message));
+            if ct_len > MAX_STRING {
+                prop_assert_eq!(
+                    result,
+                    Err(EncodeError::TooLong { field: "content_type", len: ct_len, max: MAX_STRING })
+                );
+            } else {
+                prop_assert_eq!(result, Ok(()));
+            }
+            let mut mailbox = def(7, "x");
+            mailbox.name = name_of(name_len);
+            mailbox.dead_letter = dead_len.map(name_of);
+            prop_assert_eq!(round_trip(&Record::Define(mailbox)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_refused_content_type_says_which_field_and_what_bound() {
+        let mut message = put(1, 1, b"x");
+        message.headers.content_type = Some("a".repeat(70_000));
+        let e = Record::Put(message)
+            .encode(&mut BytesMut::new())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "content_type is 70000 bytes, over the 65535-byte limit of the durable store"
+        );
+    }
+
+    /// A payload of `len` zero bytes that costs no memory: an untouched, unreserved
+    /// read-only mapping.
+    fn huge_payload(len: usize) -> Bytes {
+        struct Mapping(*mut libc::c_void, usize);
+        // SAFETY: the mapping is read-only and owned by this value alone.
+        unsafe impl Send for Mapping {}
+        impl AsRef<[u8]> for Mapping {
+            fn as_ref(&self) -> &[u8] {
+                // SAFETY: `self.0` maps `self.1` readable bytes for as long as self lives.
+                unsafe { std::slice::from_raw_parts(self.0.cast::<u8>(), self.1) }
+            }
+        }
+        impl Drop for Mapping {
+            fn drop(&mut self) {
+                // SAFETY: unmapping what `huge_payload` mapped, once.
+                unsafe { libc::munmap(self.0, self.1) };
+            }
+        }
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED, "mmap of {len} bytes");
+        Bytes::from_owner(Mapping(at, len))
+    }
+
+    #[test]
+    fn the_payload_fits_its_u32_prefix_and_the_record_its_u32_length_or_is_refused() {
+        let overhead = Record::Put(put(1, 1, b"")).encoded_len().unwrap() - RECORD_HEADER;
+        let largest = MAX_BODY - overhead;
+        let sized = |len: usize| {
+            Record::Put(StoredMessage {
+                payload: huge_payload(len),
+                ..put(1, 1, b"")
+            })
+        };
+        // The largest payload whose record still fits is accepted (not written: 4 GiB).
+        assert_eq!(sized(largest).encoded_len(), Ok(RECORD_HEADER + MAX_BODY));
+        assert_eq!(
+            sized(largest + 1).encoded_len(),
+            Err(EncodeError::TooLong {
+                field: "record",
+                len: MAX_BODY + 1,
+                max: MAX_BODY
+            })
+        );
+        // At its prefix's maximum the payload fits its own prefix, not the record.
+        assert!(matches!(
+            sized(MAX_PAYLOAD).encoded_len(),
+            Err(EncodeError::TooLong {
+                field: "record",
+                ..
+            })
+        ));
+        assert_eq!(
+            sized(MAX_PAYLOAD + 1).encoded_len(),
+            Err(EncodeError::TooLong {
+                field: "payload",
+                len: MAX_PAYLOAD + 1,
+                max: MAX_PAYLOAD
+            })
+        );
+        let mut out = BytesMut::new();
+        assert!(sized(MAX_PAYLOAD + 1).encode(&mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_zero_length_is_no_frame_and_a_damaged_body_keeps_its_shape() {
+        assert_eq!(
+            frame(&Bytes::from_static(&[0; 64])),
+            Framed::Unframed(RecordError::ZeroLength)
+        );
+        let mut out = BytesMut::new();
+        Record::Put(put(3, 4, b"payload")).encode(&mut out).unwrap();
+        let mut bytes = out.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let Framed::Corrupt { body, used } = frame(&Bytes::from(bytes)) else {
+            panic!("a flipped payload bit fails the checksum");
+        };
+        assert_eq!(used, last + 1);
+        assert_eq!(body_shape(&body), Some(body.len()));
+        assert_eq!(glimpse(&body), Glimpse::Put { key: 3, id: 4 });
     }
 }
