@@ -36,11 +36,12 @@ impl Drop for SocketGuard {
     }
 }
 
-/// Binds a listening socket at `path`, creating its directory if needed (see
-/// [`socket_directory`]). A stale socket file of a daemon that is gone is replaced; a live
-/// one, a symlink or a file that is not a socket makes this fail instead. The socket is
-/// mode 0666: who may do what is decided per mailbox, and the directory's mode decides
-/// who reaches the socket at all.
+/// Binds a listening socket at `path`, creating its directory if needed with mode 0755,
+/// and refusing one that is a symbolic link, not a directory, neither this daemon's uid's
+/// nor root's, or writable by others without the sticky bit. A stale socket file of a
+/// daemon that is gone is replaced; a live one, a symlink or a file that is not a socket
+/// makes this fail instead. The socket is mode 0666: who may do what is decided per
+/// mailbox, and the directory's mode decides who reaches the socket at all.
 pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
