@@ -28,7 +28,8 @@ pub struct Quota {
     pub connections: u64,
     /// Mailboxes owned.
     pub mailboxes: u64,
-    /// Payload bytes of this uid's sends the daemon holds, across all mailboxes.
+    /// Bytes the daemon holds for this uid: the payloads of its sends, across all
+    /// mailboxes, and the encoded replies waiting to be written to its connections.
     pub queued_bytes: u64,
     /// Requests one connection may have waiting (blocked) at once.
     pub in_flight: u64,
@@ -82,8 +83,8 @@ pub struct Config {
     pub quota: Quota,
     /// Quotas of particular uids, root's included (root is unlimited unless listed).
     pub quota_overrides: HashMap<u32, Quota>,
-    /// Bytes of replies a connection may have waiting to be written beyond the one being
-    /// written; a client that lets more pile up is not reading and is cut off.
+    /// Bytes of encoded replies a connection may have waiting to be written beyond the
+    /// first; a client that lets more pile up is not reading and is cut off.
     pub max_pending_output: u64,
     /// Replies queued for a connection before the daemon stops reading its requests
     /// until the client has read some.

@@ -1,18 +1,26 @@
 //! Bytes ↔ frames on a connection: the proto crate's [`FrameDecoder`] as a tokio-util
-//! codec for reading, and batched encoding of replies for writing.
+//! codec for reading, and the queue of encoded replies with its batching writer.
 //!
-//! The replies waiting for a connection are bounded twice: in number, by the channel to
-//! the writer (when it is full the peer stops reading requests — back-pressure), and in
-//! bytes, by [`Replies`] (past `max_pending_output` the client is not reading and is cut
-//! off, so a reader that stalls cannot make the daemon hold messages for it without end).
+//! A reply is encoded when it is queued, so what it costs is exactly the bytes it holds
+//! until written, whatever kind of reply it is (a message, a list of mailboxes, a status).
+//! The replies waiting for a connection are bounded three ways: in number, by the channel
+//! to the writer (when it is full the peer stops reading requests — back-pressure); in
+//! bytes, by `max_pending_output` (past it the client is not reading and is cut off); and
+//! as bytes the daemon holds for a uid: each waiting reply is a [`Charge`] of
+//! `queued_bytes` to the uid of the connection that asked, given back once the reply is
+//! written. A client that stalls can thus make the daemon hold no more for it than its
+//! uid's quota allows, however many connections it opens, and `status` shows what it
+//! holds.
 
-use std::io;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use ipc_proto::{
-    ErrorCode, ErrorReply, Frame, FrameDecoder, FrameError, FrameKind, Response, Welcome, codec,
+    ErrorCode, ErrorReply, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, Response,
+    Welcome, codec,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -20,8 +28,23 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Broker;
+use crate::quota::{Charge, Resource, UidAccount};
+
 /// Replies are gathered up to this size before one write.
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// Most replies gathered into one write: small ones are often a hundred bytes, and the
+/// kernel takes at most `IOV_MAX` (1,024) pieces per write.
+const WRITE_BATCH_FRAMES: usize = 256;
+
+/// Room reserved for a message reply's frame header and envelope beside its payload, so
+/// that encoding it allocates once.
+const ENVELOPE_ROOM: usize = 1024;
+
+/// Unused capacity an encoded reply may keep. Past it the frame is copied into a buffer
+/// of its own size, so the memory a waiting reply holds is what it is charged.
+const MAX_SLACK: usize = 4 * 1024;
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +68,7 @@ impl Decoder for FrameCodec {
     }
 }
 
-/// What the writer task puts on the socket.
+/// What the peer queues for the writer.
 #[derive(Debug)]
 #[allow(
     clippy::large_enum_variant,
@@ -56,20 +79,8 @@ pub enum Outgoing {
     Reply(u64, Response),
 }
 
-impl Outgoing {
-    /// Bytes this reply holds in memory until written, near enough: its payload, plus
-    /// a fixed allowance for the rest.
-    fn cost(&self) -> u64 {
-        const OVERHEAD: u64 = 128;
-        match self {
-            Outgoing::Reply(_, Response::Message(m)) => OVERHEAD + m.payload.len() as u64,
-            _ => OVERHEAD,
-        }
-    }
-}
-
 /// Why a reply could not be queued.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("the connection's writer has stopped")]
     WriterGone,
@@ -78,124 +89,429 @@ pub enum QueueError {
          above max_pending_output of {limit}"
     )]
     NotReading { pending: u64, limit: u64 },
+    #[error(
+        "client is not reading its replies: uid {uid} holds {held} bytes of replies and \
+         messages, and a reply of {cost} more would pass its queued_bytes quota of {limit}"
+    )]
+    OverQuota {
+        uid: u32,
+        held: u64,
+        cost: u64,
+        limit: u64,
+    },
+}
+
+/// Who pays for a connection's replies while they wait to be written: the uid at the
+/// other end, within its `queued_bytes` quota as the configuration in force sets it.
+#[derive(Debug, Clone)]
+pub struct Payer {
+    pub account: Arc<UidAccount>,
+    /// Where the quota in force is read, so a reload applies to the next reply.
+    pub broker: Arc<Broker>,
+}
+
+impl Payer {
+    fn limit(&self) -> u64 {
+        let quota = self.broker.config().quota_for(self.account.uid());
+        Resource::QueuedBytes.limit(&quota)
+    }
+}
+
+/// One encoded reply waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    /// The bytes still to be written; the front is consumed as the socket takes it.
+    frame: Bytes,
+    /// The whole frame's length: what it added to the connection's pending count.
+    cost: u64,
+    /// The same bytes charged to the uid that asked, given back when this is dropped:
+    /// written, or thrown away with the connection.
+    _charge: Charge,
+}
+
+/// What a connection's reply queue and its writer share.
+#[derive(Debug)]
+struct Shared {
+    /// Bytes queued and not yet written.
+    pending: AtomicU64,
+    /// `max_pending_output`.
+    limit: u64,
+    /// Cancelled when the client is cut off for not reading.
+    cut: CancellationToken,
+    /// Why it was cut off: the first reason wins.
+    reason: OnceLock<QueueError>,
+    payer: Payer,
+    /// Largest frame body the writer may send.
+    max_frame: u32,
 }
 
 /// The sending side of a connection's reply queue. Clones share the byte count; the
-/// first send that would pass the bound cuts the connection off for all of them.
+/// first send that would pass a bound cuts the connection off for all of them.
 #[derive(Debug, Clone)]
 pub struct Replies {
-    tx: mpsc::Sender<Outgoing>,
-    pending: Arc<AtomicU64>,
-    limit: u64,
-    cut: CancellationToken,
+    tx: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
 }
 
 impl Replies {
-    /// Queues `out` for the writer, waiting while the queue is full. One reply is always
-    /// accepted when nothing else is pending, so a message as large as the frame limit
-    /// can be delivered whatever the bound.
+    /// Encodes `out` and queues it for the writer, waiting while the queue is full.
+    ///
+    /// One reply is always accepted when nothing else of this connection is waiting,
+    /// charged to the uid even past its quota, so a message as large as the frame limit
+    /// can be delivered whatever the bounds. Past `max_pending_output`, or past the
+    /// uid's `queued_bytes` quota with replies already waiting, the client is cut off.
     pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
-        let cost = out.cost();
-        let before = self.pending.fetch_add(cost, Ordering::AcqRel);
-        if before > 0 && before + cost > self.limit {
-            self.pending.fetch_sub(cost, Ordering::AcqRel);
-            self.cut.cancel();
-            return Err(QueueError::NotReading {
-                pending: before + cost,
-                limit: self.limit,
-            });
-        }
-        if self.tx.send(out).await.is_err() {
-            self.pending.fetch_sub(cost, Ordering::AcqRel);
+        let frame = encode(out, self.shared.max_frame);
+        let cost = frame.len() as u64;
+        let shared = &self.shared;
+        let before = shared.pending.fetch_add(cost, Ordering::AcqRel);
+        let charge = match self.admit(before, cost) {
+            Ok(charge) => charge,
+            Err(e) => {
+                shared.pending.fetch_sub(cost, Ordering::AcqRel);
+                let _ = shared.reason.set(e.clone());
+                shared.cut.cancel();
+                return Err(e);
+            }
+        };
+        let queued = Queued {
+            frame,
+            cost,
+            _charge: charge,
+        };
+        // On failure the reply comes back inside the error and is dropped, and with it
+        // its charge.
+        if self.tx.send(queued).await.is_err() {
+            shared.pending.fetch_sub(cost, Ordering::AcqRel);
             return Err(QueueError::WriterGone);
         }
         Ok(())
     }
 
-    /// Completes once the connection has been cut off for not reading.
-    pub async fn cut_off(&self) {
-        self.cut.cancelled().await
+    /// Charges a reply of `cost` bytes to the connection's uid, `before` bytes being
+    /// queued on this connection already.
+    fn admit(&self, before: u64, cost: u64) -> Result<Charge, QueueError> {
+        let shared = &self.shared;
+        if before > 0 && before.saturating_add(cost) > shared.limit {
+            return Err(QueueError::NotReading {
+                pending: before + cost,
+                limit: shared.limit,
+            });
+        }
+        let account = &shared.payer.account;
+        let limit = shared.payer.limit();
+        match account.try_charge(Resource::QueuedBytes, cost, limit) {
+            Ok(charge) => Ok(charge),
+            Err(_) if before == 0 => Ok(account.force(Resource::QueuedBytes, cost)),
+            Err(held) => Err(QueueError::OverQuota {
+                uid: account.uid(),
+                held,
+                cost,
+                limit,
+            }),
+        }
+    }
+
+    /// Completes once the connection has been cut off for not reading, with the reason.
+    pub async fn cut_off(&self) -> QueueError {
+        self.shared.cut.cancelled().await;
+        self.shared
+            .reason
+            .get()
+            .cloned()
+            .expect("the reason is set before the connection is cut off")
     }
 }
 
-/// A reply queue of `capacity` replies and `limit` bytes, and the writer task's end.
-pub fn reply_queue(capacity: usize, limit: u64) -> (Replies, Writer) {
+/// A reply queue of `capacity` replies and `limit` bytes, charged to `payer`, and the
+/// writer task's end. Frames are encoded with bodies of at most `max_frame` bytes.
+pub fn reply_queue(capacity: usize, limit: u64, max_frame: u32, payer: Payer) -> (Replies, Writer) {
     let (tx, rx) = mpsc::channel(capacity);
-    let pending = Arc::new(AtomicU64::new(0));
-    let cut = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        pending: AtomicU64::new(0),
+        limit,
+        cut: CancellationToken::new(),
+        reason: OnceLock::new(),
+        payer,
+        max_frame,
+    });
     let replies = Replies {
         tx,
-        pending: pending.clone(),
-        limit,
-        cut: cut.clone(),
+        shared: shared.clone(),
     };
-    let writer = Writer { rx, pending, cut };
+    let writer = Writer { rx, shared };
     (replies, writer)
 }
 
 /// The writer task's end of a reply queue.
 #[derive(Debug)]
 pub struct Writer {
-    rx: mpsc::Receiver<Outgoing>,
-    pending: Arc<AtomicU64>,
-    cut: CancellationToken,
+    rx: mpsc::Receiver<Queued>,
+    shared: Arc<Shared>,
 }
 
-/// Writes every queued frame, batching those already waiting into one write, until the
-/// sending side is dropped; then flushes and shuts the socket's write side. Stops at once
-/// if the connection is cut off: a client that is not reading will not read the rest.
-pub async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut queue: Writer,
-    max_frame: u32,
-) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+/// Writes every queued frame, gathering those already waiting into one write, until the
+/// sending side is dropped; then shuts the socket's write side. Stops at once if the
+/// connection is cut off: a client that is not reading will not read the rest.
+pub async fn write_loop(mut write: OwnedWriteHalf, mut queue: Writer) -> io::Result<()> {
+    let mut batch = VecDeque::with_capacity(WRITE_BATCH_FRAMES);
     loop {
         let first = tokio::select! {
-            () = queue.cut.cancelled() => return Ok(()),
+            () = queue.shared.cut.cancelled() => return Ok(()),
             first = queue.rx.recv() => match first {
                 Some(first) => first,
                 None => break,
             },
         };
-        // Encoding drops each reply, and with it any charge its message still held.
-        let mut cost = first.cost();
-        encode(first, max_frame, &mut buf);
-        while buf.len() < WRITE_BATCH {
+        let mut size = first.frame.len();
+        batch.push_back(first);
+        while size < WRITE_BATCH && batch.len() < WRITE_BATCH_FRAMES {
             match queue.rx.try_recv() {
                 Ok(next) => {
-                    cost += next.cost();
-                    encode(next, max_frame, &mut buf);
+                    size += next.frame.len();
+                    batch.push_back(next);
                 }
                 Err(_) => break,
             }
         }
         tokio::select! {
-            () = queue.cut.cancelled() => return Ok(()),
-            written = write.write_all(&buf) => written?,
-        }
-        queue.pending.fetch_sub(cost, Ordering::AcqRel);
-        buf.clear();
-        if buf.capacity() > 4 * WRITE_BATCH {
-            // A large message grew it: do not keep that much per idle connection.
-            buf = BytesMut::with_capacity(WRITE_BATCH);
+            () = queue.shared.cut.cancelled() => return Ok(()),
+            written = write_batch(&mut write, &mut batch, &queue.shared.pending) => written?,
         }
     }
     write.shutdown().await
 }
 
-fn encode(out: Outgoing, max_frame: u32, buf: &mut BytesMut) {
+/// Writes `batch` whole with vectored writes, dropping each reply (and its charge) as
+/// soon as the socket has taken all of it.
+async fn write_batch(
+    write: &mut OwnedWriteHalf,
+    batch: &mut VecDeque<Queued>,
+    pending: &AtomicU64,
+) -> io::Result<()> {
+    while !batch.is_empty() {
+        let written = {
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|q| IoSlice::new(&q.frame)).collect();
+            write.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        consume(batch, written, pending);
+    }
+    Ok(())
+}
+
+/// Takes `n` written bytes off the front of `batch`.
+fn consume(batch: &mut VecDeque<Queued>, mut n: usize, pending: &AtomicU64) {
+    while n > 0 {
+        let Some(front) = batch.front_mut() else {
+            return;
+        };
+        if n < front.frame.len() {
+            front.frame.advance(n);
+            return;
+        }
+        n -= front.frame.len();
+        if let Some(done) = batch.pop_front() {
+            pending.fetch_sub(done.cost, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Encodes `out` as one frame. A reply too large to be encoded is replaced by an error
+/// reply that says so.
+fn encode(out: Outgoing, max_frame: u32) -> Bytes {
+    let room = match &out {
+        Outgoing::Reply(_, Response::Message(m)) => m.payload.len() + ENVELOPE_ROOM,
+        _ => 256,
+    };
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + room);
     let result = match &out {
-        Outgoing::Welcome(w) => codec::encode_frame(FrameKind::Welcome, 0, w, max_frame, buf),
-        Outgoing::Reply(id, r) => codec::encode_frame(FrameKind::Response, *id, r, max_frame, buf),
+        Outgoing::Welcome(w) => codec::encode_frame(FrameKind::Welcome, 0, w, max_frame, &mut buf),
+        Outgoing::Reply(id, r) => {
+            codec::encode_frame(FrameKind::Response, *id, r, max_frame, &mut buf)
+        }
     };
     if let (Err(e), Outgoing::Reply(id, _)) = (result, &out) {
-        // The reply itself cannot be sent (too large): say so instead.
         let error = Response::Error(ErrorReply::new(
             ErrorCode::Internal,
             format!("reply could not be encoded: {e}"),
         ));
-        codec::encode_frame(FrameKind::Response, *id, &error, max_frame, buf)
+        codec::encode_frame(FrameKind::Response, *id, &error, max_frame, &mut buf)
             .expect("a short error reply always encodes");
+    }
+    // A buffer that grew by doubling (a long list) may be up to twice what it holds.
+    if buf.capacity() - buf.len() > MAX_SLACK.max(buf.len() / 8) {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+    use crate::config::{Config, Quota};
+    use ipc_proto::FrameDecoder;
+
+    fn payer(queued_bytes: u64) -> Payer {
+        let config = Config {
+            quota: Quota {
+                queued_bytes,
+                ..Config::default().quota
+            },
+            ..Config::default()
+        };
+        let broker = Arc::new(Broker::new(config, Err("no store in this test".into())));
+        Payer {
+            account: broker.accounts().account(1000),
+            broker,
+        }
+    }
+
+    fn status_reply(id: u64, users: usize) -> Outgoing {
+        // Large numbers, so that each user takes some 80 bytes in its varint encoding.
+        let user = ipc_proto::UidUsage {
+            uid: u32::MAX,
+            connections: u64::MAX,
+            mailboxes: u64::MAX,
+            queued_bytes: u64::MAX,
+            max_connections: Some(u64::MAX),
+            max_mailboxes: Some(u64::MAX),
+            max_queued_bytes: Some(u64::MAX),
+            max_in_flight: Some(u64::MAX),
+        };
+        Outgoing::Reply(
+            id,
+            Response::Status(ipc_proto::DaemonStatus {
+                version: "test".into(),
+                pid: 1,
+                uptime_ms: 1,
+                connections: 1,
+                mailboxes: 1,
+                messages: 1,
+                bytes: 1,
+                users: vec![user; users],
+            }),
+        )
+    }
+
+    #[test]
+    fn a_reply_costs_its_encoded_size() {
+        let frame = encode(status_reply(7, 1000), u32::MAX);
+        let mut copy = BytesMut::from(&frame[..]);
+        let decoded = FrameDecoder::new(u32::MAX)
+            .decode(&mut copy)
+            .unwrap()
+            .expect("one whole frame");
+        assert_eq!(decoded.request_id, 7);
+        assert_eq!(decoded.body.len() + HEADER_LEN, frame.len());
+        assert!(frame.len() > 1000 * 50, "a status of 1,000 users is large");
+    }
+
+    #[tokio::test]
+    async fn waiting_replies_are_charged_to_the_uid_until_dropped() {
+        let payer = payer(u64::MAX);
+        let account = payer.account.clone();
+        let (replies, writer) = reply_queue(16, u64::MAX, u32::MAX, payer);
+        replies.send(status_reply(1, 100)).await.unwrap();
+        replies.send(status_reply(2, 100)).await.unwrap();
+        let pending = writer.shared.pending.load(Ordering::Acquire);
+        assert!(pending > 2 * 100 * 50);
+        assert_eq!(account.used(Resource::QueuedBytes), pending);
+        drop((replies, writer));
+        assert_eq!(account.used(Resource::QueuedBytes), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_uid_quota_one_reply_goes_and_the_next_cuts_off() {
+        let payer = payer(1_000);
+        let account = payer.account.clone();
+        let (replies, writer) = reply_queue(16, u64::MAX, u32::MAX, payer);
+        // Alone on the queue, a reply larger than the whole quota still goes.
+        replies.send(status_reply(1, 100)).await.unwrap();
+        let first = account.used(Resource::QueuedBytes);
+        assert!(first > 1_000);
+        let refused = replies.send(status_reply(2, 1)).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                QueueError::OverQuota {
+                    uid: 1000,
+                    limit: 1_000,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("queued_bytes quota of 1000"));
+        let reason = replies.cut_off().await;
+        assert_eq!(reason.to_string(), refused.to_string());
+        // The refused reply charged nothing; the queued one is given back with the queue.
+        assert_eq!(account.used(Resource::QueuedBytes), first);
+        drop((replies, writer));
+        assert_eq!(account.used(Resource::QueuedBytes), 0);
+    }
+
+    #[tokio::test]
+    async fn another_uid_is_not_charged() {
+        let heavy = payer(1_000);
+        let light = Payer {
+            account: heavy.broker.accounts().account(1001),
+            broker: heavy.broker.clone(),
+        };
+        let (replies, _writer) = reply_queue(16, u64::MAX, u32::MAX, heavy.clone());
+        replies.send(status_reply(1, 100)).await.unwrap();
+        assert!(replies.send(status_reply(2, 100)).await.is_err());
+        let (others, _other_writer) = reply_queue(16, u64::MAX, u32::MAX, light.clone());
+        others.send(status_reply(1, 1)).await.unwrap();
+        others.send(status_reply(2, 1)).await.unwrap();
+        assert_eq!(
+            light.account.used(Resource::QueuedBytes),
+            others.shared.pending.load(Ordering::Acquire)
+        );
+    }
+
+    #[tokio::test]
+    async fn past_max_pending_output_the_client_is_cut_off() {
+        let (replies, _writer) = reply_queue(16, 3_000, u32::MAX, payer(u64::MAX));
+        replies.send(status_reply(1, 100)).await.unwrap();
+        let refused = replies.send(status_reply(2, 100)).await.unwrap_err();
+        assert!(
+            matches!(refused, QueueError::NotReading { limit: 3_000, .. }),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            replies.cut_off().await,
+            QueueError::NotReading { .. }
+        ));
+    }
+
+    #[test]
+    fn consuming_written_bytes_gives_back_whole_replies_only() {
+        let payer = payer(u64::MAX);
+        let pending = AtomicU64::new(0);
+        let mut batch: VecDeque<Queued> = [10usize, 20, 30]
+            .into_iter()
+            .map(|n| {
+                pending.fetch_add(n as u64, Ordering::AcqRel);
+                Queued {
+                    frame: Bytes::from(vec![0u8; n]),
+                    cost: n as u64,
+                    _charge: payer.account.force(Resource::QueuedBytes, n as u64),
+                }
+            })
+            .collect();
+        consume(&mut batch, 15, &pending);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].frame.len(), 15);
+        assert_eq!(pending.load(Ordering::Acquire), 50);
+        assert_eq!(payer.account.used(Resource::QueuedBytes), 50);
+        consume(&mut batch, 45, &pending);
+        assert!(batch.is_empty());
+        assert_eq!(pending.load(Ordering::Acquire), 0);
+        assert_eq!(payer.account.used(Resource::QueuedBytes), 0);
     }
 }

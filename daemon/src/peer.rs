@@ -1,8 +1,10 @@
 //! One client connection, from handshake to close. The peer reads frames, answers each
 //! request through [`dispatch`], and runs blocked sends and receives as tasks of its own
 //! so that one waiting request never holds up the others on the same connection
-//! (pipelining). Replies go through a bounded queue to the writer task; when the client
-//! stops reading, the queue fills and the peer stops reading its requests in turn.
+//! (pipelining). Replies are encoded as they are queued for the writer task and charged
+//! to the connection's uid until written; when the client stops reading, the queue fills
+//! and the peer stops reading its requests in turn, and past the queue's byte bounds the
+//! client is cut off.
 //!
 //! Everything that goes wrong here ends this connection only, with one log line naming
 //! the [`CloseReason`].
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::connection::{
-    FrameCodec, Outgoing, QueueError, ReadError, Replies, reply_queue, write_loop,
+    FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
 };
 use crate::dispatch::{Reply, dispatch};
 use crate::mailbox::Canceller;
@@ -49,7 +51,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// The uid is at its connections quota.
     OverQuota(String),
-    /// The client let more replies pile up than `max_pending_output`.
+    /// The client let more replies pile up than `max_pending_output`, or than its uid's
+    /// `queued_bytes` quota allows.
     NotReading(String),
 }
 
@@ -98,8 +101,18 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
     let config = broker.config();
     let (read, write) = stream.into_split();
     let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_frame())));
-    let (replies, queue) = reply_queue(config.max_queued_replies, config.max_pending_output);
-    let writer = tokio::spawn(write_loop(write, queue, u32::MAX));
+    // Replies wait charged to the uid that asked for them, as its queued bytes.
+    let payer = Payer {
+        account: caller.account.clone(),
+        broker: broker.clone(),
+    };
+    let (replies, queue) = reply_queue(
+        config.max_queued_replies,
+        config.max_pending_output,
+        u32::MAX,
+        payer,
+    );
+    let mut writer = tokio::spawn(write_loop(write, queue));
     let in_flight = config.quota_for(creds.uid).in_flight;
     let mut peer = Peer {
         broker,
@@ -112,7 +125,6 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         client_name: String::new(),
     };
     let reason = peer.run(counted.as_ref().err(), &shutdown).await;
-    drop(counted);
     let Peer {
         client_name,
         replies,
@@ -126,7 +138,16 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
     // a reply with one of them that was written is not an ack.
     caller.leases.release_all();
     drop(replies);
-    let written = tokio::time::timeout(config.shutdown_timeout, writer).await;
+    let written = tokio::time::timeout(config.shutdown_timeout, &mut writer).await;
+    if written.is_err() {
+        // A client that keeps its socket open without reading would hold the writer, its
+        // socket and the charges of its replies for ever.
+        writer.abort();
+        let _ = writer.await;
+    }
+    // Given back last: once its uid's connections count drops, nothing of this
+    // connection is left charged.
+    drop(counted);
     let level_is_info = !matches!(
         reason,
         CloseReason::ClientClosed | CloseReason::ShuttingDown
@@ -177,11 +198,8 @@ impl Peer {
         loop {
             tokio::select! {
                 biased;
-                () = replies.cut_off() => {
-                    return CloseReason::NotReading(format!(
-                        "more than {} bytes of replies waiting to be read",
-                        self.broker.config().max_pending_output
-                    ));
+                reason = replies.cut_off() => {
+                    return CloseReason::NotReading(reason.to_string());
                 }
                 () = shutdown.cancelled() => {
                     // The broker has failed every waiter with "shutting down"; let those
@@ -325,7 +343,9 @@ impl Peer {
 
     async fn queue(&self, out: Outgoing) -> Result<(), CloseReason> {
         self.replies.send(out).await.map_err(|e| match e {
-            QueueError::NotReading { .. } => CloseReason::NotReading(e.to_string()),
+            QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
+                CloseReason::NotReading(e.to_string())
+            }
             QueueError::WriterGone => CloseReason::Io(e.to_string()),
         })
     }

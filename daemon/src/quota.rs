@@ -1,6 +1,7 @@
 //! Per-uid accounting (SPEC §7), after dbus-broker: every resource is charged to the uid
 //! that allocated it — a connection to the uid at the other end, a mailbox to its owner,
-//! a queued message to its sender — and checked against that uid's [`Quota`].
+//! a queued message to its sender, a reply waiting to be written to the uid that asked —
+//! and checked against that uid's [`Quota`].
 //!
 //! A charge is a [`Charge`] guard that gives back what it took when dropped, so whatever
 //! path drops the thing holding it (a message leaving its queue, a mailbox removed, a
@@ -115,11 +116,23 @@ impl UidAccount {
         amount: u64,
         limit: u64,
     ) -> Result<Charge, ErrorReply> {
+        self.try_charge(resource, amount, limit)
+            .map_err(|used| self.refuse(resource, used, amount, limit))
+    }
+
+    /// As [`charge`](Self::charge), but a refusal is neither logged nor worded: it
+    /// returns what the uid holds, for a caller that reports the refusal its own way.
+    pub fn try_charge(
+        self: &Arc<Self>,
+        resource: Resource,
+        amount: u64,
+        limit: u64,
+    ) -> Result<Charge, u64> {
         let counter = &self.used[resource as usize];
         let mut now = counter.load(Ordering::Relaxed);
         loop {
             let Some(next) = now.checked_add(amount).filter(|&next| next <= limit) else {
-                return Err(self.refuse(resource, now, amount, limit));
+                return Err(now);
             };
             match counter.compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,22 +36,18 @@ impl Drop for SocketGuard {
     }
 }
 
-/// Binds a listening socket at `path`, creating its directory if needed. A stale socket
-/// file of a daemon that is gone is replaced; a live one, a symlink or a file that is not a
-/// socket makes this fail instead. The socket is mode 0666: who may do what is decided per
+/// Binds a listening socket at `path`, creating its directory if needed with mode 0755,
+/// and refusing one that is a symbolic link, not a directory, neither this daemon's uid's
+/// nor root's, or writable by others without the sticky bit. A stale socket file of a
+/// daemon that is gone is replaced; a live one, a symlink or a file that is not a socket
+/// makes this fail instead. The socket is mode 0666: who may do what is decided per
 /// mailbox, and the directory's mode decides who reaches the socket at all.
 pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("cannot set mode of {}", dir.display()))?;
-        }
-        check_directory(dir, me)?;
+        socket_directory(dir, me)?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -102,31 +99,98 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketGuard)> {
     ))
 }
 
-/// The socket's directory must not let anyone else swap the socket under us: it belongs
-/// to this daemon's uid or root, and whoever else may write to it is held back by the
-/// sticky bit (as in `/tmp`).
-fn check_directory(dir: &Path, me: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        fs::metadata(dir).with_context(|| format!("cannot inspect directory {}", dir.display()))?;
-    if meta.uid() != me && meta.uid() != 0 {
-        bail!(
-            "refusing to use socket directory {}: it belongs to uid {}, not to this daemon's uid {me} or root",
-            dir.display(),
-            meta.uid()
-        );
+/// Mode of a socket directory the daemon creates: everyone may reach the socket in it,
+/// only the daemon may add or remove files there.
+const SOCKET_DIR_MODE: u32 = 0o755;
+
+/// Makes sure the socket's directory `dir` exists and nobody else can swap the socket in
+/// it: it is a real directory (not a symbolic link), it belongs to this daemon's uid or to
+/// root (who could replace anything anyway), and whoever else may write to it is held back
+/// by the sticky bit (as in `/tmp`).
+///
+/// There is no window between a check and a create: `mkdir` either makes the directory or
+/// finds something already there. What is there is looked at without following a link
+/// (`lstat`), then opened without following one (`O_NOFOLLOW`), and what is checked is the
+/// descriptor's `fstat`, so a swap between the look and the open is caught too.
+fn socket_directory(dir: &Path, me: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let refuse =
+        |why: String| anyhow::anyhow!("refusing to use socket directory {}: {why}", dir.display());
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
     }
-    let mode = meta.mode();
+    let created = match fs::DirBuilder::new().mode(SOCKET_DIR_MODE).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => bail!("cannot create socket directory {}: {e}", dir.display()),
+    };
+    let found = fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot inspect socket directory {}", dir.display()))?;
+    if found.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".to_owned()));
+    }
+    if !found.is_dir() {
+        return Err(refuse("it is not a directory".to_owned()));
+    }
+    // Opened without following a link, in case it was replaced since: from here on only
+    // the descriptor is trusted.
+    let opened = open_directory(dir).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => {
+            refuse("it was replaced by a symbolic link or a file while being checked".to_owned())
+        }
+        _ => anyhow::anyhow!("cannot open socket directory {}: {e}", dir.display()),
+    })?;
+    let meta = opened
+        .metadata()
+        .with_context(|| format!("cannot inspect socket directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".to_owned()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to this daemon's uid {me} or root",
+            meta.uid()
+        )));
+    }
+    let mut mode = meta.mode() & 0o7777;
+    if created && meta.uid() == me && mode != SOCKET_DIR_MODE {
+        // The umask took bits from the mode mkdir was given; the descriptor is the
+        // directory just checked, so this cannot change another one.
+        // SAFETY: fchmod on a descriptor this function owns.
+        if unsafe { libc::fchmod(opened.as_raw_fd(), SOCKET_DIR_MODE) } != 0 {
+            let e = io::Error::last_os_error();
+            bail!(
+                "cannot set the mode of socket directory {}: {e}",
+                dir.display()
+            );
+        }
+        mode = SOCKET_DIR_MODE;
+    }
     let sticky = mode & libc::S_ISVTX != 0;
     if mode & 0o022 != 0 && !sticky {
-        bail!(
-            "refusing to use socket directory {}: others may write to it (mode {:04o}); \
-             make it 0755 or give it the sticky bit",
-            dir.display(),
-            mode & 0o7777
-        );
+        return Err(refuse(format!(
+            "others may write to it (mode {mode:04o}); make it 0755 or give it the sticky bit"
+        )));
     }
     Ok(())
+}
+
+/// Opens `dir` itself, never what a symbolic link there points to: read-only where this
+/// daemon may read it (so its mode can be set), else as a bare path, which is enough to
+/// inspect it.
+fn open_directory(dir: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: i32| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags)
+            .open(dir)
+    };
+    match open(0) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => open(libc::O_PATH),
+        opened => opened,
+    }
 }
 
 /// How long accept waits after a failure (such as running out of descriptors).
