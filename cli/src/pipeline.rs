@@ -1,6 +1,7 @@
 //! Many requests in flight on one connection, with their outcomes handed back in the
-//! order the requests were made. `send --lines` and `recv --count` go through it: waiting
-//! for each reply before sending the next request would cost a round trip per message.
+//! order the requests were made. `send --lines` and `recv` (its receives and the acks of
+//! what it wrote) go through it: waiting for each reply before sending the next request
+//! would cost a round trip per message.
 //!
 //! The daemon answers blocked receives when they can, so replies arrive out of order;
 //! this module keeps each request's reply in its slot until every earlier one is out.
@@ -67,10 +68,6 @@ impl<'c, T> Pipeline<'c, T> {
         self.client
     }
 
-    fn is_full(&self) -> bool {
-        self.slots.len() >= self.window
-    }
-
     /// Whether the caller may submit now. Once the window is full it stays closed until
     /// half of it has been taken: the client writes what is queued whenever it waits for
     /// a reply, so refilling one request per outcome taken would cost a write per request
@@ -86,6 +83,40 @@ impl<'c, T> Pipeline<'c, T> {
 
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Whether the window is full: the caller must take an outcome before submitting.
+    pub fn is_full(&self) -> bool {
+        self.slots.len() >= self.window
+    }
+
+    /// Whether [`Self::next`] has the oldest outcome at hand, so that taking it will not
+    /// wait: for callers that have work to finish (writing out, acknowledging) before
+    /// they block. Files the replies that have already arrived, reading nothing more;
+    /// `false` when nothing is in flight.
+    pub fn has_outcome(&mut self) -> bool {
+        let Some(front) = self.slots.front() else {
+            return false;
+        };
+        if front.reply.is_some() || self.broken.is_some() {
+            return true;
+        }
+        let id = front.id;
+        loop {
+            match self.client.try_next_reply() {
+                Ok(Some((got, response))) => {
+                    self.file(got, response);
+                    if got == id {
+                        return true;
+                    }
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    self.fail(id, e);
+                    return true;
+                }
+            }
+        }
     }
 
     /// Queues `request`. It is written when the client's batch fills up or when an
@@ -134,32 +165,43 @@ impl<'c, T> Pipeline<'c, T> {
         loop {
             match self.client.next_reply() {
                 Ok((got, response)) => {
-                    let reply = match response {
-                        Response::Error(e) => Err(Error::from(e)),
-                        other => Ok(other),
-                    };
-                    if let Ok(at) = self.slots.binary_search_by_key(&got, |s| s.id) {
-                        self.slots[at].reply = Some(reply);
-                    } else {
-                        self.cancels.retain(|&c| c != got);
-                    }
+                    self.file(got, response);
                     if got == id {
                         return;
                     }
                 }
                 Err(e) => {
-                    let copy = match &e {
-                        Error::Disconnected(io) => (io.kind(), io.to_string()),
-                        other => (io::ErrorKind::Other, other.to_string()),
-                    };
-                    if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
-                        slot.reply = Some(Err(e));
-                    }
-                    self.broken = Some(copy);
+                    self.fail(id, e);
                     return;
                 }
             }
         }
+    }
+
+    /// Keeps the reply to request `got` in its slot (or notes a cancel acknowledged).
+    fn file(&mut self, got: u64, response: Response) {
+        let reply = match response {
+            Response::Error(e) => Err(Error::from(e)),
+            other => Ok(other),
+        };
+        if let Ok(at) = self.slots.binary_search_by_key(&got, |s| s.id) {
+            self.slots[at].reply = Some(reply);
+        } else {
+            self.cancels.retain(|&c| c != got);
+        }
+    }
+
+    /// The connection failed with `e` while request `id` awaited its reply: `id` gets
+    /// the real error, every other unanswered request a copy of it.
+    fn fail(&mut self, id: u64, e: Error) {
+        let copy = match &e {
+            Error::Disconnected(io) => (io.kind(), io.to_string()),
+            other => (io::ErrorKind::Other, other.to_string()),
+        };
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
+            slot.reply = Some(Err(e));
+        }
+        self.broken = Some(copy);
     }
 
     /// Asks the daemon to abandon every request still unanswered; each then answers
@@ -422,6 +464,37 @@ mod tests {
         assert!(pipeline.next().is_none());
         drop(pipeline);
         drop(client);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn has_outcome_tells_without_waiting_whether_the_oldest_reply_is_in() {
+        let (go, gone) = std::sync::mpsc::channel::<()>();
+        let (mut client, peer) = connect(move |peer| {
+            let ids: Vec<u64> = (0..2).map(|_| peer.request().0).collect();
+            peer.message(ids[1]);
+            gone.recv().unwrap();
+            peer.message(ids[0]);
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        assert!(!pipeline.has_outcome(), "nothing in flight");
+        for tag in 0..2 {
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        pipeline.flush().unwrap();
+        // Only the second is answered until the peer is told to go on: whatever has
+        // arrived, the oldest outcome is not at hand, and asking does not block.
+        assert!(!pipeline.has_outcome());
+        go.send(()).unwrap();
+        while !pipeline.has_outcome() {
+            std::thread::yield_now();
+        }
+        let (tag, first) = pipeline.next().unwrap();
+        assert_eq!((tag, payload(first)), (0, "1".to_owned()));
+        assert!(pipeline.has_outcome(), "the second came first and was kept");
+        let (tag, second) = pipeline.next().unwrap();
+        assert_eq!((tag, payload(second)), (1, "2".to_owned()));
+        assert!(!pipeline.has_outcome());
         peer.join().unwrap();
     }
 
