@@ -34,6 +34,9 @@ use crate::printer::{self, Printer};
 /// How many messages written are remembered, to recognise one that comes back.
 const REMEMBERED: usize = 4096;
 
+/// The most requests (receives and acks) kept in flight, whatever the daemon allows.
+const MAX_IN_FLIGHT: usize = 4096;
+
 pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
     let mailbox = mailbox_name(&args.name)?;
     let format = if ctx.json {
@@ -177,13 +180,21 @@ impl Taking {
     /// Receives, writes and acknowledges on `client` until the limit is reached, a
     /// failure is met, the reader goes away, or the connection breaks.
     fn run(&mut self, client: &mut BlockingClient) -> anyhow::Result<End> {
-        let window = pipeline::window(client);
-        // Half the window for receives leaves the other half for the acks of what they
-        // bring, so that the connection never has more requests waiting than the daemon
-        // allows. `--follow` takes one message at a time.
+        // Every request waiting at the daemon counts against the connection's in-flight
+        // allowance, so receives and acks together stay within it. Receives take at most
+        // half the usual window (each may bring back a large message); acks, whose
+        // replies are tiny, may use the rest of the allowance. They are unordered, so one
+        // answered late holds up no receive, and a durable mailbox, which answers an ack
+        // once its removal is stored, stores many per sync. `--follow` takes one message
+        // at a time.
+        let window = usize::try_from(client.welcome().max_in_flight)
+            .unwrap_or(usize::MAX)
+            .clamp(2, MAX_IN_FLIGHT);
         let depth = match self.limit {
             None => 1,
-            Some(n) => usize::try_from(n).map_or(usize::MAX, |n| n.min(window / 2).max(1)),
+            Some(n) => usize::try_from(n).map_or(usize::MAX, |n| {
+                n.min(pipeline::window(client) / 2).min(window / 2).max(1)
+            }),
         };
         let mut pipeline: Pipeline<'_, Op> = Pipeline::new(client, window);
         let mut receiving = 0usize;
@@ -205,7 +216,7 @@ impl Taking {
                     id,
                 };
                 // A broken connection ended the lease: the message comes again.
-                if let Err(e) = pipeline.submit(Op::Ack { id, again }, &ack) {
+                if let Err(e) = pipeline.submit_unordered(Op::Ack { id, again }, &ack) {
                     return Ok(self.lost(e));
                 }
             }
@@ -322,7 +333,10 @@ impl Taking {
                     mailbox: self.mailbox.clone(),
                     id,
                 };
-                if pipeline.submit(Op::Ack { id, again }, &ack).is_err() {
+                if pipeline
+                    .submit_unordered(Op::Ack { id, again }, &ack)
+                    .is_err()
+                {
                     self.to_ack.clear();
                 }
             }
