@@ -323,14 +323,16 @@ pub struct RecvArgs {
     /// Print payload bytes only, without a newline after each.
     #[arg(long, conflicts_with = "json")]
     pub raw: bool,
-    /// Lease the message instead of taking it (at least once): it stays in the mailbox,
-    /// hidden, until `ipcctl ack NAME ID` (or `nack`), or until the lease ends and it is
-    /// redelivered. The lease outlives this command.
+    /// Leave the settling to you: the message stays in the mailbox, hidden, until
+    /// `ipcctl ack NAME ID` (or `nack`), or until the lease ends and it is redelivered.
+    /// The lease outlives this command. (Without --ack, each message is acknowledged as
+    /// soon as it is written, and one taken but not written goes back to the mailbox.)
     #[arg(long, conflicts_with = "peek")]
     pub ack: bool,
-    /// How long the lease lasts.
+    /// How long a message stays leased: until acked with --ack, else until written. One
+    /// written after its lease ran out (a slow reader) may be delivered again.
     #[arg(long, value_name = "DUR", value_parser = parse::duration, default_value = "30s",
-          requires = "ack")]
+          conflicts_with = "peek")]
     pub lease: Duration,
     /// Run CMD (with sh -c) for each message, its payload on standard input and
     /// IPC_MAILBOX, IPC_MESSAGE_ID, IPC_TYPE set; ack if it exits 0, nack otherwise.

@@ -1,11 +1,15 @@
 //! Many requests in flight on one connection, with their outcomes handed back in the
-//! order the requests were made. `send --lines` and `recv --count` go through it: waiting
-//! for each reply before sending the next request would cost a round trip per message.
+//! order the requests were made. `send --lines` and `recv` (its receives and the acks of
+//! what it wrote) go through it: waiting for each reply before sending the next request
+//! would cost a round trip per message.
 //!
 //! The daemon answers blocked receives when they can, so replies arrive out of order;
 //! this module keeps each request's reply in its slot until every earlier one is out.
+//! Requests whose outcome has no place in that order (`recv`'s acks) may be submitted
+//! *unordered*: their outcomes are handed out as soon as they arrive, so that one
+//! answered late (an ack of a durable message waits for the disk) holds up nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 
 use ipc_client::{BlockingClient, Error};
@@ -42,6 +46,10 @@ pub struct Pipeline<'c, T> {
     /// Submitted requests whose outcome the caller has not taken yet, in submission
     /// order (and so in increasing id order, which the lookup by id relies on).
     slots: VecDeque<Slot<T>>,
+    /// Unordered requests not yet answered, by id.
+    loose: HashMap<u64, T>,
+    /// Outcomes of unordered requests, to be handed out before any other.
+    loose_done: VecDeque<(T, Result<Response, Error>)>,
     /// Cancels sent whose acknowledgement has not been read. They are read before the
     /// pipeline reports itself empty, so that the command does not close the connection
     /// with replies unread (which resets it, and the daemon logs that).
@@ -57,6 +65,8 @@ impl<'c, T> Pipeline<'c, T> {
             window: window.max(1),
             filling: true,
             slots: VecDeque::new(),
+            loose: HashMap::new(),
+            loose_done: VecDeque::new(),
             cancels: Vec::new(),
             broken: None,
         }
@@ -65,10 +75,6 @@ impl<'c, T> Pipeline<'c, T> {
     /// The connection, for what it knows about the daemon.
     pub fn client(&self) -> &BlockingClient {
         self.client
-    }
-
-    fn is_full(&self) -> bool {
-        self.slots.len() >= self.window
     }
 
     /// Whether the caller may submit now. Once the window is full it stays closed until
@@ -85,7 +91,39 @@ impl<'c, T> Pipeline<'c, T> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.loose.is_empty() && self.loose_done.is_empty()
+    }
+
+    /// Whether the window is full: the caller must take an outcome before submitting.
+    pub fn is_full(&self) -> bool {
+        self.slots.len() + self.loose.len() >= self.window
+    }
+
+    /// Whether [`Self::next`] has the oldest outcome at hand, so that taking it will not
+    /// wait: for callers that have work to finish (writing out, acknowledging) before
+    /// they block. Files the replies that have already arrived, reading nothing more;
+    /// `false` when nothing is in flight.
+    pub fn has_outcome(&mut self) -> bool {
+        loop {
+            if !self.loose_done.is_empty() {
+                return true;
+            }
+            let front = self.slots.front().map(|s| (s.id, s.reply.is_some()));
+            match front {
+                Some((_, true)) => return true,
+                Some(_) if self.broken.is_some() => return true,
+                None if self.loose.is_empty() => return false,
+                _ => {}
+            }
+            match self.client.try_next_reply() {
+                Ok(Some((got, response))) => self.file(got, response),
+                Ok(None) => return false,
+                Err(e) => {
+                    self.fail(front.map(|(id, _)| id), e);
+                    return true;
+                }
+            }
+        }
     }
 
     /// Queues `request`. It is written when the client's batch fills up or when an
@@ -101,24 +139,50 @@ impl<'c, T> Pipeline<'c, T> {
         Ok(())
     }
 
+    /// Queues `request` as [`Self::submit`] does, but its outcome comes out of
+    /// [`Self::next`] as soon as it arrives, ahead of the ordered ones.
+    pub fn submit_unordered(&mut self, tag: T, request: &Request) -> Result<(), Error> {
+        debug_assert!(!self.is_full(), "submit past the window");
+        if let Some((kind, text)) = self.broken.clone() {
+            // The connection is gone: this one fails as every unanswered one did.
+            let e = Error::Disconnected(io::Error::new(kind, text));
+            self.loose_done.push_back((tag, Err(e)));
+            return Ok(());
+        }
+        let id = self.client.submit(request)?;
+        self.loose.insert(id, tag);
+        Ok(())
+    }
+
     /// Writes every submitted request now; for callers about to block on something else
     /// (their input), so that the daemon is not kept waiting meanwhile.
     pub fn flush(&mut self) -> Result<(), Error> {
         self.client.flush()
     }
 
-    /// The outcome of the oldest request, waiting for it if need be; `None` when nothing
-    /// is in flight. An error reply comes back as `Err` in the outcome; a broken
+    /// The outcome of an unordered request if one is in, else of the oldest request,
+    /// waiting for either if need be; `None` when nothing is in flight. An error reply comes back as `Err` in the outcome; a broken
     /// connection fails the oldest unanswered request with the real error and all later
     /// ones with a copy of it, so that replies already received are still handed out.
     pub fn next(&mut self) -> Option<(T, Result<Response, Error>)> {
+        if let Some(done) = self.loose_done.pop_front() {
+            return Some(done);
+        }
         let Some(front) = self.slots.front() else {
+            if !self.loose.is_empty() {
+                // Only unordered requests are in flight: whichever is answered first.
+                self.read_until_answered(None);
+                return self.loose_done.pop_front();
+            }
             self.read_cancel_acks();
             return None;
         };
         if front.reply.is_none() && self.broken.is_none() {
             let id = front.id;
-            self.read_until_answered(id);
+            self.read_until_answered(Some(id));
+            if let Some(done) = self.loose_done.pop_front() {
+                return Some(done);
+            }
         }
         let slot = self.slots.pop_front().expect("front exists");
         let reply = slot.reply.unwrap_or_else(|| {
@@ -128,38 +192,58 @@ impl<'c, T> Pipeline<'c, T> {
         Some((slot.tag, reply))
     }
 
-    /// Reads replies, filing each in its slot, until request `id` has its reply or the
-    /// connection fails.
-    fn read_until_answered(&mut self, id: u64) {
+    /// Reads replies, filing each in its slot, until request `id` or an unordered one
+    /// has its reply, or the connection fails.
+    fn read_until_answered(&mut self, id: Option<u64>) {
         loop {
             match self.client.next_reply() {
                 Ok((got, response)) => {
-                    let reply = match response {
-                        Response::Error(e) => Err(Error::from(e)),
-                        other => Ok(other),
-                    };
-                    if let Ok(at) = self.slots.binary_search_by_key(&got, |s| s.id) {
-                        self.slots[at].reply = Some(reply);
-                    } else {
-                        self.cancels.retain(|&c| c != got);
-                    }
-                    if got == id {
+                    self.file(got, response);
+                    if id == Some(got) || !self.loose_done.is_empty() {
                         return;
                     }
                 }
                 Err(e) => {
-                    let copy = match &e {
-                        Error::Disconnected(io) => (io.kind(), io.to_string()),
-                        other => (io::ErrorKind::Other, other.to_string()),
-                    };
-                    if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
-                        slot.reply = Some(Err(e));
-                    }
-                    self.broken = Some(copy);
+                    self.fail(id, e);
                     return;
                 }
             }
         }
+    }
+
+    /// Keeps the reply to request `got` in its slot (or notes a cancel acknowledged).
+    fn file(&mut self, got: u64, response: Response) {
+        let reply = match response {
+            Response::Error(e) => Err(Error::from(e)),
+            other => Ok(other),
+        };
+        if let Ok(at) = self.slots.binary_search_by_key(&got, |s| s.id) {
+            self.slots[at].reply = Some(reply);
+        } else if let Some(tag) = self.loose.remove(&got) {
+            self.loose_done.push_back((tag, reply));
+        } else {
+            self.cancels.retain(|&c| c != got);
+        }
+    }
+
+    /// The connection failed with `e` while request `id` (or, with `None`, any) awaited
+    /// its reply: `id` gets the real error, every other unanswered request a copy of it.
+    fn fail(&mut self, id: Option<u64>, e: Error) {
+        let (kind, text) = match &e {
+            Error::Disconnected(io) => (io.kind(), io.to_string()),
+            other => (io::ErrorKind::Other, other.to_string()),
+        };
+        let copy = || Err(Error::Disconnected(io::Error::new(kind, text.clone())));
+        let mut real = Some(e);
+        if let Some(slot) = self.slots.iter_mut().find(|s| Some(s.id) == id) {
+            slot.reply = real.take().map(Err);
+        }
+        let unanswered: Vec<T> = self.loose.drain().map(|(_, tag)| tag).collect();
+        for tag in unanswered {
+            let outcome = real.take().map_or_else(copy, Err);
+            self.loose_done.push_back((tag, outcome));
+        }
+        self.broken = Some((kind, text));
     }
 
     /// Asks the daemon to abandon every request still unanswered; each then answers
@@ -422,6 +506,67 @@ mod tests {
         assert!(pipeline.next().is_none());
         drop(pipeline);
         drop(client);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn has_outcome_tells_without_waiting_whether_the_oldest_reply_is_in() {
+        let (go, gone) = std::sync::mpsc::channel::<()>();
+        let (mut client, peer) = connect(move |peer| {
+            let ids: Vec<u64> = (0..2).map(|_| peer.request().0).collect();
+            peer.message(ids[1]);
+            gone.recv().unwrap();
+            peer.message(ids[0]);
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        assert!(!pipeline.has_outcome(), "nothing in flight");
+        for tag in 0..2 {
+            pipeline.submit(tag, &recv_request()).unwrap();
+        }
+        pipeline.flush().unwrap();
+        // Only the second is answered until the peer is told to go on: whatever has
+        // arrived, the oldest outcome is not at hand, and asking does not block.
+        assert!(!pipeline.has_outcome());
+        go.send(()).unwrap();
+        while !pipeline.has_outcome() {
+            std::thread::yield_now();
+        }
+        let (tag, first) = pipeline.next().unwrap();
+        assert_eq!((tag, payload(first)), (0, "1".to_owned()));
+        assert!(pipeline.has_outcome(), "the second came first and was kept");
+        let (tag, second) = pipeline.next().unwrap();
+        assert_eq!((tag, payload(second)), (1, "2".to_owned()));
+        assert!(!pipeline.has_outcome());
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn an_unordered_outcome_comes_out_as_soon_as_it_is_in() {
+        let (go, gone) = std::sync::mpsc::channel::<()>();
+        let (mut client, peer) = connect(move |peer| {
+            let (first, _) = peer.request();
+            let (unordered, _) = peer.request();
+            // The last is never answered: the daemon goes away first.
+            let _ = peer.request();
+            peer.reply(unordered, &Response::Ok);
+            gone.recv().unwrap();
+            peer.message(first);
+        });
+        let mut pipeline = Pipeline::new(&mut client, 4);
+        pipeline.submit(0, &recv_request()).unwrap();
+        pipeline.submit_unordered(1, &Request::Status).unwrap();
+        pipeline.submit_unordered(2, &Request::Status).unwrap();
+        // The receive is not answered yet; the unordered request is, and comes out.
+        let (tag, outcome) = pipeline.next().unwrap();
+        assert_eq!(tag, 1);
+        assert!(matches!(outcome, Ok(Response::Ok)), "{outcome:?}");
+        go.send(()).unwrap();
+        let (tag, first) = pipeline.next().unwrap();
+        assert_eq!((tag, payload(first)), (0, "1".to_owned()));
+        let (tag, last) = pipeline.next().unwrap();
+        assert_eq!(tag, 2);
+        assert!(matches!(last, Err(Error::Disconnected(_))), "{last:?}");
+        assert!(pipeline.next().is_none());
         peer.join().unwrap();
     }
 

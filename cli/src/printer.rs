@@ -1,228 +1,198 @@
-//! The writer of received messages, in one of two ways:
+//! The writer of received messages, which knows exactly which messages have been written.
 //!
-//! - **inline** (`--follow`): each message is written and flushed before the next receive
-//!   is made, so a reader that goes away (`| head`) costs only the message whose write
-//!   failed: every message received is gone from the mailbox.
-//! - **threaded** (`--count`): a thread between the receive loop and standard output
-//!   flushes whenever it has nothing more to write, so a reader at the other end of a
-//!   pipe sees each message as soon as it arrives, yet a burst goes out in large writes.
-//!   What waits for it is bounded by count and by bytes ([`BYTE_BUDGET`]), so a slow
-//!   reader of large messages does not make the command hold hundreds of them.
-//!   A broken pipe ends the process with status 0 from that thread (as ripgrep does): the
-//!   receive loop may be blocked on the daemon indefinitely and could not notice.
+//! `recv` acknowledges a message only once its output is written, so this module writes
+//! standard output itself — straight to its file descriptor, with no `Stdout` line buffer
+//! in between that could hold back a message's last bytes — and keeps, for every message
+//! gathered and not yet written in full, where its bytes end. [`Printer::flush`] reports
+//! each message as soon as the kernel has taken its last byte, also when a later write
+//! then fails: a reader that goes away (`| head -1`) leaves the messages it never got
+//! unreported, and so unacknowledged.
+//!
+//! Output is gathered while messages keep coming and written in large pieces; the caller
+//! flushes before it waits for more, so that a reader at the other end of a pipe sees each
+//! message as soon as it arrived.
 
-use std::io::{self, BufWriter, StdoutLock, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
 
 use ipc_proto::Message;
 
 use crate::output::{self, MessageFormat};
 
-/// Output buffered before a write, when messages come faster than they are written.
-const BUFFER: usize = 64 * 1024;
+/// Output gathered before the caller should write it without waiting for a pause.
+pub const BUFFER: usize = 64 * 1024;
 
-/// Payload bytes that may wait for the writer thread before the receive loop waits too.
-/// One message larger than this is still handed over, alone.
-pub const BYTE_BUDGET: usize = 8 * 1024 * 1024;
-
-/// Payload bytes handed to the writer thread and not yet written.
-#[derive(Debug, Default)]
-pub struct Budget {
-    state: Mutex<Queued>,
-    freed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Queued {
-    bytes: usize,
-    /// The receive loop waits for room: only then does the writer signal, so that the
-    /// usual case costs two uncontended locks per message and no system call.
-    waiting: bool,
-}
-
-impl Budget {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Counts `len` more bytes queued; before the message goes to the writer, which may
-    /// give them back at once.
-    fn add(&self, len: usize) {
-        self.lock().bytes += len;
-    }
-
-    /// Waits while more than the budget is queued.
-    fn wait_for_room(&self) {
-        let mut queued = self.lock();
-        while queued.bytes > BYTE_BUDGET {
-            queued.waiting = true;
-            queued = self
-                .freed
-                .wait(queued)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        queued.waiting = false;
-    }
-
-    fn give_back(&self, len: usize) {
-        let mut queued = self.lock();
-        queued.bytes -= len;
-        if queued.waiting {
-            self.freed.notify_one();
-        }
-    }
-}
-
-/// Where received messages go.
+/// Formats messages and writes them to `W` (standard output outside the tests).
 #[derive(Debug)]
-pub enum Printer {
-    Inline {
-        out: BufWriter<StdoutLock<'static>>,
-        format: MessageFormat,
-        mailbox: String,
-    },
-    Threaded {
-        tx: Option<SyncSender<Message>>,
-        budget: Arc<Budget>,
-        thread: Option<JoinHandle<()>>,
-    },
+pub struct Printer<W = File> {
+    out: W,
+    format: MessageFormat,
+    mailbox: String,
+    /// Formatted output, written up to `start`.
+    buf: Vec<u8>,
+    /// How much of `buf` is written: one write may take part of it.
+    start: usize,
+    /// Where the bytes of each message gathered and not yet reported end in `buf`, with
+    /// its id, oldest first.
+    ends: VecDeque<(usize, u64)>,
 }
 
-impl Printer {
-    /// Writes each message before returning from [`Self::print`].
-    pub fn inline(format: MessageFormat, mailbox: String) -> Self {
-        Printer::Inline {
-            out: BufWriter::with_capacity(BUFFER, io::stdout().lock()),
+impl Printer<File> {
+    /// Writes to this process's standard output, through a descriptor of its own (a
+    /// duplicate of descriptor 1).
+    pub fn stdout(format: MessageFormat, mailbox: String) -> io::Result<Self> {
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Self::new(File::from(fd), format, mailbox))
+    }
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: MessageFormat, mailbox: String) -> Self {
+        Self {
+            out,
             format,
             mailbox,
+            buf: Vec::with_capacity(BUFFER),
+            start: 0,
+            ends: VecDeque::new(),
         }
     }
 
-    /// Starts a writer thread; `backlog` messages may wait for it before
-    /// [`Self::print`] blocks.
-    pub fn threaded(format: MessageFormat, mailbox: String, backlog: usize) -> Self {
-        let (tx, rx) = mpsc::sync_channel(backlog);
-        let budget = Arc::new(Budget::default());
-        let written = Arc::clone(&budget);
-        let thread = std::thread::Builder::new()
-            .name("stdout".into())
-            .spawn(move || {
-                if let Err(e) = write_all(&rx, &written, format, &mailbox) {
-                    exit_on_write_error(&e);
-                }
-            })
-            .expect("start the output thread");
-        Printer::Threaded {
-            tx: Some(tx),
-            budget,
-            thread: Some(thread),
-        }
+    /// Adds `message` to the output; it is written by a later [`Self::flush`].
+    pub fn push(&mut self, message: &Message) -> io::Result<()> {
+        output::write_message(&mut self.buf, self.format, &self.mailbox, message)?;
+        self.ends.push_back((self.buf.len(), message.id));
+        Ok(())
     }
 
-    /// Writes `message`, or hands it to the writer thread.
-    pub fn print(&mut self, message: Message) -> io::Result<()> {
-        match self {
-            Printer::Inline {
-                out,
-                format,
-                mailbox,
-            } => {
-                output::write_message(out, *format, mailbox, &message)?;
-                out.flush()
-            }
-            Printer::Threaded { tx, budget, .. } => {
-                let Some(tx) = tx else {
-                    return Ok(());
-                };
-                budget.add(message.payload.len());
-                // Waiting comes after the hand-over, so one message larger than the
-                // budget waits only for itself. The writer stops only by ending the
-                // process; should its thread die otherwise, nothing is left to wait for.
-                if tx.send(message).is_ok() {
-                    budget.wait_for_room();
-                }
-                Ok(())
-            }
-        }
+    /// Bytes gathered and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
     }
 
-    /// Waits until every message handed over is written and flushed.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.close()
-    }
-
-    fn close(&mut self) -> io::Result<()> {
-        match self {
-            Printer::Inline { out, .. } => out.flush(),
-            Printer::Threaded { tx, thread, .. } => {
-                drop(tx.take());
-                if let Some(thread) = thread.take() {
-                    let _ = thread.join();
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for Printer {
-    fn drop(&mut self) {
-        let _ = self.close();
-    }
-}
-
-fn write_all(
-    rx: &Receiver<Message>,
-    budget: &Budget,
-    format: MessageFormat,
-    mailbox: &str,
-) -> io::Result<()> {
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(BUFFER, stdout.lock());
-    while let Ok(mut message) = rx.recv() {
+    /// Writes everything gathered. Appends to `written` the id of each message whose
+    /// last byte the kernel has taken, as soon as it has, so that on failure `written`
+    /// still names every message that did go out in full.
+    pub fn flush(&mut self, written: &mut Vec<u64>) -> io::Result<()> {
         loop {
-            output::write_message(&mut out, format, mailbox, &message)?;
-            budget.give_back(message.payload.len());
-            match rx.try_recv() {
-                Ok(next) => message = next,
-                Err(_) => break,
+            while let Some(&(end, id)) = self.ends.front() {
+                if end > self.start {
+                    break;
+                }
+                written.push(id);
+                self.ends.pop_front();
+            }
+            if self.start == self.buf.len() {
+                break;
+            }
+            match self.out.write(&self.buf[self.start..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        out.flush()?;
+        self.buf.clear();
+        self.start = 0;
+        Ok(())
     }
-    out.flush()
-}
-
-fn exit_on_write_error(e: &io::Error) -> ! {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    let _ = writeln!(io::stderr(), "ipcctl: cannot write to standard output: {e}");
-    std::process::exit(1);
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use ipc_proto::{Credentials, Headers, Timestamp};
+
     use super::*;
 
-    #[test]
-    fn the_budget_holds_the_receiver_until_the_writer_catches_up() {
-        let budget = Arc::new(Budget::default());
-        // Under the budget: no wait.
-        budget.add(BYTE_BUDGET);
-        budget.wait_for_room();
-        // One byte over: wait until the writer gives back, whichever runs first.
-        budget.add(1);
-        let writer = {
-            let budget = Arc::clone(&budget);
-            std::thread::spawn(move || budget.give_back(BYTE_BUDGET))
+    /// Takes at most `chunk` bytes per write and fails once `room` bytes are taken, as a
+    /// pipe whose reader went away after reading them.
+    struct Pipe {
+        taken: Vec<u8>,
+        room: usize,
+        chunk: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.chunk).min(self.room - self.taken.len());
+            if n == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn message(id: u64, payload: &'static str) -> Message {
+        Message {
+            id,
+            mtype: 1,
+            sender: Credentials {
+                pid: 1,
+                uid: 0,
+                gid: 0,
+            },
+            sent_at: Timestamp(0),
+            headers: Headers::default(),
+            redelivered: false,
+            deliveries: 1,
+            payload: Bytes::from_static(payload.as_bytes()),
+        }
+    }
+
+    fn printer(format: MessageFormat, room: usize, chunk: usize) -> Printer<Pipe> {
+        let pipe = Pipe {
+            taken: Vec::new(),
+            room,
+            chunk,
         };
-        budget.wait_for_room();
-        writer.join().unwrap();
-        budget.give_back(1);
-        assert_eq!(budget.lock().bytes, 0);
-        assert!(!budget.lock().waiting);
+        Printer::new(pipe, format, "q".into())
+    }
+
+    #[test]
+    fn every_message_written_in_full_is_reported_and_no_other() {
+        // "one\n" and "two\n" fit, "three\n" only in part.
+        let mut printer = printer(MessageFormat::Line, 10, 3);
+        for (id, payload) in [(1, "one"), (2, "two"), (3, "three")] {
+            printer.push(&message(id, payload)).unwrap();
+        }
+        let mut written = Vec::new();
+        let e = printer.flush(&mut written).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(written, [1, 2]);
+        assert_eq!(printer.out.taken, b"one\ntwo\nth");
+    }
+
+    #[test]
+    fn a_message_without_bytes_is_written_with_the_one_before() {
+        let mut printer = printer(MessageFormat::Raw, 100, 100);
+        printer.push(&message(1, "a")).unwrap();
+        printer.push(&message(2, "")).unwrap();
+        let mut written = Vec::new();
+        printer.flush(&mut written).unwrap();
+        assert_eq!(written, [1, 2]);
+        assert_eq!(printer.buffered(), 0);
+        printer.push(&message(3, "")).unwrap();
+        printer.flush(&mut written).unwrap();
+        assert_eq!(written, [1, 2, 3]);
+    }
+
+    #[test]
+    fn json_lines_are_reported_once_whole() {
+        let mut printer = printer(MessageFormat::Json, 1 << 20, 7);
+        printer.push(&message(4, "x")).unwrap();
+        let mut written = Vec::new();
+        printer.flush(&mut written).unwrap();
+        assert_eq!(written, [4]);
+        let line: serde_json::Value = serde_json::from_slice(&printer.out.taken).unwrap();
+        assert_eq!(line["id"], 4);
+        assert_eq!(line["payload"], "x");
     }
 }

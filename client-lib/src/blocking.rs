@@ -183,6 +183,42 @@ impl Connection {
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
     }
+
+    /// The next frame if it is whole in the buffer or its bytes are already waiting on
+    /// the socket; `None` rather than waiting for more.
+    fn try_read_frame(&mut self) -> Result<Option<ipc_proto::Frame>> {
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.rbuf)
+                .map_err(|e| Error::Protocol(e.to_string()))?
+            {
+                return Ok(Some(frame));
+            }
+            // Only here, where a read follows: callers ask often, and mostly a frame is
+            // already buffered.
+            let mut chunk = [0u8; READ_CHUNK];
+            self.stream
+                .set_nonblocking(true)
+                .map_err(Error::Disconnected)?;
+            let read = self.stream.read(&mut chunk);
+            self.stream
+                .set_nonblocking(false)
+                .map_err(Error::Disconnected)?;
+            match read {
+                Ok(0) => {
+                    return Err(Error::Disconnected(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the daemon closed the connection",
+                    )));
+                }
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Disconnected(e)),
+            }
+        }
+    }
 }
 
 impl BlockingClient {
@@ -357,6 +393,25 @@ impl BlockingClient {
         self.read_reply()
     }
 
+    /// The next reply to any submitted request if one has already arrived, without
+    /// waiting and without writing what is queued: for a caller that has other work to
+    /// finish (writing out what it received, say) before it blocks in
+    /// [`Self::next_reply`].
+    pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
+        if let Some(&id) = self.stash.keys().next() {
+            let response = self.stash.remove(&id).expect("key just seen");
+            return Ok(Some((id, response)));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(self.broken_error());
+        };
+        match conn.try_read_frame() {
+            Ok(Some(frame)) => self.reply_of(frame).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.broken_by(e)),
+        }
+    }
+
     /// Flushes, then waits for the reply to request `id`.
     pub fn wait_for(&mut self, id: u64) -> Result<Response> {
         if let Some(response) = self.stash.remove(&id) {
@@ -443,17 +498,24 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        let frame = match conn.read_frame() {
-            Ok(frame) => frame,
-            Err(e) => {
-                let why = match &e {
-                    Error::Disconnected(io) => io::Error::new(io.kind(), io.to_string()),
-                    other => io::Error::other(other.to_string()),
-                };
-                self.break_connection(why);
-                return Err(e);
-            }
+        match conn.read_frame() {
+            Ok(frame) => self.reply_of(frame),
+            Err(e) => Err(self.broken_by(e)),
+        }
+    }
+
+    /// Breaks the connection because reading from it failed with `e`, and returns `e`.
+    fn broken_by(&mut self, e: Error) -> Error {
+        let why = match &e {
+            Error::Disconnected(io) => io::Error::new(io.kind(), io.to_string()),
+            other => io::Error::other(other.to_string()),
         };
+        self.break_connection(why);
+        e
+    }
+
+    /// The request id and reply a frame read from the daemon carries.
+    fn reply_of(&mut self, frame: ipc_proto::Frame) -> Result<(u64, Response)> {
         let response = match codec::decode_body(&frame, FrameKind::Response) {
             Ok(response) => response,
             Err(e) => {
