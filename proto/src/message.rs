@@ -391,7 +391,9 @@ pub struct UidUsage {
     pub uid: u32,
     pub connections: u64,
     pub mailboxes: u64,
-    /// Payload bytes of this uid's messages the daemon holds (queued or waiting to be).
+    /// Bytes the daemon holds for this uid: its messages queued or waiting to be
+    /// (payload, headers and the per-message overhead each), and encoded replies waiting
+    /// to be read by its connections.
     pub queued_bytes: u64,
     pub max_connections: Option<u64>,
     pub max_mailboxes: Option<u64>,
