@@ -28,8 +28,9 @@ pub struct Quota {
     pub connections: u64,
     /// Mailboxes owned.
     pub mailboxes: u64,
-    /// Bytes the daemon holds for this uid: the payloads of its sends, across all
-    /// mailboxes, and the encoded replies waiting to be written to its connections.
+    /// Bytes the daemon holds for this uid: its sends across all mailboxes (payload,
+    /// headers and `message_overhead` each), and the encoded replies waiting to be
+    /// written to its connections.
     pub queued_bytes: u64,
     /// Requests one connection may have waiting (blocked) at once.
     pub in_flight: u64,
