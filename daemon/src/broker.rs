@@ -18,7 +18,7 @@ use crate::mailbox::{
     DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings, headers_size,
 };
 use crate::perm::{Caller, Ownership};
-use crate::quota::{Accounts, Charge, Resource, snapshot};
+use crate::quota::{Accounts, Charge, Gauge, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 
 /// The daemon's mailboxes and the per-uid accounts of what everyone holds.
@@ -28,6 +28,8 @@ pub struct Broker {
     config: RwLock<Arc<Config>>,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
     accounts: Accounts,
+    /// Connections of every uid not yet past their hello (`max_handshakes`).
+    handshaking: Gauge,
     /// Where durable mailboxes live, or why there is no such place.
     store: Result<Store, String>,
     /// Every mailbox sends its dead letters here; [`Broker::deliver_dead_letters`]
@@ -81,6 +83,7 @@ impl Broker {
             config: RwLock::new(Arc::new(config)),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
+            handshaking: Gauge::default(),
             store,
             dead_letters,
             dead_letter_queue: Mutex::new(Some(queue)),
@@ -237,6 +240,10 @@ impl Broker {
 
     pub fn accounts(&self) -> &Accounts {
         &self.accounts
+    }
+
+    pub fn handshaking(&self) -> &Gauge {
+        &self.handshaking
     }
 
     /// Charges `amount` of `resource` to the caller's uid, within its quota.

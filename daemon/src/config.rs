@@ -34,6 +34,8 @@ pub struct Quota {
     pub queued_bytes: u64,
     /// Requests one connection may have waiting (blocked) at once.
     pub in_flight: u64,
+    /// Connections not yet past their hello at once.
+    pub handshakes: u64,
 }
 
 impl Quota {
@@ -42,6 +44,7 @@ impl Quota {
         mailboxes: u64::MAX,
         queued_bytes: u64::MAX,
         in_flight: u64::MAX,
+        handshakes: u64::MAX,
     };
 }
 
@@ -87,11 +90,21 @@ pub struct Config {
     /// Bytes of encoded replies a connection may have waiting to be written beyond the
     /// first; a client that lets more pile up is not reading and is cut off.
     pub max_pending_output: u64,
+    /// Bytes of replies a connection may have waiting while its uid is over its
+    /// `queued_bytes` quota (they are charged all the same); past it the client is not
+    /// reading and is cut off. A client that reads keeps far less waiting.
+    pub reply_allowance: u64,
     /// Replies queued for a connection before the daemon stops reading its requests
     /// until the client has read some.
     pub max_queued_replies: usize,
     /// A connection that has not sent its hello by then is closed.
     pub handshake_timeout: Duration,
+    /// Connections not yet past their hello, of all uids together; past it a new
+    /// connection is closed at once.
+    pub max_handshakes: u64,
+    /// Largest frame body accepted before the hello: a hello is small, and a connection
+    /// nobody knows yet must not make the daemon buffer much.
+    pub max_hello_frame: u32,
     /// How long shutdown waits for connections to flush their last replies.
     pub shutdown_timeout: Duration,
     /// Longest lease an acknowledged receive may ask for.
@@ -153,11 +166,15 @@ impl Default for Config {
                 mailboxes: 1000,
                 queued_bytes: 64 * MIB,
                 in_flight: 1024,
+                handshakes: 64,
             },
             quota_overrides: HashMap::new(),
             max_pending_output: 64 * MIB,
+            reply_allowance: MIB,
             max_queued_replies: 1024,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(2),
+            max_handshakes: 1024,
+            max_hello_frame: 4096,
             shutdown_timeout: Duration::from_secs(5),
             segment_bytes: 64 * MIB,
             message_overhead: 384,

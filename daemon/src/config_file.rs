@@ -142,6 +142,7 @@ struct QuotaFile {
     mailboxes: Option<u64>,
     queued_bytes: Option<Size>,
     in_flight: Option<u64>,
+    handshakes: Option<u64>,
 }
 
 impl QuotaFile {
@@ -154,6 +155,7 @@ impl QuotaFile {
                 None => base.queued_bytes,
             },
             in_flight: self.in_flight.unwrap_or(base.in_flight),
+            handshakes: self.handshakes.unwrap_or(base.handshakes),
         })
     }
 }
@@ -166,6 +168,7 @@ struct QuotaTable {
     mailboxes: Option<u64>,
     queued_bytes: Option<Size>,
     in_flight: Option<u64>,
+    handshakes: Option<u64>,
     /// What each queued message costs beyond its payload and headers (every uid).
     message_overhead: Option<Size>,
     #[serde(default)]
@@ -176,8 +179,10 @@ struct QuotaTable {
 #[serde(deny_unknown_fields)]
 struct ConnectionsFile {
     max_pending_output: Option<Size>,
+    reply_allowance: Option<Size>,
     max_queued_replies: Option<usize>,
     handshake_timeout: Option<Text>,
+    max_handshakes: Option<u64>,
     shutdown_timeout: Option<Text>,
     max_lease: Option<Text>,
     max_ttl: Option<Text>,
@@ -262,6 +267,7 @@ impl File {
             mailboxes: q.mailboxes,
             queued_bytes: q.queued_bytes.clone(),
             in_flight: q.in_flight,
+            handshakes: q.handshakes,
         }
         .apply(config.quota, "quota")?;
         if let Some(s) = &q.message_overhead {
@@ -284,8 +290,14 @@ impl File {
         if let Some(s) = &c.max_pending_output {
             config.max_pending_output = s.bytes("connections.max_pending_output")?;
         }
+        if let Some(s) = &c.reply_allowance {
+            config.reply_allowance = s.bytes("connections.reply_allowance")?;
+        }
         if let Some(n) = c.max_queued_replies {
             config.max_queued_replies = n.max(1);
+        }
+        if let Some(n) = c.max_handshakes {
+            config.max_handshakes = n.max(1);
         }
         for (text, key, slot) in [
             (

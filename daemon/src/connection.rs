@@ -111,9 +111,12 @@ pub struct Payer {
 }
 
 impl Payer {
-    fn limit(&self) -> u64 {
-        let quota = self.broker.config().quota_for(self.account.uid());
-        Resource::QueuedBytes.limit(&quota)
+    /// The uid's `queued_bytes` quota, and the replies a connection may have waiting
+    /// past it (`reply_allowance`).
+    fn limits(&self) -> (u64, u64) {
+        let config = self.broker.config();
+        let quota = config.quota_for(self.account.uid());
+        (Resource::QueuedBytes.limit(&quota), config.reply_allowance)
     }
 }
 
@@ -156,10 +159,12 @@ pub struct Replies {
 impl Replies {
     /// Encodes `out` and queues it for the writer, waiting while the queue is full.
     ///
-    /// One reply is always accepted when nothing else of this connection is waiting,
-    /// charged to the uid even past its quota, so a message as large as the frame limit
-    /// can be delivered whatever the bounds. Past `max_pending_output`, or past the
-    /// uid's `queued_bytes` quota with replies already waiting, the client is cut off.
+    /// Past the uid's `queued_bytes` quota a reply is still accepted, charged all the
+    /// same, while this connection has less than `reply_allowance` waiting: a client that
+    /// reads is not cut off because its uid's quota is taken by queued messages, and one
+    /// reply of any size always goes, so a message as large as the frame limit can be
+    /// delivered whatever the bounds. Past `max_pending_output`, or past the quota with
+    /// the allowance used up, the client is not reading and is cut off.
     pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
         let frame = encode(out, self.shared.max_frame);
         let cost = frame.len() as u64;
@@ -199,10 +204,12 @@ impl Replies {
             });
         }
         let account = &shared.payer.account;
-        let limit = shared.payer.limit();
+        let (limit, allowance) = shared.payer.limits();
         match account.try_charge(Resource::QueuedBytes, cost, limit) {
             Ok(charge) => Ok(charge),
-            Err(_) if before == 0 => Ok(account.force(Resource::QueuedBytes, cost)),
+            Err(_) if before == 0 || before < allowance => {
+                Ok(account.force(Resource::QueuedBytes, cost))
+            }
             Err(held) => Err(QueueError::OverQuota {
                 uid: account.uid(),
                 held,
@@ -356,12 +363,19 @@ mod tests {
     use crate::config::{Config, Quota};
     use ipc_proto::FrameDecoder;
 
+    /// A payer of uid 1000 with a `queued_bytes` quota, allowed nothing waiting past it
+    /// beyond the one reply that always goes.
     fn payer(queued_bytes: u64) -> Payer {
+        payer_with_allowance(queued_bytes, 1)
+    }
+
+    fn payer_with_allowance(queued_bytes: u64, reply_allowance: u64) -> Payer {
         let config = Config {
             quota: Quota {
                 queued_bytes,
                 ..Config::default().quota
             },
+            reply_allowance,
             ..Config::default()
         };
         let broker = Arc::new(Broker::new(config, Err("no store in this test".into())));
@@ -453,6 +467,23 @@ mod tests {
         assert_eq!(account.used(Resource::QueuedBytes), first);
         drop((replies, writer));
         assert_eq!(account.used(Resource::QueuedBytes), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_uid_quota_replies_go_within_the_allowance() {
+        let payer = payer_with_allowance(1_000, 20_000);
+        let account = payer.account.clone();
+        let (replies, _writer) = reply_queue(64, u64::MAX, u32::MAX, payer);
+        // Each is some 8 KB: two fit under 20,000 waiting, the third passes it.
+        replies.send(status_reply(1, 100)).await.unwrap();
+        replies.send(status_reply(2, 100)).await.unwrap();
+        replies.send(status_reply(3, 100)).await.unwrap();
+        assert!(account.used(Resource::QueuedBytes) > 20_000);
+        let refused = replies.send(status_reply(4, 100)).await.unwrap_err();
+        assert!(
+            matches!(refused, QueueError::OverQuota { .. }),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

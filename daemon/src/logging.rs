@@ -21,6 +21,8 @@ pub fn init() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.with_ansi(false).event_format(Journal).init();
@@ -70,6 +72,23 @@ mod tests {
         assert_eq!(priority(Level::INFO), 6);
         assert_eq!(priority(Level::DEBUG), 7);
     }
+}
+
+/// Escapes control characters (and quotes and backslashes) in text a client chose, so
+/// that it cannot forge log lines or send escape sequences to a terminal reading the log.
+pub fn escape(text: &str) -> String {
+    text.escape_debug().to_string()
+}
+
+/// `Some(lines held back since the last one)` if a line of `cause` may be logged now: one
+/// [`Throttle`] per cause, shared by every connection, so that a client cannot flood the
+/// log by repeating what makes a line (bad frames, handshake timeouts, refusals).
+pub fn throttled(cause: &'static str) -> Option<u64> {
+    static THROTTLES: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<&'static str, Throttle>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut throttles = THROTTLES.lock().unwrap_or_else(|e| e.into_inner());
+    throttles.entry(cause).or_default().allow()
 }
 
 /// Rate-limits log lines of one cause: at most one per [`Throttle::EVERY`], each saying

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use ipc_proto::{
-    Credentials, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind, Hello, PROTOCOL_VERSION,
-    Request, Response, Welcome, codec,
+    Credentials, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind, Hello, MAX_CLIENT_NAME,
+    PROTOCOL_VERSION, Request, Response, Welcome, codec,
 };
 use tokio::net::UnixStream;
 use tokio::task::JoinSet;
@@ -24,13 +24,15 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::config::Config;
 use crate::connection::{
     FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
 };
 use crate::dispatch::{Reply, dispatch};
+use crate::logging;
 use crate::mailbox::Canceller;
 use crate::perm::{Caller, peer_groups};
-use crate::quota::Resource;
+use crate::quota::{Charge, GaugeSlot, Resource};
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -56,6 +58,23 @@ pub enum CloseReason {
     NotReading(String),
 }
 
+impl CloseReason {
+    /// The cause, for rate-limiting the log lines of closes alike.
+    fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client closed",
+            CloseReason::HandshakeTimeout => "handshake timeout",
+            CloseReason::VersionMismatch(_) => "version mismatch",
+            CloseReason::BadFrame(_) => "bad frame",
+            CloseReason::ProtocolViolation(_) => "protocol violation",
+            CloseReason::Io(_) => "socket error",
+            CloseReason::ShuttingDown => "shutting down",
+            CloseReason::OverQuota(_) => "over quota",
+            CloseReason::NotReading(_) => "not reading",
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -72,8 +91,21 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: CancellationToken) {
+/// A connection let in: who is at the other end, and its place among the connections
+/// not yet past their hello.
+#[derive(Debug)]
+pub struct Admitted {
+    stream: UnixStream,
+    caller: Caller,
+    hello_slot: HelloSlot,
+}
+
+/// Decides, in the accept loop and in accept order, whether a new connection may wait for
+/// its hello: it needs a place among its uid's `handshakes` and the daemon's
+/// `max_handshakes`, so that connections that never speak cannot fill the daemon's
+/// descriptors. A connection without one is told why, if its socket takes it at once, and
+/// closed: nothing is spawned or kept for it.
+pub fn admit(stream: UnixStream, broker: &Broker) -> Option<Admitted> {
     let identity = stream.peer_cred().and_then(|cred| {
         let groups = peer_groups(&stream)?;
         Ok((cred, groups))
@@ -81,8 +113,13 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
     let (cred, groups) = match identity {
         Ok(identity) => identity,
         Err(e) => {
-            tracing::warn!("cannot read the credentials of a new connection, closing it: {e}");
-            return;
+            if let Some(suppressed) = logging::throttled("no credentials") {
+                tracing::warn!(
+                    "cannot read the credentials of a new connection, closing it: {e}{}",
+                    more(suppressed)
+                );
+            }
+            return None;
         }
     };
     let creds = Credentials {
@@ -96,11 +133,41 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         account: broker.accounts().account(creds.uid),
         leases: Arc::default(),
     };
-    // Held for the connection's life; over quota, the client is told so after its hello.
-    let counted = broker.charge(&caller, Resource::Connections, 1);
+    match begin_handshake(broker, &caller, &broker.config()) {
+        Ok(hello_slot) => Some(Admitted {
+            stream,
+            caller,
+            hello_slot,
+        }),
+        Err(why) => {
+            if let Some(suppressed) = logging::throttled("refused before hello") {
+                tracing::info!(
+                    pid = creds.pid,
+                    uid = creds.uid,
+                    "connection refused: {why}{}",
+                    more(suppressed)
+                );
+            }
+            refuse_at_once(&stream, &why);
+            None
+        }
+    }
+}
+
+/// Serves one admitted connection until it closes.
+pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: CancellationToken) {
+    let Admitted {
+        stream,
+        caller,
+        hello_slot,
+    } = admitted;
+    let creds = caller.creds;
     let config = broker.config();
+    // Held for the connection's life; over quota, the client is told so at once.
+    let counted = broker.charge(&caller, Resource::Connections, 1);
     let (read, write) = stream.into_split();
-    let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_frame())));
+    // Until the hello, only a frame the size of a hello is read.
+    let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_hello_frame)));
     // Replies wait charged to the uid that asked for them, as its queued bytes.
     let payer = Payer {
         account: caller.account.clone(),
@@ -123,8 +190,12 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         tasks: JoinSet::new(),
         cancels: HashMap::new(),
         client_name: String::new(),
+        hello_slot: Some(hello_slot),
     };
     let reason = peer.run(counted.as_ref().err(), &shutdown).await;
+    // Given back while the socket is still open, so that a client that sees it close can
+    // count on the place being free.
+    peer.hello_slot = None;
     let Peer {
         client_name,
         replies,
@@ -158,12 +229,16 @@ pub async fn serve(stream: UnixStream, broker: Arc<Broker>, shutdown: Cancellati
         Err(_) => false,
     };
     if level_is_info || !flushed {
-        tracing::info!(
-            pid = creds.pid,
-            uid = creds.uid,
-            client = %client_name,
-            "connection closed: {reason}"
-        );
+        // One line per cause per interval, whatever a client repeats.
+        if let Some(suppressed) = logging::throttled(reason.kind()) {
+            tracing::info!(
+                pid = creds.pid,
+                uid = creds.uid,
+                client = %client_name,
+                "connection closed: {reason}{}",
+                more(suppressed)
+            );
+        }
     } else {
         tracing::debug!(pid = creds.pid, uid = creds.uid, client = %client_name, "connection closed: {reason}");
     }
@@ -182,7 +257,67 @@ struct Peer {
     tasks: JoinSet<u64>,
     /// How to cancel each blocked request, by request id.
     cancels: HashMap<u64, Canceller>,
+    /// The client's name as it may appear in a log line (control characters escaped).
     client_name: String,
+    /// The place this connection holds among those not yet past their hello; given
+    /// back once the hello is answered.
+    hello_slot: Option<HelloSlot>,
+}
+
+/// A connection's place among those not yet past their hello: one of its uid's
+/// `handshakes` and one of the daemon's `max_handshakes`.
+#[derive(Debug)]
+struct HelloSlot {
+    _uid: Charge,
+    _all: GaugeSlot,
+}
+
+fn begin_handshake(broker: &Broker, caller: &Caller, config: &Config) -> Result<HelloSlot, String> {
+    let limit = config.quota_for(caller.uid()).handshakes;
+    let uid = caller
+        .account
+        .try_charge(Resource::Handshakes, 1, limit)
+        .map_err(|held| {
+            format!(
+                "uid {} already has {held} connections that have not sent their hello, its \
+                 handshakes quota of {limit}",
+                caller.uid()
+            )
+        })?;
+    let all = broker
+        .handshaking()
+        .enter(config.max_handshakes)
+        .ok_or_else(|| {
+            format!(
+                "{} connections are waiting to send their hello, the daemon's max_handshakes",
+                config.max_handshakes
+            )
+        })?;
+    Ok(HelloSlot {
+        _uid: uid,
+        _all: all,
+    })
+}
+
+/// Tells a client refused before its hello why, if the socket takes it at once, and
+/// closes: nothing is held for it.
+fn refuse_at_once(stream: &UnixStream, why: &str) {
+    let mut frame = bytes::BytesMut::new();
+    let error = Response::Error(ErrorReply::new(
+        ErrorCode::QuotaExceeded,
+        format!("quota exceeded: {why}"),
+    ));
+    if codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).is_ok() {
+        let _ = stream.try_write(&frame);
+    }
+}
+
+/// What follows a rate-limited log line: how many like it were held back.
+fn more(suppressed: u64) -> String {
+    match suppressed {
+        0 => String::new(),
+        n => format!(" ({n} more like it since the last such line)"),
+    }
 }
 
 impl Peer {
@@ -226,12 +361,17 @@ impl Peer {
         }
     }
 
-    /// Reads the hello and answers it: a welcome, or the error that ends the connection
-    /// (`refused`, when it is over its connections quota). The error is sent only after the
-    /// hello has been read, so closing does not reset the connection before the client
-    /// has read why.
+    /// Reads the hello and answers it: a welcome, or the error that ends the connection.
+    /// A connection over its uid's connections quota (`refused`) is told so at once; its
+    /// hello is still read (small and soon, or not at all), so that closing does not reset
+    /// the connection before the client has read why.
     async fn handshake(&mut self, refused: Option<&ErrorReply>) -> Result<(), CloseReason> {
         let timeout = self.broker.config().handshake_timeout;
+        if let Some(error) = refused {
+            self.send_connection_error(error.code, &error.message).await;
+            let _ = tokio::time::timeout(timeout, self.frames.next()).await;
+            return Err(CloseReason::OverQuota(error.message.clone()));
+        }
         let frame = match tokio::time::timeout(timeout, self.frames.next()).await {
             Err(_) => return Err(CloseReason::HandshakeTimeout),
             Ok(None) => return Err(CloseReason::ClientClosed),
@@ -247,7 +387,17 @@ impl Peer {
                 return Err(CloseReason::ProtocolViolation(message));
             }
         };
-        self.client_name = hello.client_name;
+        self.client_name = logging::escape(&hello.client_name);
+        if hello.client_name.len() > MAX_CLIENT_NAME {
+            let message = format!(
+                "client_name is {} bytes long; at most {MAX_CLIENT_NAME} are allowed",
+                hello.client_name.len()
+            );
+            self.client_name.truncate(MAX_CLIENT_NAME);
+            self.send_connection_error(ErrorCode::BadRequest, &message)
+                .await;
+            return Err(CloseReason::ProtocolViolation(message));
+        }
         if hello.version != PROTOCOL_VERSION {
             let message = format!(
                 "ipcd speaks protocol version {PROTOCOL_VERSION}, the client {}; upgrade the older side",
@@ -257,11 +407,11 @@ impl Peer {
                 .await;
             return Err(CloseReason::VersionMismatch(hello.version));
         }
-        if let Some(error) = refused {
-            self.send_connection_error(error.code, &error.message).await;
-            return Err(CloseReason::OverQuota(error.message.clone()));
-        }
         let config = self.broker.config();
+        // Past the hello: requests may be as large as the daemon allows, and this
+        // connection no longer counts among those that have not spoken.
+        self.frames.decoder_mut().0.set_max_body(config.max_frame());
+        self.hello_slot = None;
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             server: format!("ipcd {}", env!("CARGO_PKG_VERSION")),

@@ -30,21 +30,22 @@ pub enum Resource {
     Connections = 0,
     Mailboxes = 1,
     QueuedBytes = 2,
+    /// Connections not yet past their hello: bounded apart from `Connections`, so that
+    /// connections that never speak cannot fill the daemon's descriptors.
+    Handshakes = 3,
 }
 
-impl Resource {
-    const ALL: [Resource; 3] = [
-        Resource::Connections,
-        Resource::Mailboxes,
-        Resource::QueuedBytes,
-    ];
+/// How many resources are counted.
+const RESOURCES: usize = 4;
 
+impl Resource {
     /// The quota's name, as in the configuration.
     pub fn name(self) -> &'static str {
         match self {
             Resource::Connections => "connections",
             Resource::Mailboxes => "mailboxes",
             Resource::QueuedBytes => "queued_bytes",
+            Resource::Handshakes => "handshakes",
         }
     }
 
@@ -53,6 +54,7 @@ impl Resource {
             Resource::Connections => quota.connections,
             Resource::Mailboxes => quota.mailboxes,
             Resource::QueuedBytes => quota.queued_bytes,
+            Resource::Handshakes => quota.handshakes,
         }
     }
 }
@@ -61,9 +63,9 @@ impl Resource {
 #[derive(Debug)]
 pub struct UidAccount {
     uid: u32,
-    used: [AtomicU64; 3],
+    used: [AtomicU64; RESOURCES],
     /// When a refusal of each kind was last logged, for rate limiting.
-    logged: Mutex<[Option<Instant>; 3]>,
+    logged: Mutex<[Option<Instant>; RESOURCES]>,
 }
 
 /// Every uid that holds something. Accounts live while anything charged to them does.
@@ -85,7 +87,7 @@ impl Accounts {
         let account = Arc::new(UidAccount {
             uid,
             used: Default::default(),
-            logged: Mutex::new([None; 3]),
+            logged: Mutex::new([None; RESOURCES]),
         });
         by_uid.insert(uid, Arc::downgrade(&account));
         account
@@ -173,6 +175,11 @@ impl UidAccount {
                  remove one first",
                 self.uid
             ),
+            Resource::Handshakes => format!(
+                "quota exceeded: uid {} has {used} connections that have not sent their hello, \
+                 its handshakes quota of {limit}",
+                self.uid
+            ),
         };
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
         let last = &mut logged[resource as usize];
@@ -215,9 +222,42 @@ impl Drop for Charge {
     }
 }
 
-/// What `account` holds of each resource, in [`Resource::ALL`] order.
+/// A count of something across every uid (connections not yet past their hello), with
+/// a guard that gives its place back when dropped.
+#[derive(Debug, Default)]
+pub struct Gauge(Arc<AtomicU64>);
+
+/// A place taken in a [`Gauge`].
+#[derive(Debug)]
+pub struct GaugeSlot(Arc<AtomicU64>);
+
+impl Gauge {
+    /// Takes a place if fewer than `limit` are taken.
+    pub fn enter(&self, limit: u64) -> Option<GaugeSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(GaugeSlot(self.0.clone()))
+    }
+}
+
+impl Drop for GaugeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What `account` holds of the resources `status` shows: connections, mailboxes, queued
+/// bytes.
 pub fn snapshot(account: &UidAccount) -> [u64; 3] {
-    Resource::ALL.map(|r| account.used(r))
+    [
+        Resource::Connections,
+        Resource::Mailboxes,
+        Resource::QueuedBytes,
+    ]
+    .map(|r| account.used(r))
 }
 
 #[cfg(test)]

@@ -214,7 +214,9 @@ pub async fn accept_loop(
                     if std::mem::take(&mut failing) {
                         tracing::info!("accepting connections again");
                     }
-                    tracker.spawn(peer::serve(stream, broker.clone(), peers_stop.clone()));
+                    if let Some(admitted) = peer::admit(stream, &broker) {
+                        tracker.spawn(peer::serve(admitted, broker.clone(), peers_stop.clone()));
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning, and keep

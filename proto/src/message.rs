@@ -16,9 +16,13 @@ use crate::{ErrorReply, MailboxName};
 pub struct Hello {
     /// The protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
     pub version: u16,
-    /// A free-form name for logs, e.g. `ipcctl` or the program's name.
+    /// A free-form name for logs, e.g. `ipcctl` or the program's name; at most
+    /// [`MAX_CLIENT_NAME`] bytes.
     pub client_name: String,
 }
+
+/// Longest `client_name` a hello may carry, in bytes.
+pub const MAX_CLIENT_NAME: usize = 64;
 
 /// The server's answer to [`Hello`]: what it is and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

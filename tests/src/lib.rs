@@ -361,15 +361,71 @@ impl Principal<'_> {
     }
 }
 
+/// Runs `connect` on a new thread of this process that has first taken `who`'s ids. The
+/// daemon learns a connection's identity from the credentials of the thread that called
+/// connect(2) (`SO_PEERCRED`), so this makes a connection of another uid without another
+/// program. The raw system calls change that thread only (the C library's wrappers would
+/// change every thread of the process), and the thread ends as soon as it has connected.
+/// Needs root.
+pub fn connect_as<T: Send + 'static>(
+    who: Principal<'static>,
+    connect: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    assert!(is_root(), "connecting as another uid needs root");
+    std::thread::spawn(move || {
+        let keep = libc::uid_t::MAX;
+        // SAFETY: these system calls take plain integers (and a null list of zero groups)
+        // and change only the calling thread's credentials.
+        unsafe {
+            let no_groups: *const libc::gid_t = std::ptr::null();
+            assert_eq!(libc::syscall(libc::SYS_setgroups, 0usize, no_groups), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresgid, keep, who.gid, keep), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, keep, who.uid, keep), 0);
+        }
+        connect()
+    })
+    .join()
+    .expect("the connecting thread")
+}
+
+/// A daemon that other users' commands can reach: its socket, and an open directory
+/// beside it where a copy of `ipcctl` can be put for them.
+pub trait Reachable {
+    fn socket(&self) -> &Path;
+    fn dir(&self) -> &Path;
+}
+
+impl Reachable for TestDaemon {
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Reachable for DaemonProcess {
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+    fn dir(&self) -> &Path {
+        self.socket.parent().expect("the socket is in a directory")
+    }
+}
+
 /// `ipcctl ARGS…` as `who`, against `daemon`, to completion.
-pub fn ipcctl_as(daemon: &TestDaemon, who: Principal<'_>, args: &[&str]) -> std::process::Output {
+pub fn ipcctl_as(
+    daemon: &impl Reachable,
+    who: Principal<'_>,
+    args: &[&str],
+) -> std::process::Output {
     spawn_ipcctl_as(daemon, who, args)
         .wait_with_output()
         .expect("wait for ipcctl")
 }
 
 /// `ipcctl ARGS…` as `who`, started in the background with its output captured.
-pub fn spawn_ipcctl_as(daemon: &TestDaemon, who: Principal<'_>, args: &[&str]) -> Child {
+pub fn spawn_ipcctl_as(daemon: &impl Reachable, who: Principal<'_>, args: &[&str]) -> Child {
     assert!(is_root(), "running commands as other users needs root");
     // The build tree may sit in a directory other users cannot enter (a fresh clone in
     // a private temporary directory): run a copy from the daemon's open directory.

@@ -3,9 +3,12 @@
 //! refusal or bound while the victim's own operations keep succeeding. Needs root; without
 //! it the tests say so and pass without checking.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::process::Output;
 
-use ipcd_tests::{Principal, TestDaemon, ipcctl, ipcctl_as, is_root};
+use ipc_proto::{FrameKind, Hello, PROTOCOL_VERSION, Request, codec};
+use ipcd_tests::{DaemonProcess, Principal, TestDaemon, connect_as, ipcctl, ipcctl_as, is_root};
 use serde_json::Value;
 
 const ALICE: Principal<'static> = Principal::new(63001, 63001);
@@ -294,9 +297,7 @@ fn receives_that_can_never_match_are_refused_at_once() {
 /// are refused with what is wrong; the connection stays usable.
 #[test]
 fn malformed_request_bodies_are_refused_with_the_reason() {
-    use std::io::{Read, Write};
-
-    use ipc_proto::{FrameDecoder, FrameKind, Hello, PROTOCOL_VERSION, Request, Response, codec};
+    use ipc_proto::{FrameDecoder, Response};
 
     let daemon = TestDaemon::start();
     let mut s = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
@@ -350,4 +351,255 @@ fn malformed_request_bodies_are_refused_with_the_reason() {
     };
     assert_eq!(name.code, ipc_proto::ErrorCode::InvalidName, "{name:?}");
     assert!(name.message.contains("may not start with"), "{name:?}");
+}
+
+/// Bob's connections that never send their hello, past his `handshakes` quota, are closed
+/// at once with the reason; a partial hello cannot make the daemon buffer more than a
+/// hello's worth; alice's commands keep working; the daemon stays small.
+#[test]
+fn row_3_silent_connections_are_bounded_before_their_hello() {
+    if skip() {
+        return;
+    }
+    // A handshake timeout longer than the test, so that no place frees up meanwhile.
+    let dir = ipcd_tests::tempdir();
+    let daemon = daemon_with(dir.path(), "[connections]\nhandshake_timeout = \"1h\"\n");
+    let idle_kib = daemon.peak_rss_kib();
+    // Partial hellos: a header that promises 60 MiB is refused from the header alone.
+    let socket = daemon.socket.clone();
+    let partial: Vec<UnixStream> = connect_as(BOB, move || {
+        (0..8)
+            .map(|_| UnixStream::connect(&socket).expect("connect"))
+            .collect()
+    });
+    for mut stream in partial {
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&(60u32 << 20).to_le_bytes());
+        header[4] = FrameKind::Hello as u8;
+        let _ = stream.write_all(&header);
+        let reply = read_to_end(&stream);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("4096"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let socket = daemon.socket.clone();
+    let silent: Vec<UnixStream> = connect_as(BOB, move || {
+        (0..2_000)
+            .map(|_| UnixStream::connect(&socket).expect("connect"))
+            .collect()
+    });
+    // Connections are accepted in order: the first 64 hold bob's places, every later one
+    // is told why and closed at once, without waiting for any timeout.
+    for stream in &silent[64..] {
+        let reply = read_to_end(stream);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("handshakes quota of 64"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    // Meanwhile alice works as usual.
+    ok(ipcctl_as(&daemon, ALICE, &["create", "alice.q"]));
+    ok(ipcctl_as(&daemon, ALICE, &["send", "alice.q", "hi"]));
+    assert_eq!(
+        ok(ipcctl_as(&daemon, ALICE, &["recv", "alice.q", "--raw"])),
+        "hi"
+    );
+    ok(ipcctl_as(&daemon, ALICE, &["status"]));
+    let peak = daemon.peak_rss_kib();
+    assert!(
+        peak < idle_kib + 64 * 1024,
+        "peak RSS {peak} KiB from {idle_kib} KiB idle"
+    );
+}
+
+/// Every connection above the daemon's `max_handshakes`, of any uid (root's included),
+/// is closed at once.
+#[test]
+fn connections_past_max_handshakes_are_closed_at_once() {
+    let dir = ipcd_tests::tempdir();
+    let daemon = daemon_with(
+        dir.path(),
+        "[connections]\nmax_handshakes = 32\nhandshake_timeout = \"1h\"\n",
+    );
+    let silent: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&daemon.socket).expect("connect"))
+        .collect();
+    for stream in &silent[32..] {
+        let reply = read_to_end(stream);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("max_handshakes"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    drop(silent);
+    // Once the silent ones are gone, everyone connects again.
+    let mut c = daemon.client();
+    c.status().unwrap();
+}
+
+/// The real daemon in `dir`, with `config` as its configuration file.
+fn daemon_with(dir: &std::path::Path, config: &str) -> DaemonProcess {
+    let file = dir.join("ipcd.toml");
+    std::fs::write(&file, config).unwrap();
+    DaemonProcess::spawn_custom(dir, &[], &["--config", file.to_str().unwrap()], &[])
+}
+
+/// Reads until the daemon closes the connection; a read timeout is only a safety net
+/// against a hang, not a measurement.
+fn read_to_end(stream: &UnixStream) -> Vec<u8> {
+    let mut stream = stream.try_clone().unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let mut all = Vec::new();
+    match stream.read_to_end(&mut all) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading until the daemon closed: {e}"),
+    }
+    all
+}
+
+/// A hello whose client_name is 40 MiB is refused from its header; one of 65 bytes is
+/// refused naming the bound; 64 is fine.
+#[test]
+fn row_4_client_names_are_bounded() {
+    let daemon = DaemonProcess::spawn();
+    let idle_kib = daemon.peak_rss_kib();
+    for _ in 0..5 {
+        let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "n".repeat(40 << 20),
+        };
+        let mut frame = bytes::BytesMut::new();
+        codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut frame).unwrap();
+        // The daemon closes after the header; what it did not read is its to drop.
+        let _ = stream.write_all(&frame);
+        let reply = read_to_end(&stream);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("4096"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let peak = daemon.peak_rss_kib();
+    assert!(
+        peak < idle_kib + 32 * 1024,
+        "peak RSS {peak} KiB from {idle_kib} KiB idle"
+    );
+    let e = ipc_client::BlockingClient::connect_named(&daemon.socket, &"x".repeat(65))
+        .expect_err("a 65-byte name is refused");
+    assert!(
+        e.to_string()
+            .contains("client_name is 65 bytes long; at most 64"),
+        "{e}"
+    );
+    ipc_client::BlockingClient::connect_named(&daemon.socket, &"x".repeat(64))
+        .expect("64 bytes is fine");
+}
+
+/// A client_name with a newline, a forged timestamp and an escape sequence reaches the
+/// log escaped, on one line.
+#[test]
+fn row_5_client_names_cannot_forge_log_lines() {
+    let daemon = DaemonProcess::spawn();
+    let name = "evil\n2026-01-01T00:00:00Z INFO forged\x1b[31m";
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    let mut frames = bytes::BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client_name: name.into(),
+    };
+    codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut frames).unwrap();
+    // Request id 0 is a protocol violation: the close is logged with the client's name.
+    codec::encode_frame(
+        FrameKind::Request,
+        0,
+        &Request::Status,
+        u32::MAX,
+        &mut frames,
+    )
+    .unwrap();
+    stream.write_all(&frames).unwrap();
+    read_to_end(&stream);
+    let line = daemon
+        .wait_for_log(
+            "request id 0 is reserved",
+            std::time::Duration::from_secs(60),
+        )
+        .expect("the close is logged");
+    assert!(
+        line.contains(r"evil\n2026-01-01T00:00:00Z INFO forged\u{1b}[31m"),
+        "{line}"
+    );
+    assert!(
+        daemon
+            .log_lines("forged")
+            .iter()
+            .all(|l| !l.contains("\x1b[31m")),
+        "no raw escape sequence"
+    );
+    assert!(
+        daemon
+            .log_lines("")
+            .iter()
+            .all(|l| !l.starts_with("2026-01-01")),
+        "no forged line"
+    );
+}
+
+/// 50,000 messages expiring into a dead-letter mailbox that does not exist, and 200
+/// connections ending on bad frames, make a handful of log lines, not thousands.
+#[test]
+fn row_6_the_log_cannot_be_flooded() {
+    let daemon = DaemonProcess::spawn();
+    let socket = daemon.socket.to_str().unwrap().to_owned();
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = ipcctl(std::path::Path::new(&socket))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    run(&["create", "spam", "--dead-letter", "nowhere"], b"");
+    let lines: String = (0..50_000).map(|i| format!("{i}\n")).collect();
+    run(
+        &["send", "spam", "--lines", "--ttl", "1ms"],
+        lines.as_bytes(),
+    );
+    let mut c = daemon.client();
+    loop {
+        let info = c.stat("spam").unwrap();
+        if info.dropped == 50_000 {
+            break;
+        }
+        assert!(info.expired <= 50_000);
+        std::thread::yield_now();
+    }
+    daemon
+        .wait_for_log("dead letter", std::time::Duration::from_secs(60))
+        .expect("the first is logged");
+    let dead = daemon.log_lines("dead letter");
+    assert!(dead.len() <= 3, "{} lines: {dead:?}", dead.len());
+    for _ in 0..200 {
+        let mut s = UnixStream::connect(&daemon.socket).unwrap();
+        // A frame of an unknown kind: the stream cannot be read further.
+        let _ = s.write_all(&[0, 0, 0, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        read_to_end(&s);
+    }
+    daemon
+        .wait_for_log("bad frame", std::time::Duration::from_secs(60))
+        .expect("the first is logged");
+    let bad = daemon.log_lines("bad frame");
+    assert!((1..=3).contains(&bad.len()), "{} lines: {bad:?}", bad.len());
 }

@@ -16,7 +16,7 @@ use ipc_client::{BlockingClient, CreateOptions, Error, RecvOptions, SendOptions}
 use ipc_proto::{
     FrameKind, Hello, MailboxName, PROTOCOL_VERSION, RecvRequest, Request, Selector, Wait, codec,
 };
-use ipcd_tests::{DaemonProcess, Principal, is_root, tempdir};
+use ipcd_tests::{DaemonProcess, Principal, connect_as, is_root, tempdir};
 
 const HEAVY: Principal<'static> = Principal::new(62011, 62011);
 const LIGHT: Principal<'static> = Principal::new(62012, 62012);
@@ -29,9 +29,11 @@ const RECEIVES: u64 = 10_000;
 const PAYLOAD: usize = 64 * 1024;
 /// HEAVY's `queued_bytes` quota.
 const QUOTA: u64 = 16 * 1024 * 1024;
+/// Replies a connection may have waiting past the quota (`reply_allowance`).
+const ALLOWANCE: u64 = 256 * 1024;
 
 /// Megabytes of resident memory the daemon may add, once the flooders' receives wait,
-/// while they are fed: HEAVY's quota of 16 MiB (plus one forced reply per connection), five
+/// while they are fed: HEAVY's quota of 16 MiB (plus its allowance per connection), five
 /// small mailboxes, and room for allocator slack. Without the charge the same flood held
 /// about 320 MiB (five connections at their 64 MiB `max_pending_output`).
 const FLOOD_RSS_ALLOWANCE_MIB: u64 = 96;
@@ -66,33 +68,6 @@ fn write_in_background(stream: &UnixStream, bytes: Vec<u8>) -> std::thread::Join
     std::thread::spawn(move || {
         let _ = writer.write_all(&bytes);
     })
-}
-
-/// Runs `connect` on a new thread of this process that has first taken `who`'s ids. The
-/// daemon learns a connection's identity from the credentials of the thread that called
-/// connect(2) (`SO_PEERCRED`), so this makes a connection of another uid without another
-/// program. The raw system calls change that thread only (the C library's wrappers would
-/// change every thread of the process), and the thread ends as soon as it has connected.
-/// Needs root.
-fn connect_as<T: Send + 'static>(
-    who: Principal<'static>,
-    connect: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    assert!(is_root(), "connecting as another uid needs root");
-    std::thread::spawn(move || {
-        let keep = libc::uid_t::MAX;
-        // SAFETY: these system calls take plain integers (and a null list of zero groups)
-        // and change only the calling thread's credentials.
-        unsafe {
-            let no_groups: *const libc::gid_t = std::ptr::null();
-            assert_eq!(libc::syscall(libc::SYS_setgroups, 0usize, no_groups), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresgid, keep, who.gid, keep), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, keep, who.uid, keep), 0);
-        }
-        connect()
-    })
-    .join()
-    .expect("the connecting thread")
 }
 
 /// What `uid` holds now, as root's `status` reports it: its queued bytes and
@@ -133,7 +108,8 @@ fn unread_replies_count_against_the_uid_that_asked() {
     let daemon = spawn_with_config(
         dir.path(),
         &format!(
-            "[quota.uid.{}]\nqueued_bytes = {QUOTA}\nin_flight = {RECEIVES}\n",
+            "[connections]\nreply_allowance = {ALLOWANCE}\n\
+             [quota.uid.{}]\nqueued_bytes = {QUOTA}\nin_flight = {RECEIVES}\n",
             HEAVY.uid
         ),
     );
@@ -213,8 +189,8 @@ fn unread_replies_count_against_the_uid_that_asked() {
             let (queued, connections) = usage(&mut root, HEAVY.uid);
             highest = highest.max(queued);
             assert!(
-                queued <= QUOTA + FLOODERS as u64 * (PAYLOAD as u64 + 1024),
-                "HEAVY holds {queued} bytes, past its quota and one reply per connection"
+                queued <= QUOTA + FLOODERS as u64 * (ALLOWANCE + PAYLOAD as u64 + 1024),
+                "HEAVY holds {queued} bytes, past its quota and allowance per connection"
             );
             round_trip(&mut light, "light", n);
             if connections == 0 {
@@ -230,8 +206,12 @@ fn unread_replies_count_against_the_uid_that_asked() {
         highest >= QUOTA / 2,
         "status shows the unread replies rising toward the quota: at most {highest} seen"
     );
+    // Lines of one cause are rate-limited: the first is logged, the rest counted.
     let cut = daemon.log_lines("cut off");
-    assert_eq!(cut.len(), FLOODERS, "one line per flooder: {cut:#?}");
+    assert!(
+        (1..=FLOODERS).contains(&cut.len()),
+        "at most one line per flooder: {cut:#?}"
+    );
     for line in &cut {
         assert!(
             line.contains(&format!("uid {}", HEAVY.uid))
