@@ -198,15 +198,26 @@ impl DaemonProcess {
     /// As [`spawn_in`](Self::spawn_in), with more arguments for `ipcd` and more
     /// environment.
     pub fn spawn_custom(dir: &Path, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_program(&binary("ipcd"), dir, wrapper, args, env)
+    }
+
+    /// As [`spawn_custom`](Self::spawn_custom), running the `ipcd` at `ipcd` (another
+    /// build, to compare with).
+    pub fn spawn_program(
+        ipcd: &Path,
+        dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.join("ipcd.sock");
-        let ipcd = binary("ipcd");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(&ipcd);
+                c.args(args).arg(ipcd);
                 c
             }
-            None => Command::new(&ipcd),
+            None => Command::new(ipcd),
         };
         let mut child = command
             .arg("--socket")

@@ -87,16 +87,7 @@ fn a_dead_letter_route_cannot_write_where_its_owner_may_not() {
         77,
         "permission denied",
     );
-    // Through the route: receive under a lease, nack, and it is past max_deliveries.
-    ok(ipcctl_as(&daemon, BOB, &["send", "bob.src", "sneaky"]));
-    let leased: Value = serde_json::from_str(&ok(ipcctl_as(
-        &daemon,
-        BOB,
-        &["--json", "recv", "bob.src", "--ack"],
-    )))
-    .unwrap();
-    let id = leased["id"].as_u64().unwrap().to_string();
-    ok(ipcctl_as(&daemon, BOB, &["nack", "bob.src", &id]));
+    dead_letter_one(&daemon, "sneaky");
     // The route is checked when the letter is delivered: it is dropped and counted.
     let src = wait_for(&daemon, "bob.src", |v| v["dropped"] == 1);
     assert_eq!(src["dead_lettered"], 0, "{src}");
@@ -122,15 +113,7 @@ fn a_dead_letter_route_cannot_write_where_its_owner_may_not() {
         ALICE,
         &["set", "alice.private", "--mode", "622"],
     ));
-    ok(ipcctl_as(&daemon, BOB, &["send", "bob.src", "allowed"]));
-    let leased: Value = serde_json::from_str(&ok(ipcctl_as(
-        &daemon,
-        BOB,
-        &["--json", "recv", "bob.src", "--ack"],
-    )))
-    .unwrap();
-    let id = leased["id"].as_u64().unwrap().to_string();
-    ok(ipcctl_as(&daemon, BOB, &["nack", "bob.src", &id]));
+    dead_letter_one(&daemon, "allowed");
     wait_for(&daemon, "alice.private", |v| v["messages"] == 1);
     // And once alice closes it again, the next one is dropped.
     ok(ipcctl_as(
@@ -138,17 +121,23 @@ fn a_dead_letter_route_cannot_write_where_its_owner_may_not() {
         ALICE,
         &["set", "alice.private", "--mode", "600"],
     ));
-    ok(ipcctl_as(&daemon, BOB, &["send", "bob.src", "after chmod"]));
+    dead_letter_one(&daemon, "after chmod");
+    wait_for(&daemon, "bob.src", |v| v["dropped"] == 2);
+    assert_eq!(stat(&daemon, "alice.private")["messages"], 1);
+}
+
+/// Bob sends `payload` to bob.src, receives it under a lease and nacks it: past its
+/// max_deliveries of 1, it goes to bob.src's dead-letter mailbox by the route.
+fn dead_letter_one(daemon: &TestDaemon, payload: &str) {
+    ok(ipcctl_as(daemon, BOB, &["send", "bob.src", payload]));
     let leased: Value = serde_json::from_str(&ok(ipcctl_as(
-        &daemon,
+        daemon,
         BOB,
         &["--json", "recv", "bob.src", "--ack"],
     )))
     .unwrap();
     let id = leased["id"].as_u64().unwrap().to_string();
-    ok(ipcctl_as(&daemon, BOB, &["nack", "bob.src", &id]));
-    wait_for(&daemon, "bob.src", |v| v["dropped"] == 2);
-    assert_eq!(stat(&daemon, "alice.private")["messages"], 1);
+    ok(ipcctl_as(daemon, BOB, &["nack", "bob.src", &id]));
 }
 
 /// Polls `stat` (a round trip each, no sleeping) until `done` holds.

@@ -46,8 +46,8 @@ pub struct Envelope {
     /// Times it has been taken by a receiver.
     pub deliveries: u32,
     pub payload: Bytes,
-    /// Its payload bytes, charged to the sender's uid while the mailbox holds it; a copy
-    /// made for a peek carries none.
+    /// Its size and the per-message overhead, charged to the sender's uid while the
+    /// mailbox holds it; a copy made for a peek carries none.
     pub _charge: Option<Charge>,
     /// For a message of a durable mailbox: the record of its leaving, written once it is
     /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
@@ -242,7 +242,8 @@ pub struct Incoming {
     pub sender: Credentials,
     pub headers: Headers,
     pub payload: Bytes,
-    /// The payload's charge to the sender's uid, taken before the message was offered.
+    /// Its charge to the sender's uid (size and per-message overhead), taken before the
+    /// message was offered.
     pub charge: Option<Charge>,
     /// Expire it if undelivered after this long (else the mailbox's default TTL).
     pub ttl: Option<Duration>,
