@@ -490,6 +490,16 @@ fn row_4_client_names_are_bounded() {
     );
     ipc_client::BlockingClient::connect_named(&daemon.socket, &"x".repeat(64))
         .expect("64 bytes is fine");
+    others_keep_working(&daemon);
+}
+
+/// Another uid's commands (alice's, when there are other uids to be) still succeed.
+fn others_keep_working(daemon: &DaemonProcess) {
+    if is_root() {
+        ok(ipcctl_as(daemon, ALICE, &["status"]));
+    } else {
+        daemon.client().status().expect("status");
+    }
 }
 
 /// A client_name with a newline, a forged timestamp and an escape sequence reaches the
@@ -540,6 +550,7 @@ fn row_5_client_names_cannot_forge_log_lines() {
             .all(|l| !l.starts_with("2026-01-01")),
         "no forged line"
     );
+    others_keep_working(&daemon);
 }
 
 /// 50,000 messages expiring into a dead-letter mailbox that does not exist, and 200
@@ -591,4 +602,5 @@ fn row_6_the_log_cannot_be_flooded() {
         .expect("the first is logged");
     let bad = daemon.log_lines("bad frame");
     assert!((1..=3).contains(&bad.len()), "{} lines: {bad:?}", bad.len());
+    others_keep_working(&daemon);
 }
