@@ -1,0 +1,238 @@
+//! ipcd itself, served in this process on a temporary socket (its own runtime threads),
+//! driven through the blocking client with pipelined requests.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ipc_client::{BlockingClient, CreateOptions, LimitChanges, Selector, Wait};
+use ipc_proto::{RecvRequest, Request, Response, SendRequest};
+
+use crate::{Stream, Transport, check, in_order, payload};
+
+/// A daemon on its own runtime thread, stopped on drop.
+pub struct Daemon {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("ipcd.sock");
+        let config = ipcd::Config {
+            state_dir: dir.path().join("state"),
+            ..ipcd::Config::default()
+        };
+        let (listener, socket_file) = ipcd::bind(&socket).expect("bind the socket");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("the daemon's runtime");
+            runtime
+                .block_on(ipcd::run(listener, config, async {
+                    let _ = stopped.await;
+                }))
+                .expect("the daemon ran");
+            drop(socket_file);
+        });
+        Daemon {
+            _dir: dir,
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self) -> BlockingClient {
+        BlockingClient::connect_to(&self.socket).expect("connect to the daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub struct Ipcd<'a> {
+    daemon: &'a Daemon,
+    cases: u32,
+}
+
+impl<'a> Ipcd<'a> {
+    pub fn new(daemon: &'a Daemon) -> Self {
+        Ipcd { daemon, cases: 0 }
+    }
+
+    /// A fresh mailbox for one case, big enough for anything in flight.
+    fn mailbox(&mut self) -> String {
+        self.cases += 1;
+        let name = format!("bench.{}", self.cases);
+        let options = CreateOptions {
+            limits: LimitChanges {
+                max_msgs: Some(1_000_000),
+                max_bytes: Some(1 << 30),
+                max_msg_size: Some(1 << 20),
+            },
+            ..CreateOptions::default()
+        };
+        self.daemon
+            .client()
+            .create(&name, &options)
+            .expect("create the mailbox");
+        name
+    }
+}
+
+fn send(mailbox: &str, body: Vec<u8>) -> Request {
+    Request::Send(SendRequest {
+        mailbox: mailbox.parse().expect("a valid name"),
+        mtype: 1,
+        headers: Default::default(),
+        wait: Wait::Forever,
+        ttl_ms: None,
+        delay_ms: None,
+        payload: Bytes::from(body),
+    })
+}
+
+fn recv(mailbox: &str) -> Request {
+    Request::Recv(RecvRequest {
+        mailbox: mailbox.parse().expect("a valid name"),
+        selector: Selector::Any,
+        wait: Wait::Forever,
+        peek: false,
+        lease: None,
+    })
+}
+
+/// Runs `n` requests made by `make` with up to `window` in flight; hands each reply to
+/// `done` with its request id. Replies of blocked requests may arrive in any order; the
+/// request ids say in which order they were asked.
+fn pump(
+    c: &mut BlockingClient,
+    n: usize,
+    window: usize,
+    mut make: impl FnMut(usize) -> Request,
+    mut done: impl FnMut(u64, Response),
+) {
+    let (mut submitted, mut answered) = (0, 0);
+    while answered < n {
+        while submitted < n && submitted - answered < window {
+            c.submit(&make(submitted)).expect("submit");
+            submitted += 1;
+        }
+        let (id, reply) = c.next_reply().expect("a reply");
+        if let Response::Error(e) = &reply {
+            panic!("the daemon refused: {}", e.message);
+        }
+        done(id, reply);
+        answered += 1;
+    }
+}
+
+impl Transport for Ipcd<'_> {
+    fn name(&self) -> &'static str {
+        "ipcd"
+    }
+
+    fn stream(&mut self, case: Stream) -> Option<f64> {
+        let mailbox = self.mailbox();
+        let per_producer = case.messages / case.producers;
+        let per_consumer = case.messages / case.consumers;
+        let mut producers: Vec<_> = (0..case.producers).map(|_| self.daemon.client()).collect();
+        let mut consumers: Vec<_> = (0..case.consumers).map(|_| self.daemon.client()).collect();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (p, c) in producers.iter_mut().enumerate() {
+                let mailbox = &mailbox;
+                s.spawn(move || {
+                    pump(
+                        c,
+                        per_producer,
+                        case.window,
+                        |k| send(mailbox, payload((p * per_producer + k) as u64, case.size)),
+                        |_, _| {},
+                    );
+                });
+            }
+            let handles: Vec<_> = consumers
+                .iter_mut()
+                .map(|c| {
+                    let mailbox = &mailbox;
+                    s.spawn(move || {
+                        let mut seqs = Vec::with_capacity(per_consumer);
+                        let take = recv(mailbox);
+                        pump(
+                            c,
+                            per_consumer,
+                            case.window,
+                            |_| take.clone(),
+                            |id, reply| match reply {
+                                Response::Message(m) => {
+                                    seqs.push((id, check(&m.payload, case.size)));
+                                }
+                                other => panic!("{other:?}"),
+                            },
+                        );
+                        // Messages go to receives in the order they were asked.
+                        seqs.sort_unstable();
+                        seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                let seqs = h.join().expect("consumer");
+                if case.producers == 1 && case.consumers == 1 {
+                    in_order(&seqs);
+                }
+            }
+        });
+        let rate = case.messages as f64 / start.elapsed().as_secs_f64();
+        self.daemon.client().remove(&mailbox).expect("remove");
+        Some(rate)
+    }
+
+    fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {
+        let (ping, pong) = (self.mailbox(), self.mailbox());
+        let mut echo = self.daemon.client();
+        let mut me = self.daemon.client();
+        let times = std::thread::scope(|s| {
+            let (ping, pong) = (&ping, &pong);
+            s.spawn(move || {
+                for _ in 0..rounds {
+                    let reply = echo.request(&recv(ping)).expect("recv");
+                    let Response::Message(m) = reply else {
+                        panic!("{reply:?}")
+                    };
+                    echo.request(&send(pong, m.payload.to_vec())).expect("send");
+                }
+            });
+            (0..rounds)
+                .map(|i| {
+                    let start = Instant::now();
+                    me.request(&send(ping, payload(i as u64, size)))
+                        .expect("send");
+                    let reply = me.request(&recv(pong)).expect("recv");
+                    let elapsed = start.elapsed();
+                    let Response::Message(m) = reply else {
+                        panic!("{reply:?}")
+                    };
+                    assert_eq!(check(&m.payload, size), i as u64);
+                    elapsed
+                })
+                .collect()
+        });
+        Some(times)
+    }
+}
