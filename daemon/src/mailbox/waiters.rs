@@ -14,10 +14,21 @@
 //!   walk down the tree.
 //!
 //! Removing a waiter (handed a message, timed out, cancelled) is `O(log n)` too.
+//!
+//! This module also owns the rest of waiting: the waiting receivers and senders
+//! themselves, the [`Waiter`] future a blocked request awaits (whose `Drop` deregisters
+//! it and puts back anything handed to it meanwhile), its [`Canceller`], and [`Side`],
+//! how each kind of request undoes a hand-over its waiter did not live to see.
 
 use std::collections::{BTreeSet, HashMap};
 
-use ipc_proto::Selector;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_proto::{ErrorCode, ErrorReply, Selector};
+use tokio::sync::oneshot;
+
+use super::{Envelope, Incoming, Mailbox, OpResult, SentId, State, Taker, op_error};
 
 /// Waiters of type `W`, each under a unique key given in increasing arrival order.
 #[derive(Debug)]
@@ -314,6 +325,162 @@ fn set_in(link: &mut Link, key: i64, value: u64) -> bool {
         node.update();
     }
     found
+}
+
+/// An operation that either finished at once or must wait.
+#[derive(Debug)]
+pub(crate) enum Pending<T: Side> {
+    Ready(OpResult<T>),
+    Wait(Waiter<T>),
+}
+
+pub(crate) type Handoff<T> = oneshot::Sender<OpResult<T>>;
+
+#[derive(Debug)]
+pub(super) struct RecvWaiter {
+    pub(super) taker: Taker,
+    pub(super) tx: Handoff<Envelope>,
+}
+
+#[derive(Debug)]
+pub(super) struct SendWaiter {
+    pub(super) incoming: Incoming,
+    pub(super) tx: Handoff<SentId>,
+}
+
+/// The two kinds of waiting request, and how each undoes a hand-over its waiter did not
+/// live to see.
+pub(crate) trait Side: Sized + Send + 'static {
+    /// Removes the waiter `key`, returning its hand-off channel; `None` if it has
+    /// already been completed.
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>>;
+    fn reclaim(state: &mut State, value: Self);
+}
+
+impl Side for Envelope {
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        let waiter = state
+            .receivers
+            .remove(key)
+            .or_else(|| state.peekers.remove(key))?;
+        Some(waiter.tx)
+    }
+
+    /// A message was handed to a receiver that is gone: it goes back to where it was
+    /// (or to the next waiting receiver), as if it had never left.
+    fn reclaim(state: &mut State, mut envelope: Envelope) {
+        if envelope.removal.is_none() {
+            // A copy sent for a lease: the leased original is what goes back.
+            if let Some(leased) = state.unlease(envelope.id) {
+                envelope = leased;
+            }
+        }
+        envelope.deliveries = envelope.deliveries.saturating_sub(1);
+        state.total_received = state.total_received.saturating_sub(1);
+        state.offer_or_queue(envelope);
+    }
+}
+
+impl Side for SentId {
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        state.senders.remove(&key).map(|w| w.tx)
+    }
+
+    /// The message was accepted; its sender just will not hear of it.
+    fn reclaim(_: &mut State, _: SentId) {}
+}
+
+/// Cancels a wait synchronously: under the mailbox lock the waiter is deregistered and
+/// completed with the given error, so nothing can be handed to it afterwards. If it was
+/// completed first, nothing happens and its normal result stands.
+pub(crate) type Canceller = Box<dyn FnOnce(ErrorReply) + Send + Sync>;
+
+/// A request waiting on a mailbox. Await [`Waiter::wait`]; dropping it at any point
+/// deregisters it without losing a message.
+#[derive(Debug)]
+pub(crate) struct Waiter<T: Side> {
+    mailbox: Arc<Mailbox>,
+    key: u64,
+    rx: oneshot::Receiver<OpResult<T>>,
+    timeout: Option<Duration>,
+    /// What is being waited for, for the timeout message.
+    what: String,
+    finished: bool,
+    /// What this waiter is handed is a copy (a peek): undelivered, it is dropped.
+    pub(super) copy: bool,
+}
+
+impl<T: Side> Waiter<T> {
+    pub(super) fn new(
+        mailbox: Arc<Mailbox>,
+        key: u64,
+        rx: oneshot::Receiver<OpResult<T>>,
+        timeout: Option<Duration>,
+        what: String,
+    ) -> Self {
+        Self {
+            mailbox,
+            key,
+            rx,
+            timeout,
+            what,
+            finished: false,
+            copy: false,
+        }
+    }
+
+    /// A handle that cancels this wait at once, from outside the task awaiting it.
+    pub fn canceller(&self) -> Canceller {
+        let (mailbox, key) = (self.mailbox.clone(), self.key);
+        Box::new(move |reason| {
+            let mut state = mailbox.lock();
+            if let Some(tx) = T::deregister(&mut state, key) {
+                let _ = tx.send(Err(reason));
+            }
+        })
+    }
+
+    /// Waits until the mailbox completes the request, it is closed, or the timeout ends.
+    pub async fn wait(mut self) -> OpResult<T> {
+        let handed = match self.timeout {
+            None => (&mut self.rx).await.ok(),
+            Some(limit) => match tokio::time::timeout(limit, &mut self.rx).await {
+                Ok(handed) => handed.ok(),
+                Err(_) => {
+                    let withdrawn = T::deregister(&mut self.mailbox.lock(), self.key).is_some();
+                    if withdrawn {
+                        self.finished = true;
+                        return Err(op_error(
+                            ErrorCode::TimedOut,
+                            format!("timed out after {} ms: {}", limit.as_millis(), self.what),
+                        ));
+                    }
+                    // Completed just as the time ran out, or handed over and being stored
+                    // (a durable send): the result is here or on its way.
+                    (&mut self.rx).await.ok()
+                }
+            },
+        };
+        self.finished = true;
+        handed.unwrap_or_else(|| Err(op_error(ErrorCode::Internal, "waiter abandoned".into())))
+    }
+}
+
+impl<T: Side> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.mailbox.lock();
+        if T::deregister(&mut state, self.key).is_none() {
+            // Already completed: undo the hand-over this waiter will never report.
+            if let Ok(Ok(value)) = self.rx.try_recv()
+                && !self.copy
+            {
+                T::reclaim(&mut state, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
