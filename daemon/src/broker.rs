@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::caller::Caller;
 use crate::config::{Config, Limits};
 use crate::logging::Throttle;
 use crate::mailbox::{
     DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings, headers_size,
 };
-use crate::perm::{Caller, Ownership};
+use crate::perm::Ownership;
 use crate::quota::{Accounts, Charge, Gauge, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 
@@ -58,20 +59,6 @@ pub enum Created {
     /// Whether it was created (false: it existed and `exist_ok` was set).
     Now(bool),
     Storing(oneshot::Receiver<Stored>),
-}
-
-/// A receiver for a store completion, and the completion that feeds it.
-pub fn completion() -> (
-    impl FnOnce(Stored) + Send + 'static,
-    oneshot::Receiver<Stored>,
-) {
-    let (tx, rx) = oneshot::channel();
-    (
-        move |stored| {
-            let _ = tx.send(stored);
-        },
-        rx,
-    )
 }
 
 impl Broker {
@@ -201,7 +188,7 @@ impl Broker {
         let mut mailboxes = lock(&self.mailboxes);
         for (def, messages) in recovered {
             let settings = Settings {
-                ownership: def.ownership,
+                ownership: def.ownership.into(),
                 fsync: Some(def.fsync),
                 limits: def.limits,
                 max_deliveries: def.max_deliveries,
@@ -395,11 +382,9 @@ impl Broker {
             link,
             self.dead_letters.clone(),
         );
-        let stored = mailbox.definition().map(|(store, define)| {
-            let (done, stored) = completion();
-            store.submit(vec![define], Fsync::Always, done);
-            stored
-        });
+        let stored = mailbox
+            .definition()
+            .map(|(store, define)| store.submit_waiting(vec![define], Fsync::Always));
         mailboxes.insert(name, mailbox);
         stored
     }

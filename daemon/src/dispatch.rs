@@ -14,11 +14,12 @@ use ipc_proto::{
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Created, bounded, check_mode};
+use crate::caller::Caller;
 use crate::mailbox::{
     Canceller, Envelope, Incoming, LeaseTerms, Mailbox, OpResult, Pending, SentId, Side, Taker,
     headers_size,
 };
-use crate::perm::{Access, Caller};
+use crate::perm::Access;
 use crate::quota::Resource;
 use crate::store::Stored;
 
@@ -89,7 +90,7 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
                 .into_iter()
                 .filter(|m| {
                     let own = m.settings().ownership;
-                    own.allows(caller, Access::Read) || own.allows(caller, Access::Manage)
+                    caller.may(&own, Access::Read) || caller.may(&own, Access::Manage)
                 })
                 .map(|m| m.info())
                 .collect(),
@@ -354,7 +355,7 @@ fn authorized(
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
     let mailbox = broker.get(name)?;
-    if mailbox.settings().ownership.allows(caller, access) {
+    if caller.may(&mailbox.settings().ownership, access) {
         Ok(mailbox)
     } else {
         let verb = match access {

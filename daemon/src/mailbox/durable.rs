@@ -7,8 +7,9 @@ use std::sync::Arc;
 use ipc_proto::Fsync;
 use tokio::sync::oneshot;
 
+use crate::perm::Ownership;
 use crate::quota::Charge;
-use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage};
+use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage, StoredOwnership};
 
 use super::timers::{monotonic, wall};
 use super::waiters::Handoff;
@@ -48,11 +49,9 @@ impl Removal {
     /// per the mailbox's policy (an ack is answered then: an acked message must not
     /// come back after a crash).
     pub fn commit_waiting(self) -> oneshot::Receiver<Stored> {
-        let (done, stored) = crate::broker::completion();
         self.link
             .store
-            .submit(vec![self.record()], self.fsync, done);
-        stored
+            .submit_waiting(vec![self.record()], self.fsync)
     }
 }
 
@@ -89,7 +88,7 @@ impl Mailbox {
         let def = MailboxDef {
             key: link.key,
             name: self.name.clone(),
-            ownership: s.ownership,
+            ownership: s.ownership.into(),
             limits: s.limits,
             fsync: s.fsync.unwrap_or(Fsync::Always),
             max_deliveries: s.max_deliveries,
@@ -156,5 +155,31 @@ impl State {
             }
             let _ = done.send(stored.map(|()| SentId(id)));
         });
+    }
+}
+
+/// The store keeps its own plain copy of a mailbox's ownership; these convert at the
+/// edge between the two, so that the store never names a permission type.
+impl From<Ownership> for StoredOwnership {
+    fn from(o: Ownership) -> Self {
+        Self {
+            owner_uid: o.owner_uid,
+            owner_gid: o.owner_gid,
+            creator_uid: o.creator_uid,
+            creator_gid: o.creator_gid,
+            mode: o.mode,
+        }
+    }
+}
+
+impl From<StoredOwnership> for Ownership {
+    fn from(o: StoredOwnership) -> Self {
+        Self {
+            owner_uid: o.owner_uid,
+            owner_gid: o.owner_gid,
+            creator_uid: o.creator_uid,
+            creator_gid: o.creator_gid,
+            mode: o.mode,
+        }
     }
 }

@@ -402,9 +402,7 @@ impl Mailbox {
                 key: link.key,
                 below: state.next_id,
             };
-            let (done, stored) = crate::broker::completion();
-            link.store.submit(vec![record], state.fsync(), done);
-            stored
+            link.store.submit_waiting(vec![record], state.fsync())
         });
         state.changed_at = Timestamp::now();
         state.admit_senders();
@@ -424,9 +422,7 @@ impl Mailbox {
         state.changed_at = Timestamp::now();
         state.admit_senders();
         let (store, define) = self.definition_of(&state)?;
-        let (done, stored) = crate::broker::completion();
-        store.submit(vec![define], Fsync::Always, done);
-        Some(stored)
+        Some(store.submit_waiting(vec![define], Fsync::Always))
     }
 
     /// Closes the mailbox for good: every waiter, now and later, gets `reason`. With
@@ -456,10 +452,10 @@ impl Mailbox {
             state.bytes = 0;
             state.owner_charge = None;
             if let Some(link) = state.link.take() {
-                let (done, removed) = crate::broker::completion();
-                link.store
-                    .submit(vec![Record::Drop { key: link.key }], Fsync::Always, done);
-                stored = Some(removed);
+                stored = Some(
+                    link.store
+                        .submit_waiting(vec![Record::Drop { key: link.key }], Fsync::Always),
+                );
             }
         }
         state.closed = Some(reason);
