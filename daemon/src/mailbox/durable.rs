@@ -13,7 +13,7 @@ use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage, StoredOwner
 
 use super::timers::{monotonic, wall};
 use super::waiters::Handoff;
-use super::{Envelope, Mailbox, SentId, State};
+use super::{Envelope, Mailbox, SendError, SentId, State};
 
 /// A durable mailbox's tie to the store.
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ impl State {
                     state.admit_senders();
                 }
             }
-            let _ = done.send(stored.map(|()| SentId(id)));
+            let _ = done.send(stored.map(|()| SentId(id)).map_err(SendError::Storage));
         });
     }
 }

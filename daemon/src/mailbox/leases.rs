@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ipc_proto::{ErrorCode, Fsync};
+use ipc_proto::Fsync;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::store::{Record, Stored};
 
 use super::durable::Removal;
+use super::error::LeaseError;
 use super::timers::Timer;
-use super::{Envelope, Mailbox, OpResult, State, Taker, op_error};
+use super::{Envelope, Mailbox, State, Taker};
 
 /// The terms of a lease.
 #[derive(Debug, Clone)]
@@ -76,7 +77,7 @@ pub(super) struct Leased {
 impl Mailbox {
     /// Settles leased message `id` for good. Root or the lease's uid only. For a durable
     /// mailbox, the answer is due once the removal is stored.
-    pub fn ack(&self, id: u64, uid: u32) -> OpResult<Option<oneshot::Receiver<Stored>>> {
+    pub fn ack(&self, id: u64, uid: u32) -> Result<Option<oneshot::Receiver<Stored>>, LeaseError> {
         let mut state = self.lock();
         self.check_lease(&state, id, uid)?;
         let mut envelope = state.unlease(id).expect("checked");
@@ -85,7 +86,7 @@ impl Mailbox {
     }
 
     /// Gives leased message `id` back, to be redelivered (or dead-lettered).
-    pub fn nack(&self, id: u64, uid: u32) -> OpResult<()> {
+    pub fn nack(&self, id: u64, uid: u32) -> Result<(), LeaseError> {
         let mut state = self.lock();
         self.check_lease(&state, id, uid)?;
         let envelope = state.unlease(id).expect("checked");
@@ -107,25 +108,20 @@ impl Mailbox {
         }
     }
 
-    pub(super) fn check_lease(&self, state: &State, id: u64, uid: u32) -> OpResult<()> {
+    pub(super) fn check_lease(&self, state: &State, id: u64, uid: u32) -> Result<(), LeaseError> {
         let Some(lease) = state.leases.get(&id) else {
-            return Err(op_error(
-                ErrorCode::NotLeased,
-                format!(
-                    "message {id} of mailbox {} is not leased: it was settled already, or its \
-                     lease ended and it is back in the mailbox",
-                    self.name
-                ),
-            ));
+            return Err(LeaseError::NotLeased {
+                mailbox: self.name.clone(),
+                id,
+            });
         };
         if uid != 0 && uid != lease.uid {
-            return Err(op_error(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "permission denied: message {id} of mailbox {} is leased to uid {}, not {uid}",
-                    self.name, lease.uid
-                ),
-            ));
+            return Err(LeaseError::NotYours {
+                mailbox: self.name.clone(),
+                id,
+                holder: lease.uid,
+                uid,
+            });
         }
         Ok(())
     }

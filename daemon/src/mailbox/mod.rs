@@ -19,6 +19,7 @@
 mod dead_letters;
 mod durable;
 mod envelope;
+mod error;
 mod leases;
 mod timers;
 mod waiters;
@@ -27,9 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use ipc_proto::{
-    ErrorCode, ErrorReply, Fsync, LastOp, MailboxInfo, MailboxName, Selector, Timestamp, Wait,
-};
+use ipc_proto::{Fsync, LastOp, MailboxInfo, MailboxName, Selector, Timestamp, Wait};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -43,15 +42,15 @@ use crate::store::{Record, Stored};
 pub use self::dead_letters::{DeadLetter, DeadLetters};
 pub use self::durable::Link;
 pub use self::envelope::{Envelope, Incoming, SentId, headers_size};
+pub use self::error::{
+    Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
+};
 pub use self::leases::LeaseBook;
 pub(crate) use self::leases::LeaseTerms;
 use self::leases::Leased;
 use self::timers::Timer;
 pub(crate) use self::waiters::{Canceller, Pending, Side, Waiter};
 use self::waiters::{Handoff, RecvWaiter, SendWaiter, WaiterIndex};
-
-/// The result of a mailbox operation; errors are already in their wire form.
-pub type OpResult<T> = Result<T, ErrorReply>;
 
 /// How a receive takes its message.
 #[derive(Debug, Clone)]
@@ -93,7 +92,7 @@ pub(crate) struct State {
     senders: BTreeMap<u64, SendWaiter>,
     next_key: u64,
     /// Set once the mailbox is removed or the daemon stops: every later wait fails so.
-    closed: Option<ErrorReply>,
+    closed: Option<Closed>,
     /// The mailbox counted against its owner's `mailboxes` quota; given back on removal.
     owner_charge: Option<Charge>,
     /// For a durable mailbox, the store and its key there.
@@ -138,10 +137,6 @@ pub(crate) struct State {
 pub struct Mailbox {
     name: MailboxName,
     state: Mutex<State>,
-}
-
-fn op_error(code: ErrorCode, message: String) -> ErrorReply {
-    ErrorReply::new(code, message)
 }
 
 impl Mailbox {
@@ -233,29 +228,26 @@ impl Mailbox {
     pub(crate) fn send(self: &Arc<Self>, incoming: Incoming, wait: Wait) -> Pending<SentId> {
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
-            return Pending::Ready(Err(closed.clone()));
+            return Pending::Ready(Err(closed.clone().into()));
         }
         let len = incoming.payload.len() as u64;
         let size = incoming.size();
         let limits = state.settings.limits;
         if len > limits.max_msg_size {
-            return Pending::Ready(Err(op_error(
-                ErrorCode::TooLarge,
-                format!(
-                    "payload of {len} bytes exceeds max_msg_size of {} bytes of mailbox {}",
-                    limits.max_msg_size, self.name
-                ),
-            )));
+            return Pending::Ready(Err(SendError::TooLarge {
+                size: len,
+                max: limits.max_msg_size,
+                bound: SizeBound::MaxMsgSize,
+                mailbox: self.name.clone(),
+            }));
         }
         if size > limits.max_bytes {
-            return Pending::Ready(Err(op_error(
-                ErrorCode::TooLarge,
-                format!(
-                    "message of {size} bytes (payload and headers) exceeds max_bytes of {} \
-                     bytes of mailbox {}",
-                    limits.max_bytes, self.name
-                ),
-            )));
+            return Pending::Ready(Err(SendError::TooLarge {
+                size,
+                max: limits.max_bytes,
+                bound: SizeBound::MaxBytes,
+                mailbox: self.name.clone(),
+            }));
         }
         if state.senders.is_empty() && state.can_accept(&incoming) {
             let (tx, mut rx) = oneshot::channel();
@@ -267,29 +259,25 @@ impl Mailbox {
             // Answered once stored; there is nothing to deregister meanwhile.
             let key = state.take_key();
             drop(state);
-            return Pending::Wait(Waiter::new(self.clone(), key, rx, None, String::new()));
+            return Pending::Wait(Waiter::new(self.clone(), key, rx, None));
         }
-        let full = || {
-            format!(
-                "mailbox {} is full ({} of {} messages, {} of {} bytes)",
-                self.name,
-                state.queue.len(),
-                limits.max_msgs,
-                state.bytes,
-                limits.max_bytes
-            )
+        let full = Full {
+            mailbox: self.name.clone(),
+            messages: state.queue.len() as u64,
+            max_msgs: limits.max_msgs,
+            bytes: state.bytes,
+            max_bytes: limits.max_bytes,
         };
         let timeout = match wait {
-            Wait::NoWait => return Pending::Ready(Err(op_error(ErrorCode::WouldBlock, full()))),
+            Wait::NoWait => return Pending::Ready(Err(SendError::Full(full))),
             Wait::Forever => None,
-            Wait::TimeoutMs(ms) => Some(Duration::from_millis(ms)),
+            Wait::TimeoutMs(ms) => Some((Duration::from_millis(ms), full)),
         };
-        let what = full();
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
         state.senders.insert(key, SendWaiter { incoming, tx });
         drop(state);
-        Pending::Wait(Waiter::new(self.clone(), key, rx, timeout, what))
+        Pending::Wait(Waiter::new(self.clone(), key, rx, timeout))
     }
 
     /// Takes (or, with `peek`, copies) the message `selector` selects, or waits for one.
@@ -302,7 +290,7 @@ impl Mailbox {
         let peek = taker.peek;
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
-            return Pending::Ready(Err(closed.clone()));
+            return Pending::Ready(Err(closed.clone().into()));
         }
         let now = Instant::now();
         while let Some(slot) = state.queue.find(selector) {
@@ -347,23 +335,14 @@ impl Mailbox {
                 return Pending::Ready(Ok(state.take(envelope, &taker)));
             }
         }
-        let what = match selector {
-            Selector::Any => format!("mailbox {} is empty", self.name),
-            Selector::Type(t) => format!("no message of type {t} in mailbox {}", self.name),
-            Selector::Except(t) => {
-                format!(
-                    "no message of a type other than {t} in mailbox {}",
-                    self.name
-                )
-            }
-            Selector::AtMost(t) => {
-                format!("no message of a type up to {t} in mailbox {}", self.name)
-            }
+        let empty = Empty {
+            mailbox: self.name.clone(),
+            selector,
         };
         let timeout = match wait {
-            Wait::NoWait => return Pending::Ready(Err(op_error(ErrorCode::WouldBlock, what))),
+            Wait::NoWait => return Pending::Ready(Err(RecvError::Empty(empty))),
             Wait::Forever => None,
-            Wait::TimeoutMs(ms) => Some(Duration::from_millis(ms)),
+            Wait::TimeoutMs(ms) => Some((Duration::from_millis(ms), empty)),
         };
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
@@ -374,7 +353,7 @@ impl Mailbox {
         };
         waiters.insert(key, selector, RecvWaiter { taker, tx });
         drop(state);
-        let mut waiter = Waiter::new(self.clone(), key, rx, timeout, what);
+        let mut waiter = Waiter::new(self.clone(), key, rx, timeout);
         // What a peek is handed is a copy: if it is not delivered, it is dropped, never
         // put back in place of (or beside) the original.
         waiter.copy = peek;
@@ -429,18 +408,14 @@ impl Mailbox {
     /// `drop_messages` the queue is emptied too (removal); without, it stays for a final
     /// flush (shutdown). A durable mailbox's removal returns what completes once it is
     /// stored.
-    pub fn close(
-        &self,
-        reason: ErrorReply,
-        drop_messages: bool,
-    ) -> Option<oneshot::Receiver<Stored>> {
+    pub fn close(&self, reason: Closed, drop_messages: bool) -> Option<oneshot::Receiver<Stored>> {
         let mut state = self.lock();
         let receivers = state.receivers.drain();
         for waiter in receivers.into_iter().chain(state.peekers.drain()) {
-            let _ = waiter.tx.send(Err(reason.clone()));
+            let _ = waiter.tx.send(Err(reason.clone().into()));
         }
         for (_, waiter) in std::mem::take(&mut state.senders) {
-            let _ = waiter.tx.send(Err(reason.clone()));
+            let _ = waiter.tx.send(Err(reason.clone().into()));
         }
         let mut stored = None;
         if drop_messages {

@@ -67,7 +67,7 @@ fn take(m: &Arc<Mailbox>) -> Option<Envelope> {
     };
     match m.recv(Selector::Any, taker, Wait::NoWait) {
         Pending::Ready(Ok(e)) => Some(e),
-        Pending::Ready(Err(e)) if e.code == ErrorCode::WouldBlock => None,
+        Pending::Ready(Err(RecvError::Empty(_))) => None,
         other => panic!("{other:?}"),
     }
 }
@@ -262,11 +262,30 @@ async fn headers_count_against_max_bytes() {
     let Pending::Ready(Err(full)) = m.send(incoming(400), Wait::NoWait) else {
         panic!("over max_bytes");
     };
-    assert_eq!(full.code, ErrorCode::WouldBlock);
+    let SendError::Full(full) = full else {
+        panic!("{full:?}");
+    };
+    assert_eq!((full.messages, full.bytes, full.max_bytes), (2, 800, 1000));
     let Pending::Ready(Err(large)) = m.send(incoming(1001), Wait::NoWait) else {
         panic!("larger than max_bytes");
     };
-    assert_eq!(large.code, ErrorCode::TooLarge);
+    assert!(
+        matches!(
+            large,
+            SendError::TooLarge {
+                size: 1001,
+                max: 1000,
+                bound: SizeBound::MaxBytes,
+                ..
+            }
+        ),
+        "{large:?}"
+    );
+    assert_eq!(
+        large.to_string(),
+        "message of 1001 bytes (payload and headers) exceeds max_bytes of 1000 bytes of \
+         mailbox timed"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -25,10 +25,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_proto::{ErrorCode, ErrorReply, Selector};
+use ipc_proto::{ErrorReply, Selector};
 use tokio::sync::oneshot;
 
-use super::{Envelope, Incoming, Mailbox, OpResult, SentId, State, Taker, op_error};
+use super::error::{Closed, Empty, Full, Interrupted, RecvError, SendError};
+use super::{Envelope, Incoming, Mailbox, SentId, State, Taker};
 
 /// Waiters of type `W`, each under a unique key given in increasing arrival order.
 #[derive(Debug)]
@@ -330,11 +331,12 @@ fn set_in(link: &mut Link, key: i64, value: u64) -> bool {
 /// An operation that either finished at once or must wait.
 #[derive(Debug)]
 pub(crate) enum Pending<T: Side> {
-    Ready(OpResult<T>),
+    Ready(Result<T, T::Error>),
     Wait(Waiter<T>),
 }
 
-pub(crate) type Handoff<T> = oneshot::Sender<OpResult<T>>;
+/// Where a waiter's result is handed to it.
+pub(crate) type Handoff<T> = oneshot::Sender<Result<T, <T as Side>::Error>>;
 
 #[derive(Debug)]
 pub(super) struct RecvWaiter {
@@ -351,6 +353,13 @@ pub(super) struct SendWaiter {
 /// The two kinds of waiting request, and how each undoes a hand-over its waiter did not
 /// live to see.
 pub(crate) trait Side: Sized + Send + 'static {
+    /// How this kind of request fails.
+    type Error: From<Closed> + From<Interrupted> + std::fmt::Debug + Send + 'static;
+    /// What a waiter of this kind waits for, kept to say so if its time runs out.
+    type Blocked: std::fmt::Debug + Send + 'static;
+
+    /// The error of a wait that ran out after `after`.
+    fn timed_out(after: Duration, blocked: Self::Blocked) -> Self::Error;
     /// Removes the waiter `key`, returning its hand-off channel; `None` if it has
     /// already been completed.
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>>;
@@ -358,6 +367,16 @@ pub(crate) trait Side: Sized + Send + 'static {
 }
 
 impl Side for Envelope {
+    type Error = RecvError;
+    type Blocked = Empty;
+
+    fn timed_out(after: Duration, empty: Empty) -> RecvError {
+        RecvError::TimedOut {
+            after_ms: after.as_millis(),
+            empty,
+        }
+    }
+
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
         let waiter = state
             .receivers
@@ -382,6 +401,16 @@ impl Side for Envelope {
 }
 
 impl Side for SentId {
+    type Error = SendError;
+    type Blocked = Full;
+
+    fn timed_out(after: Duration, full: Full) -> SendError {
+        SendError::TimedOut {
+            after_ms: after.as_millis(),
+            full,
+        }
+    }
+
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
         state.senders.remove(&key).map(|w| w.tx)
     }
@@ -401,10 +430,9 @@ pub(crate) type Canceller = Box<dyn FnOnce(ErrorReply) + Send + Sync>;
 pub(crate) struct Waiter<T: Side> {
     mailbox: Arc<Mailbox>,
     key: u64,
-    rx: oneshot::Receiver<OpResult<T>>,
-    timeout: Option<Duration>,
-    /// What is being waited for, for the timeout message.
-    what: String,
+    rx: oneshot::Receiver<Result<T, T::Error>>,
+    /// How long it waits, and what for (to say so if the time runs out).
+    timeout: Option<(Duration, T::Blocked)>,
     finished: bool,
     /// What this waiter is handed is a copy (a peek): undelivered, it is dropped.
     pub(super) copy: bool,
@@ -414,16 +442,14 @@ impl<T: Side> Waiter<T> {
     pub(super) fn new(
         mailbox: Arc<Mailbox>,
         key: u64,
-        rx: oneshot::Receiver<OpResult<T>>,
-        timeout: Option<Duration>,
-        what: String,
+        rx: oneshot::Receiver<Result<T, T::Error>>,
+        timeout: Option<(Duration, T::Blocked)>,
     ) -> Self {
         Self {
             mailbox,
             key,
             rx,
             timeout,
-            what,
             finished: false,
             copy: false,
         }
@@ -435,25 +461,22 @@ impl<T: Side> Waiter<T> {
         Box::new(move |reason| {
             let mut state = mailbox.lock();
             if let Some(tx) = T::deregister(&mut state, key) {
-                let _ = tx.send(Err(reason));
+                let _ = tx.send(Err(Interrupted::Cancelled(reason).into()));
             }
         })
     }
 
     /// Waits until the mailbox completes the request, it is closed, or the timeout ends.
-    pub async fn wait(mut self) -> OpResult<T> {
-        let handed = match self.timeout {
+    pub async fn wait(mut self) -> Result<T, T::Error> {
+        let handed = match self.timeout.take() {
             None => (&mut self.rx).await.ok(),
-            Some(limit) => match tokio::time::timeout(limit, &mut self.rx).await {
+            Some((limit, blocked)) => match tokio::time::timeout(limit, &mut self.rx).await {
                 Ok(handed) => handed.ok(),
                 Err(_) => {
                     let withdrawn = T::deregister(&mut self.mailbox.lock(), self.key).is_some();
                     if withdrawn {
                         self.finished = true;
-                        return Err(op_error(
-                            ErrorCode::TimedOut,
-                            format!("timed out after {} ms: {}", limit.as_millis(), self.what),
-                        ));
+                        return Err(T::timed_out(limit, blocked));
                     }
                     // Completed just as the time ran out, or handed over and being stored
                     // (a durable send): the result is here or on its way.
@@ -462,7 +485,7 @@ impl<T: Side> Waiter<T> {
             },
         };
         self.finished = true;
-        handed.unwrap_or_else(|| Err(op_error(ErrorCode::Internal, "waiter abandoned".into())))
+        handed.unwrap_or_else(|| Err(Interrupted::Abandoned.into()))
     }
 }
 
