@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use ipc_proto::{CreateRequest, DaemonStatus, ErrorCode, ErrorReply, Fsync, MailboxName, UidUsage};
+use ipc_proto::{CreateRequest, DaemonStatus, ErrorReply, Fsync, MailboxName, UidUsage};
+use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::caller::Caller;
 use crate::config::{Config, Limits};
 use crate::logging::Throttle;
 use crate::mailbox::{
-    DeadLetter, DeadLetters, Link, Mailbox, OpResult, Pending, Settings, headers_size,
+    Closed, DeadLetter, DeadLetters, Link, Mailbox, Pending, Settings, headers_size,
 };
-use crate::perm::{Caller, Ownership};
+use crate::perm::Ownership;
 use crate::quota::{Accounts, Charge, Gauge, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 
@@ -44,12 +46,54 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn no_such_mailbox(name: &MailboxName) -> ErrorReply {
-    ErrorReply::new(ErrorCode::NoSuchMailbox, format!("no mailbox named {name}"))
+/// No mailbox has the name asked for.
+#[derive(Debug, Clone, Error)]
+#[error("no mailbox named {0}")]
+pub struct NoSuchMailbox(pub MailboxName);
+
+/// A value a request asked for that is outside what the daemon allows.
+#[derive(Debug, Clone, Error)]
+pub enum InvalidArgument {
+    #[error("{what} must be at least 1")]
+    Zero { what: &'static str },
+    #[error("{what} of {value} is above the daemon's ceiling of {ceiling}")]
+    AboveCeiling {
+        what: &'static str,
+        value: u64,
+        ceiling: u64,
+    },
+    /// A TTL, delay or lease outside 1 ms to its `max_<what>`.
+    #[error("a {what} of {ms} ms is out of range: 1 ms to max_{what} of {max_ms} ms")]
+    OutOfRange {
+        what: &'static str,
+        ms: u64,
+        max_ms: u128,
+    },
+    #[error("mode {0:o} is not a permission mode (at most 777)")]
+    NotAMode(u32),
 }
 
-fn shutting_down() -> ErrorReply {
-    ErrorReply::new(ErrorCode::ShuttingDown, "ipcd is shutting down")
+/// Why a create failed.
+#[derive(Debug, Clone, Error)]
+pub enum CreateError {
+    #[error("ipcd is shutting down")]
+    ShuttingDown,
+    /// A durable mailbox was asked for, but the store could not be opened (why).
+    #[error("durable mailboxes are unavailable: {0}")]
+    DurableUnavailable(String),
+    #[error("mailbox {0} already exists")]
+    Exists(MailboxName),
+    /// `exist_ok` was set, but the mailbox that exists differs from the request.
+    #[error("mailbox {mailbox} already exists and is not what was asked: {}", differs.join("; "))]
+    NotAsAsked {
+        mailbox: MailboxName,
+        differs: Vec<String>,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidArgument),
+    /// The owner's `mailboxes` quota, as `quota` words it.
+    #[error("{}", .0.message)]
+    Quota(ErrorReply),
 }
 
 /// The answer to a create: at once, or once the store has the new mailbox.
@@ -58,20 +102,6 @@ pub enum Created {
     /// Whether it was created (false: it existed and `exist_ok` was set).
     Now(bool),
     Storing(oneshot::Receiver<Stored>),
-}
-
-/// A receiver for a store completion, and the completion that feeds it.
-pub fn completion() -> (
-    impl FnOnce(Stored) + Send + 'static,
-    oneshot::Receiver<Stored>,
-) {
-    let (tx, rx) = oneshot::channel();
-    (
-        move |stored| {
-            let _ = tx.send(stored);
-        },
-        rx,
-    )
 }
 
 impl Broker {
@@ -201,7 +231,7 @@ impl Broker {
         let mut mailboxes = lock(&self.mailboxes);
         for (def, messages) in recovered {
             let settings = Settings {
-                ownership: def.ownership,
+                ownership: def.ownership.into(),
                 fsync: Some(def.fsync),
                 limits: def.limits,
                 max_deliveries: def.max_deliveries,
@@ -247,16 +277,21 @@ impl Broker {
     }
 
     /// Charges `amount` of `resource` to the caller's uid, within its quota.
-    pub fn charge(&self, caller: &Caller, resource: Resource, amount: u64) -> OpResult<Charge> {
+    pub fn charge(
+        &self,
+        caller: &Caller,
+        resource: Resource,
+        amount: u64,
+    ) -> Result<Charge, ErrorReply> {
         let limit = resource.limit(&self.config().quota_for(caller.uid()));
         caller.account.charge(resource, amount, limit)
     }
 
-    pub fn get(&self, name: &MailboxName) -> OpResult<Arc<Mailbox>> {
+    pub fn get(&self, name: &MailboxName) -> Result<Arc<Mailbox>, NoSuchMailbox> {
         lock(&self.mailboxes)
             .get(name)
             .cloned()
-            .ok_or_else(|| no_such_mailbox(name))
+            .ok_or_else(|| NoSuchMailbox(name.clone()))
     }
 
     /// Every mailbox, in name order.
@@ -267,21 +302,23 @@ impl Broker {
     }
 
     /// Checks requested limits against the ceilings and fills in defaults.
-    pub fn limits(&self, base: Limits, changes: &ipc_proto::LimitChanges) -> OpResult<Limits> {
+    pub fn limits(
+        &self,
+        base: Limits,
+        changes: &ipc_proto::LimitChanges,
+    ) -> Result<Limits, InvalidArgument> {
         let ceilings = self.config().ceilings;
-        let pick = |what: &str, asked: Option<u64>, current: u64, ceiling: u64| {
+        let pick = |what: &'static str, asked: Option<u64>, current: u64, ceiling: u64| {
             let value = asked.unwrap_or(current);
             if value == 0 {
-                return Err(ErrorReply::new(
-                    ErrorCode::InvalidArgument,
-                    format!("{what} must be at least 1"),
-                ));
+                return Err(InvalidArgument::Zero { what });
             }
             if value > ceiling {
-                return Err(ErrorReply::new(
-                    ErrorCode::InvalidArgument,
-                    format!("{what} of {value} is above the daemon's ceiling of {ceiling}"),
-                ));
+                return Err(InvalidArgument::AboveCeiling {
+                    what,
+                    value,
+                    ceiling,
+                });
             }
             Ok(value)
         };
@@ -309,7 +346,7 @@ impl Broker {
 
     /// A default TTL as asked: `None` not asked, `Some(None)` none (0), else checked
     /// against `max_ttl`.
-    pub fn ttl(&self, ms: Option<u64>) -> OpResult<Option<Option<Duration>>> {
+    pub fn ttl(&self, ms: Option<u64>) -> Result<Option<Option<Duration>>, InvalidArgument> {
         let Some(ms) = ms else { return Ok(None) };
         if ms == 0 {
             return Ok(Some(None));
@@ -318,19 +355,14 @@ impl Broker {
     }
 
     /// Creates a mailbox owned by `caller`; a durable one is answered once stored.
-    pub fn create(&self, caller: &Caller, request: CreateRequest) -> OpResult<Created> {
+    pub fn create(&self, caller: &Caller, request: CreateRequest) -> Result<Created, CreateError> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err(shutting_down());
+            return Err(CreateError::ShuttingDown);
         }
         let store = match (&self.store, request.durable) {
             (_, false) => None,
             (Ok(store), true) => Some(store),
-            (Err(why), true) => {
-                return Err(ErrorReply::new(
-                    ErrorCode::StorageFailed,
-                    format!("durable mailboxes are unavailable: {why}"),
-                ));
-            }
+            (Err(why), true) => return Err(CreateError::DurableUnavailable(why.clone())),
         };
         let config = self.config();
         let mode = check_mode(request.mode.unwrap_or(config.default_mode))?;
@@ -338,14 +370,13 @@ impl Broker {
         let mut mailboxes = lock(&self.mailboxes);
         if let Some(existing) = mailboxes.get(&request.mailbox) {
             if !request.exist_ok {
-                return Err(ErrorReply::new(
-                    ErrorCode::Exists,
-                    format!("mailbox {} already exists", request.mailbox),
-                ));
+                return Err(CreateError::Exists(request.mailbox));
             }
             return existing_fits(caller, existing, &request, mode).map(|()| Created::Now(false));
         }
-        let owned = self.charge(caller, Resource::Mailboxes, 1)?;
+        let owned = self
+            .charge(caller, Resource::Mailboxes, 1)
+            .map_err(CreateError::Quota)?;
         let (uid, gid) = (caller.creds.uid, caller.creds.gid);
         let settings = Settings {
             ownership: Ownership {
@@ -395,11 +426,9 @@ impl Broker {
             link,
             self.dead_letters.clone(),
         );
-        let stored = mailbox.definition().map(|(store, define)| {
-            let (done, stored) = completion();
-            store.submit(vec![define], Fsync::Always, done);
-            stored
-        });
+        let stored = mailbox
+            .definition()
+            .map(|(store, define)| store.submit_waiting(vec![define], Fsync::Always));
         mailboxes.insert(name, mailbox);
         stored
     }
@@ -416,13 +445,7 @@ impl Broker {
                 _ => return None,
             }
         }
-        mailbox.close(
-            ErrorReply::new(
-                ErrorCode::Removed,
-                format!("mailbox {} was removed", mailbox.name()),
-            ),
-            true,
-        )
+        mailbox.close(Closed::Removed(mailbox.name().clone()), true)
     }
 
     /// Delivers dead letters until the broker is dropped: each to its dead-letter
@@ -461,7 +484,7 @@ impl Broker {
                 }
                 Ok(target) => {
                     match target.send(envelope.into_incoming(), ipc_proto::Wait::NoWait) {
-                        Pending::Ready(Err(e)) => Some(e.message),
+                        Pending::Ready(Err(e)) => Some(e.to_string()),
                         // Accepted (a durable target finishes storing it on its own).
                         Pending::Ready(Ok(_)) | Pending::Wait(_) => None,
                     }
@@ -496,7 +519,7 @@ impl Broker {
         self.stopping.store(true, Ordering::Release);
         for mailbox in self.all() {
             // Nothing is stored when messages stay.
-            let _ = mailbox.close(shutting_down(), false);
+            let _ = mailbox.close(Closed::ShuttingDown, false);
         }
     }
 
@@ -598,7 +621,7 @@ fn existing_fits(
     existing: &Mailbox,
     request: &CreateRequest,
     mode: u32,
-) -> OpResult<()> {
+) -> Result<(), CreateError> {
     let s = existing.settings();
     let own = s.ownership;
     let mut differs = Vec::new();
@@ -637,39 +660,30 @@ fn existing_fits(
     if differs.is_empty() {
         return Ok(());
     }
-    Err(ErrorReply::new(
-        ErrorCode::Exists,
-        format!(
-            "mailbox {} already exists and is not what was asked: {}",
-            existing.name(),
-            differs.join("; ")
-        ),
-    ))
+    Err(CreateError::NotAsAsked {
+        mailbox: existing.name().clone(),
+        differs,
+    })
 }
 
 /// `ms` as a duration of 1 ms to `max` (a TTL, delay or lease), or an error naming `what`
 /// and the bound (`max_<what>` in the configuration).
-pub fn bounded(what: &str, ms: u64, max: Duration) -> OpResult<Duration> {
+pub fn bounded(what: &'static str, ms: u64, max: Duration) -> Result<Duration, InvalidArgument> {
     let d = Duration::from_millis(ms);
     if d.is_zero() || d > max {
-        return Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "a {what} of {ms} ms is out of range: 1 ms to max_{what} of {} ms",
-                max.as_millis()
-            ),
-        ));
+        return Err(InvalidArgument::OutOfRange {
+            what,
+            ms,
+            max_ms: max.as_millis(),
+        });
     }
     Ok(d)
 }
 
 /// A mode is permission bits only: no file type, setuid or sticky bits.
-pub fn check_mode(mode: u32) -> OpResult<u32> {
+pub fn check_mode(mode: u32) -> Result<u32, InvalidArgument> {
     if mode > 0o777 {
-        return Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            format!("mode {mode:o} is not a permission mode (at most 777)"),
-        ));
+        return Err(InvalidArgument::NotAMode(mode));
     }
     Ok(mode)
 }

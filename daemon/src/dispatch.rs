@@ -2,6 +2,10 @@
 //! policy (name and argument checks, mode bits) → broker/mailbox. A new request variant
 //! makes the compiler point here. Errors become error replies; nothing here can end the
 //! connection.
+//!
+//! This is also the one place where the broker's and mailbox's errors (`SendError`,
+//! `RecvError`, `CreateError`, …) become wire `ErrorReply`s: each gets its stable
+//! `ErrorCode` here, and its message is its `Display`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,14 +17,20 @@ use ipc_proto::{
 };
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, Created, bounded, check_mode};
-use crate::mailbox::{
-    Canceller, Envelope, Incoming, LeaseTerms, Mailbox, OpResult, Pending, SentId, Side, Taker,
-    headers_size,
+use crate::broker::{
+    Broker, CreateError, Created, InvalidArgument, NoSuchMailbox, bounded, check_mode,
 };
-use crate::perm::{Access, Caller};
+use crate::caller::Caller;
+use crate::mailbox::{
+    Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Pending,
+    RecvError, SendError, SentId, Side, Taker, headers_size,
+};
+use crate::perm::Access;
 use crate::quota::Resource;
 use crate::store::Stored;
+
+/// A result whose error is already in its wire form.
+type OpResult<T> = Result<T, ErrorReply>;
 
 /// How a request is answered.
 #[allow(
@@ -63,7 +73,7 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
             &req.mailbox,
             req.delivery.dead_letter.as_ref(),
         )
-        .and_then(|()| broker.create(caller, req))
+        .and_then(|()| broker.create(caller, req).map_err(ErrorReply::from))
         {
             Ok(Created::Now(created)) => Reply::Now(Response::Created { created }),
             Ok(Created::Storing(stored)) => {
@@ -89,7 +99,7 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
                 .into_iter()
                 .filter(|m| {
                     let own = m.settings().ownership;
-                    own.allows(caller, Access::Read) || own.allows(caller, Access::Manage)
+                    caller.may(&own, Access::Read) || caller.may(&own, Access::Manage)
                 })
                 .map(|m| m.info())
                 .collect(),
@@ -112,14 +122,14 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
         Request::Cancel { request_id } => Reply::Cancel(request_id),
         Request::Ack { mailbox, id } => {
             match authorized(broker, caller, &mailbox, Access::Read)
-                .and_then(|m| m.ack(id, caller.uid()))
+                .and_then(|m| Ok(m.ack(id, caller.uid())?))
             {
                 Ok(stored) => answer(stored, Response::Ok),
                 Err(e) => Reply::Now(Response::Error(e)),
             }
         }
         Request::Nack { mailbox, id } => now(authorized(broker, caller, &mailbox, Access::Read)
-            .and_then(|m| m.nack(id, caller.uid()))
+            .and_then(|m| Ok(m.nack(id, caller.uid())?))
             .map(|()| Response::Ok)),
     }
 }
@@ -336,12 +346,16 @@ fn check_dead_letter(
 }
 
 /// Answers now if the operation finished, else when its waiter completes.
-fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply {
+fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply
+where
+    ErrorReply: From<T::Error>,
+{
+    let error = |e: T::Error| Response::Error(e.into());
     match pending {
-        Pending::Ready(result) => Reply::Now(result.map_or_else(Response::Error, done)),
+        Pending::Ready(result) => Reply::Now(result.map_or_else(error, done)),
         Pending::Wait(waiter) => Reply::Later {
             cancel: waiter.canceller(),
-            wait: Box::pin(async move { waiter.wait().await.map_or_else(Response::Error, done) }),
+            wait: Box::pin(async move { waiter.wait().await.map_or_else(error, done) }),
         },
     }
 }
@@ -354,7 +368,7 @@ fn authorized(
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
     let mailbox = broker.get(name)?;
-    if mailbox.settings().ownership.allows(caller, access) {
+    if caller.may(&mailbox.settings().ownership, access) {
         Ok(mailbox)
     } else {
         let verb = match access {
@@ -396,5 +410,91 @@ fn to_wire(mut e: Envelope) -> Message {
         redelivered: e.deliveries > 1,
         deliveries: e.deliveries,
         payload: e.payload,
+    }
+}
+
+// The one place where the daemon's errors get their wire form: the error code is chosen
+// here, and the message is the error's `Display`, so it reads the same in the log and to
+// the user.
+
+fn reply(code: ErrorCode, error: &impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(code, error.to_string())
+}
+
+impl From<Closed> for ErrorReply {
+    fn from(e: Closed) -> Self {
+        let code = match e {
+            Closed::Removed(_) => ErrorCode::Removed,
+            Closed::ShuttingDown => ErrorCode::ShuttingDown,
+        };
+        reply(code, &e)
+    }
+}
+
+impl From<Interrupted> for ErrorReply {
+    fn from(e: Interrupted) -> Self {
+        match e {
+            Interrupted::Cancelled(reason) => reason,
+            Interrupted::Abandoned => reply(ErrorCode::Internal, &e),
+        }
+    }
+}
+
+impl From<SendError> for ErrorReply {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Closed(closed) => closed.into(),
+            SendError::Interrupted(interrupted) => interrupted.into(),
+            SendError::Storage(reason) => reason,
+            SendError::TooLarge { .. } => reply(ErrorCode::TooLarge, &e),
+            SendError::Full(_) => reply(ErrorCode::WouldBlock, &e),
+            SendError::TimedOut { .. } => reply(ErrorCode::TimedOut, &e),
+        }
+    }
+}
+
+impl From<RecvError> for ErrorReply {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Closed(closed) => closed.into(),
+            RecvError::Interrupted(interrupted) => interrupted.into(),
+            RecvError::Empty(_) => reply(ErrorCode::WouldBlock, &e),
+            RecvError::TimedOut { .. } => reply(ErrorCode::TimedOut, &e),
+        }
+    }
+}
+
+impl From<LeaseError> for ErrorReply {
+    fn from(e: LeaseError) -> Self {
+        let code = match e {
+            LeaseError::NotLeased { .. } => ErrorCode::NotLeased,
+            LeaseError::NotYours { .. } => ErrorCode::PermissionDenied,
+        };
+        reply(code, &e)
+    }
+}
+
+impl From<NoSuchMailbox> for ErrorReply {
+    fn from(e: NoSuchMailbox) -> Self {
+        reply(ErrorCode::NoSuchMailbox, &e)
+    }
+}
+
+impl From<InvalidArgument> for ErrorReply {
+    fn from(e: InvalidArgument) -> Self {
+        reply(ErrorCode::InvalidArgument, &e)
+    }
+}
+
+impl From<CreateError> for ErrorReply {
+    fn from(e: CreateError) -> Self {
+        let code = match &e {
+            CreateError::Quota(reason) => return reason.clone(),
+            CreateError::Invalid(invalid) => return invalid.clone().into(),
+            CreateError::ShuttingDown => ErrorCode::ShuttingDown,
+            CreateError::DurableUnavailable(_) => ErrorCode::StorageFailed,
+            CreateError::Exists(_) | CreateError::NotAsAsked { .. } => ErrorCode::Exists,
+        };
+        reply(code, &e)
     }
 }

@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for the invariants.
 
 mod broker;
+mod caller;
 pub mod config;
 pub mod config_file;
 mod connection;

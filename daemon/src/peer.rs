@@ -24,6 +24,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
 use crate::connection::{
     FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
@@ -31,7 +32,6 @@ use crate::connection::{
 use crate::dispatch::{Reply, dispatch};
 use crate::logging;
 use crate::mailbox::Canceller;
-use crate::perm::{Caller, peer_groups};
 use crate::quota::{Charge, GaugeSlot, Resource};
 
 /// Why a connection ended.

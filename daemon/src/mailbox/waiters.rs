@@ -14,10 +14,22 @@
 //!   walk down the tree.
 //!
 //! Removing a waiter (handed a message, timed out, cancelled) is `O(log n)` too.
+//!
+//! This module also owns the rest of waiting: the waiting receivers and senders
+//! themselves, the [`Waiter`] future a blocked request awaits (whose `Drop` deregisters
+//! it and puts back anything handed to it meanwhile), its [`Canceller`], and [`Side`],
+//! how each kind of request undoes a hand-over its waiter did not live to see.
 
 use std::collections::{BTreeSet, HashMap};
 
-use ipc_proto::Selector;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_proto::{ErrorReply, Selector};
+use tokio::sync::oneshot;
+
+use super::error::{Closed, Empty, Full, Interrupted, RecvError, SendError};
+use super::{Envelope, Incoming, Mailbox, SentId, State, Taker};
 
 /// Waiters of type `W`, each under a unique key given in increasing arrival order.
 #[derive(Debug)]
@@ -314,6 +326,184 @@ fn set_in(link: &mut Link, key: i64, value: u64) -> bool {
         node.update();
     }
     found
+}
+
+/// An operation that either finished at once or must wait.
+#[derive(Debug)]
+pub(crate) enum Pending<T: Side> {
+    Ready(Result<T, T::Error>),
+    Wait(Waiter<T>),
+}
+
+/// Where a waiter's result is handed to it.
+pub(crate) type Handoff<T> = oneshot::Sender<Result<T, <T as Side>::Error>>;
+
+#[derive(Debug)]
+pub(super) struct RecvWaiter {
+    pub(super) taker: Taker,
+    pub(super) tx: Handoff<Envelope>,
+}
+
+#[derive(Debug)]
+pub(super) struct SendWaiter {
+    pub(super) incoming: Incoming,
+    pub(super) tx: Handoff<SentId>,
+}
+
+/// The two kinds of waiting request, and how each undoes a hand-over its waiter did not
+/// live to see.
+pub(crate) trait Side: Sized + Send + 'static {
+    /// How this kind of request fails.
+    type Error: From<Closed> + From<Interrupted> + std::fmt::Debug + Send + 'static;
+    /// What a waiter of this kind waits for, kept to say so if its time runs out.
+    type Blocked: std::fmt::Debug + Send + 'static;
+
+    /// The error of a wait that ran out after `after`.
+    fn timed_out(after: Duration, blocked: Self::Blocked) -> Self::Error;
+    /// Removes the waiter `key`, returning its hand-off channel; `None` if it has
+    /// already been completed.
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>>;
+    fn reclaim(state: &mut State, value: Self);
+}
+
+impl Side for Envelope {
+    type Error = RecvError;
+    type Blocked = Empty;
+
+    fn timed_out(after: Duration, empty: Empty) -> RecvError {
+        RecvError::TimedOut {
+            after_ms: after.as_millis(),
+            empty,
+        }
+    }
+
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        let waiter = state
+            .receivers
+            .remove(key)
+            .or_else(|| state.peekers.remove(key))?;
+        Some(waiter.tx)
+    }
+
+    /// A message was handed to a receiver that is gone: it goes back to where it was
+    /// (or to the next waiting receiver), as if it had never left.
+    fn reclaim(state: &mut State, mut envelope: Envelope) {
+        if envelope.removal.is_none() {
+            // A copy sent for a lease: the leased original is what goes back.
+            if let Some(leased) = state.unlease(envelope.id) {
+                envelope = leased;
+            }
+        }
+        envelope.deliveries = envelope.deliveries.saturating_sub(1);
+        state.total_received = state.total_received.saturating_sub(1);
+        state.offer_or_queue(envelope);
+    }
+}
+
+impl Side for SentId {
+    type Error = SendError;
+    type Blocked = Full;
+
+    fn timed_out(after: Duration, full: Full) -> SendError {
+        SendError::TimedOut {
+            after_ms: after.as_millis(),
+            full,
+        }
+    }
+
+    fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>> {
+        state.senders.remove(&key).map(|w| w.tx)
+    }
+
+    /// The message was accepted; its sender just will not hear of it.
+    fn reclaim(_: &mut State, _: SentId) {}
+}
+
+/// Cancels a wait synchronously: under the mailbox lock the waiter is deregistered and
+/// completed with the given error, so nothing can be handed to it afterwards. If it was
+/// completed first, nothing happens and its normal result stands.
+pub(crate) type Canceller = Box<dyn FnOnce(ErrorReply) + Send + Sync>;
+
+/// A request waiting on a mailbox. Await [`Waiter::wait`]; dropping it at any point
+/// deregisters it without losing a message.
+#[derive(Debug)]
+pub(crate) struct Waiter<T: Side> {
+    mailbox: Arc<Mailbox>,
+    key: u64,
+    rx: oneshot::Receiver<Result<T, T::Error>>,
+    /// How long it waits, and what for (to say so if the time runs out).
+    timeout: Option<(Duration, T::Blocked)>,
+    finished: bool,
+    /// What this waiter is handed is a copy (a peek): undelivered, it is dropped.
+    pub(super) copy: bool,
+}
+
+impl<T: Side> Waiter<T> {
+    pub(super) fn new(
+        mailbox: Arc<Mailbox>,
+        key: u64,
+        rx: oneshot::Receiver<Result<T, T::Error>>,
+        timeout: Option<(Duration, T::Blocked)>,
+    ) -> Self {
+        Self {
+            mailbox,
+            key,
+            rx,
+            timeout,
+            finished: false,
+            copy: false,
+        }
+    }
+
+    /// A handle that cancels this wait at once, from outside the task awaiting it.
+    pub fn canceller(&self) -> Canceller {
+        let (mailbox, key) = (self.mailbox.clone(), self.key);
+        Box::new(move |reason| {
+            let mut state = mailbox.lock();
+            if let Some(tx) = T::deregister(&mut state, key) {
+                let _ = tx.send(Err(Interrupted::Cancelled(reason).into()));
+            }
+        })
+    }
+
+    /// Waits until the mailbox completes the request, it is closed, or the timeout ends.
+    pub async fn wait(mut self) -> Result<T, T::Error> {
+        let handed = match self.timeout.take() {
+            None => (&mut self.rx).await.ok(),
+            Some((limit, blocked)) => match tokio::time::timeout(limit, &mut self.rx).await {
+                Ok(handed) => handed.ok(),
+                Err(_) => {
+                    let withdrawn = T::deregister(&mut self.mailbox.lock(), self.key).is_some();
+                    if withdrawn {
+                        self.finished = true;
+                        return Err(T::timed_out(limit, blocked));
+                    }
+                    // Completed just as the time ran out, or handed over and being stored
+                    // (a durable send): the result is here or on its way.
+                    (&mut self.rx).await.ok()
+                }
+            },
+        };
+        self.finished = true;
+        handed.unwrap_or_else(|| Err(Interrupted::Abandoned.into()))
+    }
+}
+
+impl<T: Side> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.mailbox.lock();
+        if T::deregister(&mut state, self.key).is_none() {
+            // Already completed: undo the hand-over this waiter will never report.
+            if let Ok(Ok(value)) = self.rx.try_recv()
+                && !self.copy
+            {
+                T::reclaim(&mut state, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

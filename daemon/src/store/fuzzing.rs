@@ -10,11 +10,10 @@ use super::disk::sim::SimDisk;
 pub use super::log::Recovered;
 use super::log::{Log, LogOptions, MAGIC};
 pub use super::record::{
-    EncodeError, Framed, MailboxDef, RECORD_HEADER, Record, RecordError, StoredMessage, body_shape,
-    frame,
+    EncodeError, Framed, MailboxDef, Ownership, RECORD_HEADER, Record, RecordError, StoredMessage,
+    body_shape, frame,
 };
 pub use crate::config::Limits;
-pub use crate::perm::Ownership;
 
 /// The log's tuning while fuzzing: segments and records of a size fuzz inputs reach.
 const OPTIONS: LogOptions = LogOptions {

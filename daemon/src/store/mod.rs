@@ -32,10 +32,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ipc_proto::{ErrorCode, ErrorReply, Fsync};
+use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
 use self::log::{Log, LogOptions, Recovered};
-pub use self::record::{MailboxDef, Record, StoredMessage};
+pub use self::record::{MailboxDef, Ownership as StoredOwnership, Record, StoredMessage};
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -47,6 +48,20 @@ const MAX_BATCH_JOBS: usize = 4096;
 pub type Stored = Result<(), ErrorReply>;
 
 type Completion = Box<dyn FnOnce(Stored) + Send>;
+
+/// A receiver for a store completion, and the completion that feeds it.
+fn completion() -> (
+    impl FnOnce(Stored) + Send + 'static,
+    oneshot::Receiver<Stored>,
+) {
+    let (tx, rx) = oneshot::channel();
+    (
+        move |stored| {
+            let _ = tx.send(stored);
+        },
+        rx,
+    )
+}
 
 struct Job {
     records: Vec<Record>,
@@ -148,6 +163,15 @@ impl Store {
                 std::thread::spawn(move || done(Err(stopped())));
             }
         }
+    }
+
+    /// Stores `records` per `fsync`; the receiver hears once they are stored (or why
+    /// not). This is how the mailbox and broker wait for the store: the answer to the
+    /// request that caused the write is due then.
+    pub fn submit_waiting(&self, records: Vec<Record>, fsync: Fsync) -> oneshot::Receiver<Stored> {
+        let (done, stored) = completion();
+        self.submit(records, fsync, done);
+        stored
     }
 
     /// Stores `records` per `fsync` without anyone waiting: for removals, whose loss in

@@ -16,7 +16,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ipc_proto::{Credentials, Fsync, Headers, MailboxName, Timestamp};
 
 use crate::config::Limits;
-use crate::perm::Ownership;
 
 /// Bytes before a record's body.
 pub const RECORD_HEADER: usize = 8;
@@ -30,6 +29,17 @@ pub const MAX_PAYLOAD: usize = u32::MAX as usize;
 
 /// Longest record body: the `u32` length in the record header.
 pub const MAX_BODY: usize = u32::MAX as usize;
+
+/// Who owns a stored mailbox, and its mode, as plain ids: the store keeps them and
+/// checks nothing with them (the mailbox converts to and from its permission type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub creator_uid: u32,
+    pub creator_gid: u32,
+    pub mode: u32,
+}
 
 /// A durable mailbox as stored: everything needed to recreate it.
 #[derive(Debug, Clone, PartialEq, Eq)]

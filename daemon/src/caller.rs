@@ -1,0 +1,101 @@
+//! Who is asking: the process at the other end of a connection as the kernel reported
+//! it at accept (`SO_PEERCRED`, `SO_PEERGROUPS`), the account its charges go to, and the
+//! leases it holds that end with its connection.
+//!
+//! It sits above the mailbox (it holds a [`LeaseBook`]) and below the broker and
+//! dispatch, which take it; `perm` stays below both, checking bare ids.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use ipc_proto::Credentials;
+
+use crate::mailbox::LeaseBook;
+use crate::perm::{Access, Ownership};
+use crate::quota::UidAccount;
+
+/// Who is asking: the process at the other end of a connection, as the kernel reported
+/// it, with the account its charges go to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub creds: Credentials,
+    /// Supplementary groups (the primary one is `creds.gid`).
+    pub groups: Vec<u32>,
+    pub account: Arc<UidAccount>,
+    /// The leases this connection holds that end when it closes.
+    pub leases: Arc<LeaseBook>,
+}
+
+impl Caller {
+    pub fn uid(&self) -> u32 {
+        self.creds.uid
+    }
+
+    /// Whether the caller is in group `gid`, as its primary or a supplementary group.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.creds.gid == gid || self.groups.contains(&gid)
+    }
+
+    /// Whether the caller may perform an operation needing `access` on a mailbox with
+    /// `ownership` (see [`Ownership::allows`]).
+    pub fn may(&self, ownership: &Ownership, access: Access) -> bool {
+        ownership.allows(self.uid(), |gid| self.in_group(gid), access)
+    }
+}
+
+/// The supplementary groups of the process at the other end of `socket`
+/// (`SO_PEERGROUPS`, Linux 4.13+), as they were when it connected.
+pub fn peer_groups(socket: &impl AsRawFd) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 16];
+    loop {
+        let mut len = libc::socklen_t::try_from(std::mem::size_of_val(groups.as_slice()))
+            .map_err(|_| io::Error::other("group list too long"))?;
+        // SAFETY: the buffer is `len` bytes of writable gid_t slots; the kernel writes at
+        // most `len` bytes and reports how many it wrote (or needs) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // ERANGE: the buffer was too small and `len` says what is needed.
+        if error.raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_groups_are_this_process_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut expected: Vec<u32> = {
+            // SAFETY: a null buffer with size 0 only asks for the count.
+            let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+            let mut buf = vec![0; usize::try_from(n).unwrap()];
+            // SAFETY: `buf` has room for `n` gids.
+            let n = unsafe { libc::getgroups(n, buf.as_mut_ptr()) };
+            buf.truncate(usize::try_from(n).unwrap());
+            buf
+        };
+        let mut got = peer_groups(&a).unwrap();
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+    }
+}

@@ -1,0 +1,342 @@
+//! A mailbox's behaviour seen from outside: timers on tokio's paused clock (delays, TTLs
+//! and leases end exactly when due, with no real waiting), hand-over past waiters that
+//! never match, peeks, and the bounds on headers and dead letters.
+
+use bytes::Bytes;
+use ipc_proto::{Credentials, Headers};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::quota::Accounts;
+
+fn mailbox(
+    default_ttl: Option<Duration>,
+    dead_letter: Option<&str>,
+) -> (Arc<Mailbox>, mpsc::Receiver<DeadLetter>) {
+    let (tx, rx) = mpsc::channel(16);
+    let settings = Settings {
+        ownership: Ownership {
+            owner_uid: 1,
+            owner_gid: 1,
+            creator_uid: 1,
+            creator_gid: 1,
+            mode: 0o600,
+        },
+        fsync: None,
+        limits: Limits {
+            max_msgs: 10,
+            max_bytes: 1000,
+            max_msg_size: 100,
+        },
+        max_deliveries: 0,
+        dead_letter: dead_letter.map(|n| MailboxName::new(n).unwrap()),
+        default_ttl,
+    };
+    let charge = Accounts::default()
+        .account(1)
+        .force(crate::quota::Resource::Mailboxes, 1);
+    let name = MailboxName::new("timed").unwrap();
+    (Mailbox::new(name, settings, charge, None, tx), rx)
+}
+
+fn send(m: &Arc<Mailbox>, payload: &str, ttl: Option<u64>, delay: Option<u64>) -> u64 {
+    let incoming = Incoming {
+        mtype: 1,
+        sender: Credentials {
+            pid: 1,
+            uid: 1,
+            gid: 1,
+        },
+        headers: Headers::default(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        charge: None,
+        ttl: ttl.map(Duration::from_secs),
+        delay: delay.map(Duration::from_secs),
+    };
+    match m.send(incoming, Wait::NoWait) {
+        Pending::Ready(Ok(SentId(id))) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn take(m: &Arc<Mailbox>) -> Option<Envelope> {
+    let taker = Taker {
+        peek: false,
+        pid: 1,
+        lease: None,
+    };
+    match m.recv(Selector::Any, taker, Wait::NoWait) {
+        Pending::Ready(Ok(e)) => Some(e),
+        Pending::Ready(Err(RecvError::Empty(_))) => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Lets the timekeeper run after the clock moved.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_message_is_invisible_until_its_time() {
+    let (m, _) = mailbox(None, None);
+    send(&m, "later", None, Some(10));
+    send(&m, "now", None, None);
+    assert_eq!(&take(&m).unwrap().payload[..], b"now");
+    assert!(take(&m).is_none());
+    assert_eq!(m.info().delayed, 1);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    settle().await;
+    assert!(take(&m).is_none(), "one second early");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(&take(&m).unwrap().payload[..], b"later");
+    assert_eq!(m.info().delayed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_receiver_gets_a_delayed_message_when_it_shows() {
+    let (m, _) = mailbox(None, None);
+    let taker = Taker {
+        peek: false,
+        pid: 1,
+        lease: None,
+    };
+    let Pending::Wait(waiter) = m.recv(Selector::Any, taker, Wait::Forever) else {
+        panic!("nothing to take yet");
+    };
+    send(&m, "later", None, Some(60));
+    // The paused clock jumps to the next timer once everything is idle.
+    let got = waiter.wait().await.unwrap();
+    assert_eq!(&got.payload[..], b"later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_messages_are_never_delivered_and_go_to_the_dead_letter_mailbox() {
+    let (m, mut dead) = mailbox(None, Some("dead"));
+    send(&m, "short", Some(5), None);
+    send(&m, "long", Some(50), None);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    settle().await;
+    let letter = dead.try_recv().expect("the expired one was dead-lettered");
+    assert_eq!(&letter.envelope.payload[..], b"short");
+    assert_eq!(letter.to.as_str(), "dead");
+    // What is left of its TTL goes along: none.
+    assert_eq!(letter.envelope.into_incoming().ttl, Some(Duration::ZERO));
+    assert_eq!(&take(&m).unwrap().payload[..], b"long");
+    let info = m.info();
+    assert_eq!((info.expired, info.dead_lettered, info.messages), (1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receive_never_takes_an_expired_message_even_before_the_timekeeper_runs() {
+    let (m, _) = mailbox(None, None);
+    send(&m, "stale", Some(5), None);
+    send(&m, "fresh", None, None);
+    // Stop the timekeeper from running: the receive below comes first.
+    m.lock().deadlines.clear();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(&take(&m).unwrap().payload[..], b"fresh");
+    assert_eq!(m.info().expired, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_ttl_applies_and_expiry_without_a_dead_letter_mailbox_drops() {
+    let (m, _) = mailbox(Some(Duration::from_secs(3)), None);
+    send(&m, "a", None, None);
+    send(&m, "b", Some(100), None);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    settle().await;
+    assert_eq!(&take(&m).unwrap().payload[..], b"b");
+    let info = m.info();
+    assert_eq!(
+        (info.expired, info.dropped, info.default_ttl_ms),
+        (1, 1, 3000)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leased_message_that_expires_meanwhile_is_not_redelivered() {
+    let (m, _) = mailbox(None, None);
+    let id = send(&m, "job", Some(10), None);
+    let taker = Taker {
+        peek: false,
+        pid: 1,
+        lease: Some(LeaseTerms {
+            timeout: Duration::from_secs(60),
+            uid: 1,
+            book: None,
+        }),
+    };
+    let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
+        panic!("leased");
+    };
+    tokio::time::advance(Duration::from_secs(20)).await;
+    settle().await;
+    assert_eq!(m.info().unacked, 1, "a lease keeps it while it runs");
+    m.nack(id, 1).unwrap();
+    assert!(take(&m).is_none());
+    assert_eq!(m.info().expired, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_received_message_takes_its_ttl_timer_with_it() {
+    let (m, _) = mailbox(None, None);
+    for i in 0..5 {
+        send(&m, &format!("m{i}"), Some(3600), None);
+    }
+    assert_eq!(m.info().timers, 5);
+    for _ in 0..5 {
+        take(&m).expect("queued");
+    }
+    assert_eq!(m.info().timers, 0, "no timer outlives its message");
+    // Leased, it has a lease timer only; back in the queue, its TTL timer again.
+    let id = send(&m, "leased", Some(3600), None);
+    let taker = Taker {
+        peek: false,
+        pid: 1,
+        lease: Some(LeaseTerms {
+            timeout: Duration::from_secs(60),
+            uid: 1,
+            book: None,
+        }),
+    };
+    let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
+        panic!("leased");
+    };
+    assert_eq!(m.info().timers, 1);
+    m.nack(id, 1).unwrap();
+    assert_eq!(m.info().timers, 1);
+    m.purge();
+    assert_eq!(m.info().timers, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peek_copy_whose_waiter_is_gone_is_dropped_not_put_back() {
+    let (m, _) = mailbox(None, None);
+    let peeker = Taker {
+        peek: true,
+        pid: 1,
+        lease: None,
+    };
+    let Pending::Wait(waiter) = m.recv(Selector::Any, peeker, Wait::Forever) else {
+        panic!("nothing to peek at yet");
+    };
+    send(&m, "only", None, None);
+    // The peeker was handed a copy, but goes away without reading it.
+    drop(waiter);
+    assert_eq!(m.info().messages, 1, "the original stays, and only it");
+    assert_eq!(&take(&m).unwrap().payload[..], b"only");
+    assert!(take(&m).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_count_against_max_bytes() {
+    let (m, _) = mailbox(None, None);
+    let incoming = |content_type: usize| Incoming {
+        mtype: 1,
+        sender: Credentials {
+            pid: 1,
+            uid: 1,
+            gid: 1,
+        },
+        headers: Headers {
+            content_type: Some("x".repeat(content_type)),
+            ..Headers::default()
+        },
+        payload: Bytes::new(),
+        charge: None,
+        ttl: None,
+        delay: None,
+    };
+    // max_bytes is 1000: two 400-byte header sets fit, a third does not.
+    for _ in 0..2 {
+        assert!(matches!(
+            m.send(incoming(400), Wait::NoWait),
+            Pending::Ready(Ok(_))
+        ));
+    }
+    assert_eq!(m.info().bytes, 800);
+    let Pending::Ready(Err(full)) = m.send(incoming(400), Wait::NoWait) else {
+        panic!("over max_bytes");
+    };
+    let SendError::Full(full) = full else {
+        panic!("{full:?}");
+    };
+    assert_eq!((full.messages, full.bytes, full.max_bytes), (2, 800, 1000));
+    let Pending::Ready(Err(large)) = m.send(incoming(1001), Wait::NoWait) else {
+        panic!("larger than max_bytes");
+    };
+    assert!(
+        matches!(
+            large,
+            SendError::TooLarge {
+                size: 1001,
+                max: 1000,
+                bound: SizeBound::MaxBytes,
+                ..
+            }
+        ),
+        "{large:?}"
+    );
+    assert_eq!(
+        large.to_string(),
+        "message of 1001 bytes (payload and headers) exceeds max_bytes of 1000 bytes of \
+         mailbox timed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_goes_to_the_oldest_matching_receiver_past_any_number_that_never_match() {
+    let (m, _) = mailbox(None, None);
+    let taker = || Taker {
+        peek: false,
+        pid: 1,
+        lease: None,
+    };
+    let mut parked = Vec::new();
+    for t in 2..1000 {
+        let Pending::Wait(w) = m.recv(Selector::Type(t), taker(), Wait::Forever) else {
+            panic!("waits");
+        };
+        parked.push(w);
+    }
+    let Pending::Wait(first) = m.recv(Selector::AtMost(1), taker(), Wait::Forever) else {
+        panic!("waits");
+    };
+    let Pending::Wait(second) = m.recv(Selector::Any, taker(), Wait::Forever) else {
+        panic!("waits");
+    };
+    assert_eq!(m.info().waiting_receivers, 1000);
+    send(&m, "one", None, None);
+    send(&m, "two", None, None);
+    assert_eq!(&first.wait().await.unwrap().payload[..], b"one");
+    assert_eq!(&second.wait().await.unwrap().payload[..], b"two");
+    drop(parked);
+    assert_eq!(m.info().waiting_receivers, 0);
+    assert_eq!(m.info().messages, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_past_the_backlog_are_dropped_and_counted() {
+    // The test mailbox's dead-letter channel holds 16, and nothing delivers them.
+    let (m, mut dead) = mailbox(None, Some("dead"));
+    m.update(|s| s.limits.max_msgs = 100);
+    for i in 0..20 {
+        send(&m, &format!("m{i}"), Some(1), None);
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    let info = m.info();
+    assert_eq!(
+        (info.expired, info.dead_lettered, info.dropped),
+        (20, 16, 4)
+    );
+    let mut waiting = 0;
+    while dead.try_recv().is_ok() {
+        waiting += 1;
+    }
+    assert_eq!(waiting, 16);
+}
