@@ -9,7 +9,7 @@
 //! broken and every later call fails with [`Error::Disconnected`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
@@ -31,6 +31,11 @@ use crate::{CreateOptions, Error, RecvOptions, Result, SendOptions, default_sock
 const WRITE_BATCH: usize = 64 * 1024;
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most requests [`BlockingClient::submit`] leaves unread by default: well below the
+/// daemon's bound on the replies it queues for one connection (`max_queued_replies`,
+/// 1024), past which it stops reading requests — and a client that writes without
+/// reading would then wait for ever on its own write.
+pub const DEFAULT_PIPELINE_WINDOW: usize = 512;
 
 /// A connection to ipcd with blocking calls.
 #[derive(Debug)]
@@ -48,8 +53,16 @@ pub struct BlockingClient {
     /// Requests with lower ids were made on a connection that has since broken: a reply
     /// to one of them that is not in the stash will never come.
     first_live_id: u64,
-    /// Replies that arrived while the caller waited for another one.
+    /// Replies that arrived while the caller waited for another one…
     stash: HashMap<u64, Response>,
+    /// …and their ids in the order they arrived, for [`Self::next_reply`]; an id whose
+    /// reply was taken by [`Self::wait_for`] is skipped when met.
+    arrival: VecDeque<u64>,
+    /// Requests written (or queued) on the current connection whose replies have not
+    /// been read off it.
+    unread: usize,
+    /// `submit` reads replies into the stash before it lets `unread` go past this.
+    window: usize,
     /// What the daemon of the current connection said about itself.
     welcome: Welcome,
     path: PathBuf,
@@ -246,6 +259,9 @@ impl BlockingClient {
             next_id: 1,
             first_live_id: 1,
             stash: HashMap::new(),
+            arrival: VecDeque::new(),
+            unread: 0,
+            window: DEFAULT_PIPELINE_WINDOW,
             welcome,
             path,
             client_name: client_name.to_owned(),
@@ -264,6 +280,14 @@ impl BlockingClient {
     /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy.
     pub fn set_reconnect(&mut self, policy: Option<ReconnectPolicy>) {
         self.reconnect = policy;
+    }
+
+    /// Sets how many requests [`Self::submit`] may leave unanswered (at least 1; by
+    /// default [`DEFAULT_PIPELINE_WINDOW`]): past it, `submit` first waits for a reply and
+    /// keeps it for [`Self::next_reply`]. A caller that parks more receives than this on
+    /// purpose, none of which is answered soon, raises it.
+    pub fn set_pipeline_window(&mut self, window: usize) {
+        self.window = window.max(1);
     }
 
     /// What the daemon said about itself when the current connection was made.
@@ -315,6 +339,7 @@ impl BlockingClient {
     /// Forgets a connection that failed: what was in flight on it will not be answered.
     fn break_connection(&mut self, why: io::Error) {
         self.conn = None;
+        self.unread = 0;
         self.first_live_id = self.next_id;
         self.broken = Some((why.kind(), why.to_string()));
     }
@@ -348,6 +373,7 @@ impl BlockingClient {
         codec::encode_frame(FrameKind::Request, id, request, max_frame, &mut conn.wbuf)
             .map_err(|e| Error::BadData(e.to_string()))?;
         self.next_id += 1;
+        self.unread += 1;
         Ok(id)
     }
 
@@ -355,7 +381,15 @@ impl BlockingClient {
     /// batch is large, [`Self::flush`] is called, or a reply is awaited. If the
     /// connection has broken, a new one is made first when a reconnect policy is set;
     /// requests submitted are never made again by the client itself.
+    ///
+    /// With the pipeline window full ([`Self::set_pipeline_window`]), it first waits for
+    /// a reply and keeps it: a daemon whose replies go unread stops reading requests,
+    /// and a client that only wrote would then wait for ever.
     pub fn submit(&mut self, request: &Request) -> Result<u64> {
+        while self.conn.is_some() && self.unread >= self.window {
+            let (id, response) = self.read_reply()?;
+            self.keep(id, response);
+        }
         let id = self.queue(request)?;
         if self
             .conn
@@ -386,11 +420,26 @@ impl BlockingClient {
     /// Flushes, then waits for the next reply to any submitted request, in the order the
     /// daemon sends them (which need not be submission order).
     pub fn next_reply(&mut self) -> Result<(u64, Response)> {
-        if let Some(&id) = self.stash.keys().next() {
-            let response = self.stash.remove(&id).expect("key just seen");
-            return Ok((id, response));
+        match self.take_kept() {
+            Some(kept) => Ok(kept),
+            None => self.read_reply(),
         }
-        self.read_reply()
+    }
+
+    /// Keeps a reply read while the caller waited for another.
+    fn keep(&mut self, id: u64, response: Response) {
+        self.stash.insert(id, response);
+        self.arrival.push_back(id);
+    }
+
+    /// The earliest kept reply not yet taken.
+    fn take_kept(&mut self) -> Option<(u64, Response)> {
+        while let Some(id) = self.arrival.pop_front() {
+            if let Some(response) = self.stash.remove(&id) {
+                return Some((id, response));
+            }
+        }
+        None
     }
 
     /// The next reply to any submitted request if one has already arrived, without
@@ -398,9 +447,8 @@ impl BlockingClient {
     /// finish (writing out what it received, say) before it blocks in
     /// [`Self::next_reply`].
     pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
-        if let Some(&id) = self.stash.keys().next() {
-            let response = self.stash.remove(&id).expect("key just seen");
-            return Ok(Some((id, response)));
+        if let Some(kept) = self.take_kept() {
+            return Ok(Some(kept));
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
@@ -425,7 +473,7 @@ impl BlockingClient {
             if got == id {
                 return Ok(response);
             }
-            self.stash.insert(got, response);
+            self.keep(got, response);
         }
     }
 
@@ -535,6 +583,7 @@ impl BlockingClient {
             ));
             return Err(e);
         }
+        self.unread = self.unread.saturating_sub(1);
         Ok((frame.request_id, response))
     }
 

@@ -28,7 +28,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::reconnect::{self, Backoff, ReconnectPolicy, Retry};
 use crate::typed::{self, TypeMap, reply};
@@ -36,6 +36,11 @@ use crate::{CreateOptions, Error, RecvOptions, Result, SendOptions, default_sock
 
 /// Largest batch of requests the writer task puts in one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The most requests all clones together have in flight (queued to be written or
+/// waiting for their replies); a request past it waits for one of them to finish. This
+/// bounds what waits in the writer's queue, and stays below the daemon's bound on the
+/// replies it queues for one connection (`max_queued_replies`, 1024).
+const WINDOW: usize = crate::DEFAULT_PIPELINE_WINDOW;
 
 /// An async connection to ipcd. Clones share the connection.
 #[derive(Debug, Clone)]
@@ -60,6 +65,9 @@ struct Inner {
     /// Reconnections that failed, so that a task that waited for another's attempt
     /// takes its outcome instead of waiting all over again.
     failures: AtomicU64,
+    /// One permit per request in flight, up to [`WINDOW`]. Cancels and the nacks of
+    /// dropped deliveries take none: they are sent from `Drop`, which cannot wait.
+    window: Semaphore,
 }
 
 /// What the reconnecting task leaves for the others.
@@ -141,6 +149,7 @@ impl Client {
                 policy: Mutex::new(None),
                 reconnecting: tokio::sync::Mutex::new(Reconnecting::default()),
                 failures: AtomicU64::new(0),
+                window: Semaphore::new(WINDOW),
             }),
         })
     }
@@ -285,6 +294,7 @@ impl Client {
 
     /// Makes `request` on `conn` and waits for what becomes of it there.
     async fn request_on(&self, conn: &Conn, request: &Request) -> Result<Response, Unanswered> {
+        let _permit = self.inner.window.acquire().await.expect("never closed");
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
         codec::encode_frame(FrameKind::Request, id, request, conn.max_frame, &mut buf)

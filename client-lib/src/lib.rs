@@ -25,7 +25,7 @@ pub mod reconnect;
 mod socket;
 mod typed;
 
-pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox};
+pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox, DEFAULT_PIPELINE_WINDOW};
 #[cfg(feature = "tokio")]
 pub use client::{Client, Delivery, Mailbox};
 pub use error::{Error, Result};
