@@ -120,7 +120,10 @@ impl Connection {
     fn handshake(&mut self, client_name: &str) -> Result<Welcome> {
         self.wbuf = session::hello(client_name)?;
         self.flush().map_err(|f| Error::Disconnected(f.error))?;
-        session::welcome(&self.read_frame()?)
+        let frame = self
+            .read_frame(true)?
+            .expect("a waiting read returns a frame");
+        session::welcome(&frame)
     }
 
     /// Writes the whole buffer, or says how much of it went out before the failure.
@@ -143,54 +146,26 @@ impl Connection {
         Ok(())
     }
 
-    fn read_frame(&mut self) -> Result<ipc_proto::Frame> {
+    /// The next frame; with `wait` false, `None` rather than waiting for bytes that
+    /// are not yet on the socket.
+    fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(|e| Error::Protocol(e.to_string()))?
-            {
-                return Ok(frame);
-            }
-            let n = loop {
-                match self.stream.read(&mut chunk) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::Disconnected(e)),
-                }
-            };
-            if n == 0 {
-                return Err(Error::Disconnected(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the daemon closed the connection",
-                )));
-            }
-            self.rbuf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next frame if it is whole in the buffer or its bytes are already waiting on
-    /// the socket; `None` rather than waiting for more.
-    fn try_read_frame(&mut self) -> Result<Option<ipc_proto::Frame>> {
-        loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(|e| Error::Protocol(e.to_string()))?
-            {
+            let decoded = self.decoder.decode(&mut self.rbuf);
+            if let Some(frame) = decoded.map_err(|e| Error::Protocol(e.to_string()))? {
                 return Ok(Some(frame));
             }
-            // Only here, where a read follows: callers ask often, and mostly a frame is
-            // already buffered.
-            let mut chunk = [0u8; READ_CHUNK];
-            self.stream
-                .set_nonblocking(true)
-                .map_err(Error::Disconnected)?;
-            let read = self.stream.read(&mut chunk);
-            self.stream
-                .set_nonblocking(false)
-                .map_err(Error::Disconnected)?;
+            // Switched only here, where a read follows: callers that do not wait ask
+            // often, and mostly a frame is already buffered.
+            let mut stream = &self.stream;
+            let nonblocking = |on| stream.set_nonblocking(on).map_err(Error::Disconnected);
+            if !wait {
+                nonblocking(true)?;
+            }
+            let read = stream.read(&mut chunk);
+            if !wait {
+                nonblocking(false)?;
+            }
             match read {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
@@ -199,7 +174,7 @@ impl Connection {
                     )));
                 }
                 Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
             }
@@ -408,7 +383,7 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.try_read_frame() {
+        match conn.read_frame(false) {
             Ok(Some(frame)) => self.reply_of(frame).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
@@ -498,8 +473,8 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.read_frame() {
-            Ok(frame) => self.reply_of(frame),
+        match conn.read_frame(true) {
+            Ok(frame) => self.reply_of(frame.expect("a waiting read returns a frame")),
             Err(e) => Err(self.broken_by(e)),
         }
     }
