@@ -285,85 +285,10 @@ mod tests {
     //! that replies can be put out of order at will (the real daemon does so only when
     //! receives block, which a test cannot order deterministically).
 
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::thread::JoinHandle;
-
-    use bytes::{Bytes, BytesMut};
-    use ipc_proto::{
-        Credentials, DEFAULT_MAX_FRAME, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind,
-        Headers, Hello, MailboxName, Message, PROTOCOL_VERSION, RecvRequest, Selector, Timestamp,
-        Wait, Welcome, codec,
-    };
-    use std::io::{Read, Write};
+    use ipc_proto::{ErrorCode, ErrorReply, MailboxName, RecvRequest, Selector, Wait, Welcome};
+    use ipcd_test_support::{Peer, daemon};
 
     use super::*;
-
-    /// The daemon's side of one connection.
-    struct Peer {
-        stream: UnixStream,
-        rbuf: BytesMut,
-        decoder: FrameDecoder,
-    }
-
-    impl Peer {
-        /// The next frame, or `None` once the client has closed the connection.
-        fn read(&mut self) -> Option<Frame> {
-            let mut chunk = [0u8; 4096];
-            loop {
-                if let Some(frame) = self.decoder.decode(&mut self.rbuf).unwrap() {
-                    return Some(frame);
-                }
-                match self.stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        }
-
-        fn request(&mut self) -> (u64, Request) {
-            let frame = self.read().expect("a request");
-            (
-                frame.request_id,
-                codec::decode_body(&frame, FrameKind::Request).unwrap(),
-            )
-        }
-
-        fn reply(&mut self, id: u64, response: &Response) {
-            let mut out = BytesMut::new();
-            codec::encode_frame(
-                FrameKind::Response,
-                id,
-                response,
-                DEFAULT_MAX_FRAME,
-                &mut out,
-            )
-            .unwrap();
-            self.stream.write_all(&out).unwrap();
-        }
-
-        /// Answers request `id` with a message whose id is the request's.
-        fn message(&mut self, id: u64) {
-            self.reply(id, &Response::Message(message(id)));
-        }
-    }
-
-    fn message(id: u64) -> Message {
-        Message {
-            id,
-            mtype: 1,
-            sender: Credentials {
-                pid: 1,
-                uid: 0,
-                gid: 0,
-            },
-            sent_at: Timestamp(0),
-            headers: Headers::default(),
-            redelivered: false,
-            deliveries: 1,
-            payload: Bytes::from(id.to_string()),
-        }
-    }
 
     fn recv_request() -> Request {
         Request::Recv(RecvRequest {
@@ -375,45 +300,17 @@ mod tests {
         })
     }
 
-    /// A client connected to a peer running `script` after the handshake.
+    /// A client connected to a peer running `script` after the handshake; the peer
+    /// allows 4 requests in flight.
     fn connect(
         script: impl FnOnce(&mut Peer) + Send + 'static,
-    ) -> (BlockingClient, JoinHandle<()>) {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ipcctl-pipeline-{}-{}.sock",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).unwrap();
-        let peer = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut peer = Peer {
-                stream,
-                rbuf: BytesMut::new(),
-                decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
-            };
-            let hello = peer.read().unwrap();
-            let _: Hello = codec::decode_body(&hello, FrameKind::Hello).unwrap();
+    ) -> (BlockingClient, std::thread::JoinHandle<()>) {
+        let (path, peer) = daemon(move |listener| {
             let welcome = Welcome {
-                version: PROTOCOL_VERSION,
-                server: "fake".into(),
-                max_frame: DEFAULT_MAX_FRAME,
-                max_msg_size: 1 << 20,
                 max_in_flight: 4,
-                features: Vec::new(),
-                peer: Credentials {
-                    pid: 1,
-                    uid: 0,
-                    gid: 0,
-                },
+                ..ipcd_test_support::welcome()
             };
-            let mut out = BytesMut::new();
-            codec::encode_frame(FrameKind::Welcome, 0, &welcome, DEFAULT_MAX_FRAME, &mut out)
-                .unwrap();
-            peer.stream.write_all(&out).unwrap();
-            script(&mut peer);
+            script(&mut Peer::accept_with(listener, &welcome));
         });
         let client = BlockingClient::connect_to(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

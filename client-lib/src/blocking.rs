@@ -9,28 +9,32 @@
 //! broken and every later call fails with [`Error::Disconnected`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ipc_proto::{
-    DEFAULT_MAX_FRAME, DaemonStatus, ErrorCode, FrameDecoder, FrameKind, Hello, MailboxChanges,
-    MailboxInfo, MailboxName, Message, PROTOCOL_VERSION, Request, Response, Welcome, codec,
+    DEFAULT_MAX_FRAME, FrameDecoder, FrameKind, MailboxName, Request, Response, Welcome, codec,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::reconnect::{self, Backoff, ReconnectPolicy, Retry};
-use crate::typed::{self, TypeMap, reply};
-use crate::{CreateOptions, Error, RecvOptions, Result, SendOptions, default_socket_path};
+use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
+use crate::session::{self, operations};
+use crate::typed::{Leased, TypedMailbox, reply, typed_operations};
+use crate::{Error, RecvOptions, Result};
 
 /// Writes are gathered up to this size before they go to the socket.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most requests [`BlockingClient::submit`] leaves unread by default: well below the
+/// daemon's bound on the replies it queues for one connection (`max_queued_replies`,
+/// 1024), past which it stops reading requests — and a client that writes without
+/// reading would then wait for ever on its own write.
+pub const DEFAULT_PIPELINE_WINDOW: usize = 512;
 
 /// A connection to ipcd with blocking calls.
 #[derive(Debug)]
@@ -48,8 +52,16 @@ pub struct BlockingClient {
     /// Requests with lower ids were made on a connection that has since broken: a reply
     /// to one of them that is not in the stash will never come.
     first_live_id: u64,
-    /// Replies that arrived while the caller waited for another one.
+    /// Replies that arrived while the caller waited for another one…
     stash: HashMap<u64, Response>,
+    /// …and their ids in the order they arrived, for [`Self::next_reply`]; an id whose
+    /// reply was taken by [`Self::wait_for`] is skipped when met.
+    arrival: VecDeque<u64>,
+    /// Requests written (or queued) on the current connection whose replies have not
+    /// been read off it.
+    unread: usize,
+    /// `submit` reads replies into the stash before it lets `unread` go past this.
+    window: usize,
     /// What the daemon of the current connection said about itself.
     welcome: Welcome,
     path: PathBuf,
@@ -106,35 +118,12 @@ impl Connection {
     }
 
     fn handshake(&mut self, client_name: &str) -> Result<Welcome> {
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            client_name: client_name.to_owned(),
-        };
-        codec::encode_frame(
-            FrameKind::Hello,
-            0,
-            &hello,
-            DEFAULT_MAX_FRAME,
-            &mut self.wbuf,
-        )
-        .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.wbuf = session::hello(client_name)?;
         self.flush().map_err(|f| Error::Disconnected(f.error))?;
-        let frame = self.read_frame()?;
-        match frame.kind {
-            FrameKind::Welcome => codec::decode_body(&frame, FrameKind::Welcome)
-                .map_err(|e| Error::Protocol(e.to_string())),
-            FrameKind::Response => {
-                match codec::decode_body(&frame, FrameKind::Response)
-                    .map_err(|e| Error::Protocol(e.to_string()))?
-                {
-                    Response::Error(e) => Err(e.into()),
-                    _ => Err(Error::Protocol("daemon answered hello with a reply".into())),
-                }
-            }
-            kind => Err(Error::Protocol(format!(
-                "daemon answered hello with a {kind:?} frame"
-            ))),
-        }
+        let frame = self
+            .read_frame(true)?
+            .expect("a waiting read returns a frame");
+        session::welcome(&frame)
     }
 
     /// Writes the whole buffer, or says how much of it went out before the failure.
@@ -157,54 +146,26 @@ impl Connection {
         Ok(())
     }
 
-    fn read_frame(&mut self) -> Result<ipc_proto::Frame> {
+    /// The next frame; with `wait` false, `None` rather than waiting for bytes that
+    /// are not yet on the socket.
+    fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(|e| Error::Protocol(e.to_string()))?
-            {
-                return Ok(frame);
-            }
-            let n = loop {
-                match self.stream.read(&mut chunk) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::Disconnected(e)),
-                }
-            };
-            if n == 0 {
-                return Err(Error::Disconnected(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the daemon closed the connection",
-                )));
-            }
-            self.rbuf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next frame if it is whole in the buffer or its bytes are already waiting on
-    /// the socket; `None` rather than waiting for more.
-    fn try_read_frame(&mut self) -> Result<Option<ipc_proto::Frame>> {
-        loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(|e| Error::Protocol(e.to_string()))?
-            {
+            let decoded = self.decoder.decode(&mut self.rbuf);
+            if let Some(frame) = decoded.map_err(|e| Error::Protocol(e.to_string()))? {
                 return Ok(Some(frame));
             }
-            // Only here, where a read follows: callers ask often, and mostly a frame is
-            // already buffered.
-            let mut chunk = [0u8; READ_CHUNK];
-            self.stream
-                .set_nonblocking(true)
-                .map_err(Error::Disconnected)?;
-            let read = self.stream.read(&mut chunk);
-            self.stream
-                .set_nonblocking(false)
-                .map_err(Error::Disconnected)?;
+            // Switched only here, where a read follows: callers that do not wait ask
+            // often, and mostly a frame is already buffered.
+            let mut stream = &self.stream;
+            let nonblocking = |on| stream.set_nonblocking(on).map_err(Error::Disconnected);
+            if !wait {
+                nonblocking(true)?;
+            }
+            let read = stream.read(&mut chunk);
+            if !wait {
+                nonblocking(false)?;
+            }
             match read {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
@@ -213,7 +174,7 @@ impl Connection {
                     )));
                 }
                 Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
             }
@@ -222,16 +183,6 @@ impl Connection {
 }
 
 impl BlockingClient {
-    /// Connects to the default socket ([`default_socket_path`]).
-    pub fn connect() -> Result<Self> {
-        Self::connect_to(default_socket_path())
-    }
-
-    /// Connects to the socket at `path`.
-    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self> {
-        Self::connect_named(path, "ipc-client")
-    }
-
     /// Connects to the socket at `path`, giving the daemon `client_name` for its logs.
     /// Fails at once if no daemon answers; reconnecting is only for connections that
     /// were made (see [`Self::with_reconnect`]).
@@ -246,6 +197,9 @@ impl BlockingClient {
             next_id: 1,
             first_live_id: 1,
             stash: HashMap::new(),
+            arrival: VecDeque::new(),
+            unread: 0,
+            window: DEFAULT_PIPELINE_WINDOW,
             welcome,
             path,
             client_name: client_name.to_owned(),
@@ -264,6 +218,14 @@ impl BlockingClient {
     /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy.
     pub fn set_reconnect(&mut self, policy: Option<ReconnectPolicy>) {
         self.reconnect = policy;
+    }
+
+    /// Sets how many requests [`Self::submit`] may leave unanswered (at least 1; by
+    /// default [`DEFAULT_PIPELINE_WINDOW`]): past it, `submit` first waits for a reply and
+    /// keeps it for [`Self::next_reply`]. A caller that parks more receives than this on
+    /// purpose, none of which is answered soon, raises it.
+    pub fn set_pipeline_window(&mut self, window: usize) {
+        self.window = window.max(1);
     }
 
     /// What the daemon said about itself when the current connection was made.
@@ -287,14 +249,10 @@ impl BlockingClient {
                 "the connection was replaced",
             ));
         }
-        let pause = reconnect::churn_pause(policy, self.opened, &mut self.churn);
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
+        std::thread::sleep(reconnect::churn_pause(policy, self.opened, &mut self.churn));
         let mut backoff = Backoff::new(policy);
         loop {
-            let timeout = backoff.left();
-            match Connection::open(&self.path, &self.client_name, Some(timeout)) {
+            match Connection::open(&self.path, &self.client_name, Some(backoff.left())) {
                 Ok((conn, welcome)) => {
                     self.conn = Some(conn);
                     self.welcome = welcome;
@@ -303,11 +261,7 @@ impl BlockingClient {
                     self.broken = None;
                     return Ok(());
                 }
-                Err(e) if reconnect::is_transient(&e) => match backoff.pause() {
-                    Some(pause) => std::thread::sleep(pause),
-                    None => return Err(reconnect::gave_up(&self.path, policy.max_wait, e)),
-                },
-                Err(e) => return Err(e),
+                Err(e) => std::thread::sleep(backoff.failed(&self.path, e)?),
             }
         }
     }
@@ -315,6 +269,7 @@ impl BlockingClient {
     /// Forgets a connection that failed: what was in flight on it will not be answered.
     fn break_connection(&mut self, why: io::Error) {
         self.conn = None;
+        self.unread = 0;
         self.first_live_id = self.next_id;
         self.broken = Some((why.kind(), why.to_string()));
     }
@@ -348,6 +303,7 @@ impl BlockingClient {
         codec::encode_frame(FrameKind::Request, id, request, max_frame, &mut conn.wbuf)
             .map_err(|e| Error::BadData(e.to_string()))?;
         self.next_id += 1;
+        self.unread += 1;
         Ok(id)
     }
 
@@ -355,7 +311,15 @@ impl BlockingClient {
     /// batch is large, [`Self::flush`] is called, or a reply is awaited. If the
     /// connection has broken, a new one is made first when a reconnect policy is set;
     /// requests submitted are never made again by the client itself.
+    ///
+    /// With the pipeline window full ([`Self::set_pipeline_window`]), it first waits for
+    /// a reply and keeps it: a daemon whose replies go unread stops reading requests,
+    /// and a client that only wrote would then wait for ever.
     pub fn submit(&mut self, request: &Request) -> Result<u64> {
+        while self.conn.is_some() && self.unread >= self.window {
+            let (id, response) = self.read_reply()?;
+            self.keep(id, response);
+        }
         let id = self.queue(request)?;
         if self
             .conn
@@ -386,11 +350,26 @@ impl BlockingClient {
     /// Flushes, then waits for the next reply to any submitted request, in the order the
     /// daemon sends them (which need not be submission order).
     pub fn next_reply(&mut self) -> Result<(u64, Response)> {
-        if let Some(&id) = self.stash.keys().next() {
-            let response = self.stash.remove(&id).expect("key just seen");
-            return Ok((id, response));
+        match self.take_kept() {
+            Some(kept) => Ok(kept),
+            None => self.read_reply(),
         }
-        self.read_reply()
+    }
+
+    /// Keeps a reply read while the caller waited for another.
+    fn keep(&mut self, id: u64, response: Response) {
+        self.stash.insert(id, response);
+        self.arrival.push_back(id);
+    }
+
+    /// The earliest kept reply not yet taken.
+    fn take_kept(&mut self) -> Option<(u64, Response)> {
+        while let Some(id) = self.arrival.pop_front() {
+            if let Some(response) = self.stash.remove(&id) {
+                return Some((id, response));
+            }
+        }
+        None
     }
 
     /// The next reply to any submitted request if one has already arrived, without
@@ -398,14 +377,13 @@ impl BlockingClient {
     /// finish (writing out what it received, say) before it blocks in
     /// [`Self::next_reply`].
     pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
-        if let Some(&id) = self.stash.keys().next() {
-            let response = self.stash.remove(&id).expect("key just seen");
-            return Ok(Some((id, response)));
+        if let Some(kept) = self.take_kept() {
+            return Ok(Some(kept));
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.try_read_frame() {
+        match conn.read_frame(false) {
             Ok(Some(frame)) => self.reply_of(frame).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
@@ -425,7 +403,7 @@ impl BlockingClient {
             if got == id {
                 return Ok(response);
             }
-            self.stash.insert(got, response);
+            self.keep(got, response);
         }
     }
 
@@ -436,61 +414,58 @@ impl BlockingClient {
         let retry = Retry::new(request);
         let mut attempt = Cow::Borrowed(request);
         loop {
-            let policy = self.reconnect;
-            let retryable = policy.is_some() && reconnect::retry_safe(request);
             // Requests already queued by `submit` go out first, on their own, so that a
             // failed write of this one alone tells whether any of it reached the daemon.
             // A failure here breaks the connection, and `queue` deals with that.
             let _ = self.write_out();
             let id = self.queue(&attempt)?;
             let outcome = match self.write_out() {
-                Ok(()) => self.wait_for(id),
-                // Not a byte of it went out: it never reached the daemon, so it may be
-                // made on a new connection whatever it is.
-                Err(f) if f.written == 0 => {
-                    if policy.is_none() {
-                        return Err(Error::Disconnected(f.error));
-                    }
-                    attempt = retry.again()?;
-                    continue;
-                }
-                Err(f) => Err(Error::Disconnected(f.error)),
+                Ok(()) => self
+                    .wait_for(id)
+                    .map_or_else(Attempt::Lost, Attempt::Answered),
+                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
+                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
             };
-            match outcome {
-                Ok(Response::Error(e)) if e.code == ErrorCode::ShuttingDown && policy.is_some() => {
-                    // The daemon is stopping and closes this connection after this reply.
-                    self.break_connection(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        e.message.clone(),
-                    ));
-                    if !retryable {
-                        return Ok(Response::Error(e));
-                    }
-                }
-                Ok(response) => return Ok(response),
-                Err(e) if retryable && e.is_connection_lost() => {}
-                Err(e) => return Err(reconnect::lost(request, e)),
+            // The daemon that says it is stopping closes the connection after this reply.
+            let reconnecting = self.reconnect.is_some();
+            let stopping = |why: &str| {
+                self.break_connection(io::Error::new(io::ErrorKind::ConnectionAborted, why))
+            };
+            if let Some(outcome) = retry.step(outcome, reconnecting, stopping) {
+                return outcome;
             }
             attempt = retry.again()?;
         }
     }
 
+    /// Makes `request` and extracts its reply.
+    pub(crate) fn call<T>(
+        &mut self,
+        request: Request,
+        extract: fn(Response) -> Result<T>,
+    ) -> Result<T> {
+        extract(self.request(&request)?)
+    }
+
     /// Sends one request on the current connection only, and waits for its reply: for
     /// settling a lease, which belongs to the connection `generation` that took it.
     fn request_on(&mut self, generation: u64, request: &Request) -> Result<Response> {
-        if self.generation != generation || self.conn.is_none() {
-            return Err(lease_lost(request));
+        if self.generation == generation {
+            let _ = self.write_out();
         }
-        let _ = self.write_out();
-        if self.conn.is_none() {
-            return Err(lease_lost(request));
-        }
-        let id = self.queue(request)?;
-        match self.write_out() {
-            Ok(()) => self.wait_for(id).map_err(|e| reconnect::lost(request, e)),
-            Err(f) if f.written == 0 => Err(lease_lost(request)),
-            Err(f) => Err(reconnect::lost(request, Error::Disconnected(f.error))),
-        }
+        let outcome = if self.generation != generation || self.conn.is_none() {
+            Attempt::NotSent(self.broken_error())
+        } else {
+            let id = self.queue(request)?;
+            match self.write_out() {
+                Ok(()) => self
+                    .wait_for(id)
+                    .map_or_else(Attempt::Lost, Attempt::Answered),
+                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
+                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
+            }
+        };
+        reconnect::settled(request, outcome)
     }
 
     fn read_reply(&mut self) -> Result<(u64, Response)> {
@@ -498,8 +473,8 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.read_frame() {
-            Ok(frame) => self.reply_of(frame),
+        match conn.read_frame(true) {
+            Ok(frame) => self.reply_of(frame.expect("a waiting read returns a frame")),
             Err(e) => Err(self.broken_by(e)),
         }
     }
@@ -516,50 +491,20 @@ impl BlockingClient {
 
     /// The request id and reply a frame read from the daemon carries.
     fn reply_of(&mut self, frame: ipc_proto::Frame) -> Result<(u64, Response)> {
-        let response = match codec::decode_body(&frame, FrameKind::Response) {
-            Ok(response) => response,
-            Err(e) => {
-                self.break_connection(io::Error::other(format!("undecodable reply: {e}")));
-                return Err(Error::Protocol(e.to_string()));
+        match session::reply_of(&frame) {
+            Ok(reply) => {
+                self.unread = self.unread.saturating_sub(1);
+                Ok(reply)
             }
-        };
-        if frame.request_id == 0 {
-            // A connection-level error: the daemon closes after sending it.
-            let e = match response {
-                Response::Error(e) => e.into(),
-                _ => Error::Protocol("unsolicited reply from the daemon".into()),
-            };
-            self.break_connection(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                e.to_string(),
-            ));
-            return Err(e);
+            Err(ended) => {
+                let why = io::ErrorKind::ConnectionAborted;
+                self.break_connection(io::Error::new(why, ended.reason));
+                Err(ended.error)
+            }
         }
-        Ok((frame.request_id, response))
     }
 
-    /// Creates a mailbox; `Ok(false)` when it existed and `exist_ok` was set.
-    pub fn create(&mut self, mailbox: &str, options: &CreateOptions) -> Result<bool> {
-        let request = Request::Create(options.request(MailboxName::new(mailbox)?));
-        reply::created(self.request(&request)?)
-    }
-
-    /// Sends `payload`; returns the message's id in the mailbox.
-    pub fn send(
-        &mut self,
-        mailbox: &str,
-        payload: impl Into<Bytes>,
-        options: &SendOptions,
-    ) -> Result<u64> {
-        let request = Request::Send(options.request(MailboxName::new(mailbox)?, payload.into()));
-        reply::sent(self.request(&request)?)
-    }
-
-    /// Receives (or peeks at) one message.
-    pub fn recv(&mut self, mailbox: &str, options: &RecvOptions) -> Result<Message> {
-        let request = Request::Recv(options.request(MailboxName::new(mailbox)?));
-        reply::message(self.request(&request)?)
-    }
+    operations!([mut], []);
 
     /// Receives one message on a lease (acknowledged receive): settle it with
     /// [`BlockingDelivery::ack`] or [`BlockingDelivery::nack`]; dropping it unsettled
@@ -573,174 +518,40 @@ impl BlockingClient {
         let name = MailboxName::new(mailbox)?;
         let options = options.lease(lease, false);
         let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
-        Ok(BlockingDelivery {
-            generation: self.generation,
-            client: self,
-            mailbox: name,
-            message: Some(message),
-        })
-    }
-
-    /// Settles leased message `id` of `mailbox` for good.
-    pub fn ack(&mut self, mailbox: &str, id: u64) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(&Request::Ack { mailbox, id })?)
-    }
-
-    /// Gives leased message `id` of `mailbox` back, to be redelivered.
-    pub fn nack(&mut self, mailbox: &str, id: u64) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(&Request::Nack { mailbox, id })?)
-    }
-
-    pub fn stat(&mut self, mailbox: &str) -> Result<MailboxInfo> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::mailbox(self.request(&Request::Stat { mailbox })?)
-    }
-
-    /// The mailboxes the caller may read or owns.
-    pub fn list(&mut self) -> Result<Vec<MailboxInfo>> {
-        reply::mailboxes(self.request(&Request::List)?)
-    }
-
-    pub fn set(&mut self, mailbox: &str, changes: MailboxChanges) -> Result<MailboxInfo> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::mailbox(self.request(&Request::Set { mailbox, changes })?)
-    }
-
-    /// Drops every queued message; returns how many.
-    pub fn purge(&mut self, mailbox: &str) -> Result<u64> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::purged(self.request(&Request::Purge { mailbox })?)
-    }
-
-    pub fn remove(&mut self, mailbox: &str) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(&Request::Remove { mailbox })?)
-    }
-
-    pub fn status(&mut self) -> Result<DaemonStatus> {
-        reply::status(self.request(&Request::Status)?)
+        let nack = |client: &mut &mut Self, generation, nack: &Request| {
+            let _ = client.request_on(generation, nack);
+        };
+        Ok(Leased::new(self, self.generation, name, message, nack))
     }
 
     /// A typed handle on `mailbox` (see [`BlockingMailbox`]).
     pub fn mailbox<T>(&mut self, mailbox: &str) -> Result<BlockingMailbox<'_, T>> {
-        Ok(BlockingMailbox {
-            client: self,
-            name: MailboxName::new(mailbox)?,
-            types: TypeMap::default(),
-            _type: PhantomData,
-        })
+        TypedMailbox::new(self, mailbox)
     }
 }
 
-/// The error for settling a lease whose connection is gone (see [`reconnect::lease_lost`]).
-fn lease_lost(request: &Request) -> Error {
-    match request {
-        Request::Ack { id, .. } | Request::Nack { id, .. } => reconnect::lease_lost(*id),
-        _ => Error::Protocol("only a lease is settled on its own connection".into()),
-    }
-}
-
-/// A typed view of one mailbox through a [`BlockingClient`]: values of `T` go in and come
-/// out, tagged with [`crate::type_tag`] so a message of another type is an
-/// [`Error::TypeMismatch`].
-#[derive(Debug)]
-pub struct BlockingMailbox<'c, T> {
-    client: &'c mut BlockingClient,
-    name: MailboxName,
-    types: TypeMap,
-    _type: PhantomData<fn(T) -> T>,
-}
+/// A typed view of one mailbox through a [`BlockingClient`], which it borrows (see
+/// [`TypedMailbox`]).
+pub type BlockingMailbox<'c, T> = TypedMailbox<&'c mut BlockingClient, T>;
 
 impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
-    /// Maps `T` to SysV type `mtype`: sends carry it and receives select only it, so
-    /// several types can share one mailbox.
-    pub fn with_mtype(mut self, mtype: i64) -> Self {
-        self.types = TypeMap::exact(mtype);
-        self
-    }
-
-    pub fn send(&mut self, value: &T) -> Result<u64> {
-        let (payload, tag) = typed::encode(value)?;
-        let mut options = SendOptions::mtype(self.types.mtype);
-        options.headers.content_type = Some(tag);
-        let request = Request::Send(options.request(self.name.clone(), payload));
-        reply::sent(self.client.request(&request)?)
-    }
-
-    /// Waits for the next message and decodes it.
-    pub fn recv(&mut self) -> Result<T> {
-        self.recv_with(RecvOptions::default()).map(|(_, v)| v)
-    }
-
-    /// Receives with `options` (its selector is replaced by this handle's type mapping)
-    /// and returns the message's metadata beside the value.
-    pub fn recv_with(&mut self, mut options: RecvOptions) -> Result<(Message, T)> {
-        options.selector = self.types.selector;
-        let request = Request::Recv(options.request(self.name.clone()));
-        let message = reply::message(self.client.request(&request)?)?;
-        let value = typed::decode(&message)?;
-        Ok((message, value))
-    }
+    typed_operations!([mut], []);
 }
 
-/// A message received on a lease by a [`BlockingClient`], which it borrows until settled.
-/// Dropping it unsettled nacks it. The lease belongs to the connection that took it: if
-/// that connection is lost, the lease ends with it and `ack`/`nack` fail with
-/// `ErrorCode::NotLeased` at once.
-#[derive(Debug)]
-pub struct BlockingDelivery<'a> {
-    client: &'a mut BlockingClient,
-    /// The connection that holds the lease: settling it anywhere else is meaningless.
-    generation: u64,
-    mailbox: MailboxName,
-    message: Option<Message>,
-}
+/// A message received on a lease by a [`BlockingClient`], which it borrows until settled
+/// (see [`Leased`]).
+pub type BlockingDelivery<'a> = Leased<&'a mut BlockingClient>;
 
 impl BlockingDelivery<'_> {
-    pub fn message(&self) -> &Message {
-        self.message.as_ref().expect("present until settled")
-    }
-
     /// Settles it: it leaves the mailbox for good.
     pub fn ack(mut self) -> Result<()> {
-        let id = self.message.take().expect("present until settled").id;
-        let request = Request::Ack {
-            mailbox: self.mailbox.clone(),
-            id,
-        };
+        let request = self.settle(true);
         reply::ok(self.client.request_on(self.generation, &request)?)
     }
 
     /// Gives it back at once, to be redelivered.
     pub fn nack(mut self) -> Result<()> {
-        let id = self.message.take().expect("present until settled").id;
-        let request = Request::Nack {
-            mailbox: self.mailbox.clone(),
-            id,
-        };
+        let request = self.settle(false);
         reply::ok(self.client.request_on(self.generation, &request)?)
-    }
-}
-
-impl std::ops::Deref for BlockingDelivery<'_> {
-    type Target = Message;
-
-    fn deref(&self) -> &Message {
-        self.message()
-    }
-}
-
-impl Drop for BlockingDelivery<'_> {
-    fn drop(&mut self) {
-        if let Some(message) = self.message.take() {
-            let request = Request::Nack {
-                mailbox: self.mailbox.clone(),
-                id: message.id,
-            };
-            // Best effort: if the connection is broken, that ended the lease anyway.
-            let _ = self.client.request_on(self.generation, &request);
-        }
     }
 }

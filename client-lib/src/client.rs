@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,22 +19,27 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ipc_proto::{
-    DEFAULT_MAX_FRAME, DaemonStatus, ErrorCode, Frame, FrameDecoder, FrameKind, Hello,
-    MailboxChanges, MailboxInfo, MailboxName, Message, PROTOCOL_VERSION, Request, Response, Wait,
+    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, MailboxName, Request, Response, Wait,
     Welcome, codec,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::reconnect::{self, Backoff, ReconnectPolicy, Retry};
-use crate::typed::{self, TypeMap, reply};
-use crate::{CreateOptions, Error, RecvOptions, Result, SendOptions, default_socket_path};
+use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
+use crate::session::{self, operations};
+use crate::typed::{Leased, TypedMailbox, reply, typed_operations};
+use crate::{Error, RecvOptions, Result};
 
 /// Largest batch of requests the writer task puts in one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The most requests all clones together have in flight (queued to be written or
+/// waiting for their replies); a request past it waits for one of them to finish. This
+/// bounds what waits in the writer's queue, and stays below the daemon's bound on the
+/// replies it queues for one connection (`max_queued_replies`, 1024).
+const WINDOW: usize = crate::DEFAULT_PIPELINE_WINDOW;
 
 /// An async connection to ipcd. Clones share the connection.
 #[derive(Debug, Clone)]
@@ -60,6 +64,9 @@ struct Inner {
     /// Reconnections that failed, so that a task that waited for another's attempt
     /// takes its outcome instead of waiting all over again.
     failures: AtomicU64,
+    /// One permit per request in flight, up to [`WINDOW`]. Cancels and the nacks of
+    /// dropped deliveries take none: they are sent from `Drop`, which cannot wait.
+    window: Semaphore,
 }
 
 /// What the reconnecting task leaves for the others.
@@ -86,6 +93,16 @@ struct Conn {
 }
 
 impl Conn {
+    /// Queues `request` without waiting for its reply, or for room in the window: this
+    /// is for `Drop`, which cannot wait.
+    fn send_unanswered(&self, inner: &Inner, request: &Request) {
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::new();
+        if codec::encode_frame(FrameKind::Request, id, request, u32::MAX, &mut buf).is_ok() {
+            let _ = self.frames.send(buf.freeze());
+        }
+    }
+
     /// Whether new requests may go to this connection; else why not.
     fn unusable(&self) -> Option<String> {
         if let Some(reason) = &self.pending.lock().expect("pending lock").closed {
@@ -104,27 +121,7 @@ struct Pending {
     closed: Option<String>,
 }
 
-/// Why a request made on one connection got no reply there.
-enum Unanswered {
-    /// It was refused before anything was sent (it could not be encoded).
-    Refused(Error),
-    /// It never left: the connection was closed before it could be written.
-    NotSent(String),
-    /// The connection broke before its reply.
-    Lost(Error),
-}
-
 impl Client {
-    /// Connects to the default socket ([`default_socket_path`]).
-    pub async fn connect() -> Result<Self> {
-        Self::connect_to(default_socket_path()).await
-    }
-
-    /// Connects to the socket at `path`.
-    pub async fn connect_to(path: impl AsRef<Path>) -> Result<Self> {
-        Self::connect_named(path, "ipc-client").await
-    }
-
     /// Connects to the socket at `path`, giving the daemon `client_name` for its logs.
     /// Fails at once if no daemon answers; reconnecting is only for connections that
     /// were made (see [`Self::with_reconnect`]).
@@ -141,6 +138,7 @@ impl Client {
                 policy: Mutex::new(None),
                 reconnecting: tokio::sync::Mutex::new(Reconnecting::default()),
                 failures: AtomicU64::new(0),
+                window: Semaphore::new(WINDOW),
             }),
         })
     }
@@ -205,31 +203,19 @@ impl Client {
                 source: std::io::Error::new(kind, text),
             });
         }
-        let pause = reconnect::churn_pause(policy, now.opened, &mut state.churn);
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
+        tokio::time::sleep(reconnect::churn_pause(policy, now.opened, &mut state.churn)).await;
         let mut backoff = Backoff::new(policy);
-        let generation = now.generation + 1;
+        let (path, name) = (&self.inner.path, &self.inner.client_name);
         loop {
-            let timeout = backoff.left();
-            match open(
-                &self.inner.path,
-                &self.inner.client_name,
-                generation,
-                Some(timeout),
-            )
-            .await
-            {
+            match open(path, name, now.generation + 1, Some(backoff.left())).await {
                 Ok((conn, _)) => {
                     *self.inner.conn.lock().expect("conn lock") = conn.clone();
                     state.last_failure = None;
                     return Ok(conn);
                 }
-                Err(e) if reconnect::is_transient(&e) => match backoff.pause() {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => {
-                        let e = reconnect::gave_up(&self.inner.path, policy.max_wait, e);
+                Err(e) => match backoff.failed(path, e) {
+                    Ok(pause) => tokio::time::sleep(pause).await,
+                    Err(e) => {
                         if let Error::NotReachable { source, .. } = &e {
                             state.last_failure = Some((source.kind(), source.to_string()));
                         }
@@ -237,7 +223,6 @@ impl Client {
                         return Err(e);
                     }
                 },
-                Err(e) => return Err(e),
             }
         }
     }
@@ -258,42 +243,40 @@ impl Client {
         let mut attempt = Cow::Borrowed(&request);
         loop {
             let policy = self.policy();
-            let retryable = policy.is_some() && reconnect::retry_safe(&request);
             let conn = self.connection(policy.as_ref()).await?;
-            match self.request_on(&conn, &attempt).await {
-                Ok(Response::Error(e)) if e.code == ErrorCode::ShuttingDown && policy.is_some() => {
-                    // What else is in flight here still gets its replies; new requests
-                    // go to the next daemon.
-                    conn.draining.store(true, Ordering::Relaxed);
-                    if !retryable {
-                        return Ok((Response::Error(e), conn.generation));
-                    }
-                }
-                Ok(response) => return Ok((response, conn.generation)),
-                Err(Unanswered::Refused(e)) => return Err(e),
-                Err(Unanswered::NotSent(reason)) => {
-                    if policy.is_none() {
-                        return Err(disconnected(&reason));
-                    }
-                }
-                Err(Unanswered::Lost(e)) if retryable && e.is_connection_lost() => {}
-                Err(Unanswered::Lost(e)) => return Err(reconnect::lost(&request, e)),
+            let outcome = self.request_on(&conn, &attempt).await?;
+            // What else is in flight there still gets its replies; new requests go to
+            // the next daemon.
+            let stopping = |_: &str| conn.draining.store(true, Ordering::Relaxed);
+            if let Some(outcome) = retry.step(outcome, policy.is_some(), stopping) {
+                return outcome.map(|response| (response, conn.generation));
             }
             attempt = retry.again()?;
         }
     }
 
-    /// Makes `request` on `conn` and waits for what becomes of it there.
-    async fn request_on(&self, conn: &Conn, request: &Request) -> Result<Response, Unanswered> {
+    /// Makes `request` and extracts its reply.
+    pub(crate) async fn call<T>(
+        &self,
+        request: Request,
+        extract: fn(Response) -> Result<T>,
+    ) -> Result<T> {
+        extract(self.request(request).await?)
+    }
+
+    /// Makes `request` on `conn` and waits for what becomes of it there; `Err` if it
+    /// could not be encoded.
+    async fn request_on(&self, conn: &Conn, request: &Request) -> Result<Attempt> {
+        let _permit = self.inner.window.acquire().await.expect("never closed");
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
         codec::encode_frame(FrameKind::Request, id, request, conn.max_frame, &mut buf)
-            .map_err(|e| Unanswered::Refused(Error::BadData(e.to_string())))?;
+            .map_err(|e| Error::BadData(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = conn.pending.lock().expect("pending lock");
             if let Some(reason) = &pending.closed {
-                return Err(Unanswered::NotSent(reason.clone()));
+                return Ok(Attempt::NotSent(disconnected(reason)));
             }
             pending.waiting.insert(id, tx);
         }
@@ -306,66 +289,31 @@ impl Client {
         if conn.frames.send(buf.freeze()).is_err() {
             // The writer has stopped, so the frame was never written.
             guard.may_wait = false;
-            return Err(Unanswered::NotSent("the writer has stopped".to_owned()));
+            return Ok(Attempt::NotSent(disconnected("the writer has stopped")));
         }
         let outcome = match rx.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(Unanswered::Lost(e)),
-            Err(_) => Err(Unanswered::Lost(disconnected("the reader has stopped"))),
+            Ok(Ok(response)) => Attempt::Answered(response),
+            Ok(Err(e)) => Attempt::Lost(e),
+            Err(_) => Attempt::Lost(disconnected("the reader has stopped")),
         };
         guard.may_wait = false;
         guard.id = 0;
-        outcome
+        Ok(outcome)
     }
 
     /// Acks (or nacks) leased message `id` on the connection that holds its lease,
     /// `generation`, and only there.
-    async fn settle(
-        &self,
-        generation: u64,
-        mailbox: MailboxName,
-        id: u64,
-        ack: bool,
-    ) -> Result<()> {
-        let request = if ack {
-            Request::Ack { mailbox, id }
-        } else {
-            Request::Nack { mailbox, id }
-        };
+    async fn settle(&self, generation: u64, request: Request) -> Result<()> {
         let conn = self.current();
-        if conn.generation != generation {
-            return Err(reconnect::lease_lost(id));
-        }
-        match self.request_on(&conn, &request).await {
-            Ok(response) => reply::ok(response),
-            Err(Unanswered::Refused(e)) => Err(e),
-            Err(Unanswered::NotSent(_)) => Err(reconnect::lease_lost(id)),
-            Err(Unanswered::Lost(e)) => Err(reconnect::lost(&request, e)),
-        }
+        let outcome = if conn.generation == generation {
+            self.request_on(&conn, &request).await?
+        } else {
+            Attempt::NotSent(disconnected("the connection was replaced"))
+        };
+        reply::ok(reconnect::settled(&request, outcome)?)
     }
 
-    /// Creates a mailbox; `Ok(false)` when it existed and `exist_ok` was set.
-    pub async fn create(&self, mailbox: &str, options: &CreateOptions) -> Result<bool> {
-        let request = Request::Create(options.request(MailboxName::new(mailbox)?));
-        reply::created(self.request(request).await?)
-    }
-
-    /// Sends `payload`; returns the message's id in the mailbox.
-    pub async fn send(
-        &self,
-        mailbox: &str,
-        payload: impl Into<Bytes>,
-        options: &SendOptions,
-    ) -> Result<u64> {
-        let request = Request::Send(options.request(MailboxName::new(mailbox)?, payload.into()));
-        reply::sent(self.request(request).await?)
-    }
-
-    /// Receives (or peeks at) one message.
-    pub async fn recv(&self, mailbox: &str, options: &RecvOptions) -> Result<Message> {
-        let request = Request::Recv(options.request(MailboxName::new(mailbox)?));
-        reply::message(self.request(request).await?)
-    }
+    operations!([], [async], .await);
 
     /// Receives one message on a lease (acknowledged receive, at least once): settle it
     /// with [`Delivery::ack`] or [`Delivery::nack`]; dropping it unsettled nacks it, and
@@ -382,80 +330,25 @@ impl Client {
             .request_tracked(Request::Recv(options.request(name.clone())))
             .await?;
         let message = reply::message(response)?;
-        Ok(Delivery {
-            client: self.clone(),
-            generation,
-            mailbox: name,
-            message: Some(message),
-        })
-    }
-
-    /// Settles leased message `id` of `mailbox` for good (e.g. one leased by
-    /// `ipcctl recv --ack`).
-    pub async fn ack(&self, mailbox: &str, id: u64) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(Request::Ack { mailbox, id }).await?)
-    }
-
-    /// Gives leased message `id` of `mailbox` back, to be redelivered.
-    pub async fn nack(&self, mailbox: &str, id: u64) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(Request::Nack { mailbox, id }).await?)
+        let nack = |client: &mut Self, generation, nack: &Request| {
+            client.send_unanswered(generation, nack);
+        };
+        Ok(Leased::new(self.clone(), generation, name, message, nack))
     }
 
     /// Queues `request` on connection `generation`, if it is still the current one,
-    /// without waiting for (or keeping) its reply.
+    /// without waiting for (or keeping) its reply: the reader drops a reply nobody
+    /// waits for.
     fn send_unanswered(&self, generation: u64, request: &Request) {
         let conn = self.current();
-        if conn.generation != generation {
-            return;
+        if conn.generation == generation {
+            conn.send_unanswered(&self.inner, request);
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::new();
-        if codec::encode_frame(FrameKind::Request, id, request, u32::MAX, &mut buf).is_ok() {
-            // The reader drops a reply nobody waits for.
-            let _ = conn.frames.send(buf.freeze());
-        }
-    }
-
-    pub async fn stat(&self, mailbox: &str) -> Result<MailboxInfo> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::mailbox(self.request(Request::Stat { mailbox }).await?)
-    }
-
-    /// The mailboxes the caller may read or owns.
-    pub async fn list(&self) -> Result<Vec<MailboxInfo>> {
-        reply::mailboxes(self.request(Request::List).await?)
-    }
-
-    pub async fn set(&self, mailbox: &str, changes: MailboxChanges) -> Result<MailboxInfo> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::mailbox(self.request(Request::Set { mailbox, changes }).await?)
-    }
-
-    /// Drops every queued message; returns how many.
-    pub async fn purge(&self, mailbox: &str) -> Result<u64> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::purged(self.request(Request::Purge { mailbox }).await?)
-    }
-
-    pub async fn remove(&self, mailbox: &str) -> Result<()> {
-        let mailbox = MailboxName::new(mailbox)?;
-        reply::ok(self.request(Request::Remove { mailbox }).await?)
-    }
-
-    pub async fn status(&self) -> Result<DaemonStatus> {
-        reply::status(self.request(Request::Status).await?)
     }
 
     /// A typed handle on `mailbox` (see [`Mailbox`]).
     pub fn mailbox<T>(&self, mailbox: &str) -> Result<Mailbox<T>> {
-        Ok(Mailbox {
-            client: self.clone(),
-            name: MailboxName::new(mailbox)?,
-            types: TypeMap::default(),
-            _type: PhantomData,
-        })
+        TypedMailbox::new(self.clone(), mailbox)
     }
 }
 
@@ -497,17 +390,9 @@ impl Drop for CancelOnDrop<'_> {
             .map(|mut p| p.waiting.remove(&self.id).is_some())
             .unwrap_or(false);
         if removed && self.may_wait {
-            let cancel_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut buf = BytesMut::new();
-            let cancel = Request::Cancel {
-                request_id: self.id,
-            };
-            if codec::encode_frame(FrameKind::Request, cancel_id, &cancel, u32::MAX, &mut buf)
-                .is_ok()
-            {
-                // Nobody waits for the cancel's own reply; the reader drops it.
-                let _ = self.conn.frames.send(buf.freeze());
-            }
+            let request_id = self.id;
+            self.conn
+                .send_unanswered(self.inner, &Request::Cancel { request_id });
         }
     }
 }
@@ -560,30 +445,15 @@ async fn handshake(
     rbuf: &mut BytesMut,
     client_name: &str,
 ) -> Result<Welcome> {
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        client_name: client_name.to_owned(),
-    };
-    let mut out = BytesMut::new();
-    codec::encode_frame(FrameKind::Hello, 0, &hello, DEFAULT_MAX_FRAME, &mut out)
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-    stream.write_all(&out).await.map_err(Error::Disconnected)?;
+    let hello = session::hello(client_name)?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(Error::Disconnected)?;
     let frame = read_frame(stream, decoder, rbuf)
         .await?
         .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
-    match frame.kind {
-        FrameKind::Welcome => codec::decode_body(&frame, FrameKind::Welcome)
-            .map_err(|e| Error::Protocol(e.to_string())),
-        FrameKind::Response => match codec::decode_body(&frame, FrameKind::Response)
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        {
-            Response::Error(e) => Err(e.into()),
-            _ => Err(Error::Protocol("daemon answered hello with a reply".into())),
-        },
-        kind => Err(Error::Protocol(format!(
-            "daemon answered hello with a {kind:?} frame"
-        ))),
-    }
+    session::welcome(&frame)
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
@@ -647,21 +517,11 @@ async fn read_loop(
             Ok(None) => break "the daemon closed the connection".to_owned(),
             Err(e) => break e.to_string(),
         };
-        let response: Response = match codec::decode_body(&frame, FrameKind::Response) {
-            Ok(r) => r,
-            Err(e) => break format!("undecodable reply: {e}"),
+        let (id, response) = match session::reply_of(&frame) {
+            Ok(reply) => reply,
+            Err(ended) => break ended.reason,
         };
-        if frame.request_id == 0 {
-            break match response {
-                Response::Error(e) => e.message,
-                _ => "unsolicited reply from the daemon".to_owned(),
-            };
-        }
-        let waiter = pending
-            .lock()
-            .expect("pending lock")
-            .waiting
-            .remove(&frame.request_id);
+        let waiter = pending.lock().expect("pending lock").waiting.remove(&id);
         if let Some(waiter) = waiter {
             let _ = waiter.send(Ok(response));
         }
@@ -683,121 +543,34 @@ fn close(pending: &Mutex<Pending>, reason: String) {
     }
 }
 
-/// A typed view of one mailbox through a [`Client`]: values of `T` go in and come out,
-/// tagged with [`crate::type_tag`] so a message of another type is an
-/// [`Error::TypeMismatch`]. Cheap to clone.
-#[derive(Debug)]
-pub struct Mailbox<T> {
-    client: Client,
-    name: MailboxName,
-    types: TypeMap,
-    _type: PhantomData<fn(T) -> T>,
-}
+/// A typed view of one mailbox through a [`Client`] (see [`TypedMailbox`]). Cheap to
+/// clone.
+pub type Mailbox<T> = TypedMailbox<Client, T>;
 
 impl<T> Clone for Mailbox<T> {
     fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            name: self.name.clone(),
-            types: self.types,
-            _type: PhantomData,
-        }
+        self.clone_with(self.client.clone())
     }
 }
 
 impl<T: Serialize + DeserializeOwned> Mailbox<T> {
-    /// Maps `T` to SysV type `mtype`: sends carry it and receives select only it, so
-    /// several types can share one mailbox.
-    pub fn with_mtype(mut self, mtype: i64) -> Self {
-        self.types = TypeMap::exact(mtype);
-        self
-    }
-
-    pub fn name(&self) -> &MailboxName {
-        &self.name
-    }
-
-    pub async fn send(&self, value: &T) -> Result<u64> {
-        let (payload, tag) = typed::encode(value)?;
-        let mut options = SendOptions::mtype(self.types.mtype);
-        options.headers.content_type = Some(tag);
-        let request = Request::Send(options.request(self.name.clone(), payload));
-        reply::sent(self.client.request(request).await?)
-    }
-
-    /// Waits for the next message and decodes it.
-    pub async fn recv(&self) -> Result<T> {
-        self.recv_with(RecvOptions::default()).await.map(|(_, v)| v)
-    }
-
-    /// Receives with `options` (its selector is replaced by this handle's type mapping)
-    /// and returns the message's metadata beside the value.
-    pub async fn recv_with(&self, mut options: RecvOptions) -> Result<(Message, T)> {
-        options.selector = self.types.selector;
-        let request = Request::Recv(options.request(self.name.clone()));
-        let message = reply::message(self.client.request(request).await?)?;
-        let value = typed::decode(&message)?;
-        Ok((message, value))
-    }
+    typed_operations!([], [async], .await);
 }
 
-/// A message received on a lease. [`ack`](Self::ack) it once it is processed; dropping it
-/// unsettled gives it back (a nack), so a task that fails or panics midway does not lose
-/// it. The lease belongs to the connection that took it: if that connection is lost, the
-/// lease ends with it and `ack`/`nack` fail with `ErrorCode::NotLeased` at once.
-#[derive(Debug)]
-pub struct Delivery {
-    client: Client,
-    /// The connection that holds the lease: settling it anywhere else is meaningless.
-    generation: u64,
-    mailbox: MailboxName,
-    /// `None` once settled.
-    message: Option<Message>,
-}
+/// A message received on a lease through a [`Client`] (see [`Leased`]).
+pub type Delivery = Leased<Client>;
 
 impl Delivery {
-    pub fn message(&self) -> &Message {
-        self.message.as_ref().expect("present until settled")
-    }
-
     /// Settles it: it leaves the mailbox for good (for a durable mailbox, once that is
     /// stored).
     pub async fn ack(mut self) -> Result<()> {
-        let message = self.message.take().expect("present until settled");
-        let mailbox = self.mailbox.clone();
-        self.client
-            .settle(self.generation, mailbox, message.id, true)
-            .await
+        let request = self.settle(true);
+        self.client.settle(self.generation, request).await
     }
 
     /// Gives it back at once, to be redelivered.
     pub async fn nack(mut self) -> Result<()> {
-        let message = self.message.take().expect("present until settled");
-        let mailbox = self.mailbox.clone();
-        self.client
-            .settle(self.generation, mailbox, message.id, false)
-            .await
-    }
-}
-
-impl std::ops::Deref for Delivery {
-    type Target = Message;
-
-    fn deref(&self) -> &Message {
-        self.message()
-    }
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        if let Some(message) = self.message.take() {
-            self.client.send_unanswered(
-                self.generation,
-                &Request::Nack {
-                    mailbox: self.mailbox.clone(),
-                    id: message.id,
-                },
-            );
-        }
+        let request = self.settle(false);
+        self.client.settle(self.generation, request).await
     }
 }

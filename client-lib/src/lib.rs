@@ -22,17 +22,18 @@ mod client;
 mod error;
 mod options;
 pub mod reconnect;
+mod session;
 mod socket;
 mod typed;
 
-pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox};
+pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox, DEFAULT_PIPELINE_WINDOW};
 #[cfg(feature = "tokio")]
 pub use client::{Client, Delivery, Mailbox};
 pub use error::{Error, Result};
 pub use options::{CreateOptions, RecvOptions, SendOptions};
 pub use reconnect::ReconnectPolicy;
 pub use socket::default_socket_path;
-pub use typed::{reply, type_tag};
+pub use typed::{Leased, TypedMailbox, reply, type_tag};
 
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.

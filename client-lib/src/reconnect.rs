@@ -62,7 +62,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ipc_proto::{Request, Wait};
+use ipc_proto::{ErrorCode, Request, Response, Wait};
 
 use crate::Error;
 
@@ -133,6 +133,15 @@ impl Backoff {
         let pause = self.next.min(left);
         self.next = self.next.saturating_mul(2).min(self.max);
         Some(pause)
+    }
+
+    /// After an attempt to reconnect to `path` failed with `e`: the pause before the
+    /// next one, or the error to give up with.
+    pub fn failed(&mut self, path: &Path, e: Error) -> Result<Duration, Error> {
+        if !is_transient(&e) {
+            return Err(e);
+        }
+        self.pause().ok_or_else(|| gave_up(path, self.max_wait, e))
     }
 }
 
@@ -227,6 +236,17 @@ pub(crate) fn lost(request: &Request, cause: Error) -> Error {
     Error::Disconnected(io::Error::new(io.kind(), format!("{io}; {outcome}")))
 }
 
+/// The outcome of an ack or nack made only on the connection that holds the lease.
+pub(crate) fn settled(request: &Request, attempt: Attempt) -> Result<Response, Error> {
+    match (attempt, request) {
+        (Attempt::Answered(response), _) => Ok(response),
+        (Attempt::NotSent(_), Request::Ack { id, .. } | Request::Nack { id, .. }) => {
+            Err(lease_lost(*id))
+        }
+        (Attempt::NotSent(e) | Attempt::Lost(e), _) => Err(lost(request, e)),
+    }
+}
+
 /// The answer to an ack or nack of a message whose lease was held by a connection that
 /// is gone: the lease ended with it, as the daemon would say.
 pub(crate) fn lease_lost(id: u64) -> Error {
@@ -239,8 +259,21 @@ pub(crate) fn lease_lost(id: u64) -> Error {
     }
 }
 
-/// A request as it is to be made again: a receive with a timeout waits only for what is
-/// left of it.
+/// What became of one attempt at a one-call request on one connection.
+// Made once per request and consumed at once, so the size of an answer is no burden.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// The daemon answered.
+    Answered(Response),
+    /// It never reached the daemon: not a byte of it was written.
+    NotSent(Error),
+    /// The connection broke before its reply.
+    Lost(Error),
+}
+
+/// A one-call request and the rules of making it again: a receive with a timeout waits
+/// only for what is left of it.
 #[derive(Debug)]
 pub(crate) struct Retry<'r> {
     request: &'r Request,
@@ -261,6 +294,31 @@ impl<'r> Retry<'r> {
             _ => None,
         };
         Self { request, deadline }
+    }
+
+    /// What to do after `attempt`, the client reconnecting by itself or not: `Some` with
+    /// the call's outcome, or `None` to make the request again on a new connection.
+    /// `stopping` is told when the daemon said it is shutting down and the client
+    /// reconnects: the connection must take no new requests.
+    pub fn step(
+        &self,
+        attempt: Attempt,
+        reconnecting: bool,
+        stopping: impl FnOnce(&str),
+    ) -> Option<Result<Response, Error>> {
+        let retryable = reconnecting && retry_safe(self.request);
+        match attempt {
+            Attempt::Answered(Response::Error(e))
+                if e.code == ErrorCode::ShuttingDown && reconnecting =>
+            {
+                stopping(&e.message);
+                (!retryable).then_some(Ok(Response::Error(e)))
+            }
+            Attempt::Answered(response) => Some(Ok(response)),
+            Attempt::NotSent(e) => (!reconnecting).then_some(Err(e)),
+            Attempt::Lost(e) if retryable && e.is_connection_lost() => None,
+            Attempt::Lost(e) => Some(Err(lost(self.request, e))),
+        }
     }
 
     /// The request to make now: the original, or a receive with the rest of its timeout;

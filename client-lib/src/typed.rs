@@ -1,13 +1,17 @@
-//! The typed-payload rules shared by [`crate::Mailbox`] and [`crate::BlockingMailbox`]:
-//! a value is encoded with the protocol's codec and its message is tagged with the Rust
-//! type's name in `content_type`; a receive checks the tag before decoding, so a message
-//! of another type is reported as such instead of decoding into garbage.
+//! The typed forms both clients offer, written once: [`TypedMailbox`] (as
+//! `Mailbox<T>` and [`crate::BlockingMailbox`]) and [`Leased`] (as `Delivery` and
+//! [`crate::BlockingDelivery`]), and the typed-payload rules: a value is encoded with the
+//! protocol's codec and its message is tagged with the Rust type's name in
+//! `content_type`; a receive checks the tag before decoding, so a message of another
+//! type is reported as such instead of decoding into garbage.
+
+use std::marker::PhantomData;
 
 use bytes::Bytes;
-use ipc_proto::{Message, Response, Selector, codec};
+use ipc_proto::{MailboxName, Message, Request, Response, Selector, codec};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{Error, Result};
+use crate::{Error, RecvOptions, Result, SendOptions};
 
 /// The tag that marks a message as holding a `T`: the type's path as the compiler
 /// spells it, e.g. `my_app::Job`. Both ends must be built from the same definition.
@@ -37,6 +41,162 @@ impl TypeMap {
         Self {
             mtype,
             selector: Selector::Type(mtype),
+        }
+    }
+}
+
+/// A typed view of one mailbox through client `C`: values of `T` go in and come out,
+/// tagged with [`type_tag`] so a message of another type is an [`Error::TypeMismatch`].
+/// Used as `Mailbox<T>` (async, cheap to clone) and [`crate::BlockingMailbox`].
+#[derive(Debug)]
+pub struct TypedMailbox<C, T> {
+    pub(crate) client: C,
+    name: MailboxName,
+    types: TypeMap,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+impl<C, T> TypedMailbox<C, T> {
+    pub(crate) fn new(client: C, mailbox: &str) -> Result<Self> {
+        Ok(Self {
+            client,
+            name: MailboxName::new(mailbox)?,
+            types: TypeMap::default(),
+            _type: PhantomData,
+        })
+    }
+
+    /// Maps `T` to SysV type `mtype`: sends carry it and receives select only it, so
+    /// several types can share one mailbox.
+    pub fn with_mtype(mut self, mtype: i64) -> Self {
+        self.types = TypeMap::exact(mtype);
+        self
+    }
+
+    pub fn name(&self) -> &MailboxName {
+        &self.name
+    }
+
+    pub(crate) fn send_request(&self, value: &T) -> Result<Request>
+    where
+        T: Serialize,
+    {
+        let (payload, tag) = encode(value)?;
+        let mut options = SendOptions::mtype(self.types.mtype);
+        options.headers.content_type = Some(tag);
+        Ok(Request::Send(options.request(self.name.clone(), payload)))
+    }
+
+    /// A receive with `options`, its selector replaced by this handle's type mapping.
+    pub(crate) fn recv_request(&self, mut options: RecvOptions) -> Request {
+        options.selector = self.types.selector;
+        Request::Recv(options.request(self.name.clone()))
+    }
+
+    pub(crate) fn clone_with(&self, client: C) -> Self {
+        Self {
+            client,
+            name: self.name.clone(),
+            types: self.types,
+            _type: PhantomData,
+        }
+    }
+}
+
+/// The typed operations of a [`TypedMailbox`], written once for both clients, as
+/// [`crate::session::operations!`] is.
+macro_rules! typed_operations {
+    ([$($mut:tt)?], [$($async:tt)?] $(, $($await:tt)+)?) => {
+        pub $($async)? fn send(&$($mut)? self, value: &T) -> $crate::Result<u64> {
+            let request = self.send_request(value)?;
+            self.client.call(request, $crate::reply::sent)$($($await)+)?
+        }
+
+        /// Waits for the next message and decodes it.
+        pub $($async)? fn recv(&$($mut)? self) -> $crate::Result<T> {
+            let options = $crate::RecvOptions::default();
+            self.recv_with(options)$($($await)+)?.map(|(_, v)| v)
+        }
+
+        /// Receives with `options` (its selector is replaced by this handle's type
+        /// mapping) and returns the message's metadata beside the value.
+        pub $($async)? fn recv_with(
+            &$($mut)? self,
+            options: $crate::RecvOptions,
+        ) -> $crate::Result<(ipc_proto::Message, T)> {
+            let request = self.recv_request(options);
+            let message = self.client.call(request, $crate::reply::message)$($($await)+)??;
+            let value = $crate::typed::decode(&message)?;
+            Ok((message, value))
+        }
+    };
+}
+pub(crate) use typed_operations;
+
+/// A message received on a lease through client `C`, used as `Delivery` and
+/// [`crate::BlockingDelivery`]. Settle it with `ack` or `nack`; dropping it unsettled
+/// gives it back (a nack), so a task that fails or panics midway does not lose it. The
+/// lease belongs to the connection that took it: if that connection is lost, the lease
+/// ends with it and `ack`/`nack` fail with `ErrorCode::NotLeased` at once.
+#[derive(Debug)]
+pub struct Leased<C> {
+    pub(crate) client: C,
+    /// The connection that holds the lease: settling it anywhere else is meaningless.
+    pub(crate) generation: u64,
+    mailbox: MailboxName,
+    /// `None` once settled.
+    message: Option<Message>,
+    /// How the client nacks it when it is dropped unsettled, without waiting.
+    nack_on_drop: fn(&mut C, u64, &Request),
+}
+
+impl<C> Leased<C> {
+    pub(crate) fn new(
+        client: C,
+        generation: u64,
+        mailbox: MailboxName,
+        message: Message,
+        nack_on_drop: fn(&mut C, u64, &Request),
+    ) -> Self {
+        Self {
+            client,
+            generation,
+            mailbox,
+            message: Some(message),
+            nack_on_drop,
+        }
+    }
+
+    pub fn message(&self) -> &Message {
+        self.message.as_ref().expect("present until settled")
+    }
+
+    /// The ack (`ack`) or nack that settles it; it is settled from then on.
+    pub(crate) fn settle(&mut self, ack: bool) -> Request {
+        let id = self.message.take().expect("present until settled").id;
+        let mailbox = self.mailbox.clone();
+        if ack {
+            Request::Ack { mailbox, id }
+        } else {
+            Request::Nack { mailbox, id }
+        }
+    }
+}
+
+impl<C> std::ops::Deref for Leased<C> {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        self.message()
+    }
+}
+
+impl<C> Drop for Leased<C> {
+    fn drop(&mut self) {
+        if self.message.is_some() {
+            let nack = self.settle(false);
+            // Best effort: if the connection is broken, that ended the lease anyway.
+            (self.nack_on_drop)(&mut self.client, self.generation, &nack);
         }
     }
 }

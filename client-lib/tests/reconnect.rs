@@ -2,22 +2,14 @@
 //! a connection can be broken at exactly the point a test needs (before a reply, after a
 //! lease) — the real daemon is killed in `tests/tests/reconnect.rs`.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use ipc_client::{
     BlockingClient, Client, Error, ErrorCode, ReconnectPolicy, RecvOptions, SendOptions, Wait,
 };
-use ipc_proto::{
-    Credentials, DEFAULT_MAX_FRAME, ErrorReply, Frame, FrameDecoder, FrameKind, Headers, Hello,
-    Message, PROTOCOL_VERSION, Request, Response, Timestamp, Welcome, codec,
-};
+use ipc_proto::{ErrorReply, Request, Response};
+use ipcd_test_support::{Peer, daemon, message};
 
 /// Short pauses, so that a test that reconnects does not wait long; a generous bound on
 /// the whole wait, so that a slow machine does not fail it.
@@ -27,110 +19,6 @@ fn policy() -> ReconnectPolicy {
         backoff_start: Duration::from_millis(1),
         backoff_max: Duration::from_millis(20),
     }
-}
-
-/// The daemon's side of one connection.
-struct Peer {
-    stream: UnixStream,
-    rbuf: BytesMut,
-    decoder: FrameDecoder,
-}
-
-impl Peer {
-    /// Accepts the next connection and shakes hands.
-    fn accept(listener: &UnixListener) -> Self {
-        let (stream, _) = listener.accept().unwrap();
-        let mut peer = Self {
-            stream,
-            rbuf: BytesMut::new(),
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
-        };
-        let hello = peer.read().expect("a hello");
-        let _: Hello = codec::decode_body(&hello, FrameKind::Hello).unwrap();
-        let welcome = Welcome {
-            version: PROTOCOL_VERSION,
-            server: "scripted".into(),
-            max_frame: DEFAULT_MAX_FRAME,
-            max_msg_size: 1 << 20,
-            max_in_flight: 16,
-            features: Vec::new(),
-            peer: Credentials {
-                pid: 1,
-                uid: 0,
-                gid: 0,
-            },
-        };
-        let mut out = BytesMut::new();
-        codec::encode_frame(FrameKind::Welcome, 0, &welcome, DEFAULT_MAX_FRAME, &mut out).unwrap();
-        peer.stream.write_all(&out).unwrap();
-        peer
-    }
-
-    /// The next frame, or `None` once the client has closed the connection.
-    fn read(&mut self) -> Option<Frame> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.rbuf).unwrap() {
-                return Some(frame);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn request(&mut self) -> (u64, Request) {
-        let frame = self.read().expect("a request");
-        (
-            frame.request_id,
-            codec::decode_body(&frame, FrameKind::Request).unwrap(),
-        )
-    }
-
-    fn reply(&mut self, id: u64, response: &Response) {
-        let mut out = BytesMut::new();
-        codec::encode_frame(
-            FrameKind::Response,
-            id,
-            response,
-            DEFAULT_MAX_FRAME,
-            &mut out,
-        )
-        .unwrap();
-        self.stream.write_all(&out).unwrap();
-    }
-}
-
-fn message(id: u64, payload: &'static str) -> Message {
-    Message {
-        id,
-        mtype: 1,
-        sender: Credentials {
-            pid: 1,
-            uid: 0,
-            gid: 0,
-        },
-        sent_at: Timestamp(0),
-        headers: Headers::default(),
-        redelivered: false,
-        deliveries: 1,
-        payload: Bytes::from_static(payload.as_bytes()),
-    }
-}
-
-/// A scripted daemon listening on a fresh path; `script` accepts connections as it likes.
-fn daemon(script: impl FnOnce(&UnixListener) + Send + 'static) -> (PathBuf, JoinHandle<()>) {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "ipc-client-reconnect-{}-{}.sock",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).unwrap();
-    let thread = std::thread::spawn(move || script(&listener));
-    (path, thread)
 }
 
 #[test]

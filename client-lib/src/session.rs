@@ -1,0 +1,170 @@
+//! The protocol session, written once for both clients and free of I/O: the hello and
+//! the reading of the welcome, the reading of a reply frame (and of the error that ends
+//! a connection), and [`operations!`]: the public methods both clients offer, each
+//! building its request and extracting its reply. The clients are the transports: they
+//! move the bytes this module makes and reads, and route each reply to its waiter.
+
+use bytes::BytesMut;
+use ipc_proto::{
+    DEFAULT_MAX_FRAME, Frame, FrameKind, Hello, PROTOCOL_VERSION, Response, Welcome, codec,
+};
+
+use crate::{Error, Result};
+
+/// The first frame of every connection.
+pub(crate) fn hello(client_name: &str) -> Result<BytesMut> {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client_name: client_name.to_owned(),
+    };
+    let mut out = BytesMut::new();
+    codec::encode_frame(FrameKind::Hello, 0, &hello, DEFAULT_MAX_FRAME, &mut out)
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(out)
+}
+
+/// What the daemon's answer to the hello says: its welcome, or why it refused.
+pub(crate) fn welcome(frame: &Frame) -> Result<Welcome> {
+    let protocol = |e: codec::CodecError| Error::Protocol(e.to_string());
+    match frame.kind {
+        FrameKind::Welcome => codec::decode_body(frame, FrameKind::Welcome).map_err(protocol),
+        FrameKind::Response => match codec::decode_body(frame, FrameKind::Response) {
+            Ok(Response::Error(e)) => Err(e.into()),
+            Ok(_) => Err(Error::Protocol("daemon answered hello with a reply".into())),
+            Err(e) => Err(protocol(e)),
+        },
+        kind => Err(Error::Protocol(format!(
+            "daemon answered hello with a {kind:?} frame"
+        ))),
+    }
+}
+
+/// Why a connection ended on a frame from the daemon: the error for the caller, and the
+/// reason every other request still waiting on that connection is given.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    pub error: Error,
+    pub reason: String,
+}
+
+/// The request id and reply a frame from the daemon carries; `Err` when the frame ends
+/// the connection (an undecodable reply, or an error for the connection as a whole,
+/// after which the daemon closes it).
+pub(crate) fn reply_of(frame: &Frame) -> Result<(u64, Response), Ended> {
+    let response = codec::decode_body(frame, FrameKind::Response).map_err(|e| Ended {
+        reason: format!("undecodable reply: {e}"),
+        error: Error::Protocol(e.to_string()),
+    })?;
+    if frame.request_id == 0 {
+        let error = match response {
+            Response::Error(e) => Error::from(e),
+            _ => Error::Protocol("unsolicited reply from the daemon".into()),
+        };
+        let reason = error.to_string();
+        return Err(Ended { error, reason });
+    }
+    Ok((frame.request_id, response))
+}
+
+/// The one-call operations and the constructors of a client, written once:
+/// `operations!([mut], [])` makes those of [`crate::BlockingClient`] (`&mut self`,
+/// blocking) and `operations!([], [async], .await)` those of `Client`. Each builds its
+/// request and hands it, with the extractor of its reply, to the client's own `call`,
+/// which makes it under the retry rules of [`crate::reconnect`].
+macro_rules! operations {
+    ([$($mut:tt)?], [$($async:tt)?] $(, $($await:tt)+)?) => {
+        /// Connects to the default socket ([`crate::default_socket_path`]).
+        pub $($async)? fn connect() -> $crate::Result<Self> {
+            Self::connect_to($crate::default_socket_path())$($($await)+)?
+        }
+
+        /// Connects to the socket at `path`.
+        pub $($async)? fn connect_to(path: impl AsRef<std::path::Path>) -> $crate::Result<Self> {
+            Self::connect_named(path, "ipc-client")$($($await)+)?
+        }
+
+        /// Creates a mailbox; `Ok(false)` when it existed and `exist_ok` was set.
+        pub $($async)? fn create(
+            &$($mut)? self,
+            mailbox: &str,
+            options: &$crate::CreateOptions,
+        ) -> $crate::Result<bool> {
+            let request = options.request(ipc_proto::MailboxName::new(mailbox)?);
+            self.call(Request::Create(request), $crate::reply::created)$($($await)+)?
+        }
+
+        /// Sends `payload`; returns the message's id in the mailbox.
+        pub $($async)? fn send(
+            &$($mut)? self,
+            mailbox: &str,
+            payload: impl Into<bytes::Bytes>,
+            options: &$crate::SendOptions,
+        ) -> $crate::Result<u64> {
+            let name = ipc_proto::MailboxName::new(mailbox)?;
+            let request = Request::Send(options.request(name, payload.into()));
+            self.call(request, $crate::reply::sent)$($($await)+)?
+        }
+
+        /// Receives (or peeks at) one message.
+        pub $($async)? fn recv(
+            &$($mut)? self,
+            mailbox: &str,
+            options: &$crate::RecvOptions,
+        ) -> $crate::Result<ipc_proto::Message> {
+            let request = Request::Recv(options.request(ipc_proto::MailboxName::new(mailbox)?));
+            self.call(request, $crate::reply::message)$($($await)+)?
+        }
+
+        /// Settles leased message `id` of `mailbox` for good (e.g. one leased by
+        /// `ipcctl recv --ack`).
+        pub $($async)? fn ack(&$($mut)? self, mailbox: &str, id: u64) -> $crate::Result<()> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Ack { mailbox, id }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// Gives leased message `id` of `mailbox` back, to be redelivered.
+        pub $($async)? fn nack(&$($mut)? self, mailbox: &str, id: u64) -> $crate::Result<()> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Nack { mailbox, id }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// A mailbox's settings and counters.
+        pub $($async)? fn stat(&$($mut)? self, mailbox: &str) -> $crate::Result<$crate::MailboxInfo> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Stat { mailbox }, $crate::reply::mailbox)$($($await)+)?
+        }
+
+        /// The mailboxes the caller may read or owns.
+        pub $($async)? fn list(&$($mut)? self) -> $crate::Result<Vec<$crate::MailboxInfo>> {
+            self.call(Request::List, $crate::reply::mailboxes)$($($await)+)?
+        }
+
+        /// Changes a mailbox's settings; returns them as they now are.
+        pub $($async)? fn set(
+            &$($mut)? self,
+            mailbox: &str,
+            changes: $crate::MailboxChanges,
+        ) -> $crate::Result<$crate::MailboxInfo> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Set { mailbox, changes }, $crate::reply::mailbox)$($($await)+)?
+        }
+
+        /// Drops every queued message; returns how many.
+        pub $($async)? fn purge(&$($mut)? self, mailbox: &str) -> $crate::Result<u64> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Purge { mailbox }, $crate::reply::purged)$($($await)+)?
+        }
+
+        /// Removes a mailbox; receivers waiting on it get `Removed`.
+        pub $($async)? fn remove(&$($mut)? self, mailbox: &str) -> $crate::Result<()> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.call(Request::Remove { mailbox }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// The daemon's counters and limits.
+        pub $($async)? fn status(&$($mut)? self) -> $crate::Result<$crate::DaemonStatus> {
+            self.call(Request::Status, $crate::reply::status)$($($await)+)?
+        }
+    };
+}
+pub(crate) use operations;
