@@ -66,18 +66,18 @@ impl Drop for Daemon {
 
 pub struct Ipcd<'a> {
     daemon: &'a Daemon,
-    cases: u32,
 }
 
 impl<'a> Ipcd<'a> {
     pub fn new(daemon: &'a Daemon) -> Self {
-        Ipcd { daemon, cases: 0 }
+        Ipcd { daemon }
     }
 
     /// A fresh mailbox for one case, big enough for anything in flight.
     fn mailbox(&mut self) -> String {
-        self.cases += 1;
-        let name = format!("bench.{}", self.cases);
+        static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bench.{n}");
         let options = CreateOptions {
             limits: LimitChanges {
                 max_msgs: Some(1_000_000),
@@ -234,5 +234,89 @@ impl Transport for Ipcd<'_> {
                 .collect()
         });
         Some(times)
+    }
+}
+
+/// This process's resident memory, in bytes (the daemon runs in it).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/self/status")
+        * 1024
+}
+
+impl Ipcd<'_> {
+    /// 1→1, 64 B, window 64, through one of `mailboxes` mailboxes that exist meanwhile:
+    /// msg/s. What the table of mailboxes costs a send.
+    pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> f64 {
+        let mut admin = self.daemon.client();
+        let names: Vec<String> = (1..mailboxes).map(|_| self.mailbox()).collect();
+        let rate = self
+            .stream(Stream {
+                producers: 1,
+                consumers: 1,
+                size: 64,
+                window: 64,
+                messages,
+            })
+            .expect("ipcd carries 64 B");
+        for name in names {
+            admin.remove(&name).expect("remove");
+        }
+        rate
+    }
+
+    /// 1→1, 64 B, window 64, through a mailbox already holding `depth` messages (taken
+    /// from the front as new ones go to the back): msg/s.
+    pub fn with_depth(&mut self, depth: usize, messages: usize) -> f64 {
+        let mailbox = self.mailbox();
+        let mut producer = self.daemon.client();
+        let mut consumer = self.daemon.client();
+        pump(
+            &mut producer,
+            depth,
+            256,
+            |k| send(&mailbox, payload(k as u64, 64)),
+            |_, _| {},
+        );
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let mailbox = &mailbox;
+            s.spawn(move || {
+                pump(
+                    &mut producer,
+                    messages,
+                    64,
+                    |k| send(mailbox, payload((depth + k) as u64, 64)),
+                    |_, _| {},
+                );
+            });
+            let take = recv(mailbox);
+            pump(&mut consumer, messages, 64, |_| take.clone(), |_, _| {});
+        });
+        let rate = messages as f64 / start.elapsed().as_secs_f64();
+        self.daemon.client().remove(&mailbox).expect("remove");
+        rate
+    }
+
+    /// Resident bytes the daemon adds per queued 64-byte message beyond its payload, with
+    /// `count` queued in one memory mailbox.
+    pub fn bytes_per_message(&mut self, count: usize) -> f64 {
+        let mailbox = self.mailbox();
+        let mut producer = self.daemon.client();
+        let before = rss_bytes();
+        pump(
+            &mut producer,
+            count,
+            256,
+            |k| send(&mailbox, payload(k as u64, 64)),
+            |_, _| {},
+        );
+        let after = rss_bytes();
+        self.daemon.client().remove(&mailbox).expect("remove");
+        after.saturating_sub(before) as f64 / count as f64 - 64.0
     }
 }

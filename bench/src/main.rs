@@ -96,6 +96,7 @@ fn main() {
         Box::new(sockets::Relay),
         Box::new(mailboxes::Ipcd::new(&daemon)),
     ];
+    let scale_messages = if smoke { 200 } else { messages / 2 };
     let started = Instant::now();
     let sizes: &[usize] = &[64, 4096, 1 << 20];
     let mut cases = Vec::new();
@@ -166,14 +167,16 @@ fn main() {
                 times.sort_unstable();
                 let p = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
                 line.push_str(&format!(
-                    "{:>14}",
-                    format!("{:.1} / {:.1}", micros(p(50)), micros(p(99)))
+                    " {:>13}",
+                    format!("{:.1}/{:.1}", micros(p(50)), micros(p(99)))
                 ));
             }
             None => line.push_str(&format!("{:>14}", "n/a")),
         }
     }
     println!("{line}");
+    drop(transports);
+    scale(&daemon, smoke, scale_messages);
     println!(
         "\n{} in {:.1} s{}",
         if smoke { "smoke run" } else { "full run" },
@@ -183,6 +186,40 @@ fn main() {
         } else {
             ""
         }
+    );
+}
+
+/// How ipcd's cost per message holds up as mailboxes and queued messages grow.
+fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
+    let mut ipcd = mailboxes::Ipcd::new(daemon);
+    println!("\nscale (ipcd, 1→1 64 B, window 64)            msg/s   ratio to the first");
+    let mailboxes: &[usize] = if smoke {
+        &[1, 100]
+    } else {
+        &[1, 1_000, 100_000]
+    };
+    let mut first = None;
+    for &n in mailboxes {
+        let rate = ipcd.with_mailboxes(n, messages);
+        let base = *first.get_or_insert(rate);
+        println!("  {n:>9} mailboxes {:>30.0} {:>10.2}", rate, base / rate);
+    }
+    let depths: &[usize] = if smoke {
+        &[1, 1_000]
+    } else {
+        &[1, 1_000, 100_000, 1_000_000]
+    };
+    let mut first = None;
+    for &depth in depths {
+        let rate = ipcd.with_depth(depth, messages);
+        let base = *first.get_or_insert(rate);
+        println!("  {depth:>9} queued {:>33.0} {:>10.2}", rate, base / rate);
+    }
+    let count = if smoke { 10_000 } else { 1_000_000 };
+    // Memory freed by earlier cases is reused first, so only a large count shows it.
+    println!(
+        "  daemon memory per queued 64 B message beyond its payload ({count} queued): {:.0} B",
+        ipcd.bytes_per_message(count).max(0.0)
     );
 }
 
