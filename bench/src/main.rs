@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p ipc-bench` runs everything; `-- --smoke` runs each shape
 //! briefly and checks only that every message arrives intact and in order (what
-//! `.ci/run` does); `-- --messages N` sets the messages per streaming case.
+//! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
+//! ipcd` runs one transport (to profile it).
 
 mod kernel;
 mod mailboxes;
@@ -71,11 +72,13 @@ pub fn in_order(seqs: &[u64]) {
 
 fn main() {
     let mut smoke = false;
+    let mut only: Option<String> = None;
     let mut messages: usize = 200_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
+            "--only" => only = Some(args.next().expect("--only takes a transport's name")),
             "--messages" => {
                 messages = args
                     .next()
@@ -83,7 +86,10 @@ fn main() {
                     .expect("--messages takes a number");
             }
             other => {
-                eprintln!("ipc-bench: unknown argument {other}; use --smoke or --messages N");
+                eprintln!(
+                    "ipc-bench: unknown argument {other}; use --smoke, --messages N or \
+                     --only NAME (e.g. ipcd, for profiling)"
+                );
                 std::process::exit(2);
             }
         }
@@ -96,6 +102,9 @@ fn main() {
         Box::new(sockets::Relay),
         Box::new(mailboxes::Ipcd::new(&daemon)),
     ];
+    if let Some(only) = &only {
+        transports.retain(|t| t.name().contains(only.as_str()));
+    }
     let scale_messages = if smoke { 200 } else { messages / 2 };
     let started = Instant::now();
     let sizes: &[usize] = &[64, 4096, 1 << 20];
@@ -148,8 +157,10 @@ fn main() {
                 None => print!("{:>14}", "n/a"),
             }
         }
-        match (figures[0], figures[figures.len() - 1]) {
-            (Some(sysv), Some(ipcd)) => println!("{:>14.2}", ipcd / sysv),
+        match (figures.first(), figures.last()) {
+            (Some(Some(sysv)), Some(Some(ipcd))) if only.is_none() => {
+                println!("{:>14.2}", ipcd / sysv);
+            }
             _ => println!("{:>14}", "—"),
         }
     }
