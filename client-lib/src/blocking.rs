@@ -109,21 +109,15 @@ impl Connection {
             wbuf: BytesMut::new(),
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
         };
-        let welcome = conn.handshake(client_name)?;
+        conn.wbuf = session::hello(client_name)?;
+        conn.flush().map_err(|f| Error::Disconnected(f.error))?;
+        let frame = conn.read_frame(true)?;
+        let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
         conn.stream
             .set_read_timeout(None)
             .and_then(|()| conn.stream.set_write_timeout(None))
             .map_err(Error::Disconnected)?;
         Ok((conn, welcome))
-    }
-
-    fn handshake(&mut self, client_name: &str) -> Result<Welcome> {
-        self.wbuf = session::hello(client_name)?;
-        self.flush().map_err(|f| Error::Disconnected(f.error))?;
-        let frame = self
-            .read_frame(true)?
-            .expect("a waiting read returns a frame");
-        session::welcome(&frame)
     }
 
     /// Writes the whole buffer, or says how much of it went out before the failure.
@@ -244,10 +238,8 @@ impl BlockingClient {
     /// held end.
     pub fn reconnect(&mut self, policy: &ReconnectPolicy) -> Result<()> {
         if self.conn.is_some() {
-            self.break_connection(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the connection was replaced",
-            ));
+            let why = "the connection was replaced";
+            self.break_connection(io::ErrorKind::ConnectionAborted, why);
         }
         std::thread::sleep(reconnect::churn_pause(policy, self.opened, &mut self.churn));
         let mut backoff = Backoff::new(policy);
@@ -266,12 +258,13 @@ impl BlockingClient {
         }
     }
 
-    /// Forgets a connection that failed: what was in flight on it will not be answered.
-    fn break_connection(&mut self, why: io::Error) {
+    /// Forgets a connection that failed (`kind`, `why`): what was in flight on it will
+    /// not be answered.
+    fn break_connection(&mut self, kind: io::ErrorKind, why: impl ToString) {
         self.conn = None;
         self.unread = 0;
         self.first_live_id = self.next_id;
-        self.broken = Some((why.kind(), why.to_string()));
+        self.broken = Some((kind, why.to_string()));
     }
 
     fn broken_error(&self) -> Error {
@@ -341,10 +334,8 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        conn.flush().inspect_err(|f| {
-            let why = io::Error::new(f.error.kind(), f.error.to_string());
-            self.break_connection(why);
-        })
+        conn.flush()
+            .inspect_err(|f| self.break_connection(f.error.kind(), &f.error))
     }
 
     /// Flushes, then waits for the next reply to any submitted request, in the order the
@@ -414,28 +405,31 @@ impl BlockingClient {
         let retry = Retry::new(request);
         let mut attempt = Cow::Borrowed(request);
         loop {
-            // Requests already queued by `submit` go out first, on their own, so that a
-            // failed write of this one alone tells whether any of it reached the daemon.
             // A failure here breaks the connection, and `queue` deals with that.
             let _ = self.write_out();
-            let id = self.queue(&attempt)?;
-            let outcome = match self.write_out() {
-                Ok(()) => self
-                    .wait_for(id)
-                    .map_or_else(Attempt::Lost, Attempt::Answered),
-                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
-                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
-            };
+            let outcome = self.attempt(&attempt)?;
             // The daemon that says it is stopping closes the connection after this reply.
             let reconnecting = self.reconnect.is_some();
-            let stopping = |why: &str| {
-                self.break_connection(io::Error::new(io::ErrorKind::ConnectionAborted, why))
-            };
+            let stopping = |why: &str| self.break_connection(io::ErrorKind::ConnectionAborted, why);
             if let Some(outcome) = retry.step(outcome, reconnecting, stopping) {
                 return outcome;
             }
             attempt = retry.again()?;
         }
+    }
+
+    /// Queues `request` and writes it out alone, then waits for what becomes of it.
+    /// Requests already queued by `submit` must have gone out first, on their own, so
+    /// that a failed write of this one alone tells whether any of it reached the daemon.
+    fn attempt(&mut self, request: &Request) -> Result<Attempt> {
+        let id = self.queue(request)?;
+        Ok(match self.write_out() {
+            Ok(()) => self
+                .wait_for(id)
+                .map_or_else(Attempt::Lost, Attempt::Answered),
+            Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
+            Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
+        })
     }
 
     /// Makes `request` and extracts its reply.
@@ -456,14 +450,7 @@ impl BlockingClient {
         let outcome = if self.generation != generation || self.conn.is_none() {
             Attempt::NotSent(self.broken_error())
         } else {
-            let id = self.queue(request)?;
-            match self.write_out() {
-                Ok(()) => self
-                    .wait_for(id)
-                    .map_or_else(Attempt::Lost, Attempt::Answered),
-                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
-                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
-            }
+            self.attempt(request)?
         };
         reconnect::settled(request, outcome)
     }
@@ -481,11 +468,11 @@ impl BlockingClient {
 
     /// Breaks the connection because reading from it failed with `e`, and returns `e`.
     fn broken_by(&mut self, e: Error) -> Error {
-        let why = match &e {
-            Error::Disconnected(io) => io::Error::new(io.kind(), io.to_string()),
-            other => io::Error::other(other.to_string()),
+        let (kind, why) = match &e {
+            Error::Disconnected(io) => (io.kind(), io.to_string()),
+            other => (io::ErrorKind::Other, other.to_string()),
         };
-        self.break_connection(why);
+        self.break_connection(kind, why);
         e
     }
 
@@ -497,8 +484,7 @@ impl BlockingClient {
                 Ok(reply)
             }
             Err(ended) => {
-                let why = io::ErrorKind::ConnectionAborted;
-                self.break_connection(io::Error::new(why, ended.reason));
+                self.break_connection(io::ErrorKind::ConnectionAborted, ended.reason);
                 Err(ended.error)
             }
         }

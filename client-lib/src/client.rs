@@ -547,12 +547,6 @@ fn close(pending: &Mutex<Pending>, reason: String) {
 /// clone.
 pub type Mailbox<T> = TypedMailbox<Client, T>;
 
-impl<T> Clone for Mailbox<T> {
-    fn clone(&self) -> Self {
-        self.clone_with(self.client.clone())
-    }
-}
-
 impl<T: Serialize + DeserializeOwned> Mailbox<T> {
     typed_operations!([], [async], .await);
 }
