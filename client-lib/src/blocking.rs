@@ -16,20 +16,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ipc_proto::{
-    DEFAULT_MAX_FRAME, FrameDecoder, FrameKind, MailboxName, Request, Response, Welcome, codec,
-};
+use ipc_proto::{MailboxName, Request, Response, Welcome};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
-use crate::session::{self, operations};
-use crate::typed::{Leased, TypedMailbox, reply, typed_operations};
+use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, operations};
+use crate::typed::{Leased, TypedMailbox, reply, settle_operations, typed_operations};
 use crate::{Error, RecvOptions, Result};
 
-/// Writes are gathered up to this size before they go to the socket.
-const WRITE_BATCH: usize = 64 * 1024;
-/// Bytes read from the socket per read call.
-const READ_CHUNK: usize = 64 * 1024;
 /// The most requests [`BlockingClient::submit`] leaves unread by default: well below the
 /// daemon's bound on the replies it queues for one connection (`max_queued_replies`,
 /// 1024), past which it stops reading requests — and a client that writes without
@@ -77,11 +71,9 @@ pub struct BlockingClient {
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,
-    /// Bytes read and not yet decoded into frames.
-    rbuf: BytesMut,
+    inbound: Inbound,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
-    decoder: FrameDecoder,
 }
 
 /// A write that failed, and how much of the buffer had gone out before it did.
@@ -105,11 +97,9 @@ impl Connection {
             .map_err(Error::Disconnected)?;
         let mut conn = Self {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::new(),
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            inbound: Inbound::default(),
+            wbuf: session::hello(client_name)?,
         };
-        conn.wbuf = session::hello(client_name)?;
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
         let frame = conn.read_frame(true)?;
         let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
@@ -145,8 +135,7 @@ impl Connection {
     fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let decoded = self.decoder.decode(&mut self.rbuf);
-            if let Some(frame) = decoded.map_err(|e| Error::Protocol(e.to_string()))? {
+            if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
             // Switched only here, where a read follows: callers that do not wait ask
@@ -167,7 +156,7 @@ impl Connection {
                         "the daemon closed the connection",
                     )));
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.inbound.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
@@ -200,13 +189,6 @@ impl BlockingClient {
             reconnect: None,
             broken: None,
         })
-    }
-
-    /// Reconnects by itself under `policy` when the connection breaks, making again the
-    /// requests that are safe to make again ([`crate::reconnect`] has the rules).
-    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
-        self.reconnect = Some(policy);
-        self
     }
 
     /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy.
@@ -293,8 +275,7 @@ impl BlockingClient {
         let max_frame = self.welcome.max_frame;
         let id = self.next_id;
         let conn = self.conn.as_mut().expect("connected");
-        codec::encode_frame(FrameKind::Request, id, request, max_frame, &mut conn.wbuf)
-            .map_err(|e| Error::BadData(e.to_string()))?;
+        session::encode_request(id, request, max_frame, &mut conn.wbuf)?;
         self.next_id += 1;
         self.unread += 1;
         Ok(id)
@@ -441,9 +422,9 @@ impl BlockingClient {
         extract(self.request(&request)?)
     }
 
-    /// Sends one request on the current connection only, and waits for its reply: for
-    /// settling a lease, which belongs to the connection `generation` that took it.
-    fn request_on(&mut self, generation: u64, request: &Request) -> Result<Response> {
+    /// Acks (or nacks) a leased message on the connection that holds its lease,
+    /// `generation`, and only there.
+    fn settle(&mut self, generation: u64, request: &Request) -> Result<()> {
         if self.generation == generation {
             let _ = self.write_out();
         }
@@ -452,7 +433,7 @@ impl BlockingClient {
         } else {
             self.attempt(request)?
         };
-        reconnect::settled(request, outcome)
+        reply::ok(reconnect::settled(request, outcome)?)
     }
 
     fn read_reply(&mut self) -> Result<(u64, Response)> {
@@ -505,7 +486,7 @@ impl BlockingClient {
         let options = options.lease(lease, false);
         let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
         let nack = |client: &mut &mut Self, generation, nack: &Request| {
-            let _ = client.request_on(generation, nack);
+            let _ = client.settle(generation, nack);
         };
         Ok(Leased::new(self, self.generation, name, message, nack))
     }
@@ -529,15 +510,5 @@ impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
 pub type BlockingDelivery<'a> = Leased<&'a mut BlockingClient>;
 
 impl BlockingDelivery<'_> {
-    /// Settles it: it leaves the mailbox for good.
-    pub fn ack(mut self) -> Result<()> {
-        let request = self.settle(true);
-        reply::ok(self.client.request_on(self.generation, &request)?)
-    }
-
-    /// Gives it back at once, to be redelivered.
-    pub fn nack(mut self) -> Result<()> {
-        let request = self.settle(false);
-        reply::ok(self.client.request_on(self.generation, &request)?)
-    }
+    settle_operations!([]);
 }

@@ -115,6 +115,26 @@ macro_rules! typed_operations {
 }
 pub(crate) use typed_operations;
 
+/// `ack` and `nack` of a [`Leased`], written once for both clients: each client's own
+/// `settle` makes the request on the connection that holds the lease, and only there.
+macro_rules! settle_operations {
+    ([$($async:tt)?] $(, $($await:tt)+)?) => {
+        /// Settles it: it leaves the mailbox for good (for a durable mailbox, once that
+        /// is stored).
+        pub $($async)? fn ack(mut self) -> $crate::Result<()> {
+            let request = self.settle(true);
+            self.client.settle(self.generation, &request)$($($await)+)?
+        }
+
+        /// Gives it back at once, to be redelivered.
+        pub $($async)? fn nack(mut self) -> $crate::Result<()> {
+            let request = self.settle(false);
+            self.client.settle(self.generation, &request)$($($await)+)?
+        }
+    };
+}
+pub(crate) use settle_operations;
+
 /// A message received on a lease through client `C`, used as `Delivery` and
 /// [`crate::BlockingDelivery`]. Settle it with `ack` or `nack`; dropping it unsettled
 /// gives it back (a nack), so a task that fails or panics midway does not lose it. The
