@@ -349,16 +349,9 @@ impl BlockingClient {
     /// finish (writing out what it received, say) before it blocks in
     /// [`Self::next_reply`].
     pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
-        if let Some(kept) = self.take_kept() {
-            return Ok(Some(kept));
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(self.broken_error());
-        };
-        match conn.read_frame(false) {
-            Ok(Some(frame)) => self.reply_of(frame).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(self.broken_by(e)),
+        match self.take_kept() {
+            Some(kept) => Ok(Some(kept)),
+            None => self.read(false),
         }
     }
 
@@ -436,13 +429,21 @@ impl BlockingClient {
         reply::ok(reconnect::settled(request, outcome)?)
     }
 
+    /// Flushes, then waits for the next reply on the connection.
     fn read_reply(&mut self) -> Result<(u64, Response)> {
         self.flush()?;
+        Ok(self.read(true)?.expect("a waiting read returns a reply"))
+    }
+
+    /// The next reply on the connection; with `wait` false, `None` rather than waiting
+    /// for bytes not yet on the socket. A failure breaks the connection.
+    fn read(&mut self, wait: bool) -> Result<Option<(u64, Response)>> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.read_frame(true) {
-            Ok(frame) => self.reply_of(frame.expect("a waiting read returns a frame")),
+        match conn.read_frame(wait) {
+            Ok(Some(frame)) => self.reply_of(frame).map(Some),
+            Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
         }
     }
