@@ -16,20 +16,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ipc_proto::{
-    DEFAULT_MAX_FRAME, FrameDecoder, FrameKind, MailboxName, Request, Response, Welcome, codec,
-};
+use ipc_proto::{MailboxName, Request, Response, Welcome};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
-use crate::session::{self, operations};
-use crate::typed::{Leased, TypedMailbox, reply, typed_operations};
+use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, operations};
+use crate::typed::{Leased, TypedMailbox, reply, settle_operations, typed_operations};
 use crate::{Error, RecvOptions, Result};
 
-/// Writes are gathered up to this size before they go to the socket.
-const WRITE_BATCH: usize = 64 * 1024;
-/// Bytes read from the socket per read call.
-const READ_CHUNK: usize = 64 * 1024;
 /// The most requests [`BlockingClient::submit`] leaves unread by default: well below the
 /// daemon's bound on the replies it queues for one connection (`max_queued_replies`,
 /// 1024), past which it stops reading requests — and a client that writes without
@@ -77,11 +71,9 @@ pub struct BlockingClient {
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,
-    /// Bytes read and not yet decoded into frames.
-    rbuf: BytesMut,
+    inbound: Inbound,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
-    decoder: FrameDecoder,
 }
 
 /// A write that failed, and how much of the buffer had gone out before it did.
@@ -105,25 +97,17 @@ impl Connection {
             .map_err(Error::Disconnected)?;
         let mut conn = Self {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::new(),
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            inbound: Inbound::default(),
+            wbuf: session::hello(client_name)?,
         };
-        let welcome = conn.handshake(client_name)?;
+        conn.flush().map_err(|f| Error::Disconnected(f.error))?;
+        let frame = conn.read_frame(true)?;
+        let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
         conn.stream
             .set_read_timeout(None)
             .and_then(|()| conn.stream.set_write_timeout(None))
             .map_err(Error::Disconnected)?;
         Ok((conn, welcome))
-    }
-
-    fn handshake(&mut self, client_name: &str) -> Result<Welcome> {
-        self.wbuf = session::hello(client_name)?;
-        self.flush().map_err(|f| Error::Disconnected(f.error))?;
-        let frame = self
-            .read_frame(true)?
-            .expect("a waiting read returns a frame");
-        session::welcome(&frame)
     }
 
     /// Writes the whole buffer, or says how much of it went out before the failure.
@@ -151,8 +135,7 @@ impl Connection {
     fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let decoded = self.decoder.decode(&mut self.rbuf);
-            if let Some(frame) = decoded.map_err(|e| Error::Protocol(e.to_string()))? {
+            if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
             // Switched only here, where a read follows: callers that do not wait ask
@@ -173,7 +156,7 @@ impl Connection {
                         "the daemon closed the connection",
                     )));
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.inbound.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
@@ -208,13 +191,6 @@ impl BlockingClient {
         })
     }
 
-    /// Reconnects by itself under `policy` when the connection breaks, making again the
-    /// requests that are safe to make again ([`crate::reconnect`] has the rules).
-    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
-        self.reconnect = Some(policy);
-        self
-    }
-
     /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy.
     pub fn set_reconnect(&mut self, policy: Option<ReconnectPolicy>) {
         self.reconnect = policy;
@@ -244,10 +220,8 @@ impl BlockingClient {
     /// held end.
     pub fn reconnect(&mut self, policy: &ReconnectPolicy) -> Result<()> {
         if self.conn.is_some() {
-            self.break_connection(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the connection was replaced",
-            ));
+            let why = "the connection was replaced";
+            self.break_connection(io::ErrorKind::ConnectionAborted, why);
         }
         std::thread::sleep(reconnect::churn_pause(policy, self.opened, &mut self.churn));
         let mut backoff = Backoff::new(policy);
@@ -266,12 +240,13 @@ impl BlockingClient {
         }
     }
 
-    /// Forgets a connection that failed: what was in flight on it will not be answered.
-    fn break_connection(&mut self, why: io::Error) {
+    /// Forgets a connection that failed (`kind`, `why`): what was in flight on it will
+    /// not be answered.
+    fn break_connection(&mut self, kind: io::ErrorKind, why: impl ToString) {
         self.conn = None;
         self.unread = 0;
         self.first_live_id = self.next_id;
-        self.broken = Some((why.kind(), why.to_string()));
+        self.broken = Some((kind, why.to_string()));
     }
 
     fn broken_error(&self) -> Error {
@@ -300,8 +275,7 @@ impl BlockingClient {
         let max_frame = self.welcome.max_frame;
         let id = self.next_id;
         let conn = self.conn.as_mut().expect("connected");
-        codec::encode_frame(FrameKind::Request, id, request, max_frame, &mut conn.wbuf)
-            .map_err(|e| Error::BadData(e.to_string()))?;
+        session::encode_request(id, request, max_frame, &mut conn.wbuf)?;
         self.next_id += 1;
         self.unread += 1;
         Ok(id)
@@ -341,10 +315,8 @@ impl BlockingClient {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        conn.flush().inspect_err(|f| {
-            let why = io::Error::new(f.error.kind(), f.error.to_string());
-            self.break_connection(why);
-        })
+        conn.flush()
+            .inspect_err(|f| self.break_connection(f.error.kind(), &f.error))
     }
 
     /// Flushes, then waits for the next reply to any submitted request, in the order the
@@ -377,16 +349,9 @@ impl BlockingClient {
     /// finish (writing out what it received, say) before it blocks in
     /// [`Self::next_reply`].
     pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
-        if let Some(kept) = self.take_kept() {
-            return Ok(Some(kept));
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(self.broken_error());
-        };
-        match conn.read_frame(false) {
-            Ok(Some(frame)) => self.reply_of(frame).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(self.broken_by(e)),
+        match self.take_kept() {
+            Some(kept) => Ok(Some(kept)),
+            None => self.read(false),
         }
     }
 
@@ -414,28 +379,31 @@ impl BlockingClient {
         let retry = Retry::new(request);
         let mut attempt = Cow::Borrowed(request);
         loop {
-            // Requests already queued by `submit` go out first, on their own, so that a
-            // failed write of this one alone tells whether any of it reached the daemon.
             // A failure here breaks the connection, and `queue` deals with that.
             let _ = self.write_out();
-            let id = self.queue(&attempt)?;
-            let outcome = match self.write_out() {
-                Ok(()) => self
-                    .wait_for(id)
-                    .map_or_else(Attempt::Lost, Attempt::Answered),
-                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
-                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
-            };
+            let outcome = self.attempt(&attempt)?;
             // The daemon that says it is stopping closes the connection after this reply.
             let reconnecting = self.reconnect.is_some();
-            let stopping = |why: &str| {
-                self.break_connection(io::Error::new(io::ErrorKind::ConnectionAborted, why))
-            };
+            let stopping = |why: &str| self.break_connection(io::ErrorKind::ConnectionAborted, why);
             if let Some(outcome) = retry.step(outcome, reconnecting, stopping) {
                 return outcome;
             }
             attempt = retry.again()?;
         }
+    }
+
+    /// Queues `request` and writes it out alone, then waits for what becomes of it.
+    /// Requests already queued by `submit` must have gone out first, on their own, so
+    /// that a failed write of this one alone tells whether any of it reached the daemon.
+    fn attempt(&mut self, request: &Request) -> Result<Attempt> {
+        let id = self.queue(request)?;
+        Ok(match self.write_out() {
+            Ok(()) => self
+                .wait_for(id)
+                .map_or_else(Attempt::Lost, Attempt::Answered),
+            Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
+            Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
+        })
     }
 
     /// Makes `request` and extracts its reply.
@@ -447,45 +415,46 @@ impl BlockingClient {
         extract(self.request(&request)?)
     }
 
-    /// Sends one request on the current connection only, and waits for its reply: for
-    /// settling a lease, which belongs to the connection `generation` that took it.
-    fn request_on(&mut self, generation: u64, request: &Request) -> Result<Response> {
+    /// Acks (or nacks) a leased message on the connection that holds its lease,
+    /// `generation`, and only there.
+    fn settle(&mut self, generation: u64, request: &Request) -> Result<()> {
         if self.generation == generation {
             let _ = self.write_out();
         }
         let outcome = if self.generation != generation || self.conn.is_none() {
             Attempt::NotSent(self.broken_error())
         } else {
-            let id = self.queue(request)?;
-            match self.write_out() {
-                Ok(()) => self
-                    .wait_for(id)
-                    .map_or_else(Attempt::Lost, Attempt::Answered),
-                Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
-                Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
-            }
+            self.attempt(request)?
         };
-        reconnect::settled(request, outcome)
+        reply::ok(reconnect::settled(request, outcome)?)
     }
 
+    /// Flushes, then waits for the next reply on the connection.
     fn read_reply(&mut self) -> Result<(u64, Response)> {
         self.flush()?;
+        Ok(self.read(true)?.expect("a waiting read returns a reply"))
+    }
+
+    /// The next reply on the connection; with `wait` false, `None` rather than waiting
+    /// for bytes not yet on the socket. A failure breaks the connection.
+    fn read(&mut self, wait: bool) -> Result<Option<(u64, Response)>> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
-        match conn.read_frame(true) {
-            Ok(frame) => self.reply_of(frame.expect("a waiting read returns a frame")),
+        match conn.read_frame(wait) {
+            Ok(Some(frame)) => self.reply_of(frame).map(Some),
+            Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
         }
     }
 
     /// Breaks the connection because reading from it failed with `e`, and returns `e`.
     fn broken_by(&mut self, e: Error) -> Error {
-        let why = match &e {
-            Error::Disconnected(io) => io::Error::new(io.kind(), io.to_string()),
-            other => io::Error::other(other.to_string()),
+        let (kind, why) = match &e {
+            Error::Disconnected(io) => (io.kind(), io.to_string()),
+            other => (io::ErrorKind::Other, other.to_string()),
         };
-        self.break_connection(why);
+        self.break_connection(kind, why);
         e
     }
 
@@ -497,8 +466,7 @@ impl BlockingClient {
                 Ok(reply)
             }
             Err(ended) => {
-                let why = io::ErrorKind::ConnectionAborted;
-                self.break_connection(io::Error::new(why, ended.reason));
+                self.break_connection(io::ErrorKind::ConnectionAborted, ended.reason);
                 Err(ended.error)
             }
         }
@@ -519,7 +487,7 @@ impl BlockingClient {
         let options = options.lease(lease, false);
         let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
         let nack = |client: &mut &mut Self, generation, nack: &Request| {
-            let _ = client.request_on(generation, nack);
+            let _ = client.settle(generation, nack);
         };
         Ok(Leased::new(self, self.generation, name, message, nack))
     }
@@ -543,15 +511,5 @@ impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
 pub type BlockingDelivery<'a> = Leased<&'a mut BlockingClient>;
 
 impl BlockingDelivery<'_> {
-    /// Settles it: it leaves the mailbox for good.
-    pub fn ack(mut self) -> Result<()> {
-        let request = self.settle(true);
-        reply::ok(self.client.request_on(self.generation, &request)?)
-    }
-
-    /// Gives it back at once, to be redelivered.
-    pub fn nack(mut self) -> Result<()> {
-        let request = self.settle(false);
-        reply::ok(self.client.request_on(self.generation, &request)?)
-    }
+    settle_operations!([]);
 }

@@ -18,10 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ipc_proto::{
-    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, MailboxName, Request, Response, Wait,
-    Welcome, codec,
-};
+use ipc_proto::{Frame, MailboxName, Request, Response, Wait, Welcome};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -29,12 +26,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
-use crate::session::{self, operations};
-use crate::typed::{Leased, TypedMailbox, reply, typed_operations};
+use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, disconnected, operations};
+use crate::typed::{Leased, TypedMailbox, reply, settle_operations, typed_operations};
 use crate::{Error, RecvOptions, Result};
 
-/// Largest batch of requests the writer task puts in one write.
-const WRITE_BATCH: usize = 64 * 1024;
 /// The most requests all clones together have in flight (queued to be written or
 /// waiting for their replies); a request past it waits for one of them to finish. This
 /// bounds what waits in the writer's queue, and stays below the daemon's bound on the
@@ -98,7 +93,7 @@ impl Conn {
     fn send_unanswered(&self, inner: &Inner, request: &Request) {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
-        if codec::encode_frame(FrameKind::Request, id, request, u32::MAX, &mut buf).is_ok() {
+        if session::encode_request(id, request, u32::MAX, &mut buf).is_ok() {
             let _ = self.frames.send(buf.freeze());
         }
     }
@@ -143,22 +138,10 @@ impl Client {
         })
     }
 
-    /// Reconnects by itself under `policy` when the connection breaks, making again the
-    /// requests that are safe to make again ([`crate::reconnect`] has the rules). The
-    /// policy is shared by every clone.
-    pub fn with_reconnect(self, policy: ReconnectPolicy) -> Self {
-        self.set_reconnect(Some(policy));
-        self
-    }
-
     /// Sets or clears (`None`: a broken connection stays broken) the reconnect policy of
     /// this client and every clone.
     pub fn set_reconnect(&self, policy: Option<ReconnectPolicy>) {
         *self.inner.policy.lock().expect("policy lock") = policy;
-    }
-
-    fn policy(&self) -> Option<ReconnectPolicy> {
-        *self.inner.policy.lock().expect("policy lock")
     }
 
     /// What the daemon said about itself when this client first connected (after a
@@ -242,7 +225,7 @@ impl Client {
         let retry = Retry::new(&request);
         let mut attempt = Cow::Borrowed(&request);
         loop {
-            let policy = self.policy();
+            let policy = *self.inner.policy.lock().expect("policy lock");
             let conn = self.connection(policy.as_ref()).await?;
             let outcome = self.request_on(&conn, &attempt).await?;
             // What else is in flight there still gets its replies; new requests go to
@@ -270,8 +253,7 @@ impl Client {
         let _permit = self.inner.window.acquire().await.expect("never closed");
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
-        codec::encode_frame(FrameKind::Request, id, request, conn.max_frame, &mut buf)
-            .map_err(|e| Error::BadData(e.to_string()))?;
+        session::encode_request(id, request, conn.max_frame, &mut buf)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = conn.pending.lock().expect("pending lock");
@@ -303,14 +285,14 @@ impl Client {
 
     /// Acks (or nacks) leased message `id` on the connection that holds its lease,
     /// `generation`, and only there.
-    async fn settle(&self, generation: u64, request: Request) -> Result<()> {
+    async fn settle(&self, generation: u64, request: &Request) -> Result<()> {
         let conn = self.current();
         let outcome = if conn.generation == generation {
-            self.request_on(&conn, &request).await?
+            self.request_on(&conn, request).await?
         } else {
             Attempt::NotSent(disconnected("the connection was replaced"))
         };
-        reply::ok(reconnect::settled(&request, outcome)?)
+        reply::ok(reconnect::settled(request, outcome)?)
     }
 
     operations!([], [async], .await);
@@ -330,20 +312,15 @@ impl Client {
             .request_tracked(Request::Recv(options.request(name.clone())))
             .await?;
         let message = reply::message(response)?;
+        // Only on the connection that holds the lease, and without keeping the reply:
+        // the reader drops a reply nobody waits for.
         let nack = |client: &mut Self, generation, nack: &Request| {
-            client.send_unanswered(generation, nack);
+            let conn = client.current();
+            if conn.generation == generation {
+                conn.send_unanswered(&client.inner, nack);
+            }
         };
         Ok(Leased::new(self.clone(), generation, name, message, nack))
-    }
-
-    /// Queues `request` on connection `generation`, if it is still the current one,
-    /// without waiting for (or keeping) its reply: the reader drops a reply nobody
-    /// waits for.
-    fn send_unanswered(&self, generation: u64, request: &Request) {
-        let conn = self.current();
-        if conn.generation == generation {
-            conn.send_unanswered(&self.inner, request);
-        }
     }
 
     /// A typed handle on `mailbox` (see [`Mailbox`]).
@@ -359,13 +336,6 @@ fn may_wait(request: &Request) -> bool {
         Request::Recv(r) => r.wait != Wait::NoWait,
         _ => false,
     }
-}
-
-fn disconnected(reason: &str) -> Error {
-    Error::Disconnected(std::io::Error::new(
-        std::io::ErrorKind::ConnectionAborted,
-        reason.to_owned(),
-    ))
 }
 
 /// Unregisters an abandoned request and, if the daemon may be holding it, cancels it.
@@ -412,12 +382,18 @@ async fn open(
                 path: path.to_path_buf(),
                 source,
             })?;
-        let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        let mut rbuf = BytesMut::new();
-        let welcome = handshake(&mut stream, &mut decoder, &mut rbuf, client_name).await?;
-        Ok::<_, Error>((stream, decoder, rbuf, welcome))
+        let hello = session::hello(client_name)?;
+        stream
+            .write_all(&hello)
+            .await
+            .map_err(Error::Disconnected)?;
+        let mut inbound = Inbound::default();
+        let frame = read_frame(&mut stream, &mut inbound)
+            .await?
+            .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
+        Ok::<_, Error>((stream, inbound, session::welcome(&frame)?))
     };
-    let (stream, decoder, rbuf, welcome) = match timeout {
+    let (stream, inbound, welcome) = match timeout {
         Some(limit) => tokio::time::timeout(limit, connect)
             .await
             .map_err(|_| disconnected("the daemon did not answer the handshake in time"))??,
@@ -427,7 +403,7 @@ async fn open(
     let pending = Arc::new(Mutex::new(Pending::default()));
     let (frames, outgoing) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write, outgoing, pending.clone()));
-    tokio::spawn(read_loop(read, decoder, rbuf, pending.clone()));
+    tokio::spawn(read_loop(read, inbound, pending.clone()));
     let conn = Conn {
         generation,
         opened: Instant::now(),
@@ -439,40 +415,19 @@ async fn open(
     Ok((Arc::new(conn), welcome))
 }
 
-async fn handshake(
-    stream: &mut UnixStream,
-    decoder: &mut FrameDecoder,
-    rbuf: &mut BytesMut,
-    client_name: &str,
-) -> Result<Welcome> {
-    let hello = session::hello(client_name)?;
-    stream
-        .write_all(&hello)
-        .await
-        .map_err(Error::Disconnected)?;
-    let frame = read_frame(stream, decoder, rbuf)
-        .await?
-        .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
-    session::welcome(&frame)
-}
-
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 async fn read_frame<R: AsyncReadExt + Unpin>(
     read: &mut R,
-    decoder: &mut FrameDecoder,
-    rbuf: &mut BytesMut,
+    inbound: &mut Inbound,
 ) -> Result<Option<Frame>> {
     loop {
-        if let Some(frame) = decoder
-            .decode(rbuf)
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        {
+        if let Some(frame) = inbound.frame()? {
             return Ok(Some(frame));
         }
-        rbuf.reserve(64 * 1024);
-        let n = read.read_buf(rbuf).await.map_err(Error::Disconnected)?;
-        if n == 0 {
-            return if rbuf.is_empty() {
+        inbound.buf.reserve(READ_CHUNK);
+        let n = read.read_buf(&mut inbound.buf).await;
+        if n.map_err(Error::Disconnected)? == 0 {
+            return if inbound.buf.is_empty() {
                 Ok(None)
             } else {
                 Err(disconnected("the daemon closed the connection mid-frame"))
@@ -505,14 +460,9 @@ async fn write_loop(
     let _ = write.shutdown().await;
 }
 
-async fn read_loop(
-    mut read: OwnedReadHalf,
-    mut decoder: FrameDecoder,
-    mut rbuf: BytesMut,
-    pending: Arc<Mutex<Pending>>,
-) {
+async fn read_loop(mut read: OwnedReadHalf, mut inbound: Inbound, pending: Arc<Mutex<Pending>>) {
     let reason = loop {
-        let frame = match read_frame(&mut read, &mut decoder, &mut rbuf).await {
+        let frame = match read_frame(&mut read, &mut inbound).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break "the daemon closed the connection".to_owned(),
             Err(e) => break e.to_string(),
@@ -547,12 +497,6 @@ fn close(pending: &Mutex<Pending>, reason: String) {
 /// clone.
 pub type Mailbox<T> = TypedMailbox<Client, T>;
 
-impl<T> Clone for Mailbox<T> {
-    fn clone(&self) -> Self {
-        self.clone_with(self.client.clone())
-    }
-}
-
 impl<T: Serialize + DeserializeOwned> Mailbox<T> {
     typed_operations!([], [async], .await);
 }
@@ -561,16 +505,5 @@ impl<T: Serialize + DeserializeOwned> Mailbox<T> {
 pub type Delivery = Leased<Client>;
 
 impl Delivery {
-    /// Settles it: it leaves the mailbox for good (for a durable mailbox, once that is
-    /// stored).
-    pub async fn ack(mut self) -> Result<()> {
-        let request = self.settle(true);
-        self.client.settle(self.generation, request).await
-    }
-
-    /// Gives it back at once, to be redelivered.
-    pub async fn nack(mut self) -> Result<()> {
-        let request = self.settle(false);
-        self.client.settle(self.generation, request).await
-    }
+    settle_operations!([async], .await);
 }

@@ -1,15 +1,67 @@
 //! The protocol session, written once for both clients and free of I/O: the hello and
-//! the reading of the welcome, the reading of a reply frame (and of the error that ends
-//! a connection), and [`operations!`]: the public methods both clients offer, each
+//! the reading of the welcome, the encoding of a request, the [`Inbound`] buffer that
+//! turns the bytes read into frames, the reading of a reply frame (and of the error that
+//! ends a connection), and [`operations!`]: the public methods both clients offer, each
 //! building its request and extracting its reply. The clients are the transports: they
 //! move the bytes this module makes and reads, and route each reply to its waiter.
 
 use bytes::BytesMut;
 use ipc_proto::{
-    DEFAULT_MAX_FRAME, Frame, FrameKind, Hello, PROTOCOL_VERSION, Response, Welcome, codec,
+    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, Hello, PROTOCOL_VERSION, Request, Response,
+    Welcome, codec,
 };
 
 use crate::{Error, Result};
+
+/// Requests are gathered up to this size before they go to the socket in one write.
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes read from the socket per read call.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes read from the daemon and not yet decoded: a transport reads into `buf` and
+/// takes whole frames out, so a frame split across reads is a state, not an error.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+        }
+    }
+}
+
+impl Inbound {
+    /// The next whole frame, if the bytes read so far hold one.
+    pub fn frame(&mut self) -> Result<Option<Frame>> {
+        let decoded = self.decoder.decode(&mut self.buf);
+        decoded.map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
+
+/// Appends request `id` to `out`; a request too large for the daemon's `max_frame` is
+/// refused here, before anything is written.
+pub(crate) fn encode_request(
+    id: u64,
+    request: &Request,
+    max_frame: u32,
+    out: &mut BytesMut,
+) -> Result<()> {
+    codec::encode_frame(FrameKind::Request, id, request, max_frame, out)
+        .map_err(|e| Error::BadData(e.to_string()))
+}
+
+/// The error for a request whose connection ended (or was never usable) for `reason`.
+pub(crate) fn disconnected(reason: &str) -> Error {
+    Error::Disconnected(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        reason.to_owned(),
+    ))
+}
 
 /// The first frame of every connection.
 pub(crate) fn hello(client_name: &str) -> Result<BytesMut> {
@@ -81,6 +133,14 @@ macro_rules! operations {
         /// Connects to the socket at `path`.
         pub $($async)? fn connect_to(path: impl AsRef<std::path::Path>) -> $crate::Result<Self> {
             Self::connect_named(path, "ipc-client")$($($await)+)?
+        }
+
+        /// Reconnects by itself under `policy` when the connection breaks, making again
+        /// the requests that are safe to make again ([`crate::reconnect`] has the rules).
+        /// The clones of an async client share its policy.
+        pub fn with_reconnect($($mut)? self, policy: $crate::ReconnectPolicy) -> Self {
+            self.set_reconnect(Some(policy));
+            self
         }
 
         /// Creates a mailbox; `Ok(false)` when it existed and `exist_ok` was set.

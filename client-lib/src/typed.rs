@@ -19,32 +19,6 @@ pub fn type_tag<T: ?Sized>() -> &'static str {
     std::any::type_name::<T>()
 }
 
-/// Which SysV type a typed handle sends with and receives from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TypeMap {
-    pub mtype: i64,
-    pub selector: Selector,
-}
-
-impl Default for TypeMap {
-    fn default() -> Self {
-        Self {
-            mtype: 1,
-            selector: Selector::Any,
-        }
-    }
-}
-
-impl TypeMap {
-    /// Send as `mtype` and receive only messages of `mtype`.
-    pub fn exact(mtype: i64) -> Self {
-        Self {
-            mtype,
-            selector: Selector::Type(mtype),
-        }
-    }
-}
-
 /// A typed view of one mailbox through client `C`: values of `T` go in and come out,
 /// tagged with [`type_tag`] so a message of another type is an [`Error::TypeMismatch`].
 /// Used as `Mailbox<T>` (async, cheap to clone) and [`crate::BlockingMailbox`].
@@ -52,7 +26,10 @@ impl TypeMap {
 pub struct TypedMailbox<C, T> {
     pub(crate) client: C,
     name: MailboxName,
-    types: TypeMap,
+    /// The SysV type sends carry (1 unless mapped with [`Self::with_mtype`])…
+    mtype: i64,
+    /// …and the one receives select (any, unless mapped).
+    selector: Selector,
     _type: PhantomData<fn(T) -> T>,
 }
 
@@ -61,7 +38,8 @@ impl<C, T> TypedMailbox<C, T> {
         Ok(Self {
             client,
             name: MailboxName::new(mailbox)?,
-            types: TypeMap::default(),
+            mtype: 1,
+            selector: Selector::Any,
             _type: PhantomData,
         })
     }
@@ -69,7 +47,7 @@ impl<C, T> TypedMailbox<C, T> {
     /// Maps `T` to SysV type `mtype`: sends carry it and receives select only it, so
     /// several types can share one mailbox.
     pub fn with_mtype(mut self, mtype: i64) -> Self {
-        self.types = TypeMap::exact(mtype);
+        (self.mtype, self.selector) = (mtype, Selector::Type(mtype));
         self
     }
 
@@ -82,22 +60,26 @@ impl<C, T> TypedMailbox<C, T> {
         T: Serialize,
     {
         let (payload, tag) = encode(value)?;
-        let mut options = SendOptions::mtype(self.types.mtype);
+        let mut options = SendOptions::mtype(self.mtype);
         options.headers.content_type = Some(tag);
         Ok(Request::Send(options.request(self.name.clone(), payload)))
     }
 
     /// A receive with `options`, its selector replaced by this handle's type mapping.
     pub(crate) fn recv_request(&self, mut options: RecvOptions) -> Request {
-        options.selector = self.types.selector;
+        options.selector = self.selector;
         Request::Recv(options.request(self.name.clone()))
     }
+}
 
-    pub(crate) fn clone_with(&self, client: C) -> Self {
+/// Cloned by hand: a derived `Clone` would ask `T` to be `Clone` too.
+impl<C: Clone, T> Clone for TypedMailbox<C, T> {
+    fn clone(&self) -> Self {
         Self {
-            client,
+            client: self.client.clone(),
             name: self.name.clone(),
-            types: self.types,
+            mtype: self.mtype,
+            selector: self.selector,
             _type: PhantomData,
         }
     }
@@ -132,6 +114,26 @@ macro_rules! typed_operations {
     };
 }
 pub(crate) use typed_operations;
+
+/// `ack` and `nack` of a [`Leased`], written once for both clients: each client's own
+/// `settle` makes the request on the connection that holds the lease, and only there.
+macro_rules! settle_operations {
+    ([$($async:tt)?] $(, $($await:tt)+)?) => {
+        /// Settles it: it leaves the mailbox for good (for a durable mailbox, once that
+        /// is stored).
+        pub $($async)? fn ack(mut self) -> $crate::Result<()> {
+            let request = self.settle(true);
+            self.client.settle(self.generation, &request)$($($await)+)?
+        }
+
+        /// Gives it back at once, to be redelivered.
+        pub $($async)? fn nack(mut self) -> $crate::Result<()> {
+            let request = self.settle(false);
+            self.client.settle(self.generation, &request)$($($await)+)?
+        }
+    };
+}
+pub(crate) use settle_operations;
 
 /// A message received on a lease through client `C`, used as `Delivery` and
 /// [`crate::BlockingDelivery`]. Settle it with `ack` or `nack`; dropping it unsettled
