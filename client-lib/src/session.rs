@@ -56,6 +56,7 @@ pub(crate) fn encode_request(
 }
 
 /// The error for a request whose connection ended (or was never usable) for `reason`.
+#[cfg(feature = "tokio")]
 pub(crate) fn disconnected(reason: &str) -> Error {
     Error::Disconnected(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
