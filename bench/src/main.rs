@@ -95,6 +95,10 @@ fn main() {
         }
     }
     let daemon = mailboxes::Daemon::start();
+    // First, while nothing freed by other cases can be reused for it: what a queued
+    // message costs the daemon.
+    let queued = if smoke { 10_000 } else { 1_000_000 };
+    let per_message = mailboxes::Ipcd::new(&daemon).bytes_per_message(queued);
     let mut transports: Vec<Box<dyn Transport>> = vec![
         Box::new(kernel::SysV),
         Box::new(kernel::Posix),
@@ -189,6 +193,10 @@ fn main() {
     drop(transports);
     scale(&daemon, smoke, scale_messages);
     println!(
+        "  daemon memory per queued 64 B message beyond its payload ({queued} queued): {:.0} B",
+        per_message.max(0.0)
+    );
+    println!(
         "\n{} in {:.1} s{}",
         if smoke { "smoke run" } else { "full run" },
         started.elapsed().as_secs_f64(),
@@ -226,12 +234,6 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
         let base = *first.get_or_insert(rate);
         println!("  {depth:>9} queued {:>33.0} {:>10.2}", rate, base / rate);
     }
-    let count = if smoke { 10_000 } else { 1_000_000 };
-    // Memory freed by earlier cases is reused first, so only a large count shows it.
-    println!(
-        "  daemon memory per queued 64 B message beyond its payload ({count} queued): {:.0} B",
-        ipcd.bytes_per_message(count).max(0.0)
-    );
 }
 
 fn micros(d: Duration) -> f64 {
