@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use ipc_proto::{CreateRequest, DaemonStatus, ErrorReply, Fsync, MailboxName, UidUsage};
+use ipc_proto::{CreateRequest, DaemonStatus, Fsync, MailboxName, UidUsage};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,7 +20,7 @@ use crate::mailbox::{
     Closed, DeadLetter, DeadLetters, Link, Mailbox, Pending, Settings, headers_size,
 };
 use crate::perm::Ownership;
-use crate::quota::{Accounts, Charge, Gauge, Resource, snapshot};
+use crate::quota::{Accounts, Charge, Gauge, QuotaError, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
 
 /// The daemon's mailboxes and the per-uid accounts of what everyone holds.
@@ -91,9 +91,9 @@ pub enum CreateError {
     },
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
-    /// The owner's `mailboxes` quota, as `quota` words it.
-    #[error("{}", .0.message)]
-    Quota(ErrorReply),
+    /// The owner's `mailboxes` quota.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
 }
 
 /// The answer to a create: at once, or once the store has the new mailbox.
@@ -282,7 +282,7 @@ impl Broker {
         caller: &Caller,
         resource: Resource,
         amount: u64,
-    ) -> Result<Charge, ErrorReply> {
+    ) -> Result<Charge, QuotaError> {
         let limit = resource.limit(&self.config().quota_for(caller.uid()));
         caller.account.charge(resource, amount, limit)
     }

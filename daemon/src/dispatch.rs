@@ -26,7 +26,7 @@ use crate::mailbox::{
     RecvError, SendError, SentId, Side, Taker, headers_size,
 };
 use crate::perm::Access;
-use crate::quota::Resource;
+use crate::quota::{QuotaError, Resource};
 use crate::store::Stored;
 
 /// A result whose error is already in its wire form.
@@ -474,6 +474,12 @@ impl From<LeaseError> for ErrorReply {
     }
 }
 
+impl From<QuotaError> for ErrorReply {
+    fn from(e: QuotaError) -> Self {
+        reply(ErrorCode::QuotaExceeded, &e)
+    }
+}
+
 impl From<NoSuchMailbox> for ErrorReply {
     fn from(e: NoSuchMailbox) -> Self {
         reply(ErrorCode::NoSuchMailbox, &e)
@@ -489,7 +495,7 @@ impl From<InvalidArgument> for ErrorReply {
 impl From<CreateError> for ErrorReply {
     fn from(e: CreateError) -> Self {
         let code = match &e {
-            CreateError::Quota(reason) => return reason.clone(),
+            CreateError::Quota(quota) => return (*quota).into(),
             CreateError::Invalid(invalid) => return invalid.clone().into(),
             CreateError::ShuttingDown => ErrorCode::ShuttingDown,
             CreateError::DurableUnavailable(_) => ErrorCode::StorageFailed,

@@ -32,7 +32,7 @@ use crate::connection::{
 use crate::dispatch::{Reply, dispatch};
 use crate::logging;
 use crate::mailbox::Canceller;
-use crate::quota::{Charge, GaugeSlot, Resource};
+use crate::quota::{Charge, GaugeSlot, QuotaError, Resource};
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -323,7 +323,7 @@ fn more(suppressed: u64) -> String {
 impl Peer {
     async fn run(
         &mut self,
-        refused: Option<&ErrorReply>,
+        refused: Option<&QuotaError>,
         shutdown: &CancellationToken,
     ) -> CloseReason {
         if let Err(reason) = self.handshake(refused).await {
@@ -365,12 +365,13 @@ impl Peer {
     /// A connection over its uid's connections quota (`refused`) is told so at once; its
     /// hello is still read (small and soon, or not at all), so that closing does not reset
     /// the connection before the client has read why.
-    async fn handshake(&mut self, refused: Option<&ErrorReply>) -> Result<(), CloseReason> {
+    async fn handshake(&mut self, refused: Option<&QuotaError>) -> Result<(), CloseReason> {
         let timeout = self.broker.config().handshake_timeout;
-        if let Some(error) = refused {
+        if let Some(&quota) = refused {
+            let error = ErrorReply::from(quota);
             self.send_connection_error(error.code, &error.message).await;
             let _ = tokio::time::timeout(timeout, self.frames.next()).await;
-            return Err(CloseReason::OverQuota(error.message.clone()));
+            return Err(CloseReason::OverQuota(error.message));
         }
         let frame = match tokio::time::timeout(timeout, self.frames.next()).await {
             Err(_) => return Err(CloseReason::HandshakeTimeout),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ipc_proto::{ErrorCode, ErrorReply};
+use thiserror::Error;
 
 use crate::config::Quota;
 
@@ -56,6 +56,46 @@ impl Resource {
             Resource::QueuedBytes => quota.queued_bytes,
             Resource::Handshakes => quota.handshakes,
         }
+    }
+}
+
+/// A charge refused: `uid` holds `used` of `resource`, and `amount` more would take it
+/// past `limit`. `dispatch` answers it as `QuotaExceeded`; its `Display` names the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{}", describe_refusal(self))]
+pub struct QuotaError {
+    pub uid: u32,
+    pub resource: Resource,
+    pub used: u64,
+    pub amount: u64,
+    pub limit: u64,
+}
+
+fn describe_refusal(e: &QuotaError) -> String {
+    let QuotaError {
+        uid,
+        used,
+        amount,
+        limit,
+        ..
+    } = *e;
+    match e.resource {
+        Resource::QueuedBytes => format!(
+            "quota exceeded: uid {uid} has {used} bytes queued; {amount} more would pass its \
+             queued_bytes quota of {limit}"
+        ),
+        Resource::Connections => format!(
+            "quota exceeded: uid {uid} has {used} connections open, its connections quota of \
+             {limit}; close one first"
+        ),
+        Resource::Mailboxes => format!(
+            "quota exceeded: uid {uid} owns {used} mailboxes, its mailboxes quota of {limit}; \
+             remove one first"
+        ),
+        Resource::Handshakes => format!(
+            "quota exceeded: uid {uid} has {used} connections that have not sent their hello, \
+             its handshakes quota of {limit}"
+        ),
     }
 }
 
@@ -117,7 +157,7 @@ impl UidAccount {
         resource: Resource,
         amount: u64,
         limit: u64,
-    ) -> Result<Charge, ErrorReply> {
+    ) -> Result<Charge, QuotaError> {
         self.try_charge(resource, amount, limit)
             .map_err(|used| self.refuse(resource, used, amount, limit))
     }
@@ -158,36 +198,22 @@ impl UidAccount {
         }
     }
 
-    fn refuse(&self, resource: Resource, used: u64, amount: u64, limit: u64) -> ErrorReply {
-        let message = match resource {
-            Resource::QueuedBytes => format!(
-                "quota exceeded: uid {} has {used} bytes queued; {amount} more would pass its \
-                 queued_bytes quota of {limit}",
-                self.uid
-            ),
-            Resource::Connections => format!(
-                "quota exceeded: uid {} has {used} connections open, its connections quota of \
-                 {limit}; close one first",
-                self.uid
-            ),
-            Resource::Mailboxes => format!(
-                "quota exceeded: uid {} owns {used} mailboxes, its mailboxes quota of {limit}; \
-                 remove one first",
-                self.uid
-            ),
-            Resource::Handshakes => format!(
-                "quota exceeded: uid {} has {used} connections that have not sent their hello, \
-                 its handshakes quota of {limit}",
-                self.uid
-            ),
+    /// The refusal of a charge, logged at most once per [`LOG_EVERY`] per resource.
+    fn refuse(&self, resource: Resource, used: u64, amount: u64, limit: u64) -> QuotaError {
+        let error = QuotaError {
+            uid: self.uid,
+            resource,
+            used,
+            amount,
+            limit,
         };
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
         let last = &mut logged[resource as usize];
         if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             *last = Some(Instant::now());
-            tracing::info!(uid = self.uid, quota = resource.name(), limit, "{message}");
+            tracing::info!(uid = self.uid, quota = resource.name(), limit, "{error}");
         }
-        ErrorReply::new(ErrorCode::QuotaExceeded, message)
+        error
     }
 }
 
@@ -272,10 +298,19 @@ mod tests {
         let refused = account
             .charge(Resource::QueuedBytes, 41, 100)
             .expect_err("over the quota");
-        assert_eq!(refused.code, ErrorCode::QuotaExceeded);
-        assert!(
-            refused.message.contains("queued_bytes quota of 100"),
-            "{refused:?}"
+        assert_eq!(
+            (
+                refused.resource,
+                refused.used,
+                refused.amount,
+                refused.limit
+            ),
+            (Resource::QueuedBytes, 60, 41, 100)
+        );
+        assert_eq!(
+            refused.to_string(),
+            "quota exceeded: uid 1000 has 60 bytes queued; 41 more would pass its \
+             queued_bytes quota of 100"
         );
         let b = account.charge(Resource::QueuedBytes, 40, 100).unwrap();
         assert_eq!(account.used(Resource::QueuedBytes), 100);
