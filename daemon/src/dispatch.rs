@@ -27,7 +27,7 @@ use crate::mailbox::{
 };
 use crate::perm::Access;
 use crate::quota::{QuotaError, Resource};
-use crate::store::Stored;
+use crate::store::{StoreError, Stored};
 
 /// A result whose error is already in its wire form.
 type OpResult<T> = Result<T, ErrorReply>;
@@ -219,7 +219,7 @@ fn once_stored(stored: oneshot::Receiver<Stored>, response: Response) -> Reply {
         wait: Box::pin(async move {
             match stored.await {
                 Ok(Ok(())) => response,
-                Ok(Err(e)) => Response::Error(e),
+                Ok(Err(e)) => Response::Error(e.into()),
                 Err(_) => Response::Error(ErrorReply::new(
                     ErrorCode::ShuttingDown,
                     "the store stopped before this was stored",
@@ -445,7 +445,7 @@ impl From<SendError> for ErrorReply {
         match e {
             SendError::Closed(closed) => closed.into(),
             SendError::Interrupted(interrupted) => interrupted.into(),
-            SendError::Storage(reason) => reason,
+            SendError::Storage(stored) => stored.into(),
             SendError::TooLarge { .. } => reply(ErrorCode::TooLarge, &e),
             SendError::Full(_) => reply(ErrorCode::WouldBlock, &e),
             SendError::TimedOut { .. } => reply(ErrorCode::TimedOut, &e),
@@ -477,6 +477,17 @@ impl From<LeaseError> for ErrorReply {
 impl From<QuotaError> for ErrorReply {
     fn from(e: QuotaError) -> Self {
         reply(ErrorCode::QuotaExceeded, &e)
+    }
+}
+
+impl From<StoreError> for ErrorReply {
+    fn from(e: StoreError) -> Self {
+        let code = match e {
+            StoreError::Failed { .. } => ErrorCode::StorageFailed,
+            StoreError::Stopped => ErrorCode::ShuttingDown,
+            StoreError::Refused(_) => ErrorCode::InvalidArgument,
+        };
+        reply(code, &e)
     }
 }
 

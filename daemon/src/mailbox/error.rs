@@ -5,6 +5,8 @@
 use ipc_proto::{ErrorReply, MailboxName, Selector};
 use thiserror::Error;
 
+use crate::store::StoreError;
+
 /// Why a mailbox takes no more requests, and ends every wait on it.
 #[derive(Debug, Clone, Error)]
 pub enum Closed {
@@ -86,9 +88,9 @@ pub enum SendError {
     TimedOut { after_ms: u128, full: Full },
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
-    /// A durable mailbox's store could not keep the message: its answer, as given.
-    #[error("{}", .0.message)]
-    Storage(ErrorReply),
+    /// A durable mailbox's store could not keep the message.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
 }
 
 fn describe_too_large(bound: SizeBound, size: u64, max: u64, mailbox: &MailboxName) -> String {

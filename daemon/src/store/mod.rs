@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use ipc_proto::{ErrorCode, ErrorReply, Fsync};
+use ipc_proto::Fsync;
+use thiserror::Error;
 use tokio::sync::oneshot;
 
 use self::disk::{Disk, OsDisk};
@@ -45,7 +46,47 @@ pub mod fuzzing;
 const MAX_BATCH_JOBS: usize = 4096;
 
 /// What a completion hears: stored, or why not.
-pub type Stored = Result<(), ErrorReply>;
+pub type Stored = Result<(), StoreError>;
+
+/// Why the store did not keep what a job asked it to. Its `Display` is the message the
+/// user reads; `dispatch` gives each its error code.
+#[derive(Debug, Clone, Error)]
+pub enum StoreError {
+    /// The write or its sync failed (the I/O error's text); `hint` says what became of
+    /// the job's records.
+    #[error("could not store the message durably: {error}{hint}")]
+    Failed { error: String, hint: FailureHint },
+    /// The writer has stopped, so nothing more is stored.
+    #[error("the store has stopped")]
+    Stopped,
+    /// The job's records do not fit the store's format; nothing of them was written.
+    #[error("cannot store the message durably: {0}")]
+    Refused(record::EncodeError),
+}
+
+/// What a failed write left behind, as the user is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureHint {
+    /// The log could not take the records back: they may be there after a restart.
+    MayRemain,
+    /// Taken back, and the disk is full: freeing space is what helps.
+    NoSpace,
+    /// Taken back; nothing stored before is affected.
+    Unharmed,
+}
+
+impl fmt::Display for FailureHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureHint::MayRemain => "; it may still be there after ipcd restarts",
+            FailureHint::NoSpace => {
+                "; free space in the state directory and retry — messages stored before are \
+                 unharmed"
+            }
+            FailureHint::Unharmed => "; messages stored before are unharmed",
+        })
+    }
+}
 
 type Completion = Box<dyn FnOnce(Stored) + Send>;
 
@@ -160,7 +201,7 @@ impl Store {
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             if let Some(done) = job.done {
                 // Not inline: the caller may hold the lock its completion takes.
-                std::thread::spawn(move || done(Err(stopped())));
+                std::thread::spawn(move || done(Err(StoreError::Stopped)));
             }
         }
     }
@@ -221,32 +262,20 @@ fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-fn stopped() -> ErrorReply {
-    ErrorReply::new(ErrorCode::ShuttingDown, "the store has stopped")
-}
-
 /// The answer to a job whose write or sync failed; `undone` says whether the log took
 /// its records back (else they may still be there after a restart).
-fn failed(e: &std::io::Error, undone: bool) -> ErrorReply {
+fn failed(e: &std::io::Error, undone: bool) -> StoreError {
     let hint = if !undone {
-        "; it may still be there after ipcd restarts"
+        FailureHint::MayRemain
     } else if e.raw_os_error() == Some(libc::ENOSPC) {
-        "; free space in the state directory and retry — messages stored before are unharmed"
+        FailureHint::NoSpace
     } else {
-        "; messages stored before are unharmed"
+        FailureHint::Unharmed
     };
-    ErrorReply::new(
-        ErrorCode::StorageFailed,
-        format!("could not store the message durably: {e}{hint}"),
-    )
-}
-
-/// The answer to a job whose records the log cannot hold at all.
-fn refused(e: &record::EncodeError) -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::InvalidArgument,
-        format!("cannot store the message durably: {e}"),
-    )
+    StoreError::Failed {
+        error: e.to_string(),
+        hint,
+    }
 }
 
 /// The writer thread: gather, write, sync, complete, reclaim; until every handle is gone.
@@ -292,7 +321,7 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
                 }
                 Err(e) => {
                     tracing::warn!("a durable write was refused: {e}");
-                    refusals.push(Some(refused(&e)));
+                    refusals.push(Some(StoreError::Refused(e)));
                 }
             }
         }
@@ -433,12 +462,13 @@ mod tests {
         release.send(()).unwrap();
         first.recv().unwrap().unwrap();
         let refused = evil.recv().unwrap().unwrap_err();
-        assert_eq!(refused.code, ErrorCode::InvalidArgument);
+        assert!(matches!(refused, StoreError::Refused(_)), "{refused:?}");
+        let message = refused.to_string();
         assert!(
-            refused.message.contains("content_type is 70000 bytes")
-                && refused.message.contains("65535"),
-            "{}",
-            refused.message
+            message.starts_with("cannot store the message durably: ")
+                && message.contains("content_type is 70000 bytes")
+                && message.contains("65535"),
+            "{message}"
         );
         for done in after {
             done.recv().unwrap().unwrap();
@@ -469,14 +499,22 @@ mod tests {
             .recv()
             .unwrap()
             .unwrap_err();
-        assert_eq!(failed.code, ErrorCode::StorageFailed);
         assert!(
-            failed.message.contains("fdatasync failed")
-                && failed
-                    .message
-                    .contains("messages stored before are unharmed"),
-            "{}",
-            failed.message
+            matches!(
+                failed,
+                StoreError::Failed {
+                    hint: FailureHint::Unharmed,
+                    ..
+                }
+            ),
+            "{failed:?}"
+        );
+        let message = failed.to_string();
+        assert!(
+            message.starts_with("could not store the message durably: ")
+                && message.contains("fdatasync failed")
+                && message.ends_with("; messages stored before are unharmed"),
+            "{message}"
         );
         // The log goes on.
         submit(&store, vec![Record::Put(put(1, 3, b"later"))])
@@ -507,24 +545,31 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(
+            matches!(
+                failed,
+                StoreError::Failed {
+                    hint: FailureHint::MayRemain,
+                    ..
+                }
+            ),
+            "{failed:?}"
+        );
+        assert!(
             failed
-                .message
-                .contains("may still be there after ipcd restarts"),
-            "{}",
-            failed.message
+                .to_string()
+                .ends_with("; it may still be there after ipcd restarts"),
+            "{failed}"
         );
         let refused = submit(&store, vec![Record::Put(put(1, 2, b"refused"))])
             .recv()
             .unwrap()
             .unwrap_err();
-        assert_eq!(refused.code, ErrorCode::StorageFailed);
+        assert!(matches!(refused, StoreError::Failed { .. }), "{refused:?}");
+        let message = refused.to_string();
         assert!(
-            refused
-                .message
-                .contains("durable writes are refused until ipcd restarts")
-                && !refused.message.contains("may still be there"),
-            "{}",
-            refused.message
+            message.contains("durable writes are refused until ipcd restarts")
+                && !message.contains("may still be there"),
+            "{message}"
         );
         store.stop();
         drop(store);
