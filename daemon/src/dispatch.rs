@@ -3,8 +3,9 @@
 //! makes the compiler point here. Errors become error replies; nothing here can end the
 //! connection.
 //!
-//! This is also the one place where the broker's and mailbox's errors (`SendError`,
-//! `RecvError`, `CreateError`, …) become wire `ErrorReply`s: each gets its stable
+//! This is also the one place where the daemon's errors — the broker's and mailbox's
+//! (`SendError`, `RecvError`, `CreateError`, …), a refused charge (`QuotaError`) and the
+//! store's answer (`StoreError`) — become wire `ErrorReply`s: each gets its stable
 //! `ErrorCode` here, and its message is its `Display`.
 
 use std::future::Future;
@@ -434,7 +435,7 @@ impl From<Closed> for ErrorReply {
 impl From<Interrupted> for ErrorReply {
     fn from(e: Interrupted) -> Self {
         match e {
-            Interrupted::Cancelled(reason) => reason,
+            Interrupted::Cancelled(_) => reply(ErrorCode::Cancelled, &e),
             Interrupted::Abandoned => reply(ErrorCode::Internal, &e),
         }
     }
@@ -513,5 +514,85 @@ impl From<CreateError> for ErrorReply {
             CreateError::Exists(_) | CreateError::NotAsAsked { .. } => ErrorCode::Exists,
         };
         reply(code, &e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::Cancelled;
+    use crate::store::FailureHint;
+    use crate::store::record::EncodeError;
+
+    fn wire(e: impl Into<ErrorReply>) -> (ErrorCode, String) {
+        let e = e.into();
+        (e.code, e.message)
+    }
+
+    #[test]
+    fn a_refused_charge_is_quota_exceeded_naming_the_quota() {
+        let quota = QuotaError {
+            uid: 7,
+            resource: Resource::Mailboxes,
+            used: 2,
+            amount: 1,
+            limit: 2,
+        };
+        let expected = (
+            ErrorCode::QuotaExceeded,
+            "quota exceeded: uid 7 owns 2 mailboxes, its mailboxes quota of 2; remove one first"
+                .to_owned(),
+        );
+        assert_eq!(wire(quota), expected);
+        assert_eq!(wire(CreateError::Quota(quota)), expected);
+    }
+
+    #[test]
+    fn the_stores_answers_keep_their_codes_and_words() {
+        assert_eq!(
+            wire(StoreError::Stopped),
+            (ErrorCode::ShuttingDown, "the store has stopped".to_owned())
+        );
+        let failed = StoreError::Failed {
+            error: "No space left on device (os error 28)".to_owned(),
+            hint: FailureHint::NoSpace,
+        };
+        assert_eq!(
+            wire(SendError::Storage(failed)),
+            (
+                ErrorCode::StorageFailed,
+                "could not store the message durably: No space left on device (os error 28); \
+                 free space in the state directory and retry — messages stored before are \
+                 unharmed"
+                    .to_owned()
+            )
+        );
+        let refused = StoreError::Refused(EncodeError::TooLong {
+            field: "content_type",
+            len: 70_000,
+            max: 65_535,
+        });
+        assert_eq!(
+            wire(refused),
+            (
+                ErrorCode::InvalidArgument,
+                "cannot store the message durably: content_type is 70000 bytes, over the \
+                 65535-byte limit of the durable store"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_cancelled_wait_is_answered_cancelled_naming_the_request() {
+        let cancelled = Interrupted::from(Cancelled { request: 9 });
+        assert_eq!(
+            wire(RecvError::Interrupted(cancelled.clone())),
+            (ErrorCode::Cancelled, "request 9 was cancelled".to_owned())
+        );
+        assert_eq!(
+            wire(SendError::Interrupted(cancelled)),
+            (ErrorCode::Cancelled, "request 9 was cancelled".to_owned())
+        );
     }
 }

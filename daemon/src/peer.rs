@@ -31,7 +31,7 @@ use crate::connection::{
 };
 use crate::dispatch::{Reply, dispatch};
 use crate::logging;
-use crate::mailbox::Canceller;
+use crate::mailbox::{Cancelled, Canceller};
 use crate::quota::{Charge, GaugeSlot, QuotaError, Resource};
 
 /// Why a connection ended.
@@ -482,10 +482,7 @@ impl Peer {
                 // Synchronous: the waiter is gone before the next request is read, so
                 // a send that follows on this connection can no longer reach it.
                 if let Some(cancel) = self.cancels.remove(&target) {
-                    cancel(ErrorReply::new(
-                        ErrorCode::Cancelled,
-                        format!("request {target} was cancelled"),
-                    ));
+                    cancel(Cancelled { request: target });
                 }
                 self.queue(Outgoing::Reply(id, Response::Ok)).await
             }

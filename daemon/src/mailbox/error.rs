@@ -2,7 +2,7 @@
 //! operation, with the facts a caller needs. They say nothing of the wire: `dispatch`
 //! gives each its error code, and their `Display` is the one-line message a user reads.
 
-use ipc_proto::{ErrorReply, MailboxName, Selector};
+use ipc_proto::{MailboxName, Selector};
 use thiserror::Error;
 
 use crate::store::StoreError;
@@ -16,12 +16,18 @@ pub enum Closed {
     ShuttingDown,
 }
 
+/// A wait cancelled by its client: the id of the request it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("request {request} was cancelled")]
+pub struct Cancelled {
+    pub request: u64,
+}
+
 /// How a wait ended without its mailbox completing it or its time running out.
 #[derive(Debug, Clone, Error)]
 pub enum Interrupted {
-    /// Whoever cancelled it said why, already as it is to be answered.
-    #[error("{}", .0.message)]
-    Cancelled(ErrorReply),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
     /// The mailbox dropped the waiter's channel without an answer (a bug if it happens).
     #[error("waiter abandoned")]
     Abandoned,

@@ -43,7 +43,7 @@ pub use self::dead_letters::{DeadLetter, DeadLetters};
 pub use self::durable::Link;
 pub use self::envelope::{Envelope, Incoming, SentId, headers_size};
 pub use self::error::{
-    Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
+    Cancelled, Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
 };
 pub use self::leases::LeaseBook;
 pub(crate) use self::leases::LeaseTerms;

@@ -25,10 +25,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_proto::{ErrorReply, Selector};
+use ipc_proto::Selector;
 use tokio::sync::oneshot;
 
-use super::error::{Closed, Empty, Full, Interrupted, RecvError, SendError};
+use super::error::{Cancelled, Closed, Empty, Full, Interrupted, RecvError, SendError};
 use super::{Envelope, Incoming, Mailbox, SentId, State, Taker};
 
 /// Waiters of type `W`, each under a unique key given in increasing arrival order.
@@ -420,9 +420,9 @@ impl Side for SentId {
 }
 
 /// Cancels a wait synchronously: under the mailbox lock the waiter is deregistered and
-/// completed with the given error, so nothing can be handed to it afterwards. If it was
-/// completed first, nothing happens and its normal result stands.
-pub(crate) type Canceller = Box<dyn FnOnce(ErrorReply) + Send + Sync>;
+/// completed with [`Interrupted::Cancelled`], so nothing can be handed to it afterwards.
+/// If it was completed first, nothing happens and its normal result stands.
+pub(crate) type Canceller = Box<dyn FnOnce(Cancelled) + Send + Sync>;
 
 /// A request waiting on a mailbox. Await [`Waiter::wait`]; dropping it at any point
 /// deregisters it without losing a message.
