@@ -8,7 +8,6 @@
 //! (see [`crate::reconnect`] for the rules); without one, a broken connection stays
 //! broken and every later call fails with [`Error::Disconnected`].
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ipc_proto::{MailboxName, Request, Response, Welcome};
+use ipc_proto::{Request, Response, Welcome};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
+use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
 use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, operations};
-use crate::typed::{Leased, TypedMailbox, reply, settle_operations, typed_operations};
-use crate::{Error, RecvOptions, Result};
+use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
+use crate::{Error, Result};
 
 /// The most requests [`BlockingClient::submit`] leaves unread by default: well below the
 /// daemon's bound on the replies it queues for one connection (`max_queued_replies`,
@@ -376,57 +375,49 @@ impl BlockingClient {
     /// whose connection breaks first is made again on a new connection when that is
     /// safe ([`crate::reconnect`]).
     pub fn request(&mut self, request: &Request) -> Result<Response> {
-        let retry = Retry::new(request);
-        let mut attempt = Cow::Borrowed(request);
-        loop {
-            // A failure here breaks the connection, and `queue` deals with that.
-            let _ = self.write_out();
-            let outcome = self.attempt(&attempt)?;
-            // The daemon that says it is stopping closes the connection after this reply.
-            let reconnecting = self.reconnect.is_some();
-            let stopping = |why: &str| self.break_connection(io::ErrorKind::ConnectionAborted, why);
-            if let Some(outcome) = retry.step(outcome, reconnecting, stopping) {
-                return outcome;
-            }
-            attempt = retry.again()?;
-        }
+        Ok(self.request_tracked(request)?.0)
     }
 
-    /// Queues `request` and writes it out alone, then waits for what becomes of it.
-    /// Requests already queued by `submit` must have gone out first, on their own, so
-    /// that a failed write of this one alone tells whether any of it reached the daemon.
-    fn attempt(&mut self, request: &Request) -> Result<Attempt> {
+    fn reconnecting(&self) -> bool {
+        self.reconnect.is_some()
+    }
+
+    /// One try at `request` (on a new connection if the last one broke) and the
+    /// connection it went to. What `submit` queued goes out first, on its own, so that a
+    /// failed write of this request alone tells whether any of it reached the daemon.
+    fn attempt(&mut self, request: &Request) -> Result<(Attempt, u64)> {
+        // A failure here breaks the connection, and `queue` deals with that.
+        let _ = self.write_out();
         let id = self.queue(request)?;
-        Ok(match self.write_out() {
+        let attempt = match self.write_out() {
             Ok(()) => self
                 .wait_for(id)
                 .map_or_else(Attempt::Lost, Attempt::Answered),
             Err(f) if f.written == 0 => Attempt::NotSent(Error::Disconnected(f.error)),
             Err(f) => Attempt::Lost(Error::Disconnected(f.error)),
-        })
+        };
+        Ok((attempt, self.generation))
     }
 
-    /// Makes `request` and extracts its reply.
-    pub(crate) fn call<T>(
-        &mut self,
-        request: Request,
-        extract: fn(Response) -> Result<T>,
-    ) -> Result<T> {
-        extract(self.request(&request)?)
-    }
-
-    /// Acks (or nacks) a leased message on the connection that holds its lease,
-    /// `generation`, and only there.
-    fn settle(&mut self, generation: u64, request: &Request) -> Result<()> {
+    /// One try at `request` on connection `generation`, never on another.
+    fn attempt_on(&mut self, generation: u64, request: &Request) -> Result<Attempt> {
         if self.generation == generation {
             let _ = self.write_out();
         }
-        let outcome = if self.generation != generation || self.conn.is_none() {
-            Attempt::NotSent(self.broken_error())
-        } else {
-            self.attempt(request)?
-        };
-        reply::ok(reconnect::settled(request, outcome)?)
+        if self.generation != generation || self.conn.is_none() {
+            return Ok(Attempt::NotSent(self.broken_error()));
+        }
+        Ok(self.attempt(request)?.0)
+    }
+
+    /// The daemon that says it is stopping closes the connection after this reply.
+    fn stopping(&mut self, _generation: u64, why: &str) {
+        self.break_connection(io::ErrorKind::ConnectionAborted, why);
+    }
+
+    /// Nacks a delivery dropped unsettled, on the connection that holds its lease.
+    fn nack_on_drop(client: &mut &mut Self, generation: u64, nack: &Request) {
+        let _ = client.settle(generation, nack);
     }
 
     /// Flushes, then waits for the next reply on the connection.
@@ -472,30 +463,7 @@ impl BlockingClient {
         }
     }
 
-    operations!([mut], []);
-
-    /// Receives one message on a lease (acknowledged receive): settle it with
-    /// [`BlockingDelivery::ack`] or [`BlockingDelivery::nack`]; dropping it unsettled
-    /// nacks it, as does closing the connection.
-    pub fn recv_leased(
-        &mut self,
-        mailbox: &str,
-        options: &RecvOptions,
-        lease: std::time::Duration,
-    ) -> Result<BlockingDelivery<'_>> {
-        let name = MailboxName::new(mailbox)?;
-        let options = options.lease(lease, false);
-        let message = reply::message(self.request(&Request::Recv(options.request(name.clone())))?)?;
-        let nack = |client: &mut &mut Self, generation, nack: &Request| {
-            let _ = client.settle(generation, nack);
-        };
-        Ok(Leased::new(self, self.generation, name, message, nack))
-    }
-
-    /// A typed handle on `mailbox` (see [`BlockingMailbox`]).
-    pub fn mailbox<T>(&mut self, mailbox: &str) -> Result<BlockingMailbox<'_, T>> {
-        TypedMailbox::new(self, mailbox)
-    }
+    operations!([mut], [], [], BlockingDelivery<'_>, BlockingMailbox<'_, T>);
 }
 
 /// A typed view of one mailbox through a [`BlockingClient`], which it borrows (see

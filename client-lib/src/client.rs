@@ -10,7 +10,6 @@
 //! task doing it for all, and gets new reader and writer tasks; the rules of what is
 //! made again are those of the blocking client ([`crate::reconnect`]).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,17 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ipc_proto::{Frame, MailboxName, Request, Response, Wait, Welcome};
+use ipc_proto::{Frame, Request, Response, Wait, Welcome};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy, Retry};
+use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
 use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, disconnected, operations};
-use crate::typed::{Leased, TypedMailbox, reply, settle_operations, typed_operations};
-use crate::{Error, RecvOptions, Result};
+use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
+use crate::{Error, Result};
 
 /// The most requests all clones together have in flight (queued to be written or
 /// waiting for their replies); a request past it waits for one of them to finish. This
@@ -215,36 +214,53 @@ impl Client {
     /// With a reconnect policy, a request whose connection breaks first is made again
     /// on a new connection when that is safe ([`crate::reconnect`]).
     pub async fn request(&self, request: Request) -> Result<Response> {
-        self.request_tracked(request)
-            .await
-            .map(|(response, _)| response)
+        Ok(self.request_tracked(&request).await?.0)
     }
 
-    /// [`Self::request`], also telling which connection answered.
-    async fn request_tracked(&self, request: Request) -> Result<(Response, u64)> {
-        let retry = Retry::new(&request);
-        let mut attempt = Cow::Borrowed(&request);
-        loop {
-            let policy = *self.inner.policy.lock().expect("policy lock");
-            let conn = self.connection(policy.as_ref()).await?;
-            let outcome = self.request_on(&conn, &attempt).await?;
-            // What else is in flight there still gets its replies; new requests go to
-            // the next daemon.
-            let stopping = |_: &str| conn.draining.store(true, Ordering::Relaxed);
-            if let Some(outcome) = retry.step(outcome, policy.is_some(), stopping) {
-                return outcome.map(|response| (response, conn.generation));
-            }
-            attempt = retry.again()?;
+    fn policy(&self) -> Option<ReconnectPolicy> {
+        *self.inner.policy.lock().expect("policy lock")
+    }
+
+    fn reconnecting(&self) -> bool {
+        self.policy().is_some()
+    }
+
+    /// One try at `request`, on a new connection if the current one cannot take it, and
+    /// the connection it went to.
+    async fn attempt(&self, request: &Request) -> Result<(Attempt, u64)> {
+        let conn = self.connection(self.policy().as_ref()).await?;
+        Ok((self.request_on(&conn, request).await?, conn.generation))
+    }
+
+    /// Connection `generation`, if it is still the current one.
+    fn holding(&self, generation: u64) -> Option<Arc<Conn>> {
+        Some(self.current()).filter(|conn| conn.generation == generation)
+    }
+
+    /// One try at `request` on connection `generation`, never on another.
+    async fn attempt_on(&self, generation: u64, request: &Request) -> Result<Attempt> {
+        match self.holding(generation) {
+            Some(conn) => self.request_on(&conn, request).await,
+            None => Ok(Attempt::NotSent(disconnected(
+                "the connection was replaced",
+            ))),
         }
     }
 
-    /// Makes `request` and extracts its reply.
-    pub(crate) async fn call<T>(
-        &self,
-        request: Request,
-        extract: fn(Response) -> Result<T>,
-    ) -> Result<T> {
-        extract(self.request(request).await?)
+    /// The daemon of connection `generation` is stopping: what else is in flight there
+    /// still gets its replies, new requests go to the next daemon.
+    fn stopping(&self, generation: u64, _why: &str) {
+        if let Some(conn) = self.holding(generation) {
+            conn.draining.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Nacks a delivery dropped unsettled, only on the connection that holds its lease,
+    /// and without keeping the reply: the reader drops a reply nobody waits for.
+    fn nack_on_drop(&mut self, generation: u64, nack: &Request) {
+        if let Some(conn) = self.holding(generation) {
+            conn.send_unanswered(&self.inner, nack);
+        }
     }
 
     /// Makes `request` on `conn` and waits for what becomes of it there; `Err` if it
@@ -283,50 +299,7 @@ impl Client {
         Ok(outcome)
     }
 
-    /// Acks (or nacks) leased message `id` on the connection that holds its lease,
-    /// `generation`, and only there.
-    async fn settle(&self, generation: u64, request: &Request) -> Result<()> {
-        let conn = self.current();
-        let outcome = if conn.generation == generation {
-            self.request_on(&conn, request).await?
-        } else {
-            Attempt::NotSent(disconnected("the connection was replaced"))
-        };
-        reply::ok(reconnect::settled(request, outcome)?)
-    }
-
-    operations!([], [async], .await);
-
-    /// Receives one message on a lease (acknowledged receive, at least once): settle it
-    /// with [`Delivery::ack`] or [`Delivery::nack`]; dropping it unsettled nacks it, and
-    /// so does the connection closing, so an unprocessed message is redelivered.
-    pub async fn recv_leased(
-        &self,
-        mailbox: &str,
-        options: &RecvOptions,
-        lease: std::time::Duration,
-    ) -> Result<Delivery> {
-        let name = MailboxName::new(mailbox)?;
-        let options = options.lease(lease, false);
-        let (response, generation) = self
-            .request_tracked(Request::Recv(options.request(name.clone())))
-            .await?;
-        let message = reply::message(response)?;
-        // Only on the connection that holds the lease, and without keeping the reply:
-        // the reader drops a reply nobody waits for.
-        let nack = |client: &mut Self, generation, nack: &Request| {
-            let conn = client.current();
-            if conn.generation == generation {
-                conn.send_unanswered(&client.inner, nack);
-            }
-        };
-        Ok(Leased::new(self.clone(), generation, name, message, nack))
-    }
-
-    /// A typed handle on `mailbox` (see [`Mailbox`]).
-    pub fn mailbox<T>(&self, mailbox: &str) -> Result<Mailbox<T>> {
-        TypedMailbox::new(self.clone(), mailbox)
-    }
+    operations!([], [async], [clone], Delivery, Mailbox<T>, .await);
 }
 
 /// Whether the daemon may hold `request` waiting, so that abandoning it needs a cancel.

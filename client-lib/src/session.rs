@@ -119,13 +119,78 @@ pub(crate) fn reply_of(frame: &Frame) -> Result<(u64, Response), Ended> {
     Ok((frame.request_id, response))
 }
 
-/// The one-call operations and the constructors of a client, written once:
-/// `operations!([mut], [])` makes those of [`crate::BlockingClient`] (`&mut self`,
-/// blocking) and `operations!([], [async], .await)` those of `Client`. Each builds its
-/// request and hands it, with the extractor of its reply, to the client's own `call`,
-/// which makes it under the retry rules of [`crate::reconnect`].
+/// What a client offers, written once: `operations!([mut], [], [], …)` makes the
+/// methods of [`crate::BlockingClient`] (`&mut self`, blocking) and
+/// `operations!([], [async], [clone], …, .await)` those of `Client`. Each one-call
+/// operation builds its request and extracts its reply; the retry loop over
+/// [`crate::reconnect::Retry`] and leased receives are here too, so that a client brings
+/// only the I/O: `attempt`, `attempt_on`, `stopping`, `reconnecting` and `nack_on_drop`.
 macro_rules! operations {
-    ([$($mut:tt)?], [$($async:tt)?] $(, $($await:tt)+)?) => {
+    (
+        [$($mut:tt)?], [$($async:tt)?], [$($clone:ident)?], $delivery:ty, $mailbox:ty
+        $(, $($await:tt)+)?
+    ) => {
+        /// Makes `request` under the retry rules of [`crate::reconnect`], on as many
+        /// connections as they allow, and tells which connection answered.
+        $($async)? fn request_tracked(
+            &$($mut)? self,
+            request: &Request,
+        ) -> $crate::Result<(Response, u64)> {
+            let retry = $crate::reconnect::Retry::new(request);
+            let mut next = std::borrow::Cow::Borrowed(request);
+            loop {
+                let reconnecting = self.reconnecting();
+                let (attempt, generation) = self.attempt(&next)$($($await)+)??;
+                let stopping = |why: &str| self.stopping(generation, why);
+                if let Some(done) = retry.step(attempt, reconnecting, stopping) {
+                    return done.map(|response| (response, generation));
+                }
+                next = retry.again()?;
+            }
+        }
+
+        /// Makes `request` and extracts its reply.
+        pub(crate) $($async)? fn call<R>(
+            &$($mut)? self,
+            request: Request,
+            extract: fn(Response) -> $crate::Result<R>,
+        ) -> $crate::Result<R> {
+            extract(self.request_tracked(&request)$($($await)+)??.0)
+        }
+
+        /// Acks (or nacks) a leased message on the connection that holds its lease,
+        /// `generation`, and only there.
+        $($async)? fn settle(
+            &$($mut)? self,
+            generation: u64,
+            request: &Request,
+        ) -> $crate::Result<()> {
+            let attempt = self.attempt_on(generation, request)$($($await)+)??;
+            $crate::reply::ok($crate::reconnect::settled(request, attempt)?)
+        }
+
+        /// Receives one message on a lease (acknowledged receive, at least once): settle
+        /// it with `ack` or `nack`; dropping it unsettled nacks it, and so does the
+        /// connection closing, so an unprocessed message is redelivered.
+        pub $($async)? fn recv_leased(
+            &$($mut)? self,
+            mailbox: &str,
+            options: &$crate::RecvOptions,
+            lease: std::time::Duration,
+        ) -> $crate::Result<$delivery> {
+            let name = ipc_proto::MailboxName::new(mailbox)?;
+            let request = Request::Recv(options.lease(lease, false).request(name.clone()));
+            let (response, generation) = self.request_tracked(&request)$($($await)+)??;
+            let message = $crate::reply::message(response)?;
+            let client = self $(.$clone())?;
+            Ok($crate::Leased::new(client, generation, name, message, Self::nack_on_drop))
+        }
+
+        /// A typed handle on `mailbox` (see [`crate::TypedMailbox`]).
+        pub fn mailbox<T>(&$($mut)? self, mailbox: &str) -> $crate::Result<$mailbox> {
+            $crate::TypedMailbox::new(self $(.$clone())?, mailbox)
+        }
+
         /// Connects to the default socket ([`crate::default_socket_path`]).
         pub $($async)? fn connect() -> $crate::Result<Self> {
             Self::connect_to($crate::default_socket_path())$($($await)+)?
