@@ -127,9 +127,9 @@ struct Queued {
     frame: Bytes,
     /// The whole frame's length: what it added to the connection's pending count.
     cost: u64,
-    /// The same bytes charged to the uid that asked, given back when this is dropped:
-    /// written, or thrown away with the connection.
-    _charge: Charge,
+    /// The same bytes charged to the uid that asked, given back when this is dropped
+    /// (thrown away with the connection) or once the socket has it (see `write_batch`).
+    charge: Option<Charge>,
 }
 
 /// What a connection's reply queue and its writer share.
@@ -182,7 +182,7 @@ impl Replies {
         let queued = Queued {
             frame,
             cost,
-            _charge: charge,
+            charge: Some(charge),
         };
         // On failure the reply comes back inside the error and is dropped, and with it
         // its charge.
@@ -283,28 +283,45 @@ pub async fn write_loop(mut write: OwnedWriteHalf, mut queue: Writer) -> io::Res
         }
         tokio::select! {
             () = queue.shared.cut.cancelled() => return Ok(()),
-            written = write_batch(&mut write, &mut batch, &queue.shared.pending) => written?,
+            written = write_batch(&mut write, &mut batch, &queue.shared) => written?,
         }
     }
     write.shutdown().await
 }
 
-/// Writes `batch` whole with vectored writes, dropping each reply (and its charge) as
-/// soon as the socket has taken all of it.
+/// Writes `batch` whole with vectored writes, dropping each reply as soon as the socket
+/// has taken all of it.
+///
+/// A reply the socket takes is readable by the client at once, so its charge is given
+/// back just before the write: a client that has read a reply never finds it still
+/// charged to its uid. What the socket did not take is charged again at once, so a
+/// client that does not read still pays for all of it.
 async fn write_batch(
     write: &mut OwnedWriteHalf,
     batch: &mut VecDeque<Queued>,
-    pending: &AtomicU64,
+    shared: &Shared,
 ) -> io::Result<()> {
     while !batch.is_empty() {
+        write.writable().await?;
+        for queued in batch.iter_mut() {
+            queued.charge = None;
+        }
         let written = {
             let slices: Vec<IoSlice<'_>> = batch.iter().map(|q| IoSlice::new(&q.frame)).collect();
-            write.write_vectored(&slices).await?
+            write.try_write_vectored(&slices)
         };
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        let written = match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            // Readiness can be spurious: nothing was written.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        consume(batch, written, &shared.pending);
+        let account = &shared.payer.account;
+        for queued in batch.iter_mut() {
+            queued.charge = Some(account.force(Resource::QueuedBytes, queued.cost));
         }
-        consume(batch, written, pending);
     }
     Ok(())
 }
@@ -531,7 +548,7 @@ mod tests {
                 Queued {
                     frame: Bytes::from(vec![0u8; n]),
                     cost: n as u64,
-                    _charge: payer.account.force(Resource::QueuedBytes, n as u64),
+                    charge: Some(payer.account.force(Resource::QueuedBytes, n as u64)),
                 }
             })
             .collect();

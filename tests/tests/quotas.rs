@@ -39,6 +39,34 @@ fn over_quota(out: &Output, quota: &str) {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
 
+/// `who`'s usage, as root's `status` shows it, once its `key` reads `expected`. A
+/// command's reply stays charged to its uid until the daemon has finished writing it, and
+/// its connection until the daemon has closed it, which can be just after the command
+/// read the reply and exited. Asking as root charges nothing to `who`; each try is a
+/// round trip, and a value that never settles fails.
+fn settled(daemon: &TestDaemon, who: Principal<'_>, key: &str, expected: u64) -> Value {
+    let mut root = daemon.client();
+    let mut last = Value::Null;
+    for _ in 0..10_000 {
+        let status = root.status().expect("status");
+        let usage = status.users.iter().find(|u| u.uid == who.uid);
+        last = serde_json::json!({
+            "queued_bytes": usage.map_or(0, |u| u.queued_bytes),
+            "connections": usage.map_or(0, |u| u.connections),
+            "mailboxes": usage.map_or(0, |u| u.mailboxes),
+            "max_queued_bytes": usage.and_then(|u| u.max_queued_bytes),
+            "max_connections": usage.and_then(|u| u.max_connections),
+        });
+        if last[key] == expected {
+            return last;
+        }
+    }
+    panic!(
+        "{key} of uid {} never settled at {expected}: {last}",
+        who.uid
+    );
+}
+
 /// `status --json` as `who`: its own usage row.
 fn own_usage(daemon: &TestDaemon, who: Principal<'_>) -> Value {
     let status: Value = serde_json::from_str(&ok(ipcctl_as(daemon, who, &["status", "--json"])))
@@ -89,17 +117,16 @@ fn queued_bytes_quota_fails_only_the_sender_over_it() {
     ok(ipcctl_as(&daemon, LIGHT, &["send", "shared", &chunk]));
 
     // The same uid's other connections keep working: stat, status, receive.
-    let usage = own_usage(&daemon, HEAVY);
-    assert_eq!(usage["queued_bytes"], 10_000);
+    let usage = settled(&daemon, HEAVY, "queued_bytes", 10_000);
     assert_eq!(usage["max_queued_bytes"], 10_000);
     assert_eq!(usage["mailboxes"], 1);
-    assert_eq!(own_usage(&daemon, LIGHT)["queued_bytes"], 8_000);
+    settled(&daemon, LIGHT, "queued_bytes", 8_000);
     // Receiving one of HEAVY's messages gives its bytes back to HEAVY.
     assert_eq!(
         ok(ipcctl_as(&daemon, HEAVY, &["recv", "shared", "--raw"])),
         chunk
     );
-    assert_eq!(own_usage(&daemon, HEAVY)["queued_bytes"], 6_000);
+    settled(&daemon, HEAVY, "queued_bytes", 6_000);
     ok(ipcctl_as(&daemon, HEAVY, &["send", "shared", &chunk]));
     over_quota(
         &ipcctl_as(&daemon, HEAVY, &["send", "shared", &chunk]),
@@ -107,8 +134,8 @@ fn queued_bytes_quota_fails_only_the_sender_over_it() {
     );
     // Purging gives everything back.
     ok(ipcctl_as(&daemon, HEAVY, &["purge", "shared"]));
-    assert_eq!(own_usage(&daemon, HEAVY)["queued_bytes"], 0);
-    assert_eq!(own_usage(&daemon, LIGHT)["queued_bytes"], 0);
+    settled(&daemon, HEAVY, "queued_bytes", 0);
+    settled(&daemon, LIGHT, "queued_bytes", 0);
     ok(ipcctl_as(&daemon, HEAVY, &["send", "shared", &chunk]));
 
     // Root sees every uid, and is not limited by default.
@@ -203,7 +230,8 @@ fn connections_quota_refuses_only_the_extra_connection() {
         .collect();
     got.sort();
     assert_eq!(got, ["m0\n", "m1\n", "m2\n"]);
-    // Their connections closed, HEAVY may connect again.
+    // Their connections closed, HEAVY holds none, and may connect again.
+    settled(&daemon, HEAVY, "connections", 0);
     let usage = own_usage(&daemon, HEAVY);
     assert_eq!(
         usage["connections"], 1,
