@@ -7,6 +7,48 @@ use std::time::{Duration, Instant};
 
 use crate::{Stream, Transport, check, in_order, payload};
 
+/// Runs `case` over a shared queue: each producer thread calls `send(seq, scratch)` for
+/// its share of sequence numbers, each consumer thread `recv(scratch)` for its share;
+/// checks per-consumer order when there is one producer. Returns messages per second.
+fn fan_out(
+    case: Stream,
+    send: impl Fn(u64, &mut Vec<u8>) + Sync,
+    recv: impl Fn(&mut Vec<u8>) -> u64 + Sync,
+) -> f64 {
+    let per_producer = case.messages / case.producers;
+    let per_consumer = case.messages / case.consumers;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for p in 0..case.producers {
+            let send = &send;
+            s.spawn(move || {
+                let mut scratch = Vec::new();
+                for k in 0..per_producer {
+                    send((p * per_producer + k) as u64, &mut scratch);
+                }
+            });
+        }
+        let consumers: Vec<_> = (0..case.consumers)
+            .map(|_| {
+                let recv = &recv;
+                s.spawn(move || {
+                    let mut scratch = Vec::new();
+                    (0..per_consumer)
+                        .map(|_| recv(&mut scratch))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        for c in consumers {
+            let seqs = c.join().expect("consumer");
+            if case.producers == 1 {
+                in_order(&seqs);
+            }
+        }
+    });
+    case.messages as f64 / start.elapsed().as_secs_f64()
+}
+
 pub struct SysV;
 pub struct Posix;
 
@@ -74,42 +116,14 @@ impl Transport for SysV {
             return None;
         }
         let q = Queue::new();
-        let per_producer = case.messages / case.producers;
-        let per_consumer = case.messages / case.consumers;
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for p in 0..case.producers {
-                let q = &q;
-                s.spawn(move || {
-                    let mut buf = Vec::new();
-                    for k in 0..per_producer {
-                        let seq = (p * per_producer + k) as u64;
-                        q.send(1, &payload(seq, case.size), &mut buf);
-                    }
-                });
-            }
-            let consumers: Vec<_> = (0..case.consumers)
-                .map(|_| {
-                    let q = &q;
-                    s.spawn(move || {
-                        let mut buf = Vec::new();
-                        (0..per_consumer)
-                            .map(|_| {
-                                let n = q.recv(0, case.size.max(8), &mut buf);
-                                check(&buf[8..8 + n], case.size)
-                            })
-                            .collect::<Vec<u64>>()
-                    })
-                })
-                .collect();
-            for c in consumers {
-                let seqs = c.join().expect("consumer");
-                if case.producers == 1 {
-                    in_order(&seqs);
-                }
-            }
-        });
-        Some(case.messages as f64 / start.elapsed().as_secs_f64())
+        Some(fan_out(
+            case,
+            |seq, buf| q.send(1, &payload(seq, case.size), buf),
+            |buf| {
+                let n = q.recv(0, case.size.max(8), buf);
+                check(&buf[8..8 + n], case.size)
+            },
+        ))
     }
 
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {
@@ -217,40 +231,15 @@ impl Transport for Posix {
         }
         let size = case.size.max(8);
         let q = Mq::new("stream", size);
-        let per_producer = case.messages / case.producers;
-        let per_consumer = case.messages / case.consumers;
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for p in 0..case.producers {
-                let q = &q;
-                s.spawn(move || {
-                    for k in 0..per_producer {
-                        q.send(&payload((p * per_producer + k) as u64, case.size));
-                    }
-                });
-            }
-            let consumers: Vec<_> = (0..case.consumers)
-                .map(|_| {
-                    let q = &q;
-                    s.spawn(move || {
-                        let mut buf = vec![0; size];
-                        (0..per_consumer)
-                            .map(|_| {
-                                let n = q.recv(&mut buf);
-                                check(&buf[..n], case.size)
-                            })
-                            .collect::<Vec<u64>>()
-                    })
-                })
-                .collect();
-            for c in consumers {
-                let seqs = c.join().expect("consumer");
-                if case.producers == 1 {
-                    in_order(&seqs);
-                }
-            }
-        });
-        Some(case.messages as f64 / start.elapsed().as_secs_f64())
+        Some(fan_out(
+            case,
+            |seq, _| q.send(&payload(seq, case.size)),
+            |buf| {
+                buf.resize(size, 0);
+                let n = q.recv(buf);
+                check(&buf[..n], case.size)
+            },
+        ))
     }
 
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {
