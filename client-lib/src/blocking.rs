@@ -71,6 +71,9 @@ pub struct BlockingClient {
 struct Connection {
     stream: UnixStream,
     inbound: Inbound,
+    /// Where each read lands before it joins `inbound`: made (and zeroed) once per
+    /// connection, not once per read.
+    chunk: Box<[u8]>,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
 }
@@ -97,6 +100,7 @@ impl Connection {
         let mut conn = Self {
             stream,
             inbound: Inbound::default(),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             wbuf: session::hello(client_name)?,
         };
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
@@ -132,7 +136,6 @@ impl Connection {
     /// The next frame; with `wait` false, `None` rather than waiting for bytes that
     /// are not yet on the socket.
     fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
-        let mut chunk = [0u8; READ_CHUNK];
         loop {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
@@ -144,7 +147,7 @@ impl Connection {
             if !wait {
                 nonblocking(true)?;
             }
-            let read = stream.read(&mut chunk);
+            let read = stream.read(&mut self.chunk);
             if !wait {
                 nonblocking(false)?;
             }
@@ -155,7 +158,7 @@ impl Connection {
                         "the daemon closed the connection",
                     )));
                 }
-                Ok(n) => self.inbound.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.inbound.buf.extend_from_slice(&self.chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
