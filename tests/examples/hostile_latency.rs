@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipc_client::{BlockingClient, CreateOptions, SendOptions, Wait};
-use ipc_proto::{FrameKind, Hello, PROTOCOL_VERSION, RecvRequest, Request, Selector, codec};
-use ipcd_tests::{DaemonProcess, Principal, connect_as, is_root};
+use ipc_proto::{FrameKind, RecvRequest, Request, Selector, codec};
+use ipcd_tests::{DaemonProcess, Principal, connect_as, hello_frame, is_root};
 
 const ALICE: Principal<'static> = Principal::new(64001, 64001);
 const BOB: Principal<'static> = Principal::new(64002, 64002);
@@ -130,16 +130,6 @@ fn write_behind(stream: &UnixStream, bytes: Vec<u8>) -> std::thread::JoinHandle<
     })
 }
 
-fn hello(name: String) -> bytes::BytesMut {
-    let mut out = bytes::BytesMut::new();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        client_name: name,
-    };
-    codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut out).expect("hello");
-    out
-}
-
 fn bob_client(daemon: &DaemonProcess) -> BlockingClient {
     let socket = daemon.socket.clone();
     connect_as(BOB, move || {
@@ -158,7 +148,7 @@ fn huge_hellos(daemon: &DaemonProcess) -> Held {
     let streams = bob_connects(&daemon.socket, 5);
     let writers = streams
         .iter()
-        .map(|s| write_behind(s, hello("n".repeat(40 << 20)).to_vec()))
+        .map(|s| write_behind(s, hello_frame(&"n".repeat(40 << 20)).to_vec()))
         .collect();
     Held {
         _streams: streams,
@@ -177,7 +167,7 @@ fn unread_lists(daemon: &DaemonProcess) -> Held {
     let writers = streams
         .iter()
         .map(|s| {
-            let mut out = hello("lists".into());
+            let mut out = hello_frame("lists");
             for id in 1..=1_100 {
                 codec::encode_frame(FrameKind::Request, id, &Request::List, u32::MAX, &mut out)
                     .expect("list");
@@ -205,7 +195,7 @@ fn unread_receives(daemon: &DaemonProcess) -> Held {
     let writers: Vec<_> = streams
         .iter()
         .map(|s| {
-            let mut out = hello("never-reads".into());
+            let mut out = hello_frame("never-reads");
             let recv = Request::Recv(RecvRequest {
                 mailbox: "bob.flood".parse().unwrap(),
                 selector: Selector::Any,

@@ -125,6 +125,34 @@ impl Drop for TestDaemon {
     }
 }
 
+/// A client that sends and receives one message on `mailbox`, as proof the daemon still
+/// serves it.
+pub fn round_trip(client: &mut BlockingClient, mailbox: &str, n: u64) {
+    let body = format!("still here {n}");
+    client
+        .send(mailbox, body.clone(), &ipc_client::SendOptions::default())
+        .expect("the well-behaved client can send");
+    let got = client
+        .recv(
+            mailbox,
+            &ipc_client::RecvOptions::default().wait(ipc_client::Wait::NoWait),
+        )
+        .expect("the well-behaved client can receive");
+    assert_eq!(&got.payload[..], body.as_bytes());
+}
+
+/// An encoded hello from a client called `name`, for tests that speak raw frames.
+pub fn hello_frame(name: &str) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    let hello = ipc_proto::Hello {
+        version: ipc_proto::PROTOCOL_VERSION,
+        client_name: name.into(),
+    };
+    ipc_proto::codec::encode_frame(ipc_proto::FrameKind::Hello, 0, &hello, u32::MAX, &mut out)
+        .expect("encode a hello");
+    out
+}
+
 /// A temporary directory that other users may enter (for the multi-user tests).
 pub fn tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
@@ -199,6 +227,14 @@ impl DaemonProcess {
     /// environment.
     pub fn spawn_custom(dir: &Path, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawn_program(&binary("ipcd"), dir, wrapper, args, env)
+    }
+
+    /// The real daemon in `dir`, with `config` (TOML) as its configuration file.
+    pub fn spawn_with_config(dir: &Path, config: &str) -> Self {
+        let file = dir.join("ipcd.toml");
+        std::fs::write(&file, config).expect("write the configuration");
+        let file = file.to_str().expect("a UTF-8 path");
+        Self::spawn_custom(dir, &[], &["--config", file], &[])
     }
 
     /// As [`spawn_custom`](Self::spawn_custom), running the `ipcd` at `ipcd` (another

@@ -9,39 +9,14 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use ipc_client::{BlockingClient, CreateOptions, Error, RecvOptions, SendOptions};
-use ipc_proto::{
-    FrameKind, Hello, MailboxName, PROTOCOL_VERSION, RecvRequest, Request, Selector, Wait, codec,
-};
-use ipcd_tests::DaemonProcess;
+use ipc_client::{CreateOptions, Error, RecvOptions, SendOptions};
+use ipc_proto::{FrameKind, MailboxName, RecvRequest, Request, Selector, Wait, codec};
+use ipcd_tests::{DaemonProcess, hello_frame, round_trip};
 
 /// Megabytes of resident memory above its idle level a daemon may reach in these tests:
 /// the default limits let one mailbox hold 64 MiB and one connection's unread replies
 /// reach 64 MiB; the rest is room for allocator slack and buffers.
 const RSS_ALLOWANCE_MIB: u64 = 320;
-
-/// A client that sends and receives one message, as proof the daemon still serves.
-fn round_trip(client: &mut BlockingClient, mailbox: &str, n: u64) {
-    let body = format!("still here {n}");
-    client
-        .send(mailbox, body.clone(), &SendOptions::default())
-        .expect("the well-behaved client can send");
-    let got = client
-        .recv(mailbox, &RecvOptions::default().wait(Wait::NoWait))
-        .expect("the well-behaved client can receive");
-    assert_eq!(&got.payload[..], body.as_bytes());
-}
-
-fn hello_frame() -> BytesMut {
-    let mut out = BytesMut::new();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        client_name: "hostile".into(),
-    };
-    codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut out).unwrap();
-    out
-}
 
 fn report(test: &str, daemon: &DaemonProcess, idle_kib: u64) -> u64 {
     let panics = daemon.log_lines("panicked");
@@ -80,7 +55,7 @@ fn lying_garbage_and_half_frames_cost_nothing() {
 
     // Garbage after a good hello.
     let mut raw = UnixStream::connect(&daemon.socket).unwrap();
-    let mut bytes = hello_frame().to_vec();
+    let mut bytes = hello_frame("hostile").to_vec();
     bytes.extend((0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     // The daemon may close before reading it all; that is its right.
     let _ = raw.write_all(&bytes);
@@ -92,10 +67,10 @@ fn lying_garbage_and_half_frames_cost_nothing() {
     let mut silent = Vec::new();
     for _ in 0..50 {
         let mut raw = UnixStream::connect(&daemon.socket).unwrap();
-        raw.write_all(&hello_frame()[..10]).unwrap();
+        raw.write_all(&hello_frame("hostile")[..10]).unwrap();
         silent.push(raw);
         let mut raw = UnixStream::connect(&daemon.socket).unwrap();
-        let mut bytes = hello_frame();
+        let mut bytes = hello_frame("hostile");
         let request = Request::Status;
         codec::encode_frame(FrameKind::Request, 1, &request, u32::MAX, &mut bytes).unwrap();
         let cut = bytes.len() - 1;
@@ -126,7 +101,7 @@ fn a_reader_that_never_reads_is_cut_off() {
     let stalled = UnixStream::connect(&daemon.socket).unwrap();
     let mut writer = stalled.try_clone().unwrap();
     let flooding = std::thread::spawn(move || {
-        let mut out = hello_frame();
+        let mut out = hello_frame("hostile");
         for id in 1..=MESSAGES as u64 {
             let recv = Request::Recv(RecvRequest {
                 mailbox: MailboxName::new("flood").unwrap(),
@@ -221,7 +196,7 @@ fn accept_recovers_after_running_out_of_descriptors() {
     for _ in 0..100 {
         // Connects land in the listen backlog even when the daemon cannot accept them.
         let mut raw = UnixStream::connect(&daemon.socket).unwrap();
-        raw.write_all(&hello_frame()).unwrap();
+        raw.write_all(&hello_frame("hostile")).unwrap();
         crowd.push(raw);
     }
     daemon

@@ -352,7 +352,8 @@ fn row_3_silent_connections_are_bounded_before_their_hello() {
     }
     // A handshake timeout longer than the test, so that no place frees up meanwhile.
     let dir = ipcd_tests::tempdir();
-    let daemon = daemon_with(dir.path(), "[connections]\nhandshake_timeout = \"1h\"\n");
+    let daemon =
+        DaemonProcess::spawn_with_config(dir.path(), "[connections]\nhandshake_timeout = \"1h\"\n");
     let idle_kib = daemon.peak_rss_kib();
     // Partial hellos: a header that promises 60 MiB is refused from the header alone.
     let socket = daemon.socket.clone();
@@ -409,7 +410,7 @@ fn row_3_silent_connections_are_bounded_before_their_hello() {
 #[test]
 fn connections_past_max_handshakes_are_closed_at_once() {
     let dir = ipcd_tests::tempdir();
-    let daemon = daemon_with(
+    let daemon = DaemonProcess::spawn_with_config(
         dir.path(),
         "[connections]\nmax_handshakes = 32\nhandshake_timeout = \"1h\"\n",
     );
@@ -437,13 +438,6 @@ fn connections_past_max_handshakes_are_closed_at_once() {
         )
         .expect("the places free up");
     c.status().unwrap();
-}
-
-/// The real daemon in `dir`, with `config` as its configuration file.
-fn daemon_with(dir: &std::path::Path, config: &str) -> DaemonProcess {
-    let file = dir.join("ipcd.toml");
-    std::fs::write(&file, config).unwrap();
-    DaemonProcess::spawn_custom(dir, &[], &["--config", file.to_str().unwrap()], &[])
 }
 
 /// Reads until the daemon closes the connection; a read timeout is only a safety net

@@ -8,15 +8,12 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ipc_client::{BlockingClient, CreateOptions, Error, RecvOptions, SendOptions};
-use ipc_proto::{
-    FrameKind, Hello, MailboxName, PROTOCOL_VERSION, RecvRequest, Request, Selector, Wait, codec,
-};
-use ipcd_tests::{DaemonProcess, Principal, connect_as, is_root, tempdir};
+use ipc_client::{BlockingClient, CreateOptions, Error, SendOptions};
+use ipc_proto::{FrameKind, MailboxName, RecvRequest, Request, Selector, Wait, codec};
+use ipcd_tests::{DaemonProcess, Principal, connect_as, hello_frame, is_root, round_trip, tempdir};
 
 const HEAVY: Principal<'static> = Principal::new(62011, 62011);
 const LIGHT: Principal<'static> = Principal::new(62012, 62012);
@@ -42,19 +39,9 @@ const FLOOD_RSS_ALLOWANCE_MIB: u64 = 96;
 /// slack. Costed at a fixed 128 bytes, the same 1,100 lists held about 300 MiB.
 const LIST_RSS_ALLOWANCE_MIB: u64 = 64;
 
-fn hello_frame() -> BytesMut {
-    let mut out = BytesMut::new();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        client_name: "never-reads".into(),
-    };
-    codec::encode_frame(FrameKind::Hello, 0, &hello, u32::MAX, &mut out).unwrap();
-    out
-}
-
 /// A hello and then `count` pipelined copies of `request`, as one buffer.
 fn pipelined(request: &Request, count: u64) -> Vec<u8> {
-    let mut out = hello_frame();
+    let mut out = hello_frame("never-reads");
     for id in 1..=count {
         codec::encode_frame(FrameKind::Request, id, request, u32::MAX, &mut out).unwrap();
     }
@@ -81,23 +68,6 @@ fn usage(root: &mut BlockingClient, uid: u32) -> (u64, u64) {
         .map_or((0, 0), |u| (u.queued_bytes, u.connections))
 }
 
-fn round_trip(client: &mut BlockingClient, mailbox: &str, n: u64) {
-    let body = format!("still here {n}");
-    client
-        .send(mailbox, body.clone(), &SendOptions::default())
-        .expect("the well-behaved client can send");
-    let got = client
-        .recv(mailbox, &RecvOptions::default().wait(Wait::NoWait))
-        .expect("the well-behaved client can receive");
-    assert_eq!(&got.payload[..], body.as_bytes());
-}
-
-fn spawn_with_config(dir: &Path, config: &str) -> DaemonProcess {
-    let file = dir.join("ipcd.toml");
-    std::fs::write(&file, config).expect("write the configuration");
-    DaemonProcess::spawn_custom(dir, &[], &["--config", file.to_str().unwrap()], &[])
-}
-
 #[test]
 fn unread_replies_count_against_the_uid_that_asked() {
     if !is_root() {
@@ -105,7 +75,7 @@ fn unread_replies_count_against_the_uid_that_asked() {
         return;
     }
     let dir = tempdir();
-    let daemon = spawn_with_config(
+    let daemon = DaemonProcess::spawn_with_config(
         dir.path(),
         &format!(
             "[connections]\nreply_allowance = {ALLOWANCE}\n\
@@ -251,7 +221,7 @@ fn pipelined_lists_never_read_are_cut_off_by_their_size() {
     const LISTS: u64 = 1_100;
     const MAX_PENDING_OUTPUT: u64 = 4 * 1024 * 1024;
     let dir = tempdir();
-    let daemon = spawn_with_config(
+    let daemon = DaemonProcess::spawn_with_config(
         dir.path(),
         &format!("[connections]\nmax_pending_output = {MAX_PENDING_OUTPUT}\n"),
     );
