@@ -307,6 +307,8 @@ fn may_wait(request: &Request) -> bool {
     match request {
         Request::Send(s) => s.wait != Wait::NoWait,
         Request::Recv(r) => r.wait != Wait::NoWait,
+        Request::SendBatch(s) => s.wait != Wait::NoWait,
+        Request::RecvBatch(r) => r.wait != Wait::NoWait,
         _ => false,
     }
 }

@@ -3,9 +3,11 @@
 
 use bytes::Bytes;
 use ipc_proto::{
-    CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges, MailboxName, RecvRequest,
-    Selector, SendRequest, Wait,
+    BatchMessage, CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges, MailboxName,
+    RecvBatchRequest, RecvRequest, Selector, SendBatchRequest, SendRequest, Wait,
 };
+
+use crate::{Error, Result};
 
 /// How to create a mailbox.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +88,29 @@ impl SendOptions {
             payload,
         }
     }
+
+    /// A batched send of `payloads`, each sent with these options.
+    pub(crate) fn batch(
+        &self,
+        mailbox: MailboxName,
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> SendBatchRequest {
+        let messages = payloads
+            .into_iter()
+            .map(|payload| BatchMessage {
+                mtype: self.mtype,
+                headers: self.headers.clone(),
+                ttl_ms: self.ttl.map(millis),
+                delay_ms: self.delay.map(millis),
+                payload,
+            })
+            .collect();
+        SendBatchRequest {
+            mailbox,
+            wait: self.wait,
+            messages,
+        }
+    }
 }
 
 /// How to receive a message.
@@ -134,6 +159,22 @@ impl RecvOptions {
             peek: self.peek,
             lease: self.lease,
         }
+    }
+
+    /// A batched receive of up to `max` messages; a peek cannot be batched.
+    pub(crate) fn batch(&self, mailbox: MailboxName, max: u32) -> Result<RecvBatchRequest> {
+        if self.peek {
+            return Err(Error::BadData(
+                "a batched receive takes its messages; it cannot peek".to_owned(),
+            ));
+        }
+        Ok(RecvBatchRequest {
+            mailbox,
+            selector: self.selector,
+            max,
+            wait: self.wait,
+            lease: self.lease,
+        })
     }
 }
 

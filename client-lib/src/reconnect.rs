@@ -27,8 +27,8 @@
 //! |---|---|
 //! | `Stat`, `List`, `Status` | made again |
 //! | `Create` with `exist_ok` | made again (it may then report `created: false`) |
-//! | `Recv` (also peek, leased) | made again, waiting only for what is left of its timeout: an unanswered receive took nothing that survives — a memory mailbox's message went with the old daemon, and a lease ends with its connection, so the message is redelivered (at least once) |
-//! | `Send` | **not** made again: it may have been stored. It fails with [`Error::Disconnected`], so every send either succeeded once or returned an error |
+//! | `Recv` (also peek, leased, batched) | made again, waiting only for what is left of its timeout: an unanswered receive took nothing that survives — a memory mailbox's message went with the old daemon, and a lease ends with its connection, so the message is redelivered (at least once) |
+//! | `Send`, `SendBatch` | **not** made again: it may have been stored. It fails with [`Error::Disconnected`], so every send either succeeded once or returned an error |
 //! | `Ack`, `Nack` | **not** made again: it may have taken effect (a second ack would fail with `NotLeased`). It fails with [`Error::Disconnected`], saying the outcome is unknown; an ack that did not happen leaves the message to be redelivered |
 //! | `Create` without `exist_ok`, `Set`, `Purge`, `Remove`, `Cancel` | not made again |
 //!
@@ -200,9 +200,14 @@ pub(crate) fn gave_up(path: &Path, waited: Duration, last: Error) -> Error {
 /// before its reply (the table in the module documentation).
 pub(crate) fn retry_safe(request: &Request) -> bool {
     match request {
-        Request::Stat { .. } | Request::List | Request::Status | Request::Recv(_) => true,
+        Request::Stat { .. }
+        | Request::List
+        | Request::Status
+        | Request::Recv(_)
+        | Request::RecvBatch(_) => true,
         Request::Create(create) => create.exist_ok,
         Request::Send(_)
+        | Request::SendBatch(_)
         | Request::Ack { .. }
         | Request::Nack { .. }
         | Request::Set { .. }
@@ -220,6 +225,9 @@ pub(crate) fn lost(request: &Request, cause: Error) -> Error {
     };
     let outcome = match request {
         Request::Send(_) => "the message may or may not have been stored; it was not resent",
+        Request::SendBatch(_) => {
+            "any of the messages may or may not have been stored; none was resent"
+        }
         Request::Ack { .. } => {
             "the ack may or may not have taken effect; if it did not, the message is \
              redelivered when its lease ends"
@@ -284,14 +292,16 @@ pub(crate) struct Retry<'r> {
 impl<'r> Retry<'r> {
     /// Starts the clock of `request`'s timeout, if it has one; call before making it.
     pub fn new(request: &'r Request) -> Self {
-        let deadline = match request {
-            Request::Recv(r) => match r.wait {
-                Wait::TimeoutMs(ms) => Instant::now()
-                    .checked_add(Duration::from_millis(ms))
-                    .map(|at| (at, ms)),
-                Wait::Forever | Wait::NoWait => None,
-            },
-            _ => None,
+        let wait = match request {
+            Request::Recv(r) => r.wait,
+            Request::RecvBatch(r) => r.wait,
+            _ => Wait::Forever,
+        };
+        let deadline = match wait {
+            Wait::TimeoutMs(ms) => Instant::now()
+                .checked_add(Duration::from_millis(ms))
+                .map(|at| (at, ms)),
+            Wait::Forever | Wait::NoWait => None,
         };
         Self { request, deadline }
     }
@@ -324,22 +334,26 @@ impl<'r> Retry<'r> {
     /// The request to make now: the original, or a receive with the rest of its timeout;
     /// [`Error::TimedOut`] if none is left.
     pub fn again(&self) -> Result<Cow<'r, Request>, Error> {
-        let (Some((at, ms)), Request::Recv(recv)) = (self.deadline, self.request) else {
+        let Some((at, ms)) = self.deadline else {
             return Ok(Cow::Borrowed(self.request));
         };
         let left = at.saturating_duration_since(Instant::now());
         // Rounded up, so that a timeout in progress is never turned into `NoWait`.
         let left_ms = u64::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let mut again = self.request.clone();
+        let (mailbox, wait) = match &mut again {
+            Request::Recv(r) => (&r.mailbox, &mut r.wait),
+            Request::RecvBatch(r) => (&r.mailbox, &mut r.wait),
+            _ => return Ok(Cow::Borrowed(self.request)),
+        };
         if left_ms == 0 {
             return Err(Error::TimedOut(format!(
-                "no message in mailbox {} within {ms} ms (the connection to ipcd was lost and \
-                 made again meanwhile)",
-                recv.mailbox
+                "no message in mailbox {mailbox} within {ms} ms (the connection to ipcd was \
+                 lost and made again meanwhile)"
             )));
         }
-        let mut again = recv.clone();
-        again.wait = Wait::TimeoutMs(left_ms);
-        Ok(Cow::Owned(Request::Recv(again)))
+        *wait = Wait::TimeoutMs(left_ms);
+        Ok(Cow::Owned(again))
     }
 }
 

@@ -231,6 +231,35 @@ macro_rules! operations {
             self.call(request, $crate::reply::sent)$($($await)+)?
         }
 
+        /// Sends each of `payloads` with `options`, in order, in one request (at most
+        /// [`ipc_proto::MAX_BATCH`]): each message is checked and charged as a send of its
+        /// own. The outcome of each message tried, in order; the batch stops at the first
+        /// refused at once, so fewer outcomes than payloads means the rest were not tried.
+        pub $($async)? fn send_batch(
+            &$($mut)? self,
+            mailbox: &str,
+            payloads: impl IntoIterator<Item = bytes::Bytes>,
+            options: &$crate::SendOptions,
+        ) -> $crate::Result<Vec<$crate::Result<u64>>> {
+            let name = ipc_proto::MailboxName::new(mailbox)?;
+            let request = Request::SendBatch(options.batch(name, payloads));
+            self.call(request, $crate::reply::sent_batch)$($($await)+)?
+        }
+
+        /// Receives up to `max` messages (1 to [`ipc_proto::MAX_BATCH`]) in one request:
+        /// those there now, oldest first, or — with none there — the first to come, as
+        /// `options.wait` allows, with whatever else is there by then. Never empty. With
+        /// a lease in `options`, each is leased on its terms (settle them by id).
+        pub $($async)? fn recv_batch(
+            &$($mut)? self,
+            mailbox: &str,
+            max: u32,
+            options: &$crate::RecvOptions,
+        ) -> $crate::Result<Vec<ipc_proto::Message>> {
+            let request = Request::RecvBatch(options.batch(ipc_proto::MailboxName::new(mailbox)?, max)?);
+            self.call(request, $crate::reply::messages)$($($await)+)?
+        }
+
         /// Receives (or peeks at) one message.
         pub $($async)? fn recv(
             &$($mut)? self,

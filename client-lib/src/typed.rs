@@ -237,6 +237,8 @@ pub mod reply {
             Response::Status(_) => "Status",
             Response::Purged { .. } => "Purged",
             Response::Error(_) => "Error",
+            Response::SentBatch(_) => "SentBatch",
+            Response::Messages(_) => "Messages",
         };
         Error::Protocol(format!("unexpected {variant} reply to {operation}"))
     }
@@ -262,6 +264,15 @@ pub mod reply {
     extractor!(mailboxes, Vec<MailboxInfo>, Response::Mailboxes(m) => m);
     extractor!(status, DaemonStatus, Response::Status(s) => s);
     extractor!(purged, u64, Response::Purged { messages } => messages);
+    extractor!(messages, Vec<Message>, Response::Messages(m) => m);
+    extractor!(
+        sent_batch,
+        Vec<Result<u64>>,
+        Response::SentBatch(outcomes) => outcomes
+            .into_iter()
+            .map(|o| o.map_err(Error::from))
+            .collect()
+    );
 }
 
 #[cfg(test)]

@@ -94,6 +94,10 @@ pub struct Config {
     /// `queued_bytes` quota (they are charged all the same); past it the client is not
     /// reading and is cut off. A client that reads keeps far less waiting.
     pub reply_allowance: u64,
+    /// Bytes of messages (payload and headers) one batched receive takes beyond its
+    /// first: a batch is for many small messages, and a reply this size is already far
+    /// past where the fixed cost of a request matters.
+    pub max_batch_bytes: u64,
     /// Replies queued for a connection before the daemon stops reading its requests
     /// until the client has read some.
     pub max_queued_replies: usize,
@@ -171,6 +175,7 @@ impl Default for Config {
             quota_overrides: HashMap::new(),
             max_pending_output: 64 * MIB,
             reply_allowance: MIB,
+            max_batch_bytes: MIB,
             max_queued_replies: 1024,
             handshake_timeout: Duration::from_secs(2),
             max_handshakes: 1024,

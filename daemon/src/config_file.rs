@@ -180,6 +180,7 @@ struct QuotaTable {
 struct ConnectionsFile {
     max_pending_output: Option<Size>,
     reply_allowance: Option<Size>,
+    max_batch_bytes: Option<Size>,
     max_queued_replies: Option<usize>,
     handshake_timeout: Option<Text>,
     max_handshakes: Option<u64>,
@@ -292,6 +293,9 @@ impl File {
         }
         if let Some(s) = &c.reply_allowance {
             config.reply_allowance = s.bytes("connections.reply_allowance")?;
+        }
+        if let Some(s) = &c.max_batch_bytes {
+            config.max_batch_bytes = s.bytes("connections.max_batch_bytes")?;
         }
         if let Some(n) = c.max_queued_replies {
             config.max_queued_replies = n.max(1);

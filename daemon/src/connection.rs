@@ -41,6 +41,9 @@ const WRITE_BATCH_FRAMES: usize = 256;
 /// Room reserved for a message reply's frame header and envelope beside its payload, so
 /// that encoding it allocates once.
 const ENVELOPE_ROOM: usize = 1024;
+/// The most a message's fixed fields take encoded (each integer as a varint of at most
+/// ten bytes, a payload's length among them), beyond its payload and header strings.
+const MESSAGE_FIELDS_ROOM: usize = 128;
 
 /// Unused capacity an encoded reply may keep. Past it the frame is copied into a buffer
 /// of its own size, so the memory a waiting reply holds is what it is charged.
@@ -348,6 +351,16 @@ fn consume(batch: &mut VecDeque<Queued>, mut n: usize, pending: &AtomicU64) {
 fn encode(out: Outgoing, max_frame: u32) -> Bytes {
     let room = match &out {
         Outgoing::Reply(_, Response::Message(m)) => m.payload.len() + ENVELOPE_ROOM,
+        // Many small messages: room for each one's fields, not a generous round figure
+        // per message, or the frame would keep far more memory than it holds.
+        Outgoing::Reply(_, Response::Messages(ms)) => ms
+            .iter()
+            .map(|m| {
+                let names = m.headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
+                let content_type = m.headers.content_type.as_ref().map_or(0, String::len);
+                m.payload.len() + names + content_type + MESSAGE_FIELDS_ROOM
+            })
+            .sum(),
         _ => 256,
     };
     let mut buf = BytesMut::with_capacity(HEADER_LEN + room);

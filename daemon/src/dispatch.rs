@@ -13,8 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ipc_proto::{
-    ErrorCode, ErrorReply, MAX_CONTENT_TYPE, MailboxChanges, MailboxName, Message, RecvRequest,
-    Request, Response, Selector, SendRequest,
+    BatchMessage, ErrorCode, ErrorReply, Headers, MAX_BATCH, MAX_CONTENT_TYPE, MailboxChanges,
+    MailboxName, Message, RecvBatchRequest, RecvRequest, Request, Response, Selector,
+    SendBatchRequest, SendRequest,
 };
 use tokio::sync::oneshot;
 
@@ -132,6 +133,12 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
         Request::Nack { mailbox, id } => now(authorized(broker, caller, &mailbox, Access::Read)
             .and_then(|m| Ok(m.nack(id, caller.uid())?))
             .map(|()| Response::Ok)),
+        Request::SendBatch(req) => {
+            send_batch(broker, caller, req).unwrap_or_else(|e| Reply::Now(Response::Error(e)))
+        }
+        Request::RecvBatch(req) => {
+            recv_batch(broker, caller, req).unwrap_or_else(|e| Reply::Now(Response::Error(e)))
+        }
     }
 }
 
@@ -233,13 +240,27 @@ fn once_stored(stored: oneshot::Receiver<Stored>, response: Response) -> Reply {
 }
 
 fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<SentId>> {
-    if req.mtype < 1 {
+    check_message(req.mtype, &req.headers)?;
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let message = BatchMessage {
+        mtype: req.mtype,
+        headers: req.headers,
+        ttl_ms: req.ttl_ms,
+        delay_ms: req.delay_ms,
+        payload: req.payload,
+    };
+    Ok(mailbox.send(incoming(broker, caller, message)?, req.wait))
+}
+
+/// The checks of a message that need no mailbox.
+fn check_message(mtype: i64, headers: &Headers) -> OpResult<()> {
+    if mtype < 1 {
         return Err(ErrorReply::new(
             ErrorCode::InvalidArgument,
-            format!("message type must be at least 1, not {}", req.mtype),
+            format!("message type must be at least 1, not {mtype}"),
         ));
     }
-    if let Some(content_type) = &req.headers.content_type
+    if let Some(content_type) = &headers.content_type
         && content_type.len() > MAX_CONTENT_TYPE
     {
         return Err(ErrorReply::new(
@@ -250,60 +271,177 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
             ),
         ));
     }
-    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    Ok(())
+}
+
+/// A checked message made ready for a mailbox, its charge taken.
+fn incoming(broker: &Broker, caller: &Caller, message: BatchMessage) -> OpResult<Incoming> {
     let config = broker.config();
-    let ttl = req
+    let ttl = message
         .ttl_ms
         .map(|ms| bounded("ttl", ms, config.max_ttl))
         .transpose()?;
-    let delay = req
+    let delay = message
         .delay_ms
         .map(|ms| bounded("delay", ms, config.max_delay))
         .transpose()?;
     // Charged before it is offered, and held by the message — or by its waiting sender —
     // until it leaves the daemon's keeping: payload, headers, and what keeping any
     // message costs, so that even empty messages are paid for.
-    let size = req.payload.len() as u64 + headers_size(&req.headers);
+    let size = message.payload.len() as u64 + headers_size(&message.headers);
     let charge = broker.charge(
         caller,
         Resource::QueuedBytes,
         size + config.message_overhead,
     )?;
-    let incoming = Incoming {
-        mtype: req.mtype,
+    Ok(Incoming {
+        mtype: message.mtype,
         sender: caller.creds,
-        headers: req.headers,
-        payload: req.payload,
+        headers: message.headers,
+        payload: message.payload,
         charge: Some(charge),
         ttl,
         delay,
-    };
-    Ok(mailbox.send(incoming, req.wait))
+    })
+}
+
+/// Refuses a batch of `len` messages that is empty or larger than [`MAX_BATCH`].
+fn check_batch(len: usize) -> OpResult<()> {
+    if (1..=MAX_BATCH as usize).contains(&len) {
+        return Ok(());
+    }
+    Err(ErrorReply::new(
+        ErrorCode::InvalidArgument,
+        format!("a batch holds 1 to {MAX_BATCH} messages, not {len}"),
+    ))
+}
+
+/// Sends a batch's messages in order, each checked, charged and offered as a send of its
+/// own would be, and stops at the first refused at once. A message that waits for room
+/// makes every later one queue behind it (a mailbox admits waiting senders in order), so
+/// the batch keeps its order; it is answered when every message tried has its outcome.
+fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResult<Reply> {
+    check_batch(req.messages.len())?;
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let mut outcomes = Vec::with_capacity(req.messages.len());
+    let mut refused = None;
+    for message in req.messages {
+        let offered = check_message(message.mtype, &message.headers)
+            .and_then(|()| incoming(broker, caller, message))
+            .map(|incoming| mailbox.send(incoming, req.wait));
+        match offered {
+            Ok(Pending::Ready(Err(e))) => refused = Some(ErrorReply::from(e)),
+            Ok(pending) => outcomes.push(pending),
+            Err(e) => refused = Some(e),
+        }
+        if refused.is_some() {
+            break;
+        }
+    }
+    let sent = |result: Result<SentId, SendError>| result.map(|SentId(id)| id).map_err(Into::into);
+    if outcomes.iter().all(|o| matches!(o, Pending::Ready(_))) {
+        let mut results: Vec<_> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Pending::Ready(result) => sent(result),
+                Pending::Wait(_) => unreachable!("all are ready"),
+            })
+            .collect();
+        results.extend(refused.map(Err));
+        return Ok(Reply::Now(Response::SentBatch(results)));
+    }
+    let cancels: Vec<Canceller> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Pending::Wait(waiter) => Some(waiter.canceller()),
+            Pending::Ready(_) => None,
+        })
+        .collect();
+    Ok(Reply::Later {
+        wait: Box::pin(async move {
+            let mut results = Vec::with_capacity(outcomes.len() + 1);
+            for outcome in outcomes {
+                results.push(sent(match outcome {
+                    Pending::Ready(result) => result,
+                    Pending::Wait(waiter) => waiter.wait().await,
+                }));
+            }
+            results.extend(refused.map(Err));
+            Response::SentBatch(results)
+        }),
+        cancel: Box::new(move |reason| {
+            for cancel in cancels {
+                cancel(reason);
+            }
+        }),
+    })
 }
 
 fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<Envelope>> {
     check_selector(req.selector)?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
-    let lease = match req.lease {
+    if req.lease.is_some() && req.peek {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "a peek leaves the message in place, so it cannot lease it",
+        ));
+    }
+    let taker = taker(broker, caller, req.peek, req.lease)?;
+    Ok(mailbox.recv(req.selector, taker, req.wait))
+}
+
+/// Who takes a message, and on what lease terms.
+fn taker(
+    broker: &Broker,
+    caller: &Caller,
+    peek: bool,
+    lease: Option<ipc_proto::Lease>,
+) -> OpResult<Taker> {
+    let lease = match lease {
         None => None,
-        Some(_) if req.peek => {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidArgument,
-                "a peek leaves the message in place, so it cannot lease it",
-            ));
-        }
         Some(lease) => Some(LeaseTerms {
             timeout: bounded("lease", lease.timeout_ms, broker.config().max_lease)?,
             uid: caller.uid(),
             book: (!lease.detached).then(|| caller.leases.clone()),
         }),
     };
-    let taker = Taker {
-        peek: req.peek,
+    Ok(Taker {
+        peek,
         pid: caller.creds.pid,
         lease,
+    })
+}
+
+/// Takes up to `max` messages: the first as a receive would (waiting for it if none is
+/// there), then, at once, what else is there, up to `max_batch_bytes` more.
+fn recv_batch(broker: &Broker, caller: &Caller, req: RecvBatchRequest) -> OpResult<Reply> {
+    check_batch(usize::try_from(req.max).unwrap_or(usize::MAX))?;
+    check_selector(req.selector)?;
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
+    let taker = taker(broker, caller, false, req.lease)?;
+    let room = broker.config().max_batch_bytes;
+    let more = req.max as usize - 1;
+    let selector = req.selector;
+    let rest = move |first: Envelope, mailbox: &Mailbox, taker: &Taker| {
+        let mut messages = Vec::with_capacity(1 + more.min(64));
+        messages.push(to_wire(first));
+        let taken = mailbox.take_more(selector, taker, more, room);
+        messages.extend(taken.into_iter().map(to_wire));
+        Response::Messages(messages)
     };
-    Ok(mailbox.recv(req.selector, taker, req.wait))
+    Ok(match mailbox.recv(selector, taker.clone(), req.wait) {
+        Pending::Ready(Ok(first)) => Reply::Now(rest(first, &mailbox, &taker)),
+        Pending::Ready(Err(e)) => Reply::Now(Response::Error(e.into())),
+        Pending::Wait(waiter) => Reply::Later {
+            cancel: waiter.canceller(),
+            wait: Box::pin(async move {
+                match waiter.wait().await {
+                    Ok(first) => rest(first, &mailbox, &taker),
+                    Err(e) => Response::Error(e.into()),
+                }
+            }),
+        },
+    })
 }
 
 /// Refuses a selector that can never be satisfied (message types start at 1), or that

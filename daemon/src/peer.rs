@@ -419,7 +419,7 @@ impl Peer {
             max_frame: config.max_frame(),
             max_msg_size: config.ceilings.max_msg_size,
             max_in_flight: u32::try_from(self.in_flight).unwrap_or(u32::MAX),
-            features: Vec::new(),
+            features: vec![ipc_proto::FEATURE_BATCH.to_owned()],
             peer: self.caller.creds,
         };
         self.queue(Outgoing::Welcome(welcome)).await

@@ -232,6 +232,55 @@ pub struct SendRequest {
     pub payload: Bytes,
 }
 
+/// Most messages one batched request may carry ([`SendBatchRequest`]) or ask for
+/// ([`RecvBatchRequest`]). A batch is a way to pay the fixed costs of a request — a
+/// frame, a wake-up, a system call — once for many messages, and a thousand is where
+/// those costs have long stopped mattering; the daemon refuses a larger one.
+pub const MAX_BATCH: u32 = 1024;
+
+/// The name in [`Welcome::features`] of a daemon that takes [`Request::SendBatch`] and
+/// [`Request::RecvBatch`].
+pub const FEATURE_BATCH: &str = "batch";
+
+/// One message of a [`SendBatchRequest`]: a [`SendRequest`] without the mailbox and the
+/// wait, which the batch gives once for all its messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMessage {
+    pub mtype: i64,
+    pub headers: Headers,
+    pub ttl_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub payload: Bytes,
+}
+
+/// Put many messages into one mailbox, in order, each checked and charged as a send of
+/// its own. The batch stops at the first message refused at once (too large, over
+/// quota, mailbox full with [`Wait::NoWait`]); a message that must wait for room waits
+/// as a send would, and every later one queues behind it, so order is kept. Answered
+/// with [`Response::SentBatch`] once every message tried has its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendBatchRequest {
+    pub mailbox: MailboxName,
+    pub wait: Wait,
+    /// At most [`MAX_BATCH`].
+    pub messages: Vec<BatchMessage>,
+}
+
+/// Take up to `max` messages: those `selector` selects that are there, oldest first. With
+/// none there it waits, as [`RecvRequest`] does, for the first, and then takes what else
+/// is there by then. Answered with [`Response::Messages`], never empty; a reply holds
+/// at most the daemon's `max_batch_bytes` of messages beyond its first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecvBatchRequest {
+    pub mailbox: MailboxName,
+    pub selector: Selector,
+    /// 1 to [`MAX_BATCH`].
+    pub max: u32,
+    pub wait: Wait,
+    /// Lease every message taken, on these terms, instead of taking it.
+    pub lease: Option<Lease>,
+}
+
 /// Take (or look at) one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecvRequest {
@@ -318,6 +367,10 @@ pub enum Request {
         mailbox: MailboxName,
         id: u64,
     },
+    /// Many sends to one mailbox in one request.
+    SendBatch(SendBatchRequest),
+    /// Many receives from one mailbox in one request.
+    RecvBatch(RecvBatchRequest),
 }
 
 /// A delivered message.
@@ -423,14 +476,26 @@ pub struct DaemonStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Ok,
-    Created { created: bool },
-    Sent { id: u64 },
+    Created {
+        created: bool,
+    },
+    Sent {
+        id: u64,
+    },
     Message(Message),
     Mailbox(MailboxInfo),
     Mailboxes(Vec<MailboxInfo>),
     Status(DaemonStatus),
-    Purged { messages: u64 },
+    Purged {
+        messages: u64,
+    },
     Error(ErrorReply),
+    /// The outcome of each message of a [`SendBatchRequest`] tried, in order: its id, or
+    /// why it was not sent. Fewer outcomes than messages: the batch stopped at the last
+    /// one, a refusal, and the rest were not tried.
+    SentBatch(Vec<Result<u64, ErrorReply>>),
+    /// The messages a [`RecvBatchRequest`] took, oldest first.
+    Messages(Vec<Message>),
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder, FrameError, FrameKind,
-    Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges, MailboxChanges, MailboxName,
-    RecvRequest, Request, Response, Selector, SendRequest, Wait, Welcome,
+    BatchMessage, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder,
+    FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges, MailboxChanges,
+    MailboxName, RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest,
+    SendRequest, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -239,6 +240,56 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|request_id| Request::Cancel { request_id }),
         (name(), any::<u64>()).prop_map(|(mailbox, id)| Request::Ack { mailbox, id }),
         (name(), any::<u64>()).prop_map(|(mailbox, id)| Request::Nack { mailbox, id }),
+        (
+            name(),
+            wait(),
+            vec(
+                (
+                    any::<i64>(),
+                    headers(),
+                    any::<(Option<u64>, Option<u64>)>(),
+                    vec(any::<u8>(), 0..40)
+                ),
+                0..5
+            )
+        )
+            .prop_map(|(mailbox, wait, messages)| {
+                Request::SendBatch(SendBatchRequest {
+                    mailbox,
+                    wait,
+                    messages: messages
+                        .into_iter()
+                        .map(
+                            |(mtype, headers, (ttl_ms, delay_ms), payload)| BatchMessage {
+                                mtype,
+                                headers,
+                                ttl_ms,
+                                delay_ms,
+                                payload: Bytes::from(payload),
+                            },
+                        )
+                        .collect(),
+                })
+            }),
+        (
+            name(),
+            selector(),
+            any::<u32>(),
+            wait(),
+            any::<Option<(u64, bool)>>()
+        )
+            .prop_map(|(mailbox, selector, max, wait, lease)| {
+                Request::RecvBatch(RecvBatchRequest {
+                    mailbox,
+                    selector,
+                    max,
+                    wait,
+                    lease: lease.map(|(timeout_ms, detached)| Lease {
+                        timeout_ms,
+                        detached,
+                    }),
+                })
+            }),
     ]
 }
 
@@ -275,6 +326,8 @@ fn documented_variant(request: &Request) -> u8 {
         Request::Cancel { .. } => 9,
         Request::Ack { .. } => 10,
         Request::Nack { .. } => 11,
+        Request::SendBatch(_) => 12,
+        Request::RecvBatch(_) => 13,
     }
 }
 

@@ -360,6 +360,46 @@ impl Mailbox {
         Pending::Wait(waiter)
     }
 
+    /// Takes up to `max` more messages that `selector` selects and that are queued now,
+    /// oldest first, while their sizes together stay within `room` bytes: the rest of a
+    /// batched receive whose first message came through [`Self::recv`], under one lock.
+    pub(crate) fn take_more(
+        &self,
+        selector: Selector,
+        taker: &Taker,
+        max: usize,
+        mut room: u64,
+    ) -> Vec<Envelope> {
+        debug_assert!(!taker.peek, "a batch takes, it never peeks");
+        let mut taken = Vec::new();
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return taken;
+        }
+        let now = Instant::now();
+        while taken.len() < max {
+            let Some(slot) = state.queue.find(selector) else {
+                break;
+            };
+            let Some(envelope) = state.queue.get(slot) else {
+                break;
+            };
+            if envelope.expires_at.is_some_and(|at| at <= now) {
+                let envelope = state.dequeue(slot);
+                state.expire(envelope, &self.name);
+                continue;
+            }
+            let Some(left) = room.checked_sub(envelope.size()) else {
+                break;
+            };
+            room = left;
+            let envelope = state.dequeue(slot);
+            taken.push(state.take(envelope, taker));
+            state.admit_senders();
+        }
+        taken
+    }
+
     /// Drops every queued message and lets waiting senders in; returns how many went and,
     /// for a durable mailbox, what completes once the purge is stored (it is answered
     /// then, so purged messages do not come back after a crash).
