@@ -22,7 +22,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ipc_client::{BlockingClient, Error, ReconnectPolicy};
 use ipc_proto::{
-    ErrorCode, Lease, MailboxName, Message, RecvRequest, Request, Response, Selector, Timestamp,
+    ErrorCode, Lease, MAX_BATCH, MailboxName, Message, RecvBatchRequest, RecvRequest, Request,
+    Response, Selector, Timestamp,
 };
 
 use super::{Context, exec, mailbox_name};
@@ -36,6 +37,22 @@ const REMEMBERED: usize = 4096;
 
 /// The most requests (receives and acks) kept in flight, whatever the daemon allows.
 const MAX_IN_FLIGHT: usize = 4096;
+
+/// Messages one batched receive asks for: enough that the cost of a request is spread
+/// thin, few enough that a batch is printed (and its acks sent) without delay.
+const BATCH: usize = 256;
+
+/// Whether `request` may be made as a batch on `client`'s daemon: a receive that takes
+/// (a peek takes nothing, and has no batched form), on a daemon that has batches.
+fn batches(client: &BlockingClient, request: &Request) -> bool {
+    let takes = matches!(request, Request::Recv(r) if !r.peek);
+    takes
+        && client
+            .welcome()
+            .features
+            .iter()
+            .any(|f| f == ipc_proto::FEATURE_BATCH)
+}
 
 pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
     let mailbox = mailbox_name(&args.name)?;
@@ -129,12 +146,10 @@ fn follow(client: &mut BlockingClient, taking: &mut Taking) -> anyhow::Result<()
 /// What a request in the pipeline was.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Recv,
+    /// A receive of up to this many messages (more than one: a batched receive).
+    Recv(usize),
     /// The ack of message `id`; `again` when it had come back after being written once.
-    Ack {
-        id: u64,
-        again: bool,
-    },
+    Ack { id: u64, again: bool },
 }
 
 /// Why [`Taking::run`] returned.
@@ -196,7 +211,23 @@ impl Taking {
                 n.min(pipeline::window(client) / 2).min(window / 2).max(1)
             }),
         };
+        // With `--count`, receives are batched where the daemon can (not peeks, which
+        // take nothing): each asks for up to a batch of what is still wanted, and the
+        // depth is counted in messages, so a batch fills what single receives would.
+        let batch = if self.limit.is_some() && batches(client, &self.request) {
+            BATCH
+        } else {
+            1
+        };
+        let depth = if batch > 1 {
+            self.limit.map_or(1, |n| {
+                usize::try_from(n).map_or(2 * batch, |n| n.min(2 * batch))
+            })
+        } else {
+            depth
+        };
         let mut pipeline: Pipeline<'_, Op> = Pipeline::new(client, window);
+        // Messages asked for by the receives in flight.
         let mut receiving = 0usize;
         // Refilled in batches, once half the receives are answered: each refill costs a
         // write to the socket.
@@ -227,14 +258,16 @@ impl Taking {
             }
             let mut submitted = false;
             while filling && receiving < depth && !pipeline.is_full() && self.wants(receiving) {
-                if let Err(e) = pipeline.submit(Op::Recv, &self.request) {
+                let asked = self.asked(receiving, batch);
+                let request = self.receive(asked);
+                if let Err(e) = pipeline.submit(Op::Recv(asked), &request) {
                     if e.is_connection_lost() {
                         return Ok(self.lost(e));
                     }
                     self.failure = Some(e);
                     break;
                 }
-                receiving += 1;
+                receiving += asked;
                 submitted = true;
             }
             if submitted && pipeline.has_outcome() {
@@ -247,10 +280,18 @@ impl Taking {
                 return Ok(End::Done);
             };
             match op {
-                Op::Recv => {
-                    receiving -= 1;
-                    match outcome.and_then(ipc_client::reply::message) {
-                        Ok(message) => self.take(&message)?,
+                Op::Recv(asked) => {
+                    receiving -= asked;
+                    let messages = outcome.and_then(|reply| match reply {
+                        Response::Messages(messages) => Ok(messages),
+                        other => ipc_client::reply::message(other).map(|m| vec![m]),
+                    });
+                    match messages {
+                        Ok(messages) => {
+                            for message in &messages {
+                                self.take(message)?;
+                            }
+                        }
                         Err(e) if e.is_connection_lost() => return Ok(self.lost(e)),
                         // Later receives still in flight are cancelled; any that got a
                         // message first are not printed, and their messages go back
@@ -270,6 +311,32 @@ impl Taking {
                     return Ok(end);
                 }
             }
+        }
+    }
+
+    /// How many messages the next receive asks for, with `receiving` asked for by those
+    /// in flight: what is still wanted, up to `batch`.
+    fn asked(&self, receiving: usize, batch: usize) -> usize {
+        let wanted = self
+            .limit
+            .map_or(1, |n| n.saturating_sub(self.printed + receiving as u64));
+        usize::try_from(wanted)
+            .unwrap_or(usize::MAX)
+            .clamp(1, batch)
+    }
+
+    /// The receive to make for `asked` messages: the command's own receive for one, a
+    /// batched receive with the same terms for more.
+    fn receive(&self, asked: usize) -> Request {
+        match &self.request {
+            Request::Recv(r) if asked > 1 => Request::RecvBatch(RecvBatchRequest {
+                mailbox: r.mailbox.clone(),
+                selector: r.selector,
+                max: u32::try_from(asked).unwrap_or(MAX_BATCH),
+                wait: r.wait,
+                lease: r.lease,
+            }),
+            request => request.clone(),
         }
     }
 
@@ -343,7 +410,7 @@ impl Taking {
             match pipeline.next() {
                 None => return Ok(()),
                 Some((Op::Ack { id, again }, outcome)) => self.acked(id, again, outcome)?,
-                Some((Op::Recv, _)) => {}
+                Some((Op::Recv(_), _)) => {}
             }
         }
     }

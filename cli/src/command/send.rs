@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use bytes::Bytes;
 use ipc_client::{BlockingClient, Error};
-use ipc_proto::{Headers, MailboxName, Request, Response, SendRequest};
+use ipc_proto::{
+    BatchMessage, Headers, MailboxName, Request, Response, SendBatchRequest, SendRequest,
+};
 use serde::Serialize;
 
 use super::{Context, mailbox_name, stdout};
@@ -144,10 +146,57 @@ fn sent_json(mailbox: &MailboxName, id: u64, line: Option<u64>) -> SentJson<'_> 
     }
 }
 
-/// Sends each line of `input` as a message, keeping a window of sends in flight. Before
-/// any read that could block (no whole line buffered), everything in flight is settled
-/// and its output flushed, so that a slow producer such as `tail -f` sees each line sent
-/// and reported at once, and a full mailbox holds back the reading of input.
+/// Lines one batched send carries at most…
+const BATCH_LINES: usize = ipc_proto::MAX_BATCH as usize;
+/// …and bytes of payload, beyond its first line: far past where the cost of a request
+/// matters, and far below the largest frame.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Batched sends kept in flight: each carries many lines, so a few keep the daemon busy.
+const BATCH_WINDOW: usize = 8;
+
+/// Lines read and not yet sent, with the number of the first.
+#[derive(Debug, Default)]
+struct Batch {
+    first_line: u64,
+    payloads: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// The request that sends these lines: a batched send on a daemon that has them
+    /// (`lines` above one), else one line's send.
+    fn request(&mut self, template: &SendRequest) -> Request {
+        let payloads = std::mem::take(&mut self.payloads);
+        self.bytes = 0;
+        if payloads.len() == 1 {
+            let payload = payloads.into_iter().next().expect("one line");
+            return Request::Send(SendRequest {
+                payload,
+                ..template.clone()
+            });
+        }
+        Request::SendBatch(SendBatchRequest {
+            mailbox: template.mailbox.clone(),
+            wait: template.wait,
+            messages: payloads
+                .into_iter()
+                .map(|payload| BatchMessage {
+                    mtype: template.mtype,
+                    headers: template.headers.clone(),
+                    ttl_ms: template.ttl_ms,
+                    delay_ms: template.delay_ms,
+                    payload,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Sends each line of `input` as a message, in batches where the daemon has them, with a
+/// window of requests in flight. Before any read that could block (no whole line
+/// buffered), the lines read are sent, everything in flight is settled and its output
+/// flushed, so that a slow producer such as `tail -f` sees each line sent and reported at
+/// once, and a full mailbox holds back the reading of input.
 ///
 /// On the first failure no more lines are read; sends already in flight are cancelled if
 /// they still wait and reported if they went through, then the failure is returned,
@@ -159,27 +208,42 @@ fn send_lines(
     mut input: BufReader<Box<dyn Read>>,
     what: &str,
 ) -> anyhow::Result<()> {
-    let window = pipeline::window(client);
+    let batching = client
+        .welcome()
+        .features
+        .iter()
+        .any(|f| f == ipc_proto::FEATURE_BATCH);
+    let (max_lines, window) = if batching {
+        (BATCH_LINES, pipeline::window(client).min(BATCH_WINDOW))
+    } else {
+        (1, pipeline::window(client))
+    };
     let mut pipeline: Pipeline<'_, u64> = Pipeline::new(client, window);
     let mut out = stdout();
     let mut failure = Failure::default();
+    // Settles the oldest request's outcome.
+    let settle_next = |pipeline: &mut Pipeline<'_, u64>, out: &mut _, failure: &mut Failure| {
+        match pipeline.next() {
+            Some(outcome) => settle(ctx.json, &template.mailbox, pipeline, out, failure, outcome),
+            None => Ok(()),
+        }
+    };
+    let mut batch = Batch::default();
     let mut line_number = 0u64;
     let mut line = Vec::new();
     loop {
         let may_block = !input.buffer().contains(&b'\n');
         if may_block {
+            if !batch.payloads.is_empty() {
+                while pipeline.is_full() {
+                    settle_next(&mut pipeline, &mut out, &mut failure)?;
+                }
+                pipeline.submit(batch.first_line, &batch.request(template))?;
+            }
             pipeline.flush()?;
         }
         while !pipeline.has_room() || (may_block && !pipeline.is_empty()) {
-            let outcome = pipeline.next().expect("a request is in flight");
-            settle(
-                ctx.json,
-                &template.mailbox,
-                &mut pipeline,
-                &mut out,
-                &mut failure,
-                outcome,
-            )?;
+            settle_next(&mut pipeline, &mut out, &mut failure)?;
         }
         if may_block {
             out.flush()?;
@@ -199,26 +263,34 @@ fn send_lines(
         }
         line_number += 1;
         if let Err(e) = check_size(pipeline.client(), line.len()) {
+            // The lines before it go as they would have; then nothing more is sent.
+            if !batch.payloads.is_empty() {
+                while pipeline.is_full() {
+                    settle_next(&mut pipeline, &mut out, &mut failure)?;
+                }
+                pipeline.submit(batch.first_line, &batch.request(template))?;
+            }
             failure.fail(&mut pipeline, line_number, e);
             break;
         }
-        let request = Request::Send(SendRequest {
-            payload: Bytes::from(std::mem::take(&mut line)),
-            ..template.clone()
-        });
-        pipeline
-            .submit(line_number, &request)
-            .with_context(|| format!("line {line_number}"))?;
+        let full = batch.payloads.len() >= max_lines
+            || (!batch.payloads.is_empty() && batch.bytes + line.len() > BATCH_BYTES);
+        if full {
+            while pipeline.is_full() {
+                settle_next(&mut pipeline, &mut out, &mut failure)?;
+            }
+            pipeline
+                .submit(batch.first_line, &batch.request(template))
+                .with_context(|| format!("line {}", batch.first_line))?;
+        }
+        if batch.payloads.is_empty() {
+            batch.first_line = line_number;
+        }
+        batch.bytes += line.len();
+        batch.payloads.push(Bytes::from(std::mem::take(&mut line)));
     }
-    while let Some(outcome) = pipeline.next() {
-        settle(
-            ctx.json,
-            &template.mailbox,
-            &mut pipeline,
-            &mut out,
-            &mut failure,
-            outcome,
-        )?;
+    while !pipeline.is_empty() {
+        settle_next(&mut pipeline, &mut out, &mut failure)?;
     }
     out.flush()?;
     failure.into_result()
@@ -260,28 +332,37 @@ impl Failure {
     }
 }
 
-/// Settles one send's outcome: prints its id, or records the first failure and cancels
-/// what is still waiting behind it.
+/// Settles the outcome of a send of lines from `first_line` on: prints each id, or
+/// records the first failure and cancels what is still waiting behind it.
 fn settle(
     json: bool,
     mailbox: &MailboxName,
     pipeline: &mut Pipeline<'_, u64>,
     out: &mut impl Write,
     failure: &mut Failure,
-    (line, outcome): (u64, Result<Response, Error>),
+    (first_line, outcome): (u64, Result<Response, Error>),
 ) -> io::Result<()> {
-    match outcome.and_then(sent_id) {
-        Ok(id) => {
-            if failure.first.is_some() {
-                failure.sent_after += 1;
+    let outcomes = match outcome {
+        Ok(Response::SentBatch(outcomes)) => outcomes
+            .into_iter()
+            .map(|o| o.map_err(Error::from))
+            .collect(),
+        other => vec![other.and_then(sent_id)],
+    };
+    for (line, outcome) in (first_line..).zip(outcomes) {
+        match outcome {
+            Ok(id) => {
+                if failure.first.is_some() {
+                    failure.sent_after += 1;
+                }
+                if json {
+                    write_json(out, &sent_json(mailbox, id, Some(line)))?;
+                }
             }
-            if json {
-                write_json(out, &sent_json(mailbox, id, Some(line)))?;
-            }
+            Err(e) if failure.first.is_none() => failure.fail(pipeline, line, e),
+            // Later failures follow from the first, or are its cancellations.
+            Err(_) => {}
         }
-        Err(e) if failure.first.is_none() => failure.fail(pipeline, line, e),
-        // Later failures follow from the first, or are its cancellations.
-        Err(_) => {}
     }
     Ok(())
 }
