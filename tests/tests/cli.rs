@@ -410,3 +410,59 @@ fn set_purge_and_status_report_what_they_did() {
     ok(&daemon, &["rm", "adm"]);
     assert_eq!(ok(&daemon, &["ls", "--json"]), b"");
 }
+
+#[test]
+fn send_lines_and_recv_count_across_many_batches_keep_every_line_in_order() {
+    let daemon = TestDaemon::start();
+    assert!(
+        run(&daemon, &["create", "many", "--max-msg-size", "1000"], None)
+            .status
+            .success()
+    );
+    // Past a batch's 1,024 lines and its 256 KiB, with a line too large at 4,000: the
+    // lines before it are sent and reported by number, none after it.
+    let mut input = String::new();
+    for n in 1..=5000 {
+        let len = if n == 4000 { 2000 } else { 100 + n % 200 };
+        input.push_str(&format!("{n:0len$}\n"));
+    }
+    // From a file: the command stops reading at the failure, which would break a pipe.
+    let file = daemon.dir().join("lines");
+    std::fs::write(&file, &input).unwrap();
+    let file = file.to_str().unwrap();
+    let out = run(
+        &daemon,
+        &["--json", "send", "many", "--lines", "--file", file],
+        None,
+    );
+    assert_eq!(code(&out), 65, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 4000"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reported: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(reported, (1..4000).collect::<Vec<u64>>());
+    let out = run(&daemon, &["recv", "many", "--count", "3999"], None);
+    assert!(out.status.success());
+    let expected: Vec<&str> = input.lines().take(3999).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        expected
+    );
+    let out = run(&daemon, &["--json", "stat", "many"], None);
+    let stat: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (stat["messages"].as_u64(), stat["unacked"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
