@@ -128,6 +128,10 @@ pub struct Config {
     /// Dead letters waiting to be delivered to their dead-letter mailboxes; past this a
     /// dead letter is dropped and counted on its source mailbox.
     pub dead_letter_backlog: usize,
+    /// Once what the daemon holds for its clients (every uid's `queued_bytes`) has
+    /// fallen this far below its high-water mark, free memory is given back to the
+    /// system; 0 never does.
+    pub trim_after: u64,
 }
 
 impl Config {
@@ -184,6 +188,7 @@ impl Default for Config {
             segment_bytes: 64 * MIB,
             message_overhead: 384,
             dead_letter_backlog: 4096,
+            trim_after: 32 * MIB,
             max_lease: Duration::from_secs(24 * 60 * 60),
             max_ttl: Duration::from_secs(366 * 24 * 60 * 60),
             max_delay: Duration::from_secs(31 * 24 * 60 * 60),

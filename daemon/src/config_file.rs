@@ -95,6 +95,8 @@ struct File {
     connections: ConnectionsFile,
     #[serde(default)]
     store: StoreFile,
+    #[serde(default)]
+    memory: MemoryFile,
     #[serde(default, rename = "mailbox")]
     mailboxes: Vec<MailboxFile>,
 }
@@ -195,6 +197,12 @@ struct ConnectionsFile {
 struct StoreFile {
     segment_bytes: Option<Size>,
     dead_letter_backlog: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryFile {
+    trim_after: Option<Size>,
 }
 
 /// `[[mailbox]]`: a mailbox that exists whenever the daemon runs.
@@ -327,6 +335,9 @@ impl File {
         }
         if let Some(n) = self.store.dead_letter_backlog {
             config.dead_letter_backlog = n.max(1);
+        }
+        if let Some(s) = &self.memory.trim_after {
+            config.trim_after = s.bytes("memory.trim_after")?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.mailboxes.into_iter().enumerate() {

@@ -15,6 +15,7 @@ mod dispatch;
 mod index;
 pub mod logging;
 mod mailbox;
+mod memory;
 mod notify;
 mod peer;
 mod perm;
@@ -77,6 +78,7 @@ pub async fn run_with(
     broker.restore(recovered);
     broker.declare();
     tokio::spawn(broker.clone().deliver_dead_letters());
+    tokio::spawn(memory::trim_after_bursts(broker.clone()));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let stop_peers = CancellationToken::new();
