@@ -7,9 +7,19 @@
 //! briefly and checks only that every message arrives intact and in order (what
 //! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
 //! ipcd` runs one transport (to profile it).
+//!
+//! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
+//! Redis server on a Unix socket and a NATS server, both already running (either may be
+//! left out). `bash bench/peers.sh` installs them, starts private instances, and runs
+//! the bench with them; without `--peers` nothing outside this process is needed.
+//!
+//! Besides streaming with a window (requests outstanding, one message each), the table
+//! has a batched section: one request carrying a batch of messages, for the transports
+//! that have such a request (`Transport::batched`), with a ratio of ipcd to NATS.
 
 mod kernel;
 mod mailboxes;
+mod peers;
 mod sockets;
 
 use std::time::{Duration, Instant};
@@ -34,6 +44,11 @@ pub trait Transport {
     fn stream(&mut self, case: Stream) -> Option<f64>;
     /// Round trips of one `size`-byte message there and back, each timed.
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>>;
+    /// Messages per second for a case sent and received in batches of its `window`
+    /// messages per request, or `None` where the transport has no such request.
+    fn batched(&mut self, _case: Stream) -> Option<f64> {
+        None
+    }
 }
 
 /// The payload of message `seq`: its sequence number, then a fill that depends on it, so
@@ -74,6 +89,7 @@ fn main() {
     let mut smoke = false;
     let mut only: Option<String> = None;
     let mut messages: usize = 200_000;
+    let mut peers = Peers::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -85,13 +101,11 @@ fn main() {
                     .and_then(|n| n.parse().ok())
                     .expect("--messages takes a number");
             }
-            other => {
-                eprintln!(
-                    "ipc-bench: unknown argument {other}; use --smoke, --messages N or \
-                     --only NAME (e.g. ipcd, for profiling)"
-                );
-                std::process::exit(2);
+            "--peers" => {
+                let arg = args.next().unwrap_or_default();
+                peers = Peers::parse(&arg).unwrap_or_else(|| usage(&format!("--peers {arg}")));
             }
+            other => usage(other),
         }
     }
     let daemon = mailboxes::Daemon::start();
@@ -106,6 +120,12 @@ fn main() {
         Box::new(sockets::Relay),
         Box::new(mailboxes::Ipcd::new(&daemon)),
     ];
+    if let Some(socket) = peers.redis {
+        transports.push(Box::new(peers::Redis::new(socket)));
+    }
+    if let Some(addr) = peers.nats {
+        transports.push(Box::new(peers::Nats::new(addr)));
+    }
     if let Some(only) = &only {
         transports.retain(|t| t.name().contains(only.as_str()));
     }
@@ -141,40 +161,39 @@ fn main() {
             }
         }
     }
-    print!("{:<34}", "streaming, msg/s");
-    for t in &transports {
-        print!("{:>14}", t.name());
-    }
-    println!("{:>14}", "ipcd/SysV");
+    header(&transports, "streaming, msg/s", Some("ipcd/SysV"));
     for case in cases {
         let label = format!(
             "{}→{} {:>7} B, window {}",
             case.producers, case.consumers, case.size, case.window
         );
-        print!("{label:<34}");
-        let mut figures = Vec::new();
-        for t in &mut transports {
-            let f = t.stream(case);
-            figures.push(f);
-            match f {
-                Some(rate) => print!("{rate:>14.0}"),
-                None => print!("{:>14}", "n/a"),
-            }
-        }
-        match (figures.first(), figures.last()) {
-            (Some(Some(sysv)), Some(Some(ipcd))) if only.is_none() => {
-                println!("{:>14.2}", ipcd / sysv);
-            }
-            _ => println!("{:>14}", "—"),
-        }
+        let figures: Vec<_> = transports.iter_mut().map(|t| t.stream(case)).collect();
+        row(&transports, &label, &figures, "SysV msgq");
+    }
+    // Batches: one request carries `window` messages. Only 64 B, where the cost per
+    // request rather than per byte sets the rate.
+    println!();
+    header(
+        &transports,
+        "batched 64 B, batch 64, msg/s",
+        Some("ipcd/NATS"),
+    );
+    for (producers, consumers) in [(1, 1), (4, 4)] {
+        let n = if smoke { 200 } else { messages };
+        let case = Stream {
+            producers,
+            consumers,
+            size: 64,
+            window: 64,
+            messages: n.div_ceil(producers * consumers * 64) * producers * consumers * 64,
+        };
+        let label = format!("{producers}→{consumers}      64 B, batch 64");
+        let figures: Vec<_> = transports.iter_mut().map(|t| t.batched(case)).collect();
+        row(&transports, &label, &figures, "NATS");
     }
     let rounds = if smoke { 200 } else { 20_000 };
     println!();
-    print!("{:<34}", "ping-pong 64 B, p50 / p99 µs");
-    for t in &transports {
-        print!("{:>14}", t.name());
-    }
-    println!();
+    header(&transports, "ping-pong 64 B, p50 / p99 µs", None);
     let mut line = format!("{:<34}", "");
     for t in &mut transports {
         match t.ping_pong(64, rounds) {
@@ -233,6 +252,73 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
         let rate = ipcd.with_depth(depth, messages);
         let base = *first.get_or_insert(rate);
         println!("  {depth:>9} queued {:>33.0} {:>10.2}", rate, base / rate);
+    }
+}
+
+fn usage(bad: &str) -> ! {
+    eprintln!(
+        "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
+         ipcd, for profiling) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
+         left out)"
+    );
+    std::process::exit(2);
+}
+
+/// The brokers named with `--peers`, each already running.
+#[derive(Default)]
+struct Peers {
+    /// A Redis server's Unix socket.
+    redis: Option<std::path::PathBuf>,
+    /// A NATS server's `host:port`.
+    nats: Option<String>,
+}
+
+impl Peers {
+    /// `redis=SOCKET,nats=HOST:PORT`, either part optional; `None` if malformed.
+    fn parse(arg: &str) -> Option<Peers> {
+        let mut peers = Peers::default();
+        for part in arg.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=')? {
+                ("redis", socket) if !socket.is_empty() => peers.redis = Some(socket.into()),
+                ("nats", addr) if addr.contains(':') => peers.nats = Some(addr.into()),
+                _ => return None,
+            }
+        }
+        Some(peers)
+    }
+}
+
+/// A section's header line: its title, each transport's name, then the ratio's name.
+fn header(transports: &[Box<dyn Transport + '_>], title: &str, ratio: Option<&str>) {
+    print!("{title:<34}");
+    for t in transports {
+        print!("{:>14}", t.name());
+    }
+    match ratio {
+        Some(ratio) => println!("{ratio:>14}"),
+        None => println!(),
+    }
+}
+
+/// One line of figures, then ipcd's figure over `base`'s where both ran and carried the
+/// case ("—" otherwise).
+fn row(transports: &[Box<dyn Transport + '_>], label: &str, figures: &[Option<f64>], base: &str) {
+    print!("{label:<34}");
+    for f in figures {
+        match f {
+            Some(rate) => print!("{rate:>14.0}"),
+            None => print!("{:>14}", "n/a"),
+        }
+    }
+    let figure = |name: &str| {
+        transports
+            .iter()
+            .position(|t| t.name() == name)
+            .and_then(|i| figures[i])
+    };
+    match (figure("ipcd"), figure(base)) {
+        (Some(ipcd), Some(base)) => println!("{:>14.2}", ipcd / base),
+        _ => println!("{:>14}", "—"),
     }
 }
 
