@@ -141,6 +141,128 @@ fn pump(
     }
 }
 
+/// Moves `total` messages in requests of up to `batch` each, with up to `in_flight`
+/// requests out: `make(first, count)` makes the request for messages `first..first +
+/// count`, and `done` takes each reply with its request id and says how many messages it
+/// moved (a receive may bring fewer than it asked for; what it did not bring is asked
+/// again).
+fn pump_batches(
+    c: &mut BlockingClient,
+    total: usize,
+    batch: usize,
+    in_flight: usize,
+    mut make: impl FnMut(usize, usize) -> Request,
+    mut done: impl FnMut(u64, Response) -> usize,
+) {
+    let mut asked = std::collections::HashMap::new();
+    let (mut outstanding, mut moved) = (0, 0);
+    while moved < total {
+        while asked.len() < in_flight && moved + outstanding < total {
+            let count = batch.min(total - moved - outstanding);
+            let id = c.submit(&make(moved + outstanding, count)).expect("submit");
+            asked.insert(id, count);
+            outstanding += count;
+        }
+        let (id, reply) = c.next_reply().expect("a reply");
+        if let Response::Error(e) = &reply {
+            panic!("the daemon refused: {}", e.message);
+        }
+        outstanding -= asked.remove(&id).expect("a reply to a request made");
+        moved += done(id, reply);
+    }
+}
+
+impl Ipcd<'_> {
+    /// Streaming in batches: each producer sends `case.window` messages per request
+    /// (`SendBatch`), each consumer takes up to as many per request (`RecvBatch`); two
+    /// requests in flight per connection.
+    fn stream_batched(&mut self, case: Stream) -> Option<f64> {
+        let mailbox = self.mailbox();
+        let name: ipc_proto::MailboxName = mailbox.parse().expect("a valid name");
+        let per_producer = case.messages / case.producers;
+        let per_consumer = case.messages / case.consumers;
+        let mut producers: Vec<_> = (0..case.producers).map(|_| self.daemon.client()).collect();
+        let mut consumers: Vec<_> = (0..case.consumers).map(|_| self.daemon.client()).collect();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (p, c) in producers.iter_mut().enumerate() {
+                let name = &name;
+                s.spawn(move || {
+                    let make = |first: usize, count: usize| {
+                        let messages = (first..first + count)
+                            .map(|k| ipc_proto::BatchMessage {
+                                mtype: 1,
+                                headers: Default::default(),
+                                ttl_ms: None,
+                                delay_ms: None,
+                                payload: Bytes::from(payload(
+                                    (p * per_producer + k) as u64,
+                                    case.size,
+                                )),
+                            })
+                            .collect();
+                        Request::SendBatch(ipc_proto::SendBatchRequest {
+                            mailbox: name.clone(),
+                            wait: Wait::Forever,
+                            messages,
+                        })
+                    };
+                    let sent = |_, reply| match reply {
+                        Response::SentBatch(outcomes) => {
+                            assert!(outcomes.iter().all(Result::is_ok), "a send failed");
+                            outcomes.len()
+                        }
+                        other => panic!("{other:?}"),
+                    };
+                    pump_batches(c, per_producer, case.window, 2, make, sent);
+                });
+            }
+            let handles: Vec<_> = consumers
+                .iter_mut()
+                .map(|c| {
+                    let name = &name;
+                    s.spawn(move || {
+                        let mut seqs = Vec::with_capacity(per_consumer);
+                        let take = |_, count: usize| {
+                            Request::RecvBatch(ipc_proto::RecvBatchRequest {
+                                mailbox: name.clone(),
+                                selector: Selector::Any,
+                                max: u32::try_from(count).expect("a batch"),
+                                wait: Wait::Forever,
+                                lease: None,
+                            })
+                        };
+                        let taken = |id, reply| match reply {
+                            Response::Messages(messages) => {
+                                for m in &messages {
+                                    seqs.push((id, check(&m.payload, case.size)));
+                                }
+                                messages.len()
+                            }
+                            other => panic!("{other:?}"),
+                        };
+                        pump_batches(c, per_consumer, case.window, 2, take, taken);
+                        // Messages go to receives in the order they were asked; a sort by
+                        // request id keeps each reply's own order.
+                        seqs.sort_by_key(|&(id, _)| id);
+                        seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                let seqs = h.join().expect("consumer");
+                assert_eq!(seqs.len(), per_consumer, "a consumer missed messages");
+                if case.producers == 1 && case.consumers == 1 {
+                    in_order(&seqs);
+                }
+            }
+        });
+        let rate = case.messages as f64 / start.elapsed().as_secs_f64();
+        self.daemon.client().remove(&mailbox).expect("remove");
+        Some(rate)
+    }
+}
+
 impl Transport for Ipcd<'_> {
     fn name(&self) -> &'static str {
         "ipcd"
@@ -201,6 +323,10 @@ impl Transport for Ipcd<'_> {
         let rate = case.messages as f64 / start.elapsed().as_secs_f64();
         self.daemon.client().remove(&mailbox).expect("remove");
         Some(rate)
+    }
+
+    fn batched(&mut self, case: Stream) -> Option<f64> {
+        self.stream_batched(case)
     }
 
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {

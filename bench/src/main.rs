@@ -90,6 +90,7 @@ fn main() {
     let mut only: Option<String> = None;
     let mut messages: usize = 200_000;
     let mut peers = Peers::default();
+    let mut section: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -101,6 +102,7 @@ fn main() {
                     .and_then(|n| n.parse().ok())
                     .expect("--messages takes a number");
             }
+            "--section" => section = args.next(),
             "--peers" => {
                 let arg = args.next().unwrap_or_default();
                 peers = Peers::parse(&arg).unwrap_or_else(|| usage(&format!("--peers {arg}")));
@@ -129,6 +131,9 @@ fn main() {
     if let Some(only) = &only {
         transports.retain(|t| t.name().contains(only.as_str()));
     }
+    // `--section NAME` runs one section (streaming, batched, ping-pong, scale): to
+    // profile one shape.
+    let wanted = |name: &str| section.as_deref().is_none_or(|s| s == name);
     let scale_messages = if smoke { 200 } else { messages / 2 };
     let started = Instant::now();
     let sizes: &[usize] = &[64, 4096, 1 << 20];
@@ -161,6 +166,9 @@ fn main() {
             }
         }
     }
+    if !wanted("streaming") {
+        cases.clear();
+    }
     header(&transports, "streaming, msg/s", Some("ipcd/SysV"));
     for case in cases {
         let label = format!(
@@ -178,7 +186,7 @@ fn main() {
         "batched 64 B, batch 64, msg/s",
         Some("ipcd/NATS"),
     );
-    for (producers, consumers) in [(1, 1), (4, 4)] {
+    for (producers, consumers) in [(1, 1), (4, 4)].into_iter().filter(|_| wanted("batched")) {
         let n = if smoke { 200 } else { messages };
         let case = Stream {
             producers,
@@ -195,7 +203,7 @@ fn main() {
     println!();
     header(&transports, "ping-pong 64 B, p50 / p99 µs", None);
     let mut line = format!("{:<34}", "");
-    for t in &mut transports {
+    for t in transports.iter_mut().filter(|_| wanted("ping-pong")) {
         match t.ping_pong(64, rounds) {
             Some(mut times) => {
                 times.sort_unstable();
@@ -210,7 +218,9 @@ fn main() {
     }
     println!("{line}");
     drop(transports);
-    scale(&daemon, smoke, scale_messages);
+    if wanted("scale") {
+        scale(&daemon, smoke, scale_messages);
+    }
     println!(
         "  daemon memory per queued 64 B message beyond its payload ({queued} queued): {:.0} B",
         per_message.max(0.0)
@@ -258,7 +268,7 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
 fn usage(bad: &str) -> ! {
     eprintln!(
         "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
-         ipcd, for profiling) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
+         ipcd, for profiling), --section NAME (streaming, batched, ping-pong or scale) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
          left out)"
     );
     std::process::exit(2);

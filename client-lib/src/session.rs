@@ -247,9 +247,9 @@ macro_rules! operations {
         }
 
         /// Receives up to `max` messages (1 to [`ipc_proto::MAX_BATCH`]) in one request:
-        /// those there now, oldest first, or — with none there — the first to come, as
-        /// `options.wait` allows, with whatever else is there by then. Never empty. With
-        /// a lease in `options`, each is leased on its terms (settle them by id).
+        /// those there now, oldest first, or — with none there — the first to come,
+        /// alone, as `options.wait` allows. Never empty. With a lease in `options`, each
+        /// is leased on its terms (settle them by id).
         pub $($async)? fn recv_batch(
             &$($mut)? self,
             mailbox: &str,

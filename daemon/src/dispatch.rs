@@ -23,6 +23,7 @@ use crate::broker::{
     Broker, CreateError, Created, InvalidArgument, NoSuchMailbox, bounded, check_mode,
 };
 use crate::caller::Caller;
+use crate::config::Config;
 use crate::mailbox::{
     Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Pending,
     RecvError, SendError, SentId, Side, Taker, headers_size,
@@ -249,7 +250,7 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         delay_ms: req.delay_ms,
         payload: req.payload,
     };
-    Ok(mailbox.send(incoming(broker, caller, message)?, req.wait))
+    Ok(mailbox.send(incoming(&broker.config(), caller, message)?, req.wait))
 }
 
 /// The checks of a message that need no mailbox.
@@ -274,9 +275,9 @@ fn check_message(mtype: i64, headers: &Headers) -> OpResult<()> {
     Ok(())
 }
 
-/// A checked message made ready for a mailbox, its charge taken.
-fn incoming(broker: &Broker, caller: &Caller, message: BatchMessage) -> OpResult<Incoming> {
-    let config = broker.config();
+/// A checked message made ready for a mailbox, its charge taken. `config` is read once
+/// per request, not per message of a batch.
+fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> OpResult<Incoming> {
     let ttl = message
         .ttl_ms
         .map(|ms| bounded("ttl", ms, config.max_ttl))
@@ -289,11 +290,11 @@ fn incoming(broker: &Broker, caller: &Caller, message: BatchMessage) -> OpResult
     // until it leaves the daemon's keeping: payload, headers, and what keeping any
     // message costs, so that even empty messages are paid for.
     let size = message.payload.len() as u64 + headers_size(&message.headers);
-    let charge = broker.charge(
-        caller,
-        Resource::QueuedBytes,
-        size + config.message_overhead,
-    )?;
+    let limit = Resource::QueuedBytes.limit(&config.quota_for(caller.uid()));
+    let charge =
+        caller
+            .account
+            .charge(Resource::QueuedBytes, size + config.message_overhead, limit)?;
     Ok(Incoming {
         mtype: message.mtype,
         sender: caller.creds,
@@ -323,11 +324,12 @@ fn check_batch(len: usize) -> OpResult<()> {
 fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResult<Reply> {
     check_batch(req.messages.len())?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let config = broker.config();
     let mut outcomes = Vec::with_capacity(req.messages.len());
     let mut refused = None;
     for message in req.messages {
         let offered = check_message(message.mtype, &message.headers)
-            .and_then(|()| incoming(broker, caller, message))
+            .and_then(|()| incoming(&config, caller, message))
             .map(|incoming| mailbox.send(incoming, req.wait));
         match offered {
             Ok(Pending::Ready(Err(e))) => refused = Some(ErrorReply::from(e)),
@@ -412,35 +414,27 @@ fn taker(
     })
 }
 
-/// Takes up to `max` messages: the first as a receive would (waiting for it if none is
-/// there), then, at once, what else is there, up to `max_batch_bytes` more.
+/// Takes up to `max` messages: those there now, oldest first, up to `max_batch_bytes`
+/// beyond the first; with none there, it waits for the first as a receive would and
+/// answers with that one alone. Taking more after the wait would break the order of
+/// the receives of one connection: a later receive already waiting may have been
+/// handed the next message meanwhile, and would then hold an older one than this.
 fn recv_batch(broker: &Broker, caller: &Caller, req: RecvBatchRequest) -> OpResult<Reply> {
     check_batch(usize::try_from(req.max).unwrap_or(usize::MAX))?;
     check_selector(req.selector)?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
     let taker = taker(broker, caller, false, req.lease)?;
-    let room = broker.config().max_batch_bytes;
-    let more = req.max as usize - 1;
-    let selector = req.selector;
-    let rest = move |first: Envelope, mailbox: &Mailbox, taker: &Taker| {
-        let mut messages = Vec::with_capacity(1 + more.min(64));
-        messages.push(to_wire(first));
-        let taken = mailbox.take_more(selector, taker, more, room);
-        messages.extend(taken.into_iter().map(to_wire));
-        Response::Messages(messages)
-    };
-    Ok(match mailbox.recv(selector, taker.clone(), req.wait) {
-        Pending::Ready(Ok(first)) => Reply::Now(rest(first, &mailbox, &taker)),
-        Pending::Ready(Err(e)) => Reply::Now(Response::Error(e.into())),
-        Pending::Wait(waiter) => Reply::Later {
-            cancel: waiter.canceller(),
-            wait: Box::pin(async move {
-                match waiter.wait().await {
-                    Ok(first) => rest(first, &mailbox, &taker),
-                    Err(e) => Response::Error(e.into()),
-                }
-            }),
-        },
+    Ok(match mailbox.recv(req.selector, taker.clone(), req.wait) {
+        Pending::Ready(Ok(first)) => {
+            let more = req.max as usize - 1;
+            let room = broker.config().max_batch_bytes;
+            let taken = mailbox.take_more(req.selector, &taker, more, room);
+            let mut messages = Vec::with_capacity(1 + taken.len());
+            messages.push(to_wire(first));
+            messages.extend(taken.into_iter().map(to_wire));
+            Reply::Now(Response::Messages(messages))
+        }
+        pending => reply_when(pending, |first| Response::Messages(vec![to_wire(first)])),
     })
 }
 

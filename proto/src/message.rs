@@ -266,10 +266,11 @@ pub struct SendBatchRequest {
     pub messages: Vec<BatchMessage>,
 }
 
-/// Take up to `max` messages: those `selector` selects that are there, oldest first. With
-/// none there it waits, as [`RecvRequest`] does, for the first, and then takes what else
-/// is there by then. Answered with [`Response::Messages`], never empty; a reply holds
-/// at most the daemon's `max_batch_bytes` of messages beyond its first.
+/// Take up to `max` messages: those `selector` selects that are there, oldest first,
+/// within the daemon's `max_batch_bytes` beyond the first. With none there it waits, as
+/// [`RecvRequest`] does, for the first, and answers with that one alone (so that the
+/// receives of one connection keep their order). Answered with [`Response::Messages`],
+/// never empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecvBatchRequest {
     pub mailbox: MailboxName,

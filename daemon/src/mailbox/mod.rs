@@ -250,12 +250,12 @@ impl Mailbox {
             }));
         }
         if state.senders.is_empty() && state.can_accept(&incoming) {
-            let (tx, mut rx) = oneshot::channel();
-            state.accept(incoming, tx);
             if state.link.is_none() {
-                let done = rx.try_recv().expect("a memory mailbox answers at once");
-                return Pending::Ready(done);
+                // Answered at once: no hand-off to make (or allocate).
+                return Pending::Ready(Ok(state.accept_now(incoming)));
             }
+            let (tx, rx) = oneshot::channel();
+            state.accept(incoming, tx);
             // Answered once stored; there is nothing to deregister meanwhile.
             let key = state.take_key();
             drop(state);
@@ -596,14 +596,21 @@ impl State {
     /// the first waiting receiver it matches or else into the queue; in a durable one
     /// the same, but only once the store has it.
     fn accept(&mut self, incoming: Incoming, done: Handoff<SentId>) {
-        let envelope = self.stamp(incoming);
-        let id = envelope.id;
         if self.link.is_none() {
-            self.offer_or_queue(envelope);
-            let _ = done.send(Ok(SentId(id)));
+            let _ = done.send(Ok(self.accept_now(incoming)));
             return;
         }
+        let envelope = self.stamp(incoming);
         self.store_then_offer(envelope, done);
+    }
+
+    /// Accepts a message into a memory mailbox, which answers at once.
+    fn accept_now(&mut self, incoming: Incoming) -> SentId {
+        debug_assert!(self.link.is_none(), "a durable mailbox answers once stored");
+        let envelope = self.stamp(incoming);
+        let id = envelope.id;
+        self.offer_or_queue(envelope);
+        SentId(id)
     }
 
     /// Hands `envelope` to waiting receivers: a copy to each matching peeker, the message
