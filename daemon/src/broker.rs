@@ -472,7 +472,7 @@ impl Broker {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            let removal = envelope.removal.take();
+            let removal = envelope.take_removal();
             let id = envelope.id;
             let refused = match broker.get(&to) {
                 Err(_) => Some(format!("mailbox {to} does not exist")),

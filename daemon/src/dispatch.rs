@@ -531,7 +531,7 @@ fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
 /// The wire form of a delivered message. The envelope's `_charge` drops here: the payload
 /// has left the mailbox for its receiver (the connection's output bound covers it now).
 fn to_wire(mut e: Envelope) -> Message {
-    if let Some(removal) = e.removal.take() {
+    if let Some(removal) = e.take_removal() {
         removal.commit();
     }
     Message {
@@ -539,7 +539,7 @@ fn to_wire(mut e: Envelope) -> Message {
         mtype: e.mtype,
         sender: e.sender,
         sent_at: e.sent_at,
-        headers: e.headers,
+        headers: e.take_headers(),
         redelivered: e.deliveries > 1,
         deliveries: e.deliveries,
         payload: e.payload,

@@ -23,8 +23,10 @@ use ipc_proto::Selector;
 /// Queued messages of type `M`, indexed by SysV type and by sequence id.
 #[derive(Debug)]
 pub struct TypeIndex<M> {
-    /// Messages of each type, oldest first.
-    by_type: BTreeMap<i64, BTreeMap<u64, M>>,
+    /// Messages of each type, oldest first. Boxed: ids grow, so the B-tree's leaves
+    /// split as they fill and stay about half full, and a half-empty leaf of whole
+    /// envelopes wastes about as much as it holds; a leaf of pointers wastes little.
+    by_type: BTreeMap<i64, BTreeMap<u64, Box<M>>>,
     /// `(id of the oldest message, type)` for every non-empty type: the queue's heads,
     /// oldest first. One entry per type.
     heads: BTreeSet<(u64, i64)>,
@@ -63,7 +65,7 @@ impl<M> TypeIndex<M> {
     pub fn insert(&mut self, mtype: i64, id: u64, message: M) {
         let queue = self.by_type.entry(mtype).or_default();
         let old_head = queue.first_key_value().map(|(&head, _)| head);
-        if queue.insert(id, message).is_none() {
+        if queue.insert(id, Box::new(message)).is_none() {
             self.len += 1;
         }
         match old_head {
@@ -104,14 +106,14 @@ impl<M> TypeIndex<M> {
     }
 
     pub fn get(&self, slot: Slot) -> Option<&M> {
-        self.by_type.get(&slot.mtype)?.get(&slot.id)
+        self.by_type.get(&slot.mtype)?.get(&slot.id).map(|m| &**m)
     }
 
     /// Takes the message at `slot` out. `O(log n)`.
     pub fn remove(&mut self, slot: Slot) -> Option<M> {
         let queue = self.by_type.get_mut(&slot.mtype)?;
         let was_head = queue.first_key_value().map(|(&id, _)| id) == Some(slot.id);
-        let message = queue.remove(&slot.id)?;
+        let message = *queue.remove(&slot.id)?;
         self.len -= 1;
         if was_head {
             self.heads.remove(&(slot.id, slot.mtype));
@@ -141,6 +143,7 @@ impl<M> TypeIndex<M> {
         std::mem::take(&mut self.by_type)
             .into_values()
             .flat_map(BTreeMap::into_values)
+            .map(|m| *m)
     }
 }
 

@@ -21,7 +21,8 @@ fn memory_held_for_a_burst_goes_back_to_the_system_once_it_drains() {
     };
     c.create("burst", &options).unwrap();
     let idle = daemon.rss_kib();
-    // About 150 MB held: far past the default `trim_after` of 32 MiB.
+    // 200,000 messages of 256 bytes, about 80 MB resident: far past the default
+    // `trim_after` of 32 MiB.
     let batch = vec![Bytes::from(vec![b'b'; 256]); 1000];
     for _ in 0..200 {
         let outcomes = c
@@ -30,7 +31,7 @@ fn memory_held_for_a_burst_goes_back_to_the_system_once_it_drains() {
         assert!(outcomes.iter().all(Result::is_ok));
     }
     let full = daemon.rss_kib();
-    assert!(full > idle + 100 * 1024, "idle {idle} KiB, full {full} KiB");
+    assert!(full > idle + 64 * 1024, "idle {idle} KiB, full {full} KiB");
     let nowait = RecvOptions::default().wait(Wait::NoWait);
     let mut taken = 0;
     while taken < 200_000 {

@@ -46,7 +46,7 @@ impl State {
     /// away, counted, without one.
     pub(super) fn return_message(&mut self, envelope: Envelope, name: &MailboxName) {
         let max = self.settings.max_deliveries;
-        if envelope.expires_at.is_some_and(|at| at <= Instant::now()) {
+        if envelope.expires_at().is_some_and(|at| at <= Instant::now()) {
             self.expire(envelope, name);
         } else if max == 0 || envelope.deliveries < max {
             self.offer_or_queue(envelope);
@@ -77,7 +77,7 @@ impl State {
                 if let Err(refused) = self.dead_letters.try_send(letter) {
                     // No broker to deliver it, or more dead letters waiting for it than
                     // the bound: it is dropped after all, and counted.
-                    let (letter, why) = match refused {
+                    let (mut letter, why) = match refused {
                         mpsc::error::TrySendError::Full(letter) => {
                             (letter, "too many dead letters are waiting for delivery")
                         }
@@ -94,14 +94,14 @@ impl State {
                             letter.envelope.id
                         );
                     }
-                    if let Some(removal) = letter.envelope.removal {
+                    if let Some(removal) = letter.envelope.take_removal() {
                         removal.commit();
                     }
                 }
             }
             None => {
                 self.dropped += 1;
-                if let Some(removal) = envelope.removal.take() {
+                if let Some(removal) = envelope.take_removal() {
                     removal.commit();
                 }
             }

@@ -60,19 +60,19 @@ impl Mailbox {
     pub fn restore_message(&self, message: StoredMessage, charge: Charge) {
         let mut state = self.lock();
         let removal = state.removal(message.id);
-        let envelope = Envelope {
-            id: message.id,
-            mtype: message.mtype,
-            sender: message.sender,
-            sent_at: message.sent_at,
-            headers: message.headers,
-            deliveries: message.deliveries,
-            payload: message.payload,
-            _charge: Some(charge),
-            removal,
-            expires_at: message.expires_at.map(monotonic),
-            visible_at: message.not_before.map(monotonic),
-        };
+        let mut envelope = Envelope::new(
+            message.id,
+            message.mtype,
+            message.sender,
+            message.sent_at,
+            message.headers,
+            message.payload,
+            Some(charge),
+            message.expires_at.map(monotonic),
+            message.not_before.map(monotonic),
+        );
+        envelope.deliveries = message.deliveries;
+        envelope.set_removal(removal);
         // Delayed or due to expire, it gets its timers like a message just accepted.
         state.offer_or_queue(envelope);
     }
@@ -130,13 +130,13 @@ impl State {
             mtype: envelope.mtype,
             sender: envelope.sender,
             sent_at: envelope.sent_at,
-            headers: envelope.headers.clone(),
-            expires_at: envelope.expires_at.map(wall),
-            not_before: envelope.visible_at.map(wall),
+            headers: envelope.headers().clone(),
+            expires_at: envelope.expires_at().map(wall),
+            not_before: envelope.visible_at().map(wall),
             deliveries: 0,
             payload: envelope.payload.clone(),
         });
-        envelope.removal = self.removal(id);
+        envelope.set_removal(self.removal(id));
         let me = self.me.clone();
         let store = link.store.clone();
         store.submit(vec![record], self.fsync(), move |stored: Stored| {

@@ -11,29 +11,44 @@ use crate::quota::Charge;
 
 use super::durable::Removal;
 
-/// A message as the daemon keeps it.
+/// A message as the daemon keeps it: what every message has inline, what few have
+/// ([`Rare`]) boxed, so that a plain message costs the daemon little beside its payload.
 #[derive(Debug)]
 pub struct Envelope {
     pub id: u64,
     pub mtype: i64,
     pub sender: Credentials,
     pub sent_at: Timestamp,
-    pub headers: Headers,
     /// Times it has been taken by a receiver.
     pub deliveries: u32,
     pub payload: Bytes,
     /// Its size and the per-message overhead, charged to the sender's uid while the
     /// mailbox holds it; a copy made for a peek carries none.
     pub _charge: Option<Charge>,
+    /// `None` while the message has none of what [`Rare`] holds.
+    rare: Option<Box<Rare>>,
+}
+
+/// What most messages do not have.
+#[derive(Debug, Default)]
+struct Rare {
+    headers: Headers,
     /// For a message of a durable mailbox: the record of its leaving, written once it is
     /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
     /// that may vanish and give it back.
-    pub removal: Option<Removal>,
+    removal: Option<Removal>,
     /// When it expires undelivered (its TTL), and until when it is invisible (its delay),
     /// on the monotonic clock.
-    pub expires_at: Option<Instant>,
-    pub visible_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    visible_at: Option<Instant>,
 }
+
+/// The headers of a message that has none.
+static NO_HEADERS: Headers = Headers {
+    reply_to: None,
+    correlation_id: None,
+    content_type: None,
+};
 
 /// Bytes a message's headers take: they count with its payload against the mailbox's
 /// `max_bytes` and the sender's quota, so a message with an empty payload is not free.
@@ -49,44 +64,127 @@ pub fn headers_size(headers: &Headers) -> u64 {
 }
 
 impl Envelope {
+    /// A message as stamped by its mailbox (or recovered from the store).
+    #[allow(clippy::too_many_arguments, reason = "every field of a message, once")]
+    pub(super) fn new(
+        id: u64,
+        mtype: i64,
+        sender: Credentials,
+        sent_at: Timestamp,
+        headers: Headers,
+        payload: Bytes,
+        charge: Option<Charge>,
+        expires_at: Option<Instant>,
+        visible_at: Option<Instant>,
+    ) -> Self {
+        let plain = headers == NO_HEADERS && expires_at.is_none() && visible_at.is_none();
+        let rare = (!plain).then(|| {
+            Box::new(Rare {
+                headers,
+                removal: None,
+                expires_at,
+                visible_at,
+            })
+        });
+        Self {
+            id,
+            mtype,
+            sender,
+            sent_at,
+            deliveries: 0,
+            payload,
+            _charge: charge,
+            rare,
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub fn headers(&self) -> &Headers {
+        self.rare.as_ref().map_or(&NO_HEADERS, |r| &r.headers)
+    }
+
+    /// The headers, leaving none behind (for the wire form of a delivered message).
+    pub fn take_headers(&mut self) -> Headers {
+        self.rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.headers))
+            .unwrap_or_default()
+    }
+
+    /// When it expires undelivered, if it has a TTL.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.expires_at)
+    }
+
+    /// Until when it is invisible, if it was sent with a delay.
+    pub fn visible_at(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.visible_at)
+    }
+
+    /// It is visible from now on.
+    pub(super) fn show(&mut self) {
+        if let Some(rare) = &mut self.rare {
+            rare.visible_at = None;
+        }
+    }
+
+    pub fn has_removal(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.removal.is_some())
+    }
+
+    /// The record of its leaving, taken to be committed (or dropped).
+    pub fn take_removal(&mut self) -> Option<Removal> {
+        self.rare.as_mut().and_then(|r| r.removal.take())
+    }
+
+    pub(super) fn set_removal(&mut self, removal: Option<Removal>) {
+        if removal.is_some() || self.rare.is_some() {
+            self.rare_mut().removal = removal;
+        }
+    }
+
     /// What the message counts for against the mailbox's `max_bytes`: payload and
     /// headers.
     pub fn size(&self) -> u64 {
-        self.payload.len() as u64 + headers_size(&self.headers)
+        self.payload.len() as u64 + headers_size(self.headers())
     }
 
     /// The message as offered to another mailbox (dead-lettering): same sender, type,
     /// headers and payload, still charged to its sender; a new id there.
-    pub fn into_incoming(self) -> Incoming {
+    pub fn into_incoming(mut self) -> Incoming {
+        // What is left of its TTL goes with it; a dead letter is visible at once.
+        let ttl = self
+            .expires_at()
+            .map(|at| at.saturating_duration_since(Instant::now()));
         Incoming {
             mtype: self.mtype,
             sender: self.sender,
-            headers: self.headers,
+            headers: self.take_headers(),
             payload: self.payload,
             charge: self._charge,
-            // What is left of its TTL goes with it; a dead letter is visible at once.
-            ttl: self
-                .expires_at
-                .map(|at| at.saturating_duration_since(Instant::now())),
+            ttl,
             delay: None,
         }
     }
 
     /// A copy for a peek: the same message, charged to nobody.
     pub(super) fn copy(&self) -> Envelope {
-        Envelope {
-            id: self.id,
-            mtype: self.mtype,
-            sender: self.sender,
-            sent_at: self.sent_at,
-            headers: self.headers.clone(),
-            deliveries: self.deliveries,
-            payload: self.payload.clone(),
-            _charge: None,
-            removal: None,
-            expires_at: self.expires_at,
-            visible_at: self.visible_at,
-        }
+        let mut copy = Envelope::new(
+            self.id,
+            self.mtype,
+            self.sender,
+            self.sent_at,
+            self.headers().clone(),
+            self.payload.clone(),
+            None,
+            self.expires_at(),
+            self.visible_at(),
+        );
+        copy.deliveries = self.deliveries;
+        copy
     }
 }
 

@@ -82,7 +82,7 @@ impl Mailbox {
         self.check_lease(&state, id, uid)?;
         let mut envelope = state.unlease(id).expect("checked");
         state.admit_senders();
-        Ok(envelope.removal.take().map(Removal::commit_waiting))
+        Ok(envelope.take_removal().map(Removal::commit_waiting))
     }
 
     /// Gives leased message `id` back, to be redelivered (or dead-lettered).

@@ -297,7 +297,7 @@ impl Mailbox {
             let expired = state
                 .queue
                 .get(slot)
-                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
+                .is_some_and(|e| e.expires_at().is_some_and(|at| at <= now));
             if expired {
                 // Due, but the timekeeper has not got to it yet: it is never delivered.
                 let envelope = state.dequeue(slot);
@@ -384,7 +384,7 @@ impl Mailbox {
             let Some(envelope) = state.queue.get(slot) else {
                 break;
             };
-            if envelope.expires_at.is_some_and(|at| at <= now) {
+            if envelope.expires_at().is_some_and(|at| at <= now) {
                 let envelope = state.dequeue(slot);
                 state.expire(envelope, &self.name);
                 continue;
@@ -566,19 +566,17 @@ impl State {
             at: now,
             pid: incoming.sender.pid,
         });
-        Envelope {
+        Envelope::new(
             id,
-            mtype: incoming.mtype,
-            sender: incoming.sender,
-            sent_at: now,
-            headers: incoming.headers,
-            deliveries: 0,
-            payload: incoming.payload,
-            _charge: incoming.charge,
-            removal: None,
-            expires_at: ttl.map(|ttl| clock + ttl),
-            visible_at: incoming.delay.map(|delay| clock + delay),
-        }
+            incoming.mtype,
+            incoming.sender,
+            now,
+            incoming.headers,
+            incoming.payload,
+            incoming.charge,
+            ttl.map(|ttl| clock + ttl),
+            incoming.delay.map(|delay| clock + delay),
+        )
     }
 
     /// Records that `envelope` left the mailbox for the receiver `pid`.
@@ -618,7 +616,7 @@ impl State {
     /// Waiters exist only while nothing queued matched them, so the new message is the
     /// oldest match for each. What no receiver takes is queued.
     fn offer_or_queue(&mut self, mut envelope: Envelope) {
-        if let Some(at) = envelope.visible_at.filter(|&at| at > Instant::now()) {
+        if let Some(at) = envelope.visible_at().filter(|&at| at > Instant::now()) {
             let id = envelope.id;
             self.delayed_bytes += envelope.size();
             self.delayed.insert(id, envelope);
@@ -656,7 +654,7 @@ impl State {
             }
         }
         self.bytes += envelope.size();
-        if let Some(at) = envelope.expires_at {
+        if let Some(at) = envelope.expires_at() {
             let (id, mtype) = (envelope.id, envelope.mtype);
             self.schedule(at, Timer::Expires { id, mtype });
         }
@@ -668,7 +666,7 @@ impl State {
     fn dequeue(&mut self, slot: Slot) -> Envelope {
         let envelope = self.queue.remove(slot).expect("slot is queued");
         self.bytes -= envelope.size();
-        if let Some(at) = envelope.expires_at {
+        if let Some(at) = envelope.expires_at() {
             let (id, mtype) = (envelope.id, envelope.mtype);
             self.deadlines.remove(&(at, Timer::Expires { id, mtype }));
         }

@@ -340,3 +340,14 @@ async fn dead_letters_past_the_backlog_are_dropped_and_counted() {
     }
     assert_eq!(waiting, 16);
 }
+
+/// A plain message is what most mailboxes hold millions of: what only some messages
+/// have stays out of line, so the daemon's cost per message stays near its payload.
+#[test]
+fn an_envelope_keeps_only_what_every_message_has_inline() {
+    assert!(
+        std::mem::size_of::<Envelope>() <= 112,
+        "Envelope grew to {} bytes",
+        std::mem::size_of::<Envelope>()
+    );
+}

@@ -51,7 +51,7 @@ impl State {
                 Timer::Visible { id } => {
                     if let Some(mut envelope) = self.delayed.remove(&id) {
                         self.delayed_bytes -= envelope.size();
-                        envelope.visible_at = None;
+                        envelope.show();
                         self.return_message(envelope, name);
                     }
                 }

@@ -388,7 +388,7 @@ impl Side for Envelope {
     /// A message was handed to a receiver that is gone: it goes back to where it was
     /// (or to the next waiting receiver), as if it had never left.
     fn reclaim(state: &mut State, mut envelope: Envelope) {
-        if envelope.removal.is_none() {
+        if !envelope.has_removal() {
             // A copy sent for a lease: the leased original is what goes back.
             if let Some(leased) = state.unlease(envelope.id) {
                 envelope = leased;
