@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,10 +67,16 @@ pub struct BlockingClient {
     broken: Option<(io::ErrorKind, String)>,
 }
 
-/// One connection's socket and buffers.
+/// One connection's socket and buffers. The socket is non-blocking, and the connection
+/// waits for it in `poll`: a thread blocked in `recv` on a Unix socket is also woken
+/// whenever the daemon reads from it (a read frees write space, and readers and writers
+/// of a socket wait in one queue), so a client waiting for its replies would be woken for
+/// nothing once per request it sent; `poll` wakes only for the events asked for.
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,
+    /// How long one wait for the socket may take (the handshake's); `None`: no limit.
+    timeout: Option<Duration>,
     inbound: Inbound,
     /// Where each read lands before it joins `inbound`: made (and zeroed) once per
     /// connection, not once per read.
@@ -93,12 +100,10 @@ impl Connection {
             source,
         })?;
         let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
-        stream
-            .set_read_timeout(timeout)
-            .and_then(|()| stream.set_write_timeout(timeout))
-            .map_err(Error::Disconnected)?;
+        stream.set_nonblocking(true).map_err(Error::Disconnected)?;
         let mut conn = Self {
             stream,
+            timeout,
             inbound: Inbound::default(),
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             wbuf: session::hello(client_name)?,
@@ -106,10 +111,7 @@ impl Connection {
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
         let frame = conn.read_frame(true)?;
         let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
-        conn.stream
-            .set_read_timeout(None)
-            .and_then(|()| conn.stream.set_write_timeout(None))
-            .map_err(Error::Disconnected)?;
+        conn.timeout = None;
         Ok((conn, welcome))
     }
 
@@ -126,6 +128,10 @@ impl Connection {
                 }
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(libc::POLLOUT)
+                        .map_err(|error| WriteFailed { written, error })?;
+                }
                 Err(error) => return Err(WriteFailed { written, error }),
             }
         }
@@ -140,18 +146,7 @@ impl Connection {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
-            // Switched only here, where a read follows: callers that do not wait ask
-            // often, and mostly a frame is already buffered.
-            let mut stream = &self.stream;
-            let nonblocking = |on| stream.set_nonblocking(on).map_err(Error::Disconnected);
-            if !wait {
-                nonblocking(true)?;
-            }
-            let read = stream.read(&mut self.chunk);
-            if !wait {
-                nonblocking(false)?;
-            }
-            match read {
+            match (&self.stream).read(&mut self.chunk) {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -160,8 +155,42 @@ impl Connection {
                 }
                 Ok(n) => self.inbound.buf.extend_from_slice(&self.chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(libc::POLLIN).map_err(Error::Disconnected)?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
+            }
+        }
+    }
+
+    /// Waits until the socket has `events` (or an error or hang-up, which the next read
+    /// or write reports), within the connection's timeout.
+    fn wait(&self, events: libc::c_short) -> io::Result<()> {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let timeout = self.timeout.map_or(-1, |t| {
+            libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+        });
+        loop {
+            // SAFETY: `fd` is one valid pollfd that outlives the call.
+            match unsafe { libc::poll(&mut fd, 1, timeout) } {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the daemon did not answer in time",
+                    ));
+                }
+                n if n > 0 => return Ok(()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
             }
         }
     }
