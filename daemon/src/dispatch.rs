@@ -325,21 +325,14 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     check_batch(req.messages.len())?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
     let config = broker.config();
-    let mut outcomes = Vec::with_capacity(req.messages.len());
-    let mut refused = None;
-    for message in req.messages {
-        let offered = check_message(message.mtype, &message.headers)
-            .and_then(|()| incoming(&config, caller, message))
-            .map(|incoming| mailbox.send(incoming, req.wait));
-        match offered {
-            Ok(Pending::Ready(Err(e))) => refused = Some(ErrorReply::from(e)),
-            Ok(pending) => outcomes.push(pending),
-            Err(e) => refused = Some(e),
-        }
-        if refused.is_some() {
-            break;
-        }
-    }
+    let mut messages = req.messages.into_iter();
+    let (outcomes, refused) = mailbox.send_each(req.wait, || {
+        let message = messages.next()?;
+        Some(
+            check_message(message.mtype, &message.headers)
+                .and_then(|()| incoming(&config, caller, message)),
+        )
+    });
     let sent = |result: Result<SentId, SendError>| result.map(|SentId(id)| id).map_err(Into::into);
     if outcomes.iter().all(|o| matches!(o, Pending::Ready(_))) {
         let mut results: Vec<_> = outcomes

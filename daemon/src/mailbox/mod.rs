@@ -226,7 +226,39 @@ impl Mailbox {
 
     /// Puts a message in, hands it to a waiting receiver, or waits for room.
     pub(crate) fn send(self: &Arc<Self>, incoming: Incoming, wait: Wait) -> Pending<SentId> {
+        self.offer(&mut self.lock(), incoming, wait)
+    }
+
+    /// Sends, in order and under one lock, each message `next` gives until it gives none,
+    /// gives an error, or a message is refused at once: the outcomes so far, and what
+    /// stopped them. The messages of a batch take the lock once, not once each.
+    pub(crate) fn send_each<E: From<SendError>>(
+        self: &Arc<Self>,
+        wait: Wait,
+        mut next: impl FnMut() -> Option<Result<Incoming, E>>,
+    ) -> (Vec<Pending<SentId>>, Option<E>) {
+        let mut outcomes = Vec::new();
         let mut state = self.lock();
+        while let Some(incoming) = next() {
+            let pending = match incoming {
+                Ok(incoming) => self.offer(&mut state, incoming, wait),
+                Err(e) => return (outcomes, Some(e)),
+            };
+            match pending {
+                Pending::Ready(Err(e)) => return (outcomes, Some(e.into())),
+                pending => outcomes.push(pending),
+            }
+        }
+        (outcomes, None)
+    }
+
+    /// [`Self::send`] with the lock held.
+    fn offer(
+        self: &Arc<Self>,
+        state: &mut State,
+        incoming: Incoming,
+        wait: Wait,
+    ) -> Pending<SentId> {
         if let Some(closed) = &state.closed {
             return Pending::Ready(Err(closed.clone().into()));
         }
@@ -258,7 +290,6 @@ impl Mailbox {
             state.accept(incoming, tx);
             // Answered once stored; there is nothing to deregister meanwhile.
             let key = state.take_key();
-            drop(state);
             return Pending::Wait(Waiter::new(self.clone(), key, rx, None));
         }
         let full = Full {
@@ -276,7 +307,6 @@ impl Mailbox {
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
         state.senders.insert(key, SendWaiter { incoming, tx });
-        drop(state);
         Pending::Wait(Waiter::new(self.clone(), key, rx, timeout))
     }
 
