@@ -373,3 +373,26 @@ fn a_batch_receive_selects_as_msgrcv_does() {
     assert_eq!(take(&mut c, Selector::Except(3)), ["type2"]);
     assert_eq!(take(&mut c, Selector::AtMost(5)), ["type3", "type3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_client_sends_and_receives_batches_too() {
+    let daemon = TestDaemon::start();
+    let client = ipc_client::Client::connect_to(daemon.socket())
+        .await
+        .unwrap();
+    client.create("a", &CreateOptions::default()).await.unwrap();
+    let outcomes = client
+        .send_batch("a", payloads(0..300), &SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 300);
+    assert!(outcomes.iter().all(Result::is_ok));
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        got.extend(texts(
+            &client.recv_batch("a", 128, &nowait()).await.unwrap(),
+        ));
+    }
+    let expected: Vec<String> = (0..300).map(|n| format!("m{n}")).collect();
+    assert_eq!(got, expected);
+}
