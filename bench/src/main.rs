@@ -6,7 +6,8 @@
 //! `cargo run --release -p ipc-bench` runs everything; `-- --smoke` runs each shape
 //! briefly and checks only that every message arrives intact and in order (what
 //! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
-//! ipcd` runs one transport (to profile it).
+//! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
+//! `ping-pong` or `scale`), to profile them.
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
