@@ -26,7 +26,7 @@ use crate::caller::Caller;
 use crate::config::Config;
 use crate::mailbox::{
     Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Pending,
-    RecvError, SendError, SentId, Side, Taker, headers_size,
+    RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
 };
 use crate::perm::Access;
 use crate::quota::{QuotaError, Resource};
@@ -250,7 +250,8 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         delay_ms: req.delay_ms,
         payload: req.payload,
     };
-    Ok(mailbox.send(incoming(&broker.config(), caller, message)?, req.wait))
+    let incoming = incoming(&broker.config(), caller, message).map_err(|r| r.into_reply(caller))?;
+    Ok(mailbox.send(incoming, req.wait))
 }
 
 /// The checks of a message that need no mailbox.
@@ -275,9 +276,37 @@ fn check_message(mtype: i64, headers: &Headers) -> OpResult<()> {
     Ok(())
 }
 
+/// Why a message was not made ready for its mailbox: the error to answer with, or a
+/// refused charge, worded (and logged) by the caller once it holds no mailbox lock.
+enum Refusal {
+    Reply(ErrorReply),
+    Quota { used: u64, amount: u64, limit: u64 },
+}
+
+impl<E: Into<ErrorReply>> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal::Reply(e.into())
+    }
+}
+
+impl Refusal {
+    fn into_reply(self, caller: &Caller) -> ErrorReply {
+        match self {
+            Refusal::Reply(e) => e,
+            Refusal::Quota {
+                used,
+                amount,
+                limit,
+            } => (caller.account)
+                .refuse(Resource::QueuedBytes, used, amount, limit)
+                .into(),
+        }
+    }
+}
+
 /// A checked message made ready for a mailbox, its charge taken. `config` is read once
 /// per request, not per message of a batch.
-fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> OpResult<Incoming> {
+fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> Result<Incoming, Refusal> {
     let ttl = message
         .ttl_ms
         .map(|ms| bounded("ttl", ms, config.max_ttl))
@@ -291,10 +320,15 @@ fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> OpResult
     // message costs, so that even empty messages are paid for.
     let size = message.payload.len() as u64 + headers_size(&message.headers);
     let limit = Resource::QueuedBytes.limit(&config.quota_for(caller.uid()));
-    let charge =
-        caller
-            .account
-            .charge(Resource::QueuedBytes, size + config.message_overhead, limit)?;
+    let amount = size + config.message_overhead;
+    let charge = caller
+        .account
+        .try_charge(Resource::QueuedBytes, amount, limit)
+        .map_err(|used| Refusal::Quota {
+            used,
+            amount,
+            limit,
+        })?;
     Ok(Incoming {
         mtype: message.mtype,
         sender: caller.creds,
@@ -328,47 +362,42 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     let mut messages = req.messages.into_iter();
     let (outcomes, refused) = mailbox.send_each(req.wait, || {
         let message = messages.next()?;
-        Some(
-            check_message(message.mtype, &message.headers)
-                .and_then(|()| incoming(&config, caller, message)),
-        )
+        Some(match check_message(message.mtype, &message.headers) {
+            Ok(()) => incoming(&config, caller, message),
+            Err(e) => Err(e.into()),
+        })
     });
+    let refused = refused.map(|r| r.into_reply(caller));
     let sent = |result: Result<SentId, SendError>| result.map(|SentId(id)| id).map_err(Into::into);
-    if outcomes.iter().all(|o| matches!(o, Pending::Ready(_))) {
-        let mut results: Vec<_> = outcomes
+    let mut results = Vec::with_capacity(outcomes.len() + 1);
+    let mut waiting = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Pending::Ready(result) => results.push(Some(sent(result))),
+            Pending::Wait(waiter) => {
+                results.push(None);
+                waiting.push(waiter);
+            }
+        }
+    }
+    let done = move |results: Vec<Option<Result<u64, ErrorReply>>>, waited: Vec<_>| {
+        let mut waited = waited.into_iter();
+        let mut results: Vec<_> = results
             .into_iter()
-            .map(|o| match o {
-                Pending::Ready(result) => sent(result),
-                Pending::Wait(_) => unreachable!("all are ready"),
-            })
+            .map(|r| r.unwrap_or_else(|| sent(waited.next().expect("one each"))))
             .collect();
         results.extend(refused.map(Err));
-        return Ok(Reply::Now(Response::SentBatch(results)));
+        Response::SentBatch(results)
+    };
+    if waiting.is_empty() {
+        return Ok(Reply::Now(done(results, Vec::new())));
     }
-    let cancels: Vec<Canceller> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Pending::Wait(waiter) => Some(waiter.canceller()),
-            Pending::Ready(_) => None,
-        })
-        .collect();
+    // The messages that wait stand or fall together: one deadline for all, and a cancel
+    // or a closed connection withdraws them all at once, so the batch keeps its order.
+    let group = WaiterGroup::new(mailbox, waiting);
     Ok(Reply::Later {
-        wait: Box::pin(async move {
-            let mut results = Vec::with_capacity(outcomes.len() + 1);
-            for outcome in outcomes {
-                results.push(sent(match outcome {
-                    Pending::Ready(result) => result,
-                    Pending::Wait(waiter) => waiter.wait().await,
-                }));
-            }
-            results.extend(refused.map(Err));
-            Response::SentBatch(results)
-        }),
-        cancel: Box::new(move |reason| {
-            for cancel in cancels {
-                cancel(reason);
-            }
-        }),
+        cancel: group.canceller(),
+        wait: Box::pin(async move { done(results, group.wait().await) }),
     })
 }
 

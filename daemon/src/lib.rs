@@ -78,7 +78,7 @@ pub async fn run_with(
     broker.restore(recovered);
     broker.declare();
     tokio::spawn(broker.clone().deliver_dead_letters());
-    tokio::spawn(memory::trim_after_bursts(broker.clone()));
+    tokio::spawn(memory::trim_after_bursts(Arc::downgrade(&broker)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let stop_peers = CancellationToken::new();

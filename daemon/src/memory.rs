@@ -7,7 +7,7 @@
 //! mark and stopped falling: after the drain, not during it, so that one trim gives back
 //! all of it. A daemon that holds steady, or grows, never trims.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
@@ -16,15 +16,19 @@ use crate::quota::Resource;
 /// How often the daemon looks at what it holds.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Watches `broker` for as long as the runtime runs, trimming after each fall.
-pub async fn trim_after_bursts(broker: Arc<Broker>) {
+/// Watches `broker` for as long as it lives, trimming after each fall.
+pub async fn trim_after_bursts(broker: Weak<Broker>) {
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = Watch::default();
     loop {
         ticks.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
         let threshold = broker.config().trim_after;
         let held = held(&broker);
+        drop(broker);
         if !watch.should_trim(held, threshold) {
             continue;
         }

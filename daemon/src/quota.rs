@@ -199,7 +199,7 @@ impl UidAccount {
     }
 
     /// The refusal of a charge, logged at most once per [`LOG_EVERY`] per resource.
-    fn refuse(&self, resource: Resource, used: u64, amount: u64, limit: u64) -> QuotaError {
+    pub fn refuse(&self, resource: Resource, used: u64, amount: u64, limit: u64) -> QuotaError {
         let error = QuotaError {
             uid: self.uid,
             resource,

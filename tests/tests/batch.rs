@@ -396,3 +396,41 @@ async fn the_async_client_sends_and_receives_batches_too() {
     let expected: Vec<String> = (0..300).map(|n| format!("m{n}")).collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn a_waiting_batch_times_out_as_a_whole_and_never_out_of_order() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    let one = LimitChanges {
+        max_msgs: Some(1),
+        ..LimitChanges::default()
+    };
+    create(&mut c, "one", one);
+    c.send("one", "first", &SendOptions::default()).unwrap();
+    let socket = daemon.socket().to_path_buf();
+    let sender = std::thread::spawn(move || {
+        let mut s = BlockingClient::connect_to(&socket).unwrap();
+        let options = SendOptions::default().wait(Wait::TimeoutMs(300));
+        s.send_batch("one", payloads(0..3), &options).unwrap()
+    });
+    daemon.wait_for_senders("one", 3);
+    // As soon as any message of the batch gives up, make room: no later message of the
+    // batch may take it, because they all gave up at once.
+    while c.stat("one").unwrap().waiting_senders == 3 {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        texts(&c.recv_batch("one", 10, &nowait()).unwrap()),
+        ["first"]
+    );
+    let outcomes = sender.join().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Err(Error::TimedOut(_)))),
+        "{outcomes:?}"
+    );
+    let info = c.stat("one").unwrap();
+    assert_eq!((info.messages, info.waiting_senders), (0, 0));
+}

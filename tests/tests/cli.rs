@@ -466,3 +466,36 @@ fn send_lines_and_recv_count_across_many_batches_keep_every_line_in_order() {
         (Some(0), Some(0))
     );
 }
+
+#[test]
+fn send_lines_batches_fit_a_daemon_with_small_frames() {
+    // A daemon whose largest message, and so its largest frame, is small: a batch of
+    // lines must still fit in one frame, headers and all.
+    let mut config = ipcd::Config::default();
+    config.ceilings.max_msg_size = 64 * 1024;
+    config.default_limits.max_msg_size = 64 * 1024;
+    let daemon = TestDaemon::start_with(config);
+    assert!(run(&daemon, &["create", "small"], None).status.success());
+    let mut input = String::new();
+    for n in 0..10 {
+        input.push_str(&format!("short {n}\n"));
+    }
+    input.push_str(&"x".repeat(65_000));
+    input.push('\n');
+    for n in 0..1500 {
+        input.push_str(&format!("{n:064}\n"));
+    }
+    let out = run(
+        &daemon,
+        &["send", "small", "--lines", "--content-type", "text/plain"],
+        Some(input.as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&daemon, &["--json", "stat", "small"], None);
+    let stat: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stat["messages"].as_u64(), Some(1511));
+}

@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use ipc_client::{BlockingClient, Error};
 use ipc_proto::{
-    BatchMessage, Headers, MailboxName, Request, Response, SendBatchRequest, SendRequest,
+    BatchMessage, HEADER_LEN, Headers, MailboxName, Request, Response, SendBatchRequest,
+    SendRequest,
 };
 use serde::Serialize;
 
@@ -148,11 +149,21 @@ fn sent_json(mailbox: &MailboxName, id: u64, line: Option<u64>) -> SentJson<'_> 
 
 /// Lines one batched send carries at most…
 const BATCH_LINES: usize = ipc_proto::MAX_BATCH as usize;
-/// …and bytes of payload, beyond its first line: far past where the cost of a request
-/// matters, and far below the largest frame.
+/// …and bytes, counting each line's payload, headers and [`LINE_FIELDS`]: far past where
+/// the cost of a request matters. A daemon whose largest frame is smaller gets batches
+/// that fit its frame.
 const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes a line's fixed fields take in a batch, at most (type, TTL, delay, lengths).
+const LINE_FIELDS: usize = 48;
 /// Batched sends kept in flight: each carries many lines, so a few keep the daemon busy.
 const BATCH_WINDOW: usize = 8;
+
+/// The most bytes `headers` take encoded: each header's bytes, its length and its tag.
+fn encoded_headers(headers: &Headers) -> usize {
+    let reply_to = headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
+    let content_type = headers.content_type.as_ref().map_or(0, String::len);
+    reply_to + content_type + 3 * 11
+}
 
 /// Lines read and not yet sent, with the number of the first.
 #[derive(Debug, Default)]
@@ -163,6 +174,32 @@ struct Batch {
 }
 
 impl Batch {
+    /// Sends the lines gathered, once the pipeline has room — unless a failure was met
+    /// while making room: then they are dropped unsent, as every line after a failure is.
+    fn send(
+        &mut self,
+        template: &SendRequest,
+        pipeline: &mut Pipeline<'_, u64>,
+        failure: &mut Failure,
+        mut settle_next: impl FnMut(&mut Pipeline<'_, u64>, &mut Failure) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.payloads.is_empty() {
+            return Ok(());
+        }
+        while pipeline.is_full() {
+            settle_next(pipeline, failure)?;
+        }
+        if failure.first.is_some() {
+            self.payloads.clear();
+            self.bytes = 0;
+            return Ok(());
+        }
+        let first = self.first_line;
+        pipeline
+            .submit(first, &self.request(template))
+            .with_context(|| format!("line {first}"))
+    }
+
     /// The request that sends these lines: a batched send on a daemon that has them
     /// (`lines` above one), else one line's send.
     fn request(&mut self, template: &SendRequest) -> Request {
@@ -218,6 +255,11 @@ fn send_lines(
     } else {
         (1, pipeline::window(client))
     };
+    let frame_room = usize::try_from(client.welcome().max_frame)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(HEADER_LEN + 1024);
+    let batch_bytes = BATCH_BYTES.min(frame_room);
+    let line_cost = encoded_headers(&template.headers) + LINE_FIELDS;
     let mut pipeline: Pipeline<'_, u64> = Pipeline::new(client, window);
     let mut out = stdout();
     let mut failure = Failure::default();
@@ -234,12 +276,9 @@ fn send_lines(
     loop {
         let may_block = !input.buffer().contains(&b'\n');
         if may_block {
-            if !batch.payloads.is_empty() {
-                while pipeline.is_full() {
-                    settle_next(&mut pipeline, &mut out, &mut failure)?;
-                }
-                pipeline.submit(batch.first_line, &batch.request(template))?;
-            }
+            batch.send(template, &mut pipeline, &mut failure, |p, f| {
+                settle_next(p, &mut out, f)
+            })?;
             pipeline.flush()?;
         }
         while !pipeline.has_room() || (may_block && !pipeline.is_empty()) {
@@ -264,29 +303,27 @@ fn send_lines(
         line_number += 1;
         if let Err(e) = check_size(pipeline.client(), line.len()) {
             // The lines before it go as they would have; then nothing more is sent.
-            if !batch.payloads.is_empty() {
-                while pipeline.is_full() {
-                    settle_next(&mut pipeline, &mut out, &mut failure)?;
-                }
-                pipeline.submit(batch.first_line, &batch.request(template))?;
-            }
+            batch.send(template, &mut pipeline, &mut failure, |p, f| {
+                settle_next(p, &mut out, f)
+            })?;
             failure.fail(&mut pipeline, line_number, e);
             break;
         }
+        let cost = line.len() + line_cost;
         let full = batch.payloads.len() >= max_lines
-            || (!batch.payloads.is_empty() && batch.bytes + line.len() > BATCH_BYTES);
+            || (!batch.payloads.is_empty() && batch.bytes + cost > batch_bytes);
         if full {
-            while pipeline.is_full() {
-                settle_next(&mut pipeline, &mut out, &mut failure)?;
+            batch.send(template, &mut pipeline, &mut failure, |p, f| {
+                settle_next(p, &mut out, f)
+            })?;
+            if failure.first.is_some() {
+                break;
             }
-            pipeline
-                .submit(batch.first_line, &batch.request(template))
-                .with_context(|| format!("line {}", batch.first_line))?;
         }
         if batch.payloads.is_empty() {
             batch.first_line = line_number;
         }
-        batch.bytes += line.len();
+        batch.bytes += cost;
         batch.payloads.push(Bytes::from(std::mem::take(&mut line)));
     }
     while !pipeline.is_empty() {
@@ -307,7 +344,9 @@ struct Failure {
 impl Failure {
     /// Records the first failure, and cancels the sends still waiting behind it.
     fn fail(&mut self, pipeline: &mut Pipeline<'_, u64>, line: u64, e: Error) {
-        self.first = Some(anyhow::Error::from(e).context(format!("line {line}")));
+        if self.first.is_none() {
+            self.first = Some(anyhow::Error::from(e).context(format!("line {line}")));
+        }
         // Best effort: the failure is reported whether or not this works.
         let _ = pipeline.cancel_pending();
     }

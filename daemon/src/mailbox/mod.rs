@@ -49,7 +49,7 @@ pub use self::leases::LeaseBook;
 pub(crate) use self::leases::LeaseTerms;
 use self::leases::Leased;
 use self::timers::Timer;
-pub(crate) use self::waiters::{Canceller, Pending, Side, Waiter};
+pub(crate) use self::waiters::{Canceller, Pending, Side, Waiter, WaiterGroup};
 use self::waiters::{Handoff, RecvWaiter, SendWaiter, WaiterIndex};
 
 /// How a receive takes its message.

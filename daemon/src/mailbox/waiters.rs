@@ -356,7 +356,7 @@ pub(crate) trait Side: Sized + Send + 'static {
     /// How this kind of request fails.
     type Error: From<Closed> + From<Interrupted> + std::fmt::Debug + Send + 'static;
     /// What a waiter of this kind waits for, kept to say so if its time runs out.
-    type Blocked: std::fmt::Debug + Send + 'static;
+    type Blocked: Clone + std::fmt::Debug + Send + 'static;
 
     /// The error of a wait that ran out after `after`.
     fn timed_out(after: Duration, blocked: Self::Blocked) -> Self::Error;
@@ -486,6 +486,116 @@ impl<T: Side> Waiter<T> {
         };
         self.finished = true;
         handed.unwrap_or_else(|| Err(Interrupted::Abandoned.into()))
+    }
+}
+
+/// The waiters of one request that stand or fall together: the messages of a batched
+/// send that wait for room, in order. They share one deadline, and withdrawing them —
+/// at that deadline, on a cancel, or when the request is dropped with its connection —
+/// takes every one still waiting out under one lock. Withdrawn one by one, a later
+/// message could be let in between two withdrawals, after an earlier one was refused,
+/// and the batch would lose its order.
+#[derive(Debug)]
+pub(crate) struct WaiterGroup<T: Side> {
+    mailbox: Arc<Mailbox>,
+    waiters: Vec<Waiter<T>>,
+    /// The group's time limit (the first limit among its waiters, which were all made
+    /// at once), and what to say when it runs out.
+    timeout: Option<(Duration, T::Blocked)>,
+}
+
+impl<T: Side> WaiterGroup<T> {
+    /// Groups `waiters` (non-empty), all of `mailbox`, in their order.
+    pub fn new(mailbox: Arc<Mailbox>, mut waiters: Vec<Waiter<T>>) -> Self {
+        let timeout = waiters.iter_mut().find_map(|w| w.timeout.take());
+        for waiter in &mut waiters {
+            waiter.timeout = None;
+        }
+        Self {
+            mailbox,
+            waiters,
+            timeout,
+        }
+    }
+
+    fn keys(&self) -> Vec<u64> {
+        self.waiters.iter().map(|w| w.key).collect()
+    }
+
+    /// A handle that cancels every wait of the group at once.
+    pub fn canceller(&self) -> Canceller {
+        let (mailbox, keys) = (self.mailbox.clone(), self.keys());
+        Box::new(move |reason| {
+            withdraw::<T>(&mailbox, &keys, || Interrupted::Cancelled(reason).into());
+        })
+    }
+
+    /// The outcome of each waiter, in order, once all are known.
+    pub async fn wait(self) -> Vec<Result<T, T::Error>> {
+        let keys = self.keys();
+        // Dropped with the request: every waiter still waiting goes, under one lock,
+        // before any of them is dropped on its own.
+        let mut guard = WithdrawOnDrop::<T> {
+            mailbox: self.mailbox.clone(),
+            keys: keys.clone(),
+            armed: true,
+            _side: std::marker::PhantomData,
+        };
+        let deadline = self
+            .timeout
+            .map(|(limit, blocked)| (tokio::time::Instant::now() + limit, limit, blocked));
+        let mut timed_out = false;
+        let mut waiters = self.waiters;
+        let mut results = Vec::with_capacity(waiters.len());
+        for waiter in &mut waiters {
+            let handed = match &deadline {
+                Some((at, limit, blocked)) if !timed_out => {
+                    match tokio::time::timeout_at(*at, &mut waiter.rx).await {
+                        Ok(handed) => handed,
+                        Err(_) => {
+                            // Every one still waiting is refused at once; those completed
+                            // meanwhile (or being stored) keep their outcome.
+                            timed_out = true;
+                            withdraw::<T>(&self.mailbox, &keys, || {
+                                T::timed_out(*limit, blocked.clone())
+                            });
+                            (&mut waiter.rx).await
+                        }
+                    }
+                }
+                _ => (&mut waiter.rx).await,
+            };
+            waiter.finished = true;
+            results.push(handed.unwrap_or_else(|_| Err(Interrupted::Abandoned.into())));
+        }
+        guard.armed = false;
+        results
+    }
+}
+
+/// Withdraws the group's waiters still waiting when dropped armed.
+struct WithdrawOnDrop<T: Side> {
+    mailbox: Arc<Mailbox>,
+    keys: Vec<u64>,
+    armed: bool,
+    _side: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Side> Drop for WithdrawOnDrop<T> {
+    fn drop(&mut self) {
+        if self.armed {
+            withdraw::<T>(&self.mailbox, &self.keys, || Interrupted::Abandoned.into());
+        }
+    }
+}
+
+/// Completes every waiter of `keys` still registered with `error`, under one lock.
+fn withdraw<T: Side>(mailbox: &Mailbox, keys: &[u64], error: impl Fn() -> T::Error) {
+    let mut state = mailbox.lock();
+    for &key in keys {
+        if let Some(tx) = T::deregister(&mut state, key) {
+            let _ = tx.send(Err(error()));
+        }
     }
 }
 
