@@ -9,14 +9,14 @@
 //! broken and every later call fails with [`Error::Disconnected`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ipc_proto::{Request, Response, Welcome};
+use ipc_proto::{FEATURE_MEMFD, FLAG_FD, FLAG_TAKES_FD, Request, Response, Welcome, codec, memfd};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
@@ -83,6 +83,11 @@ struct Connection {
     chunk: Box<[u8]>,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
+    /// Payloads passed as memfds, each with the offset in `wbuf` of the frame it goes
+    /// with: written with that frame's first byte, in a `sendmsg` of its own.
+    fds: VecDeque<(usize, OwnedFd)>,
+    /// Memfds received with the bytes read, for the replies flagged as carrying one.
+    received: VecDeque<OwnedFd>,
 }
 
 /// A write that failed, and how much of the buffer had gone out before it did.
@@ -107,6 +112,8 @@ impl Connection {
             inbound: Inbound::default(),
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             wbuf: session::hello(client_name)?,
+            fds: VecDeque::new(),
+            received: VecDeque::new(),
         };
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
         let frame = conn.read_frame(true)?;
@@ -119,7 +126,19 @@ impl Connection {
     fn flush(&mut self) -> Result<(), WriteFailed> {
         let mut written = 0;
         while written < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[written..]) {
+            // Up to the next frame with a descriptor; that frame starts a write of its own,
+            // with its descriptor.
+            let next_fd = self.fds.front().map(|(at, _)| *at);
+            let write = match next_fd {
+                Some(at) if at == written => {
+                    let (_, fd) = self.fds.front().expect("checked");
+                    memfd::send_with_fd(self.stream.as_fd(), &self.wbuf[written..], fd.as_fd())
+                        .inspect(|_| drop(self.fds.pop_front()))
+                }
+                Some(at) => self.stream.write(&self.wbuf[written..at]),
+                None => self.stream.write(&self.wbuf[written..]),
+            };
+            match write {
                 Ok(0) => {
                     return Err(WriteFailed {
                         written,
@@ -136,6 +155,7 @@ impl Connection {
             }
         }
         self.wbuf.clear();
+        debug_assert!(self.fds.is_empty(), "every descriptor went with its frame");
         Ok(())
     }
 
@@ -146,7 +166,7 @@ impl Connection {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
-            match (&self.stream).read(&mut self.chunk) {
+            match memfd::recv_with_fds(self.stream.as_fd(), &mut self.chunk, &mut self.received) {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -305,8 +325,28 @@ impl BlockingClient {
         // Read after connecting: a new daemon may allow another frame size.
         let max_frame = self.welcome.max_frame;
         let id = self.next_id;
+        let memfd = self.welcome.features.iter().any(|f| f == FEATURE_MEMFD);
         let conn = self.conn.as_mut().expect("connected");
-        session::encode_request(id, request, max_frame, &mut conn.wbuf)?;
+        match request {
+            // A large payload goes as a sealed memfd beside the frame: no copy through
+            // the socket or in the daemon.
+            Request::Send(send) if memfd && send.payload.len() >= session::MEMFD_AT => {
+                let fd = memfd::seal_payload(&send.payload).map_err(Error::Disconnected)?;
+                let mut light = send.clone();
+                light.payload = bytes::Bytes::new();
+                let at = conn.wbuf.len();
+                session::encode_request(id, &Request::Send(light), max_frame, &mut conn.wbuf)?;
+                codec::set_flags(&mut conn.wbuf[at..], FLAG_FD);
+                conn.fds.push_back((at, fd));
+            }
+            // A receive's message may come with its payload as a memfd.
+            Request::Recv(recv) if memfd && !recv.peek => {
+                let at = conn.wbuf.len();
+                session::encode_request(id, request, max_frame, &mut conn.wbuf)?;
+                codec::set_flags(&mut conn.wbuf[at..], FLAG_TAKES_FD);
+            }
+            _ => session::encode_request(id, request, max_frame, &mut conn.wbuf)?,
+        }
         self.next_id += 1;
         self.unread += 1;
         Ok(id)
@@ -465,9 +505,40 @@ impl BlockingClient {
             return Err(self.broken_error());
         };
         match conn.read_frame(wait) {
+            Ok(Some(frame)) if frame.flags & FLAG_FD != 0 => {
+                let fd = conn.received.pop_front();
+                let reply = self.reply_of(frame)?;
+                self.with_memfd(reply, fd).map(Some)
+            }
             Ok(Some(frame)) => self.reply_of(frame).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
+        }
+    }
+
+    /// A reply flagged as carrying its message's payload as a memfd, with that memfd
+    /// (`None`: it did not come, which breaks the protocol).
+    fn with_memfd(
+        &mut self,
+        (id, response): (u64, Response),
+        fd: Option<OwnedFd>,
+    ) -> Result<(u64, Response)> {
+        let payload = fd
+            .ok_or_else(|| {
+                Error::Protocol("a reply flagged as carrying a descriptor came without one".into())
+            })
+            .and_then(|fd| {
+                memfd::map_payload(fd, u64::MAX)
+                    .map(|(payload, _)| payload)
+                    .map_err(|e| Error::Protocol(e.to_string()))
+            });
+        match (response, payload) {
+            (Response::Message(mut message), Ok(payload)) => {
+                message.payload = payload;
+                Ok((id, Response::Message(message)))
+            }
+            (response, Ok(_)) => Ok((id, response)),
+            (_, Err(e)) => Err(self.broken_by(e)),
         }
     }
 

@@ -17,6 +17,10 @@ use crate::{Error, Result};
 pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 /// Bytes read from the socket per read call.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// Payloads from this size on are sent as a sealed memfd beside their frame, where the
+/// daemon takes them so (its `memfd` feature): written once into the memfd, they are
+/// neither copied through the socket nor by the daemon, which keeps them as they came.
+pub(crate) const MEMFD_AT: usize = 64 * 1024;
 
 /// Bytes read from the daemon and not yet decoded: a transport reads into `buf` and
 /// takes whole frames out, so a frame split across reads is a state, not an error.

@@ -32,6 +32,8 @@ pub struct Broker {
     accounts: Accounts,
     /// Connections of every uid not yet past their hello (`max_handshakes`).
     handshaking: Gauge,
+    /// Payloads kept as the memfds they came in (`max_memfds`).
+    memfds: Gauge,
     /// Where durable mailboxes live, or why there is no such place.
     store: Result<Store, String>,
     /// Every mailbox sends its dead letters here; [`Broker::deliver_dead_letters`]
@@ -114,6 +116,7 @@ impl Broker {
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
             handshaking: Gauge::default(),
+            memfds: Gauge::default(),
             store,
             dead_letters,
             dead_letter_queue: Mutex::new(Some(queue)),
@@ -274,6 +277,10 @@ impl Broker {
 
     pub fn handshaking(&self) -> &Gauge {
         &self.handshaking
+    }
+
+    pub fn memfds(&self) -> &Gauge {
+        &self.memfds
     }
 
     /// Charges `amount` of `resource` to the caller's uid, within its quota.

@@ -133,6 +133,10 @@ pub struct Config {
     /// fallen this far below its high-water mark, free memory is given back to the
     /// system; 0 never does.
     pub trim_after: u64,
+    /// Payloads passed as memfds that the daemon keeps as they came, all uids together:
+    /// each holds a descriptor and a mapping, both limited for a process. Past it (and
+    /// for payloads under 64 KiB), a payload passed so is copied and its memfd closed.
+    pub max_memfds: u64,
 }
 
 impl Config {
@@ -190,6 +194,7 @@ impl Default for Config {
             message_overhead: 384,
             dead_letter_backlog: 4096,
             trim_after: 32 * MIB,
+            max_memfds: 1024,
             max_lease: Duration::from_secs(24 * 60 * 60),
             max_ttl: Duration::from_secs(366 * 24 * 60 * 60),
             max_delay: Duration::from_secs(31 * 24 * 60 * 60),

@@ -183,6 +183,7 @@ struct ConnectionsFile {
     max_pending_output: Option<Size>,
     reply_allowance: Option<Size>,
     max_batch_bytes: Option<Size>,
+    max_memfds: Option<u64>,
     max_queued_replies: Option<usize>,
     handshake_timeout: Option<Text>,
     max_handshakes: Option<u64>,
@@ -304,6 +305,9 @@ impl File {
         }
         if let Some(s) = &c.max_batch_bytes {
             config.max_batch_bytes = s.bytes("connections.max_batch_bytes")?;
+        }
+        if let Some(n) = c.max_memfds {
+            config.max_memfds = n;
         }
         if let Some(n) = c.max_queued_replies {
             config.max_queued_replies = n.max(1);

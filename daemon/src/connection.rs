@@ -19,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ipc_proto::{
-    ErrorCode, ErrorReply, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, Response,
-    Welcome, codec,
+    ErrorCode, ErrorReply, FLAG_FD, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
+    Response, Welcome, codec,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -29,6 +29,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::mailbox::Memfd;
 use crate::quota::{Charge, Resource, UidAccount};
 
 /// Replies are gathered up to this size before one write.
@@ -71,6 +72,69 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// Descriptors received and not yet claimed by a frame flagged as carrying one; a client
+/// that sends more without such frames is breaking the protocol.
+const MAX_UNCLAIMED_FDS: usize = 8;
+
+/// The read half of a connection, read with `recvmsg`: the bytes, and the descriptors
+/// that came with them, kept in order for the frames flagged as carrying one
+/// ([`ipc_proto::FLAG_FD`]).
+#[derive(Debug)]
+pub struct FdReader {
+    half: tokio::net::unix::OwnedReadHalf,
+    pub fds: VecDeque<std::os::fd::OwnedFd>,
+}
+
+impl FdReader {
+    pub fn new(half: tokio::net::unix::OwnedReadHalf) -> Self {
+        Self {
+            half,
+            fds: VecDeque::new(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for FdReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::os::fd::AsFd;
+        let this = self.get_mut();
+        loop {
+            std::task::ready!(this.half.as_ref().poll_read_ready(cx))?;
+            let stream = this.half.as_ref();
+            let fds = &mut this.fds;
+            // SAFETY: the kernel only writes into the unfilled part, and only what it
+            // reports as read is marked initialised below.
+            let unfilled = unsafe {
+                let unfilled = buf.unfilled_mut();
+                std::slice::from_raw_parts_mut(unfilled.as_mut_ptr().cast::<u8>(), unfilled.len())
+            };
+            let read = stream.try_io(tokio::io::Interest::READABLE, || {
+                ipc_proto::memfd::recv_with_fds(stream.as_fd(), unfilled, fds)
+            });
+            match read {
+                Ok(n) => {
+                    if this.fds.len() > MAX_UNCLAIMED_FDS {
+                        return std::task::Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "descriptors were sent that no frame claims",
+                        )));
+                    }
+                    // SAFETY: `n` bytes were written by the kernel above.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 /// What the peer queues for the writer.
 #[derive(Debug)]
 #[allow(
@@ -80,6 +144,9 @@ impl Decoder for FrameCodec {
 pub enum Outgoing {
     Welcome(Welcome),
     Reply(u64, Response),
+    /// A reply whose message's payload goes as the memfd it came in (its `payload` field
+    /// empty), written with the frame's first byte.
+    Carried(u64, Response, Arc<Memfd>),
 }
 
 /// Why a reply could not be queued.
@@ -133,6 +200,8 @@ struct Queued {
     /// The same bytes charged to the uid that asked, given back when this is dropped
     /// (thrown away with the connection) or once the socket has it (see `write_batch`).
     charge: Option<Charge>,
+    /// The memfd to send with the frame's first byte, until it is sent.
+    memfd: Option<Arc<Memfd>>,
 }
 
 /// What a connection's reply queue and its writer share.
@@ -169,8 +238,19 @@ impl Replies {
     /// delivered whatever the bounds. Past `max_pending_output`, or past the quota with
     /// the allowance used up, the client is not reading and is cut off.
     pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
-        let frame = encode(out, self.shared.max_frame);
-        let cost = frame.len() as u64;
+        let (out, memfd) = match out {
+            Outgoing::Carried(id, response, memfd) => (Outgoing::Reply(id, response), Some(memfd)),
+            out => (out, None),
+        };
+        let mut frame = encode(out, self.shared.max_frame);
+        if memfd.is_some() {
+            // A short frame (the payload is in the memfd): flagged in a copy.
+            let mut flagged = BytesMut::from(&frame[..]);
+            codec::set_flags(&mut flagged, FLAG_FD);
+            frame = flagged.freeze();
+        }
+        // A memfd the reply carries is held until the reply is written: it costs its size.
+        let cost = frame.len() as u64 + memfd.as_ref().map_or(0, |m| m.len);
         let shared = &self.shared;
         let before = shared.pending.fetch_add(cost, Ordering::AcqRel);
         let charge = match self.admit(before, cost) {
@@ -186,6 +266,7 @@ impl Replies {
             frame,
             cost,
             charge: Some(charge),
+            memfd,
         };
         // On failure the reply comes back inside the error and is dropped, and with it
         // its charge.
@@ -309,9 +390,32 @@ async fn write_batch(
         for queued in batch.iter_mut() {
             queued.charge = None;
         }
-        let written = {
-            let slices: Vec<IoSlice<'_>> = batch.iter().map(|q| IoSlice::new(&q.frame)).collect();
-            write.try_write_vectored(&slices)
+        // A frame with a memfd goes in a write of its own, the memfd with its first byte;
+        // the frames before it go together as usual.
+        let carried = batch.iter().position(|q| q.memfd.is_some());
+        let written = match carried {
+            Some(0) => {
+                let front = batch.front_mut().expect("not empty");
+                let memfd = front.memfd.clone().expect("checked");
+                let stream = write.as_ref();
+                let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                    use std::os::fd::AsFd;
+                    ipc_proto::memfd::send_with_fd(stream.as_fd(), &front.frame, memfd.fd.as_fd())
+                });
+                if sent.is_ok() {
+                    front.memfd = None;
+                }
+                sent
+            }
+            _ => {
+                let before = carried.unwrap_or(batch.len());
+                let slices: Vec<IoSlice<'_>> = batch
+                    .iter()
+                    .take(before)
+                    .map(|q| IoSlice::new(&q.frame))
+                    .collect();
+                write.try_write_vectored(&slices)
+            }
         };
         let written = match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -366,11 +470,11 @@ fn encode(out: Outgoing, max_frame: u32) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER_LEN + room);
     let result = match &out {
         Outgoing::Welcome(w) => codec::encode_frame(FrameKind::Welcome, 0, w, max_frame, &mut buf),
-        Outgoing::Reply(id, r) => {
+        Outgoing::Reply(id, r) | Outgoing::Carried(id, r, _) => {
             codec::encode_frame(FrameKind::Response, *id, r, max_frame, &mut buf)
         }
     };
-    if let (Err(e), Outgoing::Reply(id, _)) = (result, &out) {
+    if let (Err(e), Outgoing::Reply(id, _) | Outgoing::Carried(id, _, _)) = (result, &out) {
         let error = Response::Error(ErrorReply::new(
             ErrorCode::Internal,
             format!("reply could not be encoded: {e}"),
@@ -562,6 +666,7 @@ mod tests {
                     frame: Bytes::from(vec![0u8; n]),
                     cost: n as u64,
                     charge: Some(payer.account.force(Resource::QueuedBytes, n as u64)),
+                    memfd: None,
                 }
             })
             .collect();

@@ -25,8 +25,8 @@ use crate::broker::{
 use crate::caller::Caller;
 use crate::config::Config;
 use crate::mailbox::{
-    Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Pending,
-    RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
+    Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Memfd,
+    Pending, RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
 };
 use crate::perm::Access;
 use crate::quota::{QuotaError, Resource};
@@ -42,11 +42,11 @@ type OpResult<T> = Result<T, ErrorReply>;
 )]
 pub enum Reply {
     /// At once.
-    Now(Response),
+    Now(Answer),
     /// When the future completes (a blocked send or receive); `cancel` ends the wait at
     /// once.
     Later {
-        wait: Pin<Box<dyn Future<Output = Response> + Send>>,
+        wait: Pin<Box<dyn Future<Output = Answer> + Send>>,
         cancel: Canceller,
     },
     /// The request is a cancel of the pending request with this id; the peer owns those.
@@ -56,19 +56,43 @@ pub enum Reply {
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Reply::Now(r) => f.debug_tuple("Now").field(&r.response).finish(),
             Reply::Later { .. } => f.write_str("Later(..)"),
             Reply::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
         }
     }
 }
 
-fn now(result: OpResult<Response>) -> Reply {
-    Reply::Now(result.unwrap_or_else(Response::Error))
+/// A response, and the memfd whose contents are the payload of the message it carries
+/// when that payload goes as a descriptor (the message's `payload` is then empty).
+pub struct Answer {
+    pub response: Response,
+    pub memfd: Option<Arc<Memfd>>,
 }
 
-/// Answers one request from `caller`.
-pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
+impl From<Response> for Answer {
+    fn from(response: Response) -> Self {
+        Self {
+            response,
+            memfd: None,
+        }
+    }
+}
+
+fn now(result: OpResult<Response>) -> Reply {
+    Reply::Now(Answer::from(result.unwrap_or_else(Response::Error)))
+}
+
+/// Answers one request from `caller`. `memfd`: the memfd a `Send`'s payload came in,
+/// when the daemon keeps it (its `payload` is then a mapping of it). `takes_fd`: a
+/// receive's answer may carry its payload as a memfd.
+pub fn dispatch(
+    broker: &Broker,
+    caller: &Caller,
+    request: Request,
+    memfd: Option<Arc<Memfd>>,
+    takes_fd: bool,
+) -> Reply {
     match request {
         Request::Create(req) => match check_dead_letter(
             broker,
@@ -78,25 +102,25 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
         )
         .and_then(|()| broker.create(caller, req).map_err(ErrorReply::from))
         {
-            Ok(Created::Now(created)) => Reply::Now(Response::Created { created }),
+            Ok(Created::Now(created)) => Reply::Now(Answer::from(Response::Created { created })),
             Ok(Created::Storing(stored)) => {
                 once_stored(stored, Response::Created { created: true })
             }
-            Err(e) => Reply::Now(Response::Error(e)),
+            Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
-        Request::Send(req) => match send(broker, caller, req) {
+        Request::Send(req) => match send(broker, caller, req, memfd) {
             Ok(pending) => reply_when(pending, |SentId(id)| Response::Sent { id }),
-            Err(e) => Reply::Now(Response::Error(e)),
+            Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
         Request::Recv(req) => match recv(broker, caller, req) {
-            Ok(pending) => reply_when(pending, |e| Response::Message(to_wire(e))),
-            Err(e) => Reply::Now(Response::Error(e)),
+            Ok(pending) => reply_when(pending, move |e| message_answer(e, takes_fd)),
+            Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
         Request::Stat { mailbox } => {
             now(authorized(broker, caller, &mailbox, Access::Read)
                 .map(|m| Response::Mailbox(m.info())))
         }
-        Request::List => Reply::Now(Response::Mailboxes(
+        Request::List => Reply::Now(Answer::from(Response::Mailboxes(
             broker
                 .all()
                 .into_iter()
@@ -106,40 +130,38 @@ pub fn dispatch(broker: &Broker, caller: &Caller, request: Request) -> Reply {
                 })
                 .map(|m| m.info())
                 .collect(),
-        )),
+        ))),
         Request::Set { mailbox, changes } => set(broker, caller, &mailbox, changes)
-            .unwrap_or_else(|e| Reply::Now(Response::Error(e))),
+            .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
         Request::Purge { mailbox } => {
             match authorized(broker, caller, &mailbox, Access::Manage).map(|m| m.purge()) {
                 Ok((messages, stored)) => answer(stored, Response::Purged { messages }),
-                Err(e) => Reply::Now(Response::Error(e)),
+                Err(e) => Reply::Now(Answer::from(Response::Error(e))),
             }
         }
         Request::Remove { mailbox } => {
             match authorized(broker, caller, &mailbox, Access::Manage).map(|m| broker.remove(&m)) {
                 Ok(stored) => answer(stored, Response::Ok),
-                Err(e) => Reply::Now(Response::Error(e)),
+                Err(e) => Reply::Now(Answer::from(Response::Error(e))),
             }
         }
-        Request::Status => Reply::Now(Response::Status(broker.status(caller))),
+        Request::Status => Reply::Now(Answer::from(Response::Status(broker.status(caller)))),
         Request::Cancel { request_id } => Reply::Cancel(request_id),
         Request::Ack { mailbox, id } => {
             match authorized(broker, caller, &mailbox, Access::Read)
                 .and_then(|m| Ok(m.ack(id, caller.uid())?))
             {
                 Ok(stored) => answer(stored, Response::Ok),
-                Err(e) => Reply::Now(Response::Error(e)),
+                Err(e) => Reply::Now(Answer::from(Response::Error(e))),
             }
         }
         Request::Nack { mailbox, id } => now(authorized(broker, caller, &mailbox, Access::Read)
             .and_then(|m| Ok(m.nack(id, caller.uid())?))
             .map(|()| Response::Ok)),
-        Request::SendBatch(req) => {
-            send_batch(broker, caller, req).unwrap_or_else(|e| Reply::Now(Response::Error(e)))
-        }
-        Request::RecvBatch(req) => {
-            recv_batch(broker, caller, req).unwrap_or_else(|e| Reply::Now(Response::Error(e)))
-        }
+        Request::SendBatch(req) => send_batch(broker, caller, req)
+            .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
+        Request::RecvBatch(req) => recv_batch(broker, caller, req)
+            .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
     }
 }
 
@@ -218,7 +240,7 @@ fn set(
 fn answer(stored: Option<oneshot::Receiver<Stored>>, response: Response) -> Reply {
     match stored {
         Some(stored) => once_stored(stored, response),
-        None => Reply::Now(response),
+        None => Reply::Now(Answer::from(response)),
     }
 }
 
@@ -226,21 +248,26 @@ fn answer(stored: Option<oneshot::Receiver<Stored>>, response: Response) -> Repl
 fn once_stored(stored: oneshot::Receiver<Stored>, response: Response) -> Reply {
     Reply::Later {
         wait: Box::pin(async move {
-            match stored.await {
+            Answer::from(match stored.await {
                 Ok(Ok(())) => response,
                 Ok(Err(e)) => Response::Error(e.into()),
                 Err(_) => Response::Error(ErrorReply::new(
                     ErrorCode::ShuttingDown,
                     "the store stopped before this was stored",
                 )),
-            }
+            })
         }),
         // Nothing to withdraw: the answer comes as soon as the write is done.
         cancel: Box::new(|_| {}),
     }
 }
 
-fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<SentId>> {
+fn send(
+    broker: &Broker,
+    caller: &Caller,
+    req: SendRequest,
+    memfd: Option<Arc<Memfd>>,
+) -> OpResult<Pending<SentId>> {
     check_message(req.mtype, &req.headers)?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
     let message = BatchMessage {
@@ -250,7 +277,9 @@ fn send(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Pending<
         delay_ms: req.delay_ms,
         payload: req.payload,
     };
-    let incoming = incoming(&broker.config(), caller, message).map_err(|r| r.into_reply(caller))?;
+    let mut incoming =
+        incoming(&broker.config(), caller, message).map_err(|r| r.into_reply(caller))?;
+    incoming.memfd = memfd;
     Ok(mailbox.send(incoming, req.wait))
 }
 
@@ -330,6 +359,7 @@ fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> Result<I
             limit,
         })?;
     Ok(Incoming {
+        memfd: None,
         mtype: message.mtype,
         sender: caller.creds,
         headers: message.headers,
@@ -390,14 +420,14 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
         Response::SentBatch(results)
     };
     if waiting.is_empty() {
-        return Ok(Reply::Now(done(results, Vec::new())));
+        return Ok(Reply::Now(Answer::from(done(results, Vec::new()))));
     }
     // The messages that wait stand or fall together: one deadline for all, and a cancel
     // or a closed connection withdraws them all at once, so the batch keeps its order.
     let group = WaiterGroup::new(mailbox, waiting);
     Ok(Reply::Later {
         cancel: group.canceller(),
-        wait: Box::pin(async move { done(results, group.wait().await) }),
+        wait: Box::pin(async move { Answer::from(done(results, group.wait().await)) }),
     })
 }
 
@@ -454,7 +484,7 @@ fn recv_batch(broker: &Broker, caller: &Caller, req: RecvBatchRequest) -> OpResu
             let mut messages = Vec::with_capacity(1 + taken.len());
             messages.push(to_wire(first));
             messages.extend(taken.into_iter().map(to_wire));
-            Reply::Now(Response::Messages(messages))
+            Reply::Now(Answer::from(Response::Messages(messages)))
         }
         pending => reply_when(pending, |first| Response::Messages(vec![to_wire(first)])),
     })
@@ -501,17 +531,36 @@ fn check_dead_letter(
 }
 
 /// Answers now if the operation finished, else when its waiter completes.
-fn reply_when<T: Side>(pending: Pending<T>, done: fn(T) -> Response) -> Reply
+fn reply_when<T: Side, A: Into<Answer>>(
+    pending: Pending<T>,
+    done: impl FnOnce(T) -> A + Send + 'static,
+) -> Reply
 where
     ErrorReply: From<T::Error>,
 {
-    let error = |e: T::Error| Response::Error(e.into());
+    let answer = move |result: Result<T, T::Error>| match result {
+        Ok(value) => done(value).into(),
+        Err(e) => Answer::from(Response::Error(e.into())),
+    };
     match pending {
-        Pending::Ready(result) => Reply::Now(result.map_or_else(error, done)),
+        Pending::Ready(result) => Reply::Now(answer(result)),
         Pending::Wait(waiter) => Reply::Later {
             cancel: waiter.canceller(),
-            wait: Box::pin(async move { waiter.wait().await.map_or_else(error, done) }),
+            wait: Box::pin(async move { answer(waiter.wait().await) }),
         },
+    }
+}
+
+/// The answer to a receive of `envelope`: its payload as the memfd it came in when the
+/// daemon kept that and the receiver `takes_fd`, else in the message itself.
+fn message_answer(mut envelope: Envelope, takes_fd: bool) -> Answer {
+    let memfd = envelope.memfd().filter(|_| takes_fd).cloned();
+    if memfd.is_some() {
+        envelope.payload = bytes::Bytes::new();
+    }
+    Answer {
+        response: Response::Message(to_wire(envelope)),
+        memfd,
     }
 }
 

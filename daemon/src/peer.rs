@@ -11,12 +11,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use ipc_proto::{
-    Credentials, ErrorCode, ErrorReply, Frame, FrameDecoder, FrameKind, Hello, MAX_CLIENT_NAME,
-    PROTOCOL_VERSION, Request, Response, Welcome, codec,
+    Credentials, ErrorCode, ErrorReply, FLAG_FD, FLAG_TAKES_FD, Frame, FrameDecoder, FrameKind,
+    Hello, MAX_CLIENT_NAME, PROTOCOL_VERSION, Request, Response, Welcome, codec, memfd,
 };
 use tokio::net::UnixStream;
 use tokio::task::JoinSet;
@@ -27,11 +30,15 @@ use crate::broker::Broker;
 use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
 use crate::connection::{
-    FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
+    FdReader, FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
 };
-use crate::dispatch::{Reply, dispatch};
+use crate::dispatch::{Answer, Reply, dispatch};
 use crate::logging;
-use crate::mailbox::{Cancelled, Canceller};
+use crate::mailbox::{Cancelled, Canceller, Memfd};
+
+/// A payload passed as a memfd is kept as it came from this size on; a smaller one is
+/// copied, and its memfd closed: a descriptor and a mapping cost more than a small copy.
+const KEEP_MEMFD_AT: usize = 64 * 1024;
 use crate::quota::{Charge, GaugeSlot, QuotaError, Resource};
 
 /// Why a connection ended.
@@ -167,7 +174,10 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     let counted = broker.charge(&caller, Resource::Connections, 1);
     let (read, write) = stream.into_split();
     // Until the hello, only a frame the size of a hello is read.
-    let frames = FramedRead::new(read, FrameCodec(FrameDecoder::new(config.max_hello_frame)));
+    let frames = FramedRead::new(
+        FdReader::new(read),
+        FrameCodec(FrameDecoder::new(config.max_hello_frame)),
+    );
     // Replies wait charged to the uid that asked for them, as its queued bytes.
     let payer = Payer {
         account: caller.account.clone(),
@@ -244,7 +254,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     }
 }
 
-type Frames = FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>;
+type Frames = FramedRead<FdReader, FrameCodec>;
 
 struct Peer {
     broker: Arc<Broker>,
@@ -419,7 +429,10 @@ impl Peer {
             max_frame: config.max_frame(),
             max_msg_size: config.ceilings.max_msg_size,
             max_in_flight: u32::try_from(self.in_flight).unwrap_or(u32::MAX),
-            features: vec![ipc_proto::FEATURE_BATCH.to_owned()],
+            features: vec![
+                ipc_proto::FEATURE_BATCH.to_owned(),
+                ipc_proto::FEATURE_MEMFD.to_owned(),
+            ],
             peer: self.caller.creds,
         };
         self.queue(Outgoing::Welcome(welcome)).await
@@ -437,7 +450,18 @@ impl Peer {
                 .await;
             return Err(CloseReason::ProtocolViolation(message));
         }
-        let request: Request = match codec::decode_body(&frame, FrameKind::Request) {
+        let fd = if frame.flags & FLAG_FD != 0 {
+            let Some(fd) = self.frames.get_mut().fds.pop_front() else {
+                let message = "a frame flagged as carrying a descriptor came without one";
+                self.send_connection_error(ErrorCode::BadRequest, message)
+                    .await;
+                return Err(CloseReason::ProtocolViolation(message.to_owned()));
+            };
+            Some(fd)
+        } else {
+            None
+        };
+        let mut request: Request = match codec::decode_body(&frame, FrameKind::Request) {
             Ok(request) => request,
             // The frame was whole, so the stream is still in step: refuse this request
             // only.
@@ -448,8 +472,17 @@ impl Peer {
                     .await;
             }
         };
-        match dispatch(&self.broker, &self.caller, request) {
-            Reply::Now(response) => self.queue(Outgoing::Reply(id, response)).await,
+        let memfd = match fd.map(|fd| self.attach(&mut request, fd)).transpose() {
+            Ok(memfd) => memfd.flatten(),
+            Err(error) => {
+                return self
+                    .queue(Outgoing::Reply(id, Response::Error(error)))
+                    .await;
+            }
+        };
+        let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
+        match dispatch(&self.broker, &self.caller, request, memfd, takes_fd) {
+            Reply::Now(answer) => self.queue(outgoing(id, answer)).await,
             Reply::Later { wait, cancel } => {
                 let limit = self.in_flight;
                 if self.tasks.len() as u64 >= limit {
@@ -473,7 +506,7 @@ impl Peer {
                     // always ends with a reply that is queued; the task is only aborted
                     // when the connection is gone anyway.
                     let response = wait.await;
-                    let _ = replies.send(Outgoing::Reply(id, response)).await;
+                    let _ = replies.send(outgoing(id, response)).await;
                     id
                 });
                 Ok(())
@@ -487,6 +520,49 @@ impl Peer {
                 self.queue(Outgoing::Reply(id, Response::Ok)).await
             }
         }
+    }
+
+    /// Puts the payload passed as memfd `fd` into `request`, a `Send` whose payload field
+    /// is empty. The payload is a mapping of the memfd, which the daemon keeps to hand on
+    /// as it came — unless it is small, or the daemon keeps `max_memfds` already: then
+    /// it is copied and the memfd closed.
+    fn attach(&self, request: &mut Request, fd: OwnedFd) -> Result<Option<Arc<Memfd>>, ErrorReply> {
+        let invalid = |why: &str| ErrorReply::new(ErrorCode::InvalidArgument, why);
+        let Request::Send(send) = request else {
+            return Err(invalid("only a send may pass its payload as a descriptor"));
+        };
+        if !send.payload.is_empty() {
+            return Err(invalid(
+                "a send that passes its payload as a descriptor must leave its payload field \
+                 empty",
+            ));
+        }
+        let config = self.broker.config();
+        let (payload, fd) = memfd::map_payload(fd, config.ceilings.max_msg_size).map_err(|e| {
+            let code = match e {
+                memfd::MemfdError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::InvalidArgument,
+            };
+            ErrorReply::new(code, e.to_string())
+        })?;
+        let place = (payload.len() >= KEEP_MEMFD_AT)
+            .then(|| self.broker.memfds().enter(config.max_memfds))
+            .flatten();
+        Ok(match place {
+            Some(place) => {
+                let len = payload.len() as u64;
+                send.payload = payload;
+                Some(Arc::new(Memfd {
+                    fd,
+                    len,
+                    _place: place,
+                }))
+            }
+            None => {
+                send.payload = Bytes::copy_from_slice(&payload);
+                None
+            }
+        })
     }
 
     async fn queue(&self, out: Outgoing) -> Result<(), CloseReason> {
@@ -516,6 +592,14 @@ impl Peer {
                 CloseReason::BadFrame(message)
             }
         }
+    }
+}
+
+/// The reply to request `id`: its payload as a memfd when the answer carries one.
+fn outgoing(id: u64, answer: Answer) -> Outgoing {
+    match answer.memfd {
+        Some(memfd) => Outgoing::Carried(id, answer.response, memfd),
+        None => Outgoing::Reply(id, answer.response),
     }
 }
 

@@ -38,6 +38,7 @@ where
 {
     let frame = Frame {
         kind,
+        flags: 0,
         request_id: 1,
         body: body.clone(),
     };

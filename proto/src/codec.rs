@@ -63,10 +63,16 @@ pub fn encode_frame<T: Serialize>(
     Header {
         body_len,
         kind,
+        flags: 0,
         request_id,
     }
     .write(&mut out[start..start + HEADER_LEN]);
     Ok(())
+}
+
+/// Sets the flags of the encoded frame that starts `frame` (see [`crate::frame::FLAG_FD`]).
+pub fn set_flags(frame: &mut [u8], flags: u16) {
+    frame[6..8].copy_from_slice(&flags.to_le_bytes());
 }
 
 /// Decodes the body of `frame`, which must be of kind `expected`.
@@ -256,7 +262,7 @@ mod tests {
         /// panic.
         #[test]
         fn arbitrary_request_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let frame = Frame { kind: FrameKind::Request, request_id: 1, body: Bytes::from(body) };
+            let frame = Frame { kind: FrameKind::Request, flags: 0, request_id: 1, body: Bytes::from(body) };
             let _ = decode_body::<Request>(&frame, FrameKind::Request);
             let _ = decode_body::<Hello>(&Frame { kind: FrameKind::Hello, ..frame }, FrameKind::Hello);
         }

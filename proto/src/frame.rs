@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  body length in bytes (u32 LE), header excluded
 //!      4     2  kind (u16 LE): 1 Hello, 2 Welcome, 3 Request, 4 Response
-//!      6     2  flags (u16 LE), reserved, must be 0
+//!      6     2  flags (u16 LE): FLAG_FD, FLAG_TAKES_FD; other bits must be 0
 //!      8     8  request id (u64 LE); 0 for the handshake and connection-level errors
 //! ```
 //!
@@ -16,6 +16,15 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 16;
+
+/// Flag: the frame came with one file descriptor (`SCM_RIGHTS`), sent with its first
+/// byte: a sealed memfd holding the payload of the `Send` (or of the `Message` reply)
+/// whose `payload` field is then empty.
+pub const FLAG_FD: u16 = 1 << 0;
+/// Flag, on a request: the reply may carry its payload as a descriptor ([`FLAG_FD`]).
+pub const FLAG_TAKES_FD: u16 = 1 << 1;
+/// Every flag this version knows; a frame with another is refused.
+const KNOWN_FLAGS: u16 = FLAG_FD | FLAG_TAKES_FD;
 
 /// What a frame's body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +56,8 @@ impl FrameKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: FrameKind,
+    /// [`FLAG_FD`], [`FLAG_TAKES_FD`].
+    pub flags: u16,
     pub request_id: u64,
     pub body: Bytes,
 }
@@ -68,6 +79,7 @@ pub enum FrameError {
 pub struct Header {
     pub body_len: u32,
     pub kind: FrameKind,
+    pub flags: u16,
     pub request_id: u64,
 }
 
@@ -76,7 +88,7 @@ impl Header {
     pub fn write(&self, out: &mut [u8]) {
         out[0..4].copy_from_slice(&self.body_len.to_le_bytes());
         out[4..6].copy_from_slice(&(self.kind as u16).to_le_bytes());
-        out[6..8].copy_from_slice(&0u16.to_le_bytes());
+        out[6..8].copy_from_slice(&self.flags.to_le_bytes());
         out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
     }
 
@@ -93,12 +105,13 @@ impl Header {
             });
         }
         let kind = FrameKind::from_u16(kind).ok_or(FrameError::UnknownKind(kind))?;
-        if flags != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(FrameError::BadFlags(flags));
         }
         Ok(Header {
             body_len,
             kind,
+            flags,
             request_id,
         })
     }
@@ -142,6 +155,7 @@ impl FrameDecoder {
         let body = buf.split_to(header.body_len as usize).freeze();
         Ok(Some(Frame {
             kind: header.kind,
+            flags: header.flags,
             request_id: header.request_id,
             body,
         }))
@@ -208,8 +222,11 @@ mod tests {
         let mut dec = FrameDecoder::new(1024);
         let mut buf = BytesMut::from(&frame_bytes(99, 0, 1, b"")[..]);
         assert_eq!(dec.decode(&mut buf), Err(FrameError::UnknownKind(99)));
-        let mut buf = BytesMut::from(&frame_bytes(3, 1, 1, b"")[..]);
-        assert_eq!(dec.decode(&mut buf), Err(FrameError::BadFlags(1)));
+        let mut buf = BytesMut::from(&frame_bytes(3, 4, 1, b"")[..]);
+        assert_eq!(dec.decode(&mut buf), Err(FrameError::BadFlags(4)));
+        let mut buf = BytesMut::from(&frame_bytes(3, FLAG_FD | FLAG_TAKES_FD, 1, b"")[..]);
+        let frame = dec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.flags, FLAG_FD | FLAG_TAKES_FD);
     }
 
     proptest! {

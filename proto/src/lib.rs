@@ -9,13 +9,14 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod memfd;
 pub mod message;
 pub mod name;
 pub mod paths;
 pub mod units;
 
 pub use error::{ErrorCode, ErrorReply};
-pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN};
+pub use frame::{FLAG_FD, FLAG_TAKES_FD, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN};
 pub use message::*;
 pub use name::{MailboxName, NameError};
 

@@ -242,6 +242,11 @@ pub const MAX_BATCH: u32 = 1024;
 /// [`Request::RecvBatch`].
 pub const FEATURE_BATCH: &str = "batch";
 
+/// The name in [`Welcome::features`] of a daemon that takes a `Send`'s payload as a
+/// sealed memfd passed with the frame ([`crate::FLAG_FD`]), and hands such a payload to
+/// a receiver that asks for it ([`crate::FLAG_TAKES_FD`]) the same way.
+pub const FEATURE_MEMFD: &str = "memfd";
+
 /// One message of a [`SendBatchRequest`]: a [`SendRequest`] without the mailbox and the
 /// wait, which the batch gives once for all its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

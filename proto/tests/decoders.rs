@@ -339,6 +339,7 @@ where
 {
     let frame = Frame {
         kind,
+        flags: 0,
         request_id: 1,
         body: Bytes::copy_from_slice(body),
     };
@@ -446,7 +447,7 @@ proptest! {
     fn request_body_is_refused_under_another_kind(request in request()) {
         let body = Bytes::from(codec::encode_value(&request).expect("a request encodes"));
         for kind in [FrameKind::Hello, FrameKind::Welcome, FrameKind::Response] {
-            let frame = Frame { kind, request_id: 1, body: body.clone() };
+            let frame = Frame { kind, flags: 0, request_id: 1, body: body.clone() };
             let refused = matches!(
                 codec::decode_body::<Request>(&frame, FrameKind::Request),
                 Err(CodecError::UnexpectedKind { .. })

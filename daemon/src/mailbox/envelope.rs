@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ipc_proto::{Credentials, Headers, Timestamp};
 use tokio::time::Instant;
 
-use crate::quota::Charge;
+use crate::quota::{Charge, GaugeSlot};
 
 use super::durable::Removal;
 
@@ -29,10 +29,23 @@ pub struct Envelope {
     rare: Option<Box<Rare>>,
 }
 
+/// A payload kept as the sealed memfd it came in (mapped: the envelope's `payload` is
+/// that mapping), to be handed to a receiver as it came; it holds one of the daemon's
+/// `max_memfds` places.
+#[derive(Debug)]
+pub struct Memfd {
+    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Its size: what a reply that carries it holds until written.
+    pub len: u64,
+    pub _place: GaugeSlot,
+}
+
 /// What most messages do not have.
 #[derive(Debug, Default)]
 struct Rare {
     headers: Headers,
+    /// The memfd its payload came in, kept.
+    memfd: Option<std::sync::Arc<Memfd>>,
     /// For a message of a durable mailbox: the record of its leaving, written once it is
     /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
     /// that may vanish and give it back.
@@ -81,6 +94,7 @@ impl Envelope {
         let rare = (!plain).then(|| {
             Box::new(Rare {
                 headers,
+                memfd: None,
                 removal: None,
                 expires_at,
                 visible_at,
@@ -140,6 +154,17 @@ impl Envelope {
         self.rare.as_mut().and_then(|r| r.removal.take())
     }
 
+    /// The memfd the payload came in, if the daemon kept it.
+    pub fn memfd(&self) -> Option<&std::sync::Arc<Memfd>> {
+        self.rare.as_ref().and_then(|r| r.memfd.as_ref())
+    }
+
+    pub(super) fn set_memfd(&mut self, memfd: Option<std::sync::Arc<Memfd>>) {
+        if memfd.is_some() || self.rare.is_some() {
+            self.rare_mut().memfd = memfd;
+        }
+    }
+
     pub(super) fn set_removal(&mut self, removal: Option<Removal>) {
         if removal.is_some() || self.rare.is_some() {
             self.rare_mut().removal = removal;
@@ -159,7 +184,9 @@ impl Envelope {
         let ttl = self
             .expires_at()
             .map(|at| at.saturating_duration_since(Instant::now()));
+        let memfd = self.rare.as_mut().and_then(|r| r.memfd.take());
         Incoming {
+            memfd,
             mtype: self.mtype,
             sender: self.sender,
             headers: self.take_headers(),
@@ -184,6 +211,7 @@ impl Envelope {
             self.visible_at(),
         );
         copy.deliveries = self.deliveries;
+        copy.set_memfd(self.memfd().cloned());
         copy
     }
 }
@@ -195,6 +223,8 @@ pub struct Incoming {
     pub sender: Credentials,
     pub headers: Headers,
     pub payload: Bytes,
+    /// The memfd `payload` is a mapping of, when it came as one and is kept.
+    pub memfd: Option<std::sync::Arc<Memfd>>,
     /// Its charge to the sender's uid (size and per-message overhead), taken before the
     /// message was offered.
     pub charge: Option<Charge>,

@@ -41,7 +41,7 @@ use crate::store::{Record, Stored};
 
 pub use self::dead_letters::{DeadLetter, DeadLetters};
 pub use self::durable::Link;
-pub use self::envelope::{Envelope, Incoming, SentId, headers_size};
+pub use self::envelope::{Envelope, Incoming, Memfd, SentId, headers_size};
 pub use self::error::{
     Cancelled, Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
 };
@@ -596,7 +596,7 @@ impl State {
             at: now,
             pid: incoming.sender.pid,
         });
-        Envelope::new(
+        let mut envelope = Envelope::new(
             id,
             incoming.mtype,
             incoming.sender,
@@ -606,7 +606,9 @@ impl State {
             incoming.charge,
             ttl.map(|ttl| clock + ttl),
             incoming.delay.map(|delay| clock + delay),
-        )
+        );
+        envelope.set_memfd(incoming.memfd);
+        envelope
     }
 
     /// Records that `envelope` left the mailbox for the receiver `pid`.

@@ -41,6 +41,7 @@ fn mailbox(
 
 fn send(m: &Arc<Mailbox>, payload: &str, ttl: Option<u64>, delay: Option<u64>) -> u64 {
     let incoming = Incoming {
+        memfd: None,
         mtype: 1,
         sender: Credentials {
             pid: 1,
@@ -236,6 +237,7 @@ async fn a_peek_copy_whose_waiter_is_gone_is_dropped_not_put_back() {
 async fn headers_count_against_max_bytes() {
     let (m, _) = mailbox(None, None);
     let incoming = |content_type: usize| Incoming {
+        memfd: None,
         mtype: 1,
         sender: Credentials {
             pid: 1,
