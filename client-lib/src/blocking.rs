@@ -131,8 +131,11 @@ impl Connection {
             let next_fd = self.fds.front().map(|(at, _)| *at);
             let write = match next_fd {
                 Some(at) if at == written => {
+                    // Up to the frame with the next descriptor, which needs a write of its
+                    // own.
+                    let end = self.fds.get(1).map_or(self.wbuf.len(), |(next, _)| *next);
                     let (_, fd) = self.fds.front().expect("checked");
-                    memfd::send_with_fd(self.stream.as_fd(), &self.wbuf[written..], fd.as_fd())
+                    memfd::send_with_fd(self.stream.as_fd(), &self.wbuf[written..end], fd.as_fd())
                         .inspect(|_| drop(self.fds.pop_front()))
                 }
                 Some(at) => self.stream.write(&self.wbuf[written..at]),

@@ -253,3 +253,35 @@ fn past_max_memfds_a_payload_is_copied_and_its_memfd_closed() {
     assert_eq!(c.recv("cap", &options).unwrap().payload, second);
     settle_fds(&daemon, idle);
 }
+
+#[test]
+fn pipelined_large_sends_each_carry_their_own_memfd() {
+    let daemon = DaemonProcess::spawn();
+    let mut c = daemon.client();
+    big_mailbox(&mut c, "many", false);
+    let payloads: Vec<Bytes> = (0..5).map(|seed| payload(300_000, seed)).collect();
+    // Written in one flush: each frame with a descriptor goes in a write of its own.
+    let ids: Vec<u64> = payloads
+        .iter()
+        .map(|p| {
+            c.submit(&Request::Send(SendRequest {
+                mailbox: MailboxName::new("many").unwrap(),
+                mtype: 1,
+                headers: Default::default(),
+                wait: Wait::Forever,
+                ttl_ms: None,
+                delay_ms: None,
+                payload: p.clone(),
+            }))
+            .unwrap()
+        })
+        .collect();
+    c.flush().unwrap();
+    for id in ids {
+        assert!(matches!(c.wait_for(id).unwrap(), Response::Sent { .. }));
+    }
+    let options = RecvOptions::default().wait(Wait::NoWait);
+    for p in &payloads {
+        assert_eq!(&c.recv("many", &options).unwrap().payload, p);
+    }
+}
