@@ -8,6 +8,14 @@ use ipc_client::{
 use ipc_proto::{MAX_BATCH, MailboxName, RecvBatchRequest, Request, Response, Selector};
 use ipcd_tests::TestDaemon;
 
+/// Limits of a mailbox that holds at most `n` messages.
+fn at_most(n: u64) -> LimitChanges {
+    LimitChanges {
+        max_msgs: Some(n),
+        ..LimitChanges::default()
+    }
+}
+
 fn payloads(range: std::ops::Range<u32>) -> Vec<Bytes> {
     range.map(|n| Bytes::from(format!("m{n}"))).collect()
 }
@@ -142,11 +150,7 @@ fn every_message_of_a_batch_is_charged_on_its_own() {
 fn a_batch_into_a_full_mailbox_waits_for_room_in_order() {
     let daemon = TestDaemon::start();
     let mut c = daemon.client();
-    let two = LimitChanges {
-        max_msgs: Some(2),
-        ..LimitChanges::default()
-    };
-    create(&mut c, "full", two);
+    create(&mut c, "full", at_most(2));
 
     // Without waiting, it stops where the mailbox is full.
     let nowait_send = SendOptions::default().wait(Wait::NoWait);
@@ -180,11 +184,7 @@ fn a_batch_into_a_full_mailbox_waits_for_room_in_order() {
 fn a_cancelled_batch_withdraws_only_the_messages_still_waiting() {
     let daemon = TestDaemon::start();
     let mut c = daemon.client();
-    let two = LimitChanges {
-        max_msgs: Some(2),
-        ..LimitChanges::default()
-    };
-    create(&mut c, "full", two);
+    create(&mut c, "full", at_most(2));
     let options = SendOptions::default();
     let batch = Request::SendBatch(ipc_proto::SendBatchRequest {
         mailbox: MailboxName::new("full").unwrap(),
@@ -401,11 +401,7 @@ async fn the_async_client_sends_and_receives_batches_too() {
 fn a_waiting_batch_times_out_as_a_whole_and_never_out_of_order() {
     let daemon = TestDaemon::start();
     let mut c = daemon.client();
-    let one = LimitChanges {
-        max_msgs: Some(1),
-        ..LimitChanges::default()
-    };
-    create(&mut c, "one", one);
+    create(&mut c, "one", at_most(1));
     c.send("one", "first", &SendOptions::default()).unwrap();
     let socket = daemon.socket().to_path_buf();
     let sender = std::thread::spawn(move || {
