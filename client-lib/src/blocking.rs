@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ipc_proto::{FEATURE_MEMFD, FLAG_FD, FLAG_TAKES_FD, Request, Response, Welcome, codec, memfd};
+use ipc_proto::{FLAG_FD, Request, Response, Welcome, memfd};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
@@ -86,8 +86,6 @@ struct Connection {
     /// Payloads passed as memfds, each with the offset in `wbuf` of the frame it goes
     /// with: written with that frame's first byte, in a `sendmsg` of its own.
     fds: VecDeque<(usize, OwnedFd)>,
-    /// Memfds received with the bytes read, for the replies flagged as carrying one.
-    received: VecDeque<OwnedFd>,
 }
 
 /// A write that failed, and how much of the buffer had gone out before it did.
@@ -113,7 +111,6 @@ impl Connection {
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             wbuf: session::hello(client_name)?,
             fds: VecDeque::new(),
-            received: VecDeque::new(),
         };
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
         let frame = conn.read_frame(true)?;
@@ -169,7 +166,8 @@ impl Connection {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
-            match memfd::recv_with_fds(self.stream.as_fd(), &mut self.chunk, &mut self.received) {
+            let (chunk, fds) = (&mut self.chunk, &mut self.inbound.fds);
+            match memfd::recv_with_fds(self.stream.as_fd(), chunk, fds) {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -328,27 +326,12 @@ impl BlockingClient {
         // Read after connecting: a new daemon may allow another frame size.
         let max_frame = self.welcome.max_frame;
         let id = self.next_id;
-        let memfd = self.welcome.features.iter().any(|f| f == FEATURE_MEMFD);
+        let memfd = session::takes_memfds(&self.welcome);
         let conn = self.conn.as_mut().expect("connected");
-        match request {
-            // A large payload goes as a sealed memfd beside the frame: no copy through
-            // the socket or in the daemon.
-            Request::Send(send) if memfd && send.payload.len() >= session::MEMFD_AT => {
-                let fd = memfd::seal_payload(&send.payload).map_err(Error::Disconnected)?;
-                let mut light = send.clone();
-                light.payload = bytes::Bytes::new();
-                let at = conn.wbuf.len();
-                session::encode_request(id, &Request::Send(light), max_frame, &mut conn.wbuf)?;
-                codec::set_flags(&mut conn.wbuf[at..], FLAG_FD);
-                conn.fds.push_back((at, fd));
-            }
-            // A receive's message may come with its payload as a memfd.
-            Request::Recv(recv) if memfd && !recv.peek => {
-                let at = conn.wbuf.len();
-                session::encode_request(id, request, max_frame, &mut conn.wbuf)?;
-                codec::set_flags(&mut conn.wbuf[at..], FLAG_TAKES_FD);
-            }
-            _ => session::encode_request(id, request, max_frame, &mut conn.wbuf)?,
+        let at = conn.wbuf.len();
+        if let Some(fd) = session::encode_with_memfd(id, request, max_frame, memfd, &mut conn.wbuf)?
+        {
+            conn.fds.push_back((at, fd));
         }
         self.next_id += 1;
         self.unread += 1;
@@ -509,39 +492,15 @@ impl BlockingClient {
         };
         match conn.read_frame(wait) {
             Ok(Some(frame)) if frame.flags & FLAG_FD != 0 => {
-                let fd = conn.received.pop_front();
+                let fd = conn.inbound.fds.pop_front();
                 let reply = self.reply_of(frame)?;
-                self.with_memfd(reply, fd).map(Some)
+                session::with_memfd(reply, fd)
+                    .map(Some)
+                    .map_err(|e| self.broken_by(e))
             }
             Ok(Some(frame)) => self.reply_of(frame).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(self.broken_by(e)),
-        }
-    }
-
-    /// A reply flagged as carrying its message's payload as a memfd, with that memfd
-    /// (`None`: it did not come, which breaks the protocol).
-    fn with_memfd(
-        &mut self,
-        (id, response): (u64, Response),
-        fd: Option<OwnedFd>,
-    ) -> Result<(u64, Response)> {
-        let payload = fd
-            .ok_or_else(|| {
-                Error::Protocol("a reply flagged as carrying a descriptor came without one".into())
-            })
-            .and_then(|fd| {
-                memfd::map_payload(fd, u64::MAX)
-                    .map(|(payload, _)| payload)
-                    .map_err(|e| Error::Protocol(e.to_string()))
-            });
-        match (response, payload) {
-            (Response::Message(mut message), Ok(payload)) => {
-                message.payload = payload;
-                Ok((id, Response::Message(message)))
-            }
-            (response, Ok(_)) => Ok((id, response)),
-            (_, Err(e)) => Err(self.broken_by(e)),
         }
     }
 

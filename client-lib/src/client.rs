@@ -11,15 +11,16 @@
 //! made again are those of the blocking client ([`crate::reconnect`]).
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ipc_proto::{Frame, Request, Response, Wait, Welcome};
+use ipc_proto::{FLAG_FD, Frame, Request, Response, Wait, Welcome, memfd};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -79,7 +80,9 @@ struct Conn {
     generation: u64,
     opened: Instant,
     max_frame: u32,
-    frames: mpsc::UnboundedSender<Bytes>,
+    /// Whether the daemon takes payloads as memfds.
+    memfd: bool,
+    frames: mpsc::UnboundedSender<Outgoing>,
     pending: Arc<Mutex<Pending>>,
     /// Set when the daemon said it is shutting down: requests in flight on this
     /// connection still get their replies, new ones go to a new connection.
@@ -93,7 +96,7 @@ impl Conn {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
         if session::encode_request(id, request, u32::MAX, &mut buf).is_ok() {
-            let _ = self.frames.send(buf.freeze());
+            let _ = self.frames.send((buf.freeze(), None));
         }
     }
 
@@ -269,7 +272,7 @@ impl Client {
         let _permit = self.inner.window.acquire().await.expect("never closed");
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();
-        session::encode_request(id, request, conn.max_frame, &mut buf)?;
+        let fd = session::encode_with_memfd(id, request, conn.max_frame, conn.memfd, &mut buf)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = conn.pending.lock().expect("pending lock");
@@ -284,7 +287,7 @@ impl Client {
             id,
             may_wait: may_wait(request),
         };
-        if conn.frames.send(buf.freeze()).is_err() {
+        if conn.frames.send((buf.freeze(), fd)).is_err() {
             // The writer has stopped, so the frame was never written.
             guard.may_wait = false;
             return Ok(Attempt::NotSent(disconnected("the writer has stopped")));
@@ -363,7 +366,7 @@ async fn open(
             .await
             .map_err(Error::Disconnected)?;
         let mut inbound = Inbound::default();
-        let frame = read_frame(&mut stream, &mut inbound)
+        let frame = read_frame(&stream, &mut inbound)
             .await?
             .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
         Ok::<_, Error>((stream, inbound, session::welcome(&frame)?))
@@ -383,6 +386,7 @@ async fn open(
         generation,
         opened: Instant::now(),
         max_frame: welcome.max_frame,
+        memfd: session::takes_memfds(&welcome),
         frames,
         pending,
         draining: AtomicBool::new(false),
@@ -390,18 +394,35 @@ async fn open(
     Ok((Arc::new(conn), welcome))
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-async fn read_frame<R: AsyncReadExt + Unpin>(
-    read: &mut R,
-    inbound: &mut Inbound,
-) -> Result<Option<Frame>> {
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames. Reads with
+/// `recvmsg`, keeping the memfds that come with the bytes in `inbound`.
+async fn read_frame(stream: &UnixStream, inbound: &mut Inbound) -> Result<Option<Frame>> {
     loop {
         if let Some(frame) = inbound.frame()? {
             return Ok(Some(frame));
         }
         inbound.buf.reserve(READ_CHUNK);
-        let n = read.read_buf(&mut inbound.buf).await;
-        if n.map_err(Error::Disconnected)? == 0 {
+        let n = loop {
+            stream.readable().await.map_err(Error::Disconnected)?;
+            let (buf, fds) = (&mut inbound.buf, &mut inbound.fds);
+            let read = stream.try_io(Interest::READABLE, || {
+                let spare = buf.spare_capacity_mut();
+                // SAFETY: the kernel only writes into the spare capacity, and only what
+                // it reports as read is taken into the buffer below.
+                let spare = unsafe {
+                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len())
+                };
+                memfd::recv_with_fds(stream.as_fd(), spare, fds)
+            });
+            match read {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::Disconnected(e)),
+            }
+        };
+        // SAFETY: `n` bytes of the spare capacity were written by the kernel above.
+        unsafe { inbound.buf.set_len(inbound.buf.len() + n) };
+        if n == 0 {
             return if inbound.buf.is_empty() {
                 Ok(None)
             } else {
@@ -411,40 +432,90 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     }
 }
 
+/// An encoded request, and the memfd to send with its first byte.
+type Outgoing = (Bytes, Option<OwnedFd>);
+
 async fn write_loop(
     mut write: OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
     pending: Arc<Mutex<Pending>>,
 ) {
     let mut batch = BytesMut::new();
     while let Some(first) = frames.recv().await {
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH {
-            match frames.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some((frame, fd)) = next.take() {
+            if let Some(fd) = fd {
+                // A frame with a memfd goes in a write of its own, after what is
+                // gathered.
+                let written = write_out(&mut write, &mut batch).await;
+                if let Err(e) = written.and(send_with_fd(&mut write, &frame, fd).await) {
+                    close(&pending, format!("write failed: {e}"));
+                    return;
+                }
+            } else {
+                batch.extend_from_slice(&frame);
+            }
+            if batch.len() < WRITE_BATCH {
+                next = frames.try_recv().ok();
             }
         }
-        if let Err(e) = write.write_all(&batch).await {
+        if let Err(e) = write_out(&mut write, &mut batch).await {
             close(&pending, format!("write failed: {e}"));
             return;
         }
-        batch.clear();
     }
     // Every handle is gone: tell the daemon we are done.
     let _ = write.shutdown().await;
 }
 
-async fn read_loop(mut read: OwnedReadHalf, mut inbound: Inbound, pending: Arc<Mutex<Pending>>) {
+/// Writes what `batch` holds, and empties it.
+async fn write_out(write: &mut OwnedWriteHalf, batch: &mut BytesMut) -> std::io::Result<()> {
+    if !batch.is_empty() {
+        write.write_all(batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
+/// Writes `frame` with `fd` sent with its first byte.
+async fn send_with_fd(
+    write: &mut OwnedWriteHalf,
+    frame: &[u8],
+    fd: OwnedFd,
+) -> std::io::Result<()> {
+    let stream: &UnixStream = write.as_ref();
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || {
+            memfd::send_with_fd(stream.as_fd(), frame, fd.as_fd())
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    write.write_all(&frame[sent..]).await
+}
+
+async fn read_loop(read: OwnedReadHalf, mut inbound: Inbound, pending: Arc<Mutex<Pending>>) {
     let reason = loop {
-        let frame = match read_frame(&mut read, &mut inbound).await {
+        let frame = match read_frame(read.as_ref(), &mut inbound).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break "the daemon closed the connection".to_owned(),
             Err(e) => break e.to_string(),
         };
-        let (id, response) = match session::reply_of(&frame) {
+        let reply = match session::reply_of(&frame) {
             Ok(reply) => reply,
             Err(ended) => break ended.reason,
+        };
+        let reply = if frame.flags & FLAG_FD != 0 {
+            session::with_memfd(reply, inbound.fds.pop_front())
+        } else {
+            Ok(reply)
+        };
+        let (id, response) = match reply {
+            Ok(reply) => reply,
+            Err(e) => break e.to_string(),
         };
         let waiter = pending.lock().expect("pending lock").waiting.remove(&id);
         if let Some(waiter) = waiter {

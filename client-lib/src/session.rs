@@ -5,10 +5,13 @@
 //! building its request and extracting its reply. The clients are the transports: they
 //! move the bytes this module makes and reads, and route each reply to its waiter.
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
 use bytes::BytesMut;
 use ipc_proto::{
-    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, Hello, PROTOCOL_VERSION, Request, Response,
-    Welcome, codec,
+    DEFAULT_MAX_FRAME, FEATURE_MEMFD, FLAG_FD, FLAG_TAKES_FD, Frame, FrameDecoder, FrameKind,
+    Hello, PROTOCOL_VERSION, Request, Response, Welcome, codec, memfd,
 };
 
 use crate::{Error, Result};
@@ -27,6 +30,8 @@ pub(crate) const MEMFD_AT: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct Inbound {
     pub buf: BytesMut,
+    /// Memfds that came with the bytes read, for the frames flagged as carrying one.
+    pub fds: VecDeque<OwnedFd>,
     decoder: FrameDecoder,
 }
 
@@ -34,6 +39,7 @@ impl Default for Inbound {
     fn default() -> Self {
         Self {
             buf: BytesMut::with_capacity(READ_CHUNK),
+            fds: VecDeque::new(),
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
         }
     }
@@ -45,6 +51,60 @@ impl Inbound {
         let decoded = self.decoder.decode(&mut self.buf);
         decoded.map_err(|e| Error::Protocol(e.to_string()))
     }
+}
+
+/// Appends request `id` to `out` as [`encode_request`] does, using memfds where the
+/// daemon takes them (`memfd`): a large send's payload goes in a sealed memfd, returned
+/// to be written with the frame's first byte, and a receive asks for its reply that way.
+pub(crate) fn encode_with_memfd(
+    id: u64,
+    request: &Request,
+    max_frame: u32,
+    memfd: bool,
+    out: &mut BytesMut,
+) -> Result<Option<OwnedFd>> {
+    let at = out.len();
+    match request {
+        Request::Send(send) if memfd && send.payload.len() >= MEMFD_AT => {
+            let fd = memfd::seal_payload(&send.payload).map_err(Error::Disconnected)?;
+            let mut light = send.clone();
+            light.payload = bytes::Bytes::new();
+            encode_request(id, &Request::Send(light), max_frame, out)?;
+            codec::set_flags(&mut out[at..], FLAG_FD);
+            Ok(Some(fd))
+        }
+        Request::Recv(recv) if memfd && !recv.peek => {
+            encode_request(id, request, max_frame, out)?;
+            codec::set_flags(&mut out[at..], FLAG_TAKES_FD);
+            Ok(None)
+        }
+        _ => encode_request(id, request, max_frame, out).map(|()| None),
+    }
+}
+
+/// Whether the daemon of `welcome` takes payloads as memfds.
+pub(crate) fn takes_memfds(welcome: &Welcome) -> bool {
+    welcome.features.iter().any(|f| f == FEATURE_MEMFD)
+}
+
+/// The reply a frame flagged [`FLAG_FD`] carries, its message's payload mapped from
+/// `fd`, the memfd that came with it (`None`: none came, which breaks the protocol).
+pub(crate) fn with_memfd(
+    (id, response): (u64, Response),
+    fd: Option<OwnedFd>,
+) -> Result<(u64, Response)> {
+    let fd = fd.ok_or_else(|| {
+        Error::Protocol("a reply flagged as carrying a descriptor came without one".into())
+    })?;
+    let (payload, _) =
+        memfd::map_payload(fd, u64::MAX).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(match response {
+        Response::Message(mut message) => {
+            message.payload = payload;
+            (id, Response::Message(message))
+        }
+        response => (id, response),
+    })
 }
 
 /// Appends request `id` to `out`; a request too large for the daemon's `max_frame` is

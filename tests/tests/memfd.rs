@@ -74,17 +74,24 @@ fn a_large_payload_goes_as_a_memfd_and_comes_back_whole() {
     let got = c.recv("big", &RecvOptions::default()).unwrap();
     assert_eq!(got.payload, sent);
     settle_fds(&daemon, idle);
-    // An async client, which takes its messages inline, reads the same.
-    c.send("big", sent.clone(), &SendOptions::default())
-        .unwrap();
+    // The async client sends and takes payloads the same way.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let inline = runtime.block_on(async {
-        let client = ipc_client::Client::connect_to(&daemon.socket)
-            .await
-            .unwrap();
-        client.recv("big", &RecvOptions::default()).await.unwrap()
-    });
-    assert_eq!(inline.payload, sent);
+    let client = runtime.block_on(ipc_client::Client::connect_to(&daemon.socket));
+    let client = client.unwrap();
+    let other = payload(3 << 20, 2);
+    let options = SendOptions::default();
+    runtime
+        .block_on(client.send("big", other.clone(), &options))
+        .unwrap();
+    assert_eq!(
+        open_fds(&daemon),
+        idle + 2,
+        "its connection, and the memfd kept"
+    );
+    let got = runtime.block_on(client.recv("big", &RecvOptions::default()));
+    assert_eq!(got.unwrap().payload, other);
+    drop(client);
+    drop(runtime);
     settle_fds(&daemon, idle);
 }
 
