@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ipc_client::{BlockingClient, CreateOptions, LimitChanges, Selector, Wait};
-use ipc_proto::{RecvRequest, Request, Response, SendRequest};
+use ipc_proto::{MailboxName, RecvRequest, Request, Response, SendRequest};
 
 use crate::{Stream, Transport, check, in_order, payload};
 
@@ -178,87 +178,42 @@ fn pump_batches(
 }
 
 impl Ipcd<'_> {
-    /// Streaming in batches: each producer sends `case.window` messages per request
-    /// (`SendBatch`), each consumer takes up to as many per request (`RecvBatch`); two
-    /// requests in flight per connection.
-    fn stream_batched(&mut self, case: Stream) -> Option<f64> {
+    /// Runs one streaming case on a fresh mailbox: `produce(client, mailbox, p)` sends
+    /// producer `p`'s share, `consume(client, mailbox)` takes one consumer's share and
+    /// returns `(request id, sequence number)` for each message it took. Checks that every
+    /// consumer got its share and, 1→1, in order; returns messages per second.
+    fn run_case(
+        &mut self,
+        case: Stream,
+        produce: impl Fn(&mut BlockingClient, &MailboxName, usize) + Sync,
+        consume: impl Fn(&mut BlockingClient, &MailboxName) -> Vec<(u64, u64)> + Sync,
+    ) -> Option<f64> {
         let mailbox = self.mailbox();
-        let name: ipc_proto::MailboxName = mailbox.parse().expect("a valid name");
-        let per_producer = case.messages / case.producers;
-        let per_consumer = case.messages / case.consumers;
+        let name: MailboxName = mailbox.parse().expect("a valid name");
         let mut producers: Vec<_> = (0..case.producers).map(|_| self.daemon.client()).collect();
         let mut consumers: Vec<_> = (0..case.consumers).map(|_| self.daemon.client()).collect();
+        let (produce, consume, name) = (&produce, &consume, &name);
         let start = Instant::now();
         std::thread::scope(|s| {
             for (p, c) in producers.iter_mut().enumerate() {
-                let name = &name;
-                s.spawn(move || {
-                    let make = |first: usize, count: usize| {
-                        let messages = (first..first + count)
-                            .map(|k| ipc_proto::BatchMessage {
-                                mtype: 1,
-                                headers: Default::default(),
-                                ttl_ms: None,
-                                delay_ms: None,
-                                payload: Bytes::from(payload(
-                                    (p * per_producer + k) as u64,
-                                    case.size,
-                                )),
-                            })
-                            .collect();
-                        Request::SendBatch(ipc_proto::SendBatchRequest {
-                            mailbox: name.clone(),
-                            wait: Wait::Forever,
-                            messages,
-                        })
-                    };
-                    let sent = |_, reply| match reply {
-                        Response::SentBatch(outcomes) => {
-                            assert!(outcomes.iter().all(Result::is_ok), "a send failed");
-                            outcomes.len()
-                        }
-                        other => panic!("{other:?}"),
-                    };
-                    pump_batches(c, per_producer, case.window, 2, make, sent);
-                });
+                s.spawn(move || produce(c, name, p));
             }
             let handles: Vec<_> = consumers
                 .iter_mut()
-                .map(|c| {
-                    let name = &name;
-                    s.spawn(move || {
-                        let mut seqs = Vec::with_capacity(per_consumer);
-                        let take = |_, count: usize| {
-                            Request::RecvBatch(ipc_proto::RecvBatchRequest {
-                                mailbox: name.clone(),
-                                selector: Selector::Any,
-                                max: u32::try_from(count).expect("a batch"),
-                                wait: Wait::Forever,
-                                lease: None,
-                            })
-                        };
-                        let taken = |id, reply| match reply {
-                            Response::Messages(messages) => {
-                                for m in &messages {
-                                    seqs.push((id, check(&m.payload, case.size)));
-                                }
-                                messages.len()
-                            }
-                            other => panic!("{other:?}"),
-                        };
-                        pump_batches(c, per_consumer, case.window, 2, take, taken);
-                        // Messages go to receives in the order they were asked; a sort by
-                        // request id keeps each reply's own order.
-                        seqs.sort_by_key(|&(id, _)| id);
-                        seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<u64>>()
-                    })
-                })
+                .map(|c| s.spawn(move || consume(c, name)))
                 .collect();
             for h in handles {
-                let seqs = h.join().expect("consumer");
-                assert_eq!(seqs.len(), per_consumer, "a consumer missed messages");
+                let mut taken = h.join().expect("consumer");
+                assert_eq!(
+                    taken.len(),
+                    case.messages / case.consumers,
+                    "a consumer missed messages"
+                );
+                // Messages go to receives in the order they were asked; a stable sort by
+                // request id keeps each reply's own order.
+                taken.sort_by_key(|&(id, _)| id);
                 if case.producers == 1 && case.consumers == 1 {
-                    in_order(&seqs);
+                    in_order(&taken.into_iter().map(|(_, seq)| seq).collect::<Vec<_>>());
                 }
             }
         });
@@ -274,64 +229,82 @@ impl Transport for Ipcd<'_> {
     }
 
     fn stream(&mut self, case: Stream) -> Option<f64> {
-        let mailbox = self.mailbox();
         let per_producer = case.messages / case.producers;
         let per_consumer = case.messages / case.consumers;
-        let mut producers: Vec<_> = (0..case.producers).map(|_| self.daemon.client()).collect();
-        let mut consumers: Vec<_> = (0..case.consumers).map(|_| self.daemon.client()).collect();
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for (p, c) in producers.iter_mut().enumerate() {
-                let mailbox = &mailbox;
-                s.spawn(move || {
-                    pump(
-                        c,
-                        per_producer,
-                        case.window,
-                        |k| send(mailbox, payload((p * per_producer + k) as u64, case.size)),
-                        |_, _| {},
-                    );
-                });
-            }
-            let handles: Vec<_> = consumers
-                .iter_mut()
-                .map(|c| {
-                    let mailbox = &mailbox;
-                    s.spawn(move || {
-                        let mut seqs = Vec::with_capacity(per_consumer);
-                        let take = recv(mailbox);
-                        pump(
-                            c,
-                            per_consumer,
-                            case.window,
-                            |_| take.clone(),
-                            |id, reply| match reply {
-                                Response::Message(m) => {
-                                    seqs.push((id, check(&m.payload, case.size)));
-                                }
-                                other => panic!("{other:?}"),
-                            },
-                        );
-                        // Messages go to receives in the order they were asked.
-                        seqs.sort_unstable();
-                        seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<u64>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                let seqs = h.join().expect("consumer");
-                if case.producers == 1 && case.consumers == 1 {
-                    in_order(&seqs);
-                }
-            }
-        });
-        let rate = case.messages as f64 / start.elapsed().as_secs_f64();
-        self.daemon.client().remove(&mailbox).expect("remove");
-        Some(rate)
+        let produce = |c: &mut BlockingClient, name: &MailboxName, p: usize| {
+            let first = p * per_producer;
+            let send = |k| send(name.as_str(), payload((first + k) as u64, case.size));
+            pump(c, per_producer, case.window, send, |_, _| {});
+        };
+        let consume = |c: &mut BlockingClient, name: &MailboxName| {
+            let mut taken = Vec::with_capacity(per_consumer);
+            let take = recv(name.as_str());
+            let took = |id, reply| match reply {
+                Response::Message(m) => taken.push((id, check(&m.payload, case.size))),
+                other => panic!("{other:?}"),
+            };
+            pump(c, per_consumer, case.window, |_| take.clone(), took);
+            taken
+        };
+        self.run_case(case, produce, consume)
     }
 
+    /// Streaming in batches: each producer sends `case.window` messages per request
+    /// (`SendBatch`), each consumer takes up to as many per request (`RecvBatch`); two
+    /// requests in flight per connection.
     fn batched(&mut self, case: Stream) -> Option<f64> {
-        self.stream_batched(case)
+        let per_producer = case.messages / case.producers;
+        let per_consumer = case.messages / case.consumers;
+        let produce = |c: &mut BlockingClient, name: &MailboxName, p: usize| {
+            let make = |first: usize, count: usize| {
+                let messages = (first..first + count)
+                    .map(|k| ipc_proto::BatchMessage {
+                        mtype: 1,
+                        headers: Default::default(),
+                        ttl_ms: None,
+                        delay_ms: None,
+                        payload: Bytes::from(payload((p * per_producer + k) as u64, case.size)),
+                    })
+                    .collect();
+                Request::SendBatch(ipc_proto::SendBatchRequest {
+                    mailbox: name.clone(),
+                    wait: Wait::Forever,
+                    messages,
+                })
+            };
+            let sent = |_, reply| match reply {
+                Response::SentBatch(outcomes) => {
+                    assert!(outcomes.iter().all(Result::is_ok), "a send failed");
+                    outcomes.len()
+                }
+                other => panic!("{other:?}"),
+            };
+            pump_batches(c, per_producer, case.window, 2, make, sent);
+        };
+        let consume = |c: &mut BlockingClient, name: &MailboxName| {
+            let mut taken = Vec::with_capacity(per_consumer);
+            let take = |_, count: usize| {
+                Request::RecvBatch(ipc_proto::RecvBatchRequest {
+                    mailbox: name.clone(),
+                    selector: Selector::Any,
+                    max: u32::try_from(count).expect("a batch"),
+                    wait: Wait::Forever,
+                    lease: None,
+                })
+            };
+            let took = |id, reply| match reply {
+                Response::Messages(messages) => {
+                    for m in &messages {
+                        taken.push((id, check(&m.payload, case.size)));
+                    }
+                    messages.len()
+                }
+                other => panic!("{other:?}"),
+            };
+            pump_batches(c, per_consumer, case.window, 2, take, took);
+            taken
+        };
+        self.run_case(case, produce, consume)
     }
 
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {

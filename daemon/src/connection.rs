@@ -238,17 +238,14 @@ impl Replies {
     /// delivered whatever the bounds. Past `max_pending_output`, or past the quota with
     /// the allowance used up, the client is not reading and is cut off.
     pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
-        let (out, memfd) = match out {
-            Outgoing::Carried(id, response, memfd) => (Outgoing::Reply(id, response), Some(memfd)),
-            out => (out, None),
+        let memfd = match &out {
+            Outgoing::Carried(_, _, memfd) => Some(memfd.clone()),
+            _ => None,
         };
-        let mut frame = encode(out, self.shared.max_frame);
-        if memfd.is_some() {
-            // A short frame (the payload is in the memfd): flagged in a copy.
-            let mut flagged = BytesMut::from(&frame[..]);
-            codec::set_flags(&mut flagged, FLAG_FD);
-            frame = flagged.freeze();
-        }
+        let frame = encode(out, self.shared.max_frame);
+        // Sent only with a frame flagged for it (not with an error put in its place).
+        let flags = u16::from_le_bytes([frame[6], frame[7]]);
+        let memfd = memfd.filter(|_| flags & FLAG_FD != 0);
         // A memfd the reply carries is held until the reply is written: it costs its size.
         let cost = frame.len() as u64 + memfd.as_ref().map_or(0, |m| m.len);
         let shared = &self.shared;
@@ -481,6 +478,9 @@ fn encode(out: Outgoing, max_frame: u32) -> Bytes {
         ));
         codec::encode_frame(FrameKind::Response, *id, &error, max_frame, &mut buf)
             .expect("a short error reply always encodes");
+    } else if let Outgoing::Carried(..) = out {
+        // Its message's payload goes as the memfd sent with the frame's first byte.
+        codec::set_flags(&mut buf, FLAG_FD);
     }
     // A buffer that grew by doubling (a long list) may be up to twice what it holds.
     if buf.capacity() - buf.len() > MAX_SLACK.max(buf.len() / 8) {
