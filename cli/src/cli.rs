@@ -70,6 +70,43 @@ pub enum Command {
     Ack(MessageArg),
     /// Give a message leased with `recv --ack` back, to be redelivered.
     Nack(MessageArg),
+    /// Bind a mailbox you own to a topic pattern: what is published on a matching topic
+    /// gets a copy in it.
+    #[command(after_help = examples(&[
+        "ipcctl bind alerts 'sensors.*.temperature'",
+        "ipcctl bind audit 'orders.>'",
+    ]))]
+    Bind(BindArgs),
+    /// Undo a bind.
+    Unbind(BindArgs),
+    /// Publish one message on a topic: a copy goes into every mailbox bound to a matching
+    /// pattern. Prints how many took it and how many refused.
+    #[command(after_help = examples(&[
+        "ipcctl publish sensors.kitchen.temperature 21.5",
+        "date | ipcctl publish logs.cron -",
+    ]))]
+    Publish(PublishArgs),
+    /// Print what is published on topics matching PATTERN, as it comes, until
+    /// interrupted. A watcher that falls behind loses the oldest messages, and is told
+    /// how many on stderr.
+    #[command(after_help = examples(&[
+        "ipcctl watch 'sensors.>' --verbose",
+        "ipcctl watch 'orders.*' --json | jq .payload",
+    ]))]
+    Watch(WatchArgs),
+    /// Send a request to a mailbox and print the reply.
+    #[command(after_help = examples(&[
+        "ipcctl call calc '6*7' --timeout 2s",
+        "ipcctl call --json resolver example.org",
+    ]))]
+    Call(CallArgs),
+    /// Answer the requests sent to a mailbox with `call`: run COMMAND for each, its
+    /// payload on standard input, and reply with what it writes to standard output.
+    #[command(after_help = examples(&[
+        "ipcctl serve calc -- bc",
+        "ipcctl serve upper -- tr a-z A-Z",
+    ]))]
+    Serve(ServeArgs),
     /// Print a shell completion script.
     #[command(after_help = examples(&[
         "source <(ipcctl completions bash)    # for this shell only",
@@ -339,6 +376,84 @@ pub struct RecvArgs {
     #[arg(long, value_name = "CMD", value_hint = ValueHint::CommandString, requires = "ack",
           conflicts_with_all = ["raw", "json"])]
     pub exec: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// The mailbox.
+    pub name: String,
+    /// `.`-separated segments; `*` matches any one segment, `>` (last) one or more.
+    pub pattern: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic: `.`-separated segments of letters, digits and _ : / -
+    pub topic: String,
+    /// The payload; `-` or nothing reads standard input (when it is not a terminal).
+    #[arg(value_name = "DATA|-", conflicts_with = "file")]
+    pub data: Option<OsString>,
+    /// The message type (SysV mtype) of every copy, at least 1.
+    #[arg(long = "type", value_name = "N", default_value_t = 1, value_parser = parse::send_type)]
+    pub mtype: i64,
+    /// Read the payload from this file.
+    #[arg(long, value_name = "F", value_hint = ValueHint::FilePath)]
+    pub file: Option<PathBuf>,
+    /// What the payload is, e.g. application/json.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Expire each copy if it is not delivered within DUR.
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The topic pattern: `*` matches any one segment, `>` (last) one or more.
+    pub pattern: String,
+    /// Print each message's topic before its payload.
+    #[arg(short, long, conflicts_with = "json")]
+    pub verbose: bool,
+    /// Stop after N messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The mailbox the responder receives from.
+    pub name: String,
+    /// The request's payload; `-` or nothing reads standard input (when it is not a
+    /// terminal).
+    #[arg(value_name = "DATA|-", conflicts_with = "file")]
+    pub data: Option<OsString>,
+    /// Read the payload from this file.
+    #[arg(long, value_name = "F", value_hint = ValueHint::FilePath)]
+    pub file: Option<PathBuf>,
+    /// How long to wait for the reply; then fail with exit 75.
+    #[arg(long, value_name = "DUR", value_parser = parse::duration, default_value = "30s")]
+    pub timeout: Duration,
+    /// The request's message type (SysV mtype), at least 1.
+    #[arg(long = "type", value_name = "N", default_value_t = 1, value_parser = parse::send_type)]
+    pub mtype: i64,
+    /// What the payload is, e.g. application/json.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Print the reply's payload bytes only, without a newline.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The mailbox to take requests from.
+    pub name: String,
+    /// Stop after answering N requests.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// The command to run for each request, and its arguments (after `--`).
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]

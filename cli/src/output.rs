@@ -86,6 +86,9 @@ pub struct MessageJson<'a> {
     pub content_type: Option<&'a str>,
     pub redelivered: bool,
     pub deliveries: u32,
+    /// The topic it was published on; absent for a message sent to the mailbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
 }
 
 impl<'a> MessageJson<'a> {
@@ -115,6 +118,7 @@ impl<'a> MessageJson<'a> {
             content_type: m.headers.content_type.as_deref(),
             redelivered: m.redelivered,
             deliveries: m.deliveries,
+            topic: m.headers.topic.as_ref().map(|t| t.as_str()),
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct MailboxJson<'a> {
     pub delayed: u64,
     /// Deadlines kept (lease ends, delayed messages, TTLs).
     pub timers: u64,
+    /// The topic patterns it is bound to.
+    pub bindings: Vec<&'a str>,
 }
 
 impl<'a> MailboxJson<'a> {
@@ -209,6 +215,7 @@ impl<'a> MailboxJson<'a> {
             expired: i.expired,
             delayed: i.delayed,
             timers: i.timers,
+            bindings: i.bindings.iter().map(|p| p.as_str()).collect(),
         }
     }
 }
@@ -319,7 +326,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// `stat` for people: `key: value` lines, with the JSON keys as the keys.
 pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<()> {
-    let rows: [(&str, String); 29] = [
+    let rows: [(&str, String); 30] = [
         ("name", i.name.to_string()),
         ("messages", i.messages.to_string()),
         ("bytes", bytes(i.bytes)),
@@ -373,6 +380,15 @@ pub fn write_mailbox_human(out: &mut impl Write, i: &MailboxInfo) -> io::Result<
         ("expired", i.expired.to_string()),
         ("delayed", i.delayed.to_string()),
         ("timers", i.timers.to_string()),
+        (
+            "bindings",
+            if i.bindings.is_empty() {
+                "none".to_owned()
+            } else {
+                let patterns: Vec<&str> = i.bindings.iter().map(|p| p.as_str()).collect();
+                patterns.join(" ")
+            },
+        ),
     ];
     write_pairs(out, &rows)
 }
@@ -526,6 +542,7 @@ mod tests {
                 reply_to: Some(MailboxName::new("answers").unwrap()),
                 correlation_id: Some(9),
                 content_type: None,
+                topic: None,
             },
             redelivered: false,
             deliveries: 1,
@@ -629,6 +646,7 @@ mod tests {
             expired: 0,
             delayed: 0,
             timers: 0,
+            bindings: vec![ipc_proto::TopicPattern::new("orders.>").unwrap()],
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {

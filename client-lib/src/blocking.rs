@@ -21,6 +21,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
 use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, operations};
+use crate::subscription::{BATCH, Subscribed};
 use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
 use crate::{Error, Result};
 
@@ -528,7 +529,14 @@ impl BlockingClient {
         }
     }
 
-    operations!([mut], [], [], BlockingDelivery<'_>, BlockingMailbox<'_, T>);
+    operations!(
+        [mut],
+        [],
+        [],
+        BlockingDelivery<'_>,
+        BlockingMailbox<'_, T>,
+        BlockingSubscription<'_>
+    );
 }
 
 /// A typed view of one mailbox through a [`BlockingClient`], which it borrows (see
@@ -537,6 +545,27 @@ pub type BlockingMailbox<'c, T> = TypedMailbox<&'c mut BlockingClient, T>;
 
 impl<T: Serialize + DeserializeOwned> BlockingMailbox<'_, T> {
     typed_operations!([mut], []);
+}
+
+/// A subscription through a [`BlockingClient`], which it borrows (see [`Subscribed`]):
+/// an `Iterator` of the messages published on matching topics, waiting for each.
+pub type BlockingSubscription<'c> = Subscribed<&'c mut BlockingClient>;
+
+impl Iterator for BlockingSubscription<'_> {
+    type Item = Result<ipc_proto::Message>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(message) = self.pop() {
+            return Some(Ok(message));
+        }
+        if self.ended() {
+            return None;
+        }
+        let mailbox = self.mailbox().clone();
+        let options = crate::RecvOptions::default();
+        let received = self.client.recv_batch(mailbox.as_str(), BATCH, &options);
+        self.take(received)
+    }
 }
 
 /// A message received on a lease by a [`BlockingClient`], which it borrows until settled

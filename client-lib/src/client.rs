@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
 use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, disconnected, operations};
+use crate::subscription::{BATCH, Subscribed};
 use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
 use crate::{Error, Result};
 
@@ -302,7 +303,7 @@ impl Client {
         Ok(outcome)
     }
 
-    operations!([], [async], [clone], Delivery, Mailbox<T>, .await);
+    operations!([], [async], [clone], Delivery, Mailbox<T>, Subscription, .await);
 }
 
 /// Whether the daemon may hold `request` waiting, so that abandoning it needs a cancel.
@@ -312,6 +313,7 @@ fn may_wait(request: &Request) -> bool {
         Request::Recv(r) => r.wait != Wait::NoWait,
         Request::SendBatch(s) => s.wait != Wait::NoWait,
         Request::RecvBatch(r) => r.wait != Wait::NoWait,
+        Request::Call(_) => true,
         _ => false,
     }
 }
@@ -545,6 +547,85 @@ pub type Mailbox<T> = TypedMailbox<Client, T>;
 
 impl<T: Serialize + DeserializeOwned> Mailbox<T> {
     typed_operations!([], [async], .await);
+}
+
+/// A subscription through a [`Client`] (see [`Subscribed`]): a `Stream` of the messages
+/// published on matching topics, also read with [`Subscription::next`].
+pub struct Subscription {
+    inner: Subscribed<Client>,
+    /// The receive in flight, while one is.
+    receiving: Option<Receiving>,
+}
+
+type Receiving =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<ipc_proto::Message>>> + Send>>;
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("inner", &self.inner)
+            .field("receiving", &self.receiving.is_some())
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(client: Client, mailbox: ipc_proto::MailboxName) -> Self {
+        Self {
+            inner: Subscribed::new(client, mailbox),
+            receiving: None,
+        }
+    }
+
+    /// The next message; `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<Result<ipc_proto::Message>> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self).poll_message(cx)).await
+    }
+
+    /// The private mailbox the daemon made for this subscription.
+    pub fn mailbox(&self) -> &ipc_proto::MailboxName {
+        self.inner.mailbox()
+    }
+
+    /// Messages the daemon dropped so far because this subscriber fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+
+    fn poll_message(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<ipc_proto::Message>>> {
+        use std::task::Poll;
+        if let Some(message) = self.inner.pop() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        if self.inner.ended() {
+            return Poll::Ready(None);
+        }
+        let receiving = self.receiving.get_or_insert_with(|| {
+            let client = self.inner.client.clone();
+            let mailbox = self.inner.mailbox().clone();
+            Box::pin(async move {
+                let options = crate::RecvOptions::default();
+                client.recv_batch(mailbox.as_str(), BATCH, &options).await
+            })
+        });
+        let received = std::task::ready!(receiving.as_mut().poll(cx));
+        self.receiving = None;
+        Poll::Ready(self.inner.take(received))
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Result<ipc_proto::Message>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_message(cx)
+    }
 }
 
 /// A message received on a lease through a [`Client`] (see [`Leased`]).

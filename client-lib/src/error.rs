@@ -5,7 +5,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use ipc_proto::{ErrorCode, ErrorReply, NameError};
+use ipc_proto::{ErrorCode, ErrorReply, NameError, TopicError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -31,6 +31,9 @@ pub enum Error {
     /// A mailbox name was refused before anything was sent.
     #[error(transparent)]
     InvalidName(#[from] NameError),
+    /// A topic or topic pattern was refused before anything was sent.
+    #[error(transparent)]
+    InvalidTopic(#[from] TopicError),
     /// The daemon found the request's data unacceptable: payload too large, a bad name,
     /// an argument out of range.
     #[error("{0}")]
@@ -74,6 +77,7 @@ impl Error {
             | Error::ShuttingDown(_)
             | Error::VersionMismatch(_) => 69,
             Error::InvalidName(_)
+            | Error::InvalidTopic(_)
             | Error::BadData(_)
             | Error::TypeMismatch { .. }
             | Error::Payload(_) => 65,

@@ -24,21 +24,26 @@ mod options;
 pub mod reconnect;
 mod session;
 mod socket;
+mod subscription;
 mod typed;
 
-pub use blocking::{BlockingClient, BlockingDelivery, BlockingMailbox, DEFAULT_PIPELINE_WINDOW};
+pub use blocking::{
+    BlockingClient, BlockingDelivery, BlockingMailbox, BlockingSubscription,
+    DEFAULT_PIPELINE_WINDOW,
+};
 #[cfg(feature = "tokio")]
-pub use client::{Client, Delivery, Mailbox};
+pub use client::{Client, Delivery, Mailbox, Subscription};
 pub use error::{Error, Result};
 pub use options::{CreateOptions, RecvOptions, SendOptions};
 pub use reconnect::ReconnectPolicy;
 pub use socket::default_socket_path;
+pub use subscription::Subscribed;
 pub use typed::{Leased, TypedMailbox, reply, type_tag};
 
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.
 pub use ipc_proto::{
     Credentials, DaemonStatus, DeliveryChanges, ErrorCode, Fsync, Headers, Lease, LimitChanges,
-    MailboxChanges, MailboxInfo, MailboxName, Message, Selector, Timestamp, UidUsage, Wait,
-    Welcome,
+    MailboxChanges, MailboxInfo, MailboxName, Message, PublishReport, Selector, Timestamp, Topic,
+    TopicPattern, UidUsage, Wait, Welcome,
 };

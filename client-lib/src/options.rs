@@ -3,8 +3,9 @@
 
 use bytes::Bytes;
 use ipc_proto::{
-    BatchMessage, CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges, MailboxName,
-    RecvBatchRequest, RecvRequest, Selector, SendBatchRequest, SendRequest, Wait,
+    BatchMessage, CallRequest, CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges,
+    MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Selector, SendBatchRequest,
+    SendRequest, Topic, Wait,
 };
 
 use crate::{Error, Result};
@@ -85,6 +86,39 @@ impl SendOptions {
             wait: self.wait,
             ttl_ms: self.ttl.map(millis),
             delay_ms: self.delay.map(millis),
+            payload,
+        }
+    }
+
+    /// A publish of `payload` on `topic` with these options; a copy is never delayed,
+    /// nor does it wait for room.
+    pub(crate) fn publish(&self, topic: Topic, payload: Bytes) -> Result<PublishRequest> {
+        if self.delay.is_some() {
+            return Err(Error::BadData(
+                "a published message cannot be delayed".to_owned(),
+            ));
+        }
+        Ok(PublishRequest {
+            topic,
+            mtype: self.mtype,
+            headers: self.headers.clone(),
+            ttl_ms: self.ttl.map(millis),
+            payload,
+        })
+    }
+
+    /// A call of `mailbox` with `payload`, waiting `timeout` for the reply.
+    pub(crate) fn call(
+        &self,
+        mailbox: MailboxName,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> CallRequest {
+        CallRequest {
+            mailbox,
+            mtype: self.mtype,
+            headers: self.headers.clone(),
+            timeout_ms: millis(timeout).max(1),
             payload,
         }
     }

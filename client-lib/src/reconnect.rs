@@ -204,7 +204,8 @@ pub(crate) fn retry_safe(request: &Request) -> bool {
         | Request::List
         | Request::Status
         | Request::Recv(_)
-        | Request::RecvBatch(_) => true,
+        | Request::RecvBatch(_)
+        | Request::Bind { .. } => true,
         Request::Create(create) => create.exist_ok,
         Request::Send(_)
         | Request::SendBatch(_)
@@ -213,7 +214,11 @@ pub(crate) fn retry_safe(request: &Request) -> bool {
         | Request::Set { .. }
         | Request::Purge { .. }
         | Request::Remove { .. }
-        | Request::Cancel { .. } => false,
+        | Request::Cancel { .. }
+        | Request::Unbind { .. }
+        | Request::Publish(_)
+        | Request::Subscribe { .. }
+        | Request::Call(_) => false,
     }
 }
 
@@ -235,7 +240,14 @@ pub(crate) fn lost(request: &Request, cause: Error) -> Error {
         Request::Nack { .. } => {
             "the nack may or may not have taken effect; the message is redelivered either way"
         }
+        Request::Publish(_) => {
+            "any of its copies may or may not have been delivered; it was not published again"
+        }
+        Request::Call(_) => {
+            "the request may or may not have reached a responder; it was not sent again"
+        }
         Request::Create(_)
+        | Request::Unbind { .. }
         | Request::Set { .. }
         | Request::Purge { .. }
         | Request::Remove { .. } => "it may or may not have taken effect",

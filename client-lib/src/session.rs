@@ -191,7 +191,8 @@ pub(crate) fn reply_of(frame: &Frame) -> Result<(u64, Response), Ended> {
 /// only the I/O: `attempt`, `attempt_on`, `stopping`, `reconnecting` and `nack_on_drop`.
 macro_rules! operations {
     (
-        [$($mut:tt)?], [$($async:tt)?], [$($clone:ident)?], $delivery:ty, $mailbox:ty
+        [$($mut:tt)?], [$($async:tt)?], [$($clone:ident)?], $delivery:ty, $mailbox:ty,
+        $subscription:ty
         $(, $($await:tt)+)?
     ) => {
         /// Makes `request` under the retry rules of [`crate::reconnect`], on as many
@@ -214,7 +215,7 @@ macro_rules! operations {
         }
 
         /// Makes `request` and extracts its reply.
-        pub(crate) $($async)? fn call<R>(
+        pub(crate) $($async)? fn ask<R>(
             &$($mut)? self,
             request: Request,
             extract: fn(Response) -> $crate::Result<R>,
@@ -280,7 +281,7 @@ macro_rules! operations {
             options: &$crate::CreateOptions,
         ) -> $crate::Result<bool> {
             let request = options.request(ipc_proto::MailboxName::new(mailbox)?);
-            self.call(Request::Create(request), $crate::reply::created)$($($await)+)?
+            self.ask(Request::Create(request), $crate::reply::created)$($($await)+)?
         }
 
         /// Sends `payload`; returns the message's id in the mailbox.
@@ -292,7 +293,7 @@ macro_rules! operations {
         ) -> $crate::Result<u64> {
             let name = ipc_proto::MailboxName::new(mailbox)?;
             let request = Request::Send(options.request(name, payload.into()));
-            self.call(request, $crate::reply::sent)$($($await)+)?
+            self.ask(request, $crate::reply::sent)$($($await)+)?
         }
 
         /// Sends each of `payloads` with `options`, in order, in one request (at most
@@ -307,7 +308,7 @@ macro_rules! operations {
         ) -> $crate::Result<Vec<$crate::Result<u64>>> {
             let name = ipc_proto::MailboxName::new(mailbox)?;
             let request = Request::SendBatch(options.batch(name, payloads));
-            self.call(request, $crate::reply::sent_batch)$($($await)+)?
+            self.ask(request, $crate::reply::sent_batch)$($($await)+)?
         }
 
         /// Receives up to `max` messages (1 to [`ipc_proto::MAX_BATCH`]) in one request:
@@ -321,7 +322,7 @@ macro_rules! operations {
             options: &$crate::RecvOptions,
         ) -> $crate::Result<Vec<ipc_proto::Message>> {
             let request = Request::RecvBatch(options.batch(ipc_proto::MailboxName::new(mailbox)?, max)?);
-            self.call(request, $crate::reply::messages)$($($await)+)?
+            self.ask(request, $crate::reply::messages)$($($await)+)?
         }
 
         /// Receives (or peeks at) one message.
@@ -331,31 +332,31 @@ macro_rules! operations {
             options: &$crate::RecvOptions,
         ) -> $crate::Result<ipc_proto::Message> {
             let request = Request::Recv(options.request(ipc_proto::MailboxName::new(mailbox)?));
-            self.call(request, $crate::reply::message)$($($await)+)?
+            self.ask(request, $crate::reply::message)$($($await)+)?
         }
 
         /// Settles leased message `id` of `mailbox` for good (e.g. one leased by
         /// `ipcctl recv --ack`).
         pub $($async)? fn ack(&$($mut)? self, mailbox: &str, id: u64) -> $crate::Result<()> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Ack { mailbox, id }, $crate::reply::ok)$($($await)+)?
+            self.ask(Request::Ack { mailbox, id }, $crate::reply::ok)$($($await)+)?
         }
 
         /// Gives leased message `id` of `mailbox` back, to be redelivered.
         pub $($async)? fn nack(&$($mut)? self, mailbox: &str, id: u64) -> $crate::Result<()> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Nack { mailbox, id }, $crate::reply::ok)$($($await)+)?
+            self.ask(Request::Nack { mailbox, id }, $crate::reply::ok)$($($await)+)?
         }
 
         /// A mailbox's settings and counters.
         pub $($async)? fn stat(&$($mut)? self, mailbox: &str) -> $crate::Result<$crate::MailboxInfo> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Stat { mailbox }, $crate::reply::mailbox)$($($await)+)?
+            self.ask(Request::Stat { mailbox }, $crate::reply::mailbox)$($($await)+)?
         }
 
         /// The mailboxes the caller may read or owns.
         pub $($async)? fn list(&$($mut)? self) -> $crate::Result<Vec<$crate::MailboxInfo>> {
-            self.call(Request::List, $crate::reply::mailboxes)$($($await)+)?
+            self.ask(Request::List, $crate::reply::mailboxes)$($($await)+)?
         }
 
         /// Changes a mailbox's settings; returns them as they now are.
@@ -365,24 +366,110 @@ macro_rules! operations {
             changes: $crate::MailboxChanges,
         ) -> $crate::Result<$crate::MailboxInfo> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Set { mailbox, changes }, $crate::reply::mailbox)$($($await)+)?
+            self.ask(Request::Set { mailbox, changes }, $crate::reply::mailbox)$($($await)+)?
         }
 
         /// Drops every queued message; returns how many.
         pub $($async)? fn purge(&$($mut)? self, mailbox: &str) -> $crate::Result<u64> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Purge { mailbox }, $crate::reply::purged)$($($await)+)?
+            self.ask(Request::Purge { mailbox }, $crate::reply::purged)$($($await)+)?
         }
 
         /// Removes a mailbox; receivers waiting on it get `Removed`.
         pub $($async)? fn remove(&$($mut)? self, mailbox: &str) -> $crate::Result<()> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.call(Request::Remove { mailbox }, $crate::reply::ok)$($($await)+)?
+            self.ask(Request::Remove { mailbox }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// Binds `mailbox` (which the caller must own) to a topic pattern: `.`-separated
+        /// segments, `*` for any one segment, `>` (last) for one or more. What is published
+        /// on a matching topic gets a copy in it.
+        pub $($async)? fn bind(&$($mut)? self, mailbox: &str, pattern: &str) -> $crate::Result<()> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            let pattern = ipc_proto::TopicPattern::new(pattern)?;
+            self.ask(Request::Bind { mailbox, pattern }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// Undoes a [`Self::bind`].
+        pub $($async)? fn unbind(&$($mut)? self, mailbox: &str, pattern: &str) -> $crate::Result<()> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            let pattern = ipc_proto::TopicPattern::new(pattern)?;
+            self.ask(Request::Unbind { mailbox, pattern }, $crate::reply::ok)$($($await)+)?
+        }
+
+        /// Subscribes to a topic pattern: the daemon makes a private mailbox bound to it
+        /// for this connection, and the subscription yields what is published on a
+        /// matching topic from then on. The mailbox goes when the connection closes.
+        pub $($async)? fn subscribe(&$($mut)? self, pattern: &str) -> $crate::Result<$subscription> {
+            let pattern = ipc_proto::TopicPattern::new(pattern)?;
+            let name = self.ask(Request::Subscribe { pattern }, $crate::reply::subscribed)$($($await)+)??;
+            Ok(<$subscription>::new(self $(.$clone())?, name))
+        }
+
+        /// Publishes `payload` on `topic`: a copy in every mailbox bound to a matching
+        /// pattern (with `options`' type, headers and TTL). Says how many took it and
+        /// how many refused; one full mailbox does not fail the rest.
+        pub $($async)? fn publish(
+            &$($mut)? self,
+            topic: &str,
+            payload: impl Into<bytes::Bytes>,
+            options: &$crate::SendOptions,
+        ) -> $crate::Result<ipc_proto::PublishReport> {
+            let request = options.publish(ipc_proto::Topic::new(topic)?, payload.into())?;
+            self.ask(Request::Publish(request), $crate::reply::published)$($($await)+)?
+        }
+
+        /// Sends `payload` to `mailbox` as a request and waits up to `timeout` for its
+        /// reply, which a responder sends with [`Self::reply`]. Fails with `TimedOut`
+        /// when none comes in time (the request then expires undelivered).
+        pub $($async)? fn call(
+            &$($mut)? self,
+            mailbox: &str,
+            payload: impl Into<bytes::Bytes>,
+            timeout: std::time::Duration,
+        ) -> $crate::Result<ipc_proto::Message> {
+            self.call_with(mailbox, payload, timeout, &$crate::SendOptions::default())$($($await)+)?
+        }
+
+        /// [`Self::call`] with a request type and headers (`content_type`) from `options`.
+        pub $($async)? fn call_with(
+            &$($mut)? self,
+            mailbox: &str,
+            payload: impl Into<bytes::Bytes>,
+            timeout: std::time::Duration,
+            options: &$crate::SendOptions,
+        ) -> $crate::Result<ipc_proto::Message> {
+            let name = ipc_proto::MailboxName::new(mailbox)?;
+            let request = Request::Call(options.call(name, payload.into(), timeout));
+            self.ask(request, $crate::reply::message)$($($await)+)?
+        }
+
+        /// Answers `request` (a message received from a mailbox that [`Self::call`]
+        /// sent to) with `payload`: sent to its `reply_to` with its `correlation_id`.
+        /// Refused when the call no longer waits (it timed out or was answered).
+        pub $($async)? fn reply(
+            &$($mut)? self,
+            request: &ipc_proto::Message,
+            payload: impl Into<bytes::Bytes>,
+        ) -> $crate::Result<()> {
+            self.reply_with(request, payload, &$crate::SendOptions::default())$($($await)+)?
+        }
+
+        /// [`Self::reply`] with a message type and headers (`content_type`) from
+        /// `options`; the reply's `correlation_id` is always the request's.
+        pub $($async)? fn reply_with(
+            &$($mut)? self,
+            request: &ipc_proto::Message,
+            payload: impl Into<bytes::Bytes>,
+            options: &$crate::SendOptions,
+        ) -> $crate::Result<()> {
+            let send = $crate::typed::reply_to(request, payload.into(), options)?;
+            self.ask(Request::Send(send), $crate::reply::sent)$($($await)+)?.map(drop)
         }
 
         /// The daemon's counters and limits.
         pub $($async)? fn status(&$($mut)? self) -> $crate::Result<$crate::DaemonStatus> {
-            self.call(Request::Status, $crate::reply::status)$($($await)+)?
+            self.ask(Request::Status, $crate::reply::status)$($($await)+)?
         }
     };
 }

@@ -91,7 +91,7 @@ macro_rules! typed_operations {
     ([$($mut:tt)?], [$($async:tt)?] $(, $($await:tt)+)?) => {
         pub $($async)? fn send(&$($mut)? self, value: &T) -> $crate::Result<u64> {
             let request = self.send_request(value)?;
-            self.client.call(request, $crate::reply::sent)$($($await)+)?
+            self.client.ask(request, $crate::reply::sent)$($($await)+)?
         }
 
         /// Waits for the next message and decodes it.
@@ -107,7 +107,7 @@ macro_rules! typed_operations {
             options: $crate::RecvOptions,
         ) -> $crate::Result<(ipc_proto::Message, T)> {
             let request = self.recv_request(options);
-            let message = self.client.call(request, $crate::reply::message)$($($await)+)??;
+            let message = self.client.ask(request, $crate::reply::message)$($($await)+)??;
             let value = $crate::typed::decode(&message)?;
             Ok((message, value))
         }
@@ -220,6 +220,25 @@ pub(crate) fn decode<T: DeserializeOwned>(message: &Message) -> Result<T> {
     }
 }
 
+/// The send that answers `request` with `payload`: to its `reply_to`, with its
+/// `correlation_id`; refused for a message that is no request.
+pub(crate) fn reply_to(
+    request: &Message,
+    payload: Bytes,
+    options: &SendOptions,
+) -> Result<ipc_proto::SendRequest> {
+    let Some(mailbox) = request.headers.reply_to.clone() else {
+        return Err(Error::BadData(format!(
+            "message {} has no reply_to: it is not a request, so it cannot be answered",
+            request.id
+        )));
+    };
+    // A reply never waits: the reply mailbox takes it at once, or refuses it.
+    let mut options = options.clone().wait(ipc_proto::Wait::NoWait);
+    options.headers.correlation_id = request.headers.correlation_id;
+    Ok(options.request(mailbox, payload))
+}
+
 /// Turns a reply into the value an operation promises, or the error it carries; for
 /// callers that pipeline raw requests with [`crate::BlockingClient::submit`].
 pub mod reply {
@@ -239,6 +258,8 @@ pub mod reply {
             Response::Error(_) => "Error",
             Response::SentBatch(_) => "SentBatch",
             Response::Messages(_) => "Messages",
+            Response::Published(_) => "Published",
+            Response::Subscribed { .. } => "Subscribed",
         };
         Error::Protocol(format!("unexpected {variant} reply to {operation}"))
     }
@@ -265,6 +286,8 @@ pub mod reply {
     extractor!(status, DaemonStatus, Response::Status(s) => s);
     extractor!(purged, u64, Response::Purged { messages } => messages);
     extractor!(messages, Vec<Message>, Response::Messages(m) => m);
+    extractor!(published, ipc_proto::PublishReport, Response::Published(r) => r);
+    extractor!(subscribed, ipc_proto::MailboxName, Response::Subscribed { mailbox } => mailbox);
     extractor!(
         sent_batch,
         Vec<Result<u64>>,

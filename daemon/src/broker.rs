@@ -5,15 +5,19 @@
 //! the reverse. Neither is ever held across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use ipc_proto::{CreateRequest, DaemonStatus, Fsync, MailboxName, UidUsage};
+use ipc_proto::{
+    CreateRequest, DaemonStatus, Fsync, MailboxInfo, MailboxName, PRIVATE_PREFIX, Topic,
+    TopicPattern, UidUsage,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::caller::Caller;
+use crate::calls::Calls;
 use crate::config::{Config, Limits};
 use crate::logging::Throttle;
 use crate::mailbox::{
@@ -22,6 +26,7 @@ use crate::mailbox::{
 use crate::perm::Ownership;
 use crate::quota::{Accounts, Charge, Gauge, QuotaError, Resource, snapshot};
 use crate::store::{MailboxDef, Store, Stored, StoredMessage};
+use crate::topics::Bindings;
 
 /// The daemon's mailboxes and the per-uid accounts of what everyone holds.
 #[derive(Debug)]
@@ -42,6 +47,13 @@ pub struct Broker {
     dead_letter_queue: Mutex<Option<mpsc::Receiver<DeadLetter>>>,
     started: Instant,
     stopping: AtomicBool,
+    /// Which mailboxes are bound to which topic patterns. Lock order: taken after the
+    /// mailbox table (binding and removal hold both), never with a mailbox's lock.
+    bindings: Mutex<Bindings>,
+    /// Calls waiting for their replies.
+    calls: Calls,
+    /// Numbers connections and the private mailboxes made for them.
+    serial: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,9 +105,23 @@ pub enum CreateError {
     },
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
+    #[error(
+        "mailbox names under {PRIVATE_PREFIX} are the daemon's own (subscriptions and reply \
+         mailboxes); choose another name than {0}"
+    )]
+    Reserved(MailboxName),
     /// The owner's `mailboxes` quota.
     #[error(transparent)]
     Quota(#[from] QuotaError),
+}
+
+/// Why a bind was refused.
+#[derive(Debug, Clone, Error)]
+pub enum BindError {
+    #[error("mailbox {mailbox} is bound to {max} patterns already, its max_bindings")]
+    TooMany { mailbox: MailboxName, max: u64 },
+    #[error("mailbox {0} was removed")]
+    Removed(MailboxName),
 }
 
 /// The answer to a create: at once, or once the store has the new mailbox.
@@ -122,6 +148,9 @@ impl Broker {
             dead_letter_queue: Mutex::new(Some(queue)),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
+            bindings: Mutex::new(Bindings::default()),
+            calls: Calls::default(),
+            serial: AtomicU64::new(1),
         }
     }
 
@@ -214,6 +243,7 @@ impl Broker {
                 max_deliveries: 0,
                 dead_letter: None,
                 default_ttl: None,
+                drop_oldest: false,
             };
             apply(&mut settings);
             let mut mailboxes = lock(&self.mailboxes);
@@ -240,6 +270,7 @@ impl Broker {
                 max_deliveries: def.max_deliveries,
                 dead_letter: def.dead_letter.clone(),
                 default_ttl: def.default_ttl,
+                drop_oldest: false,
             };
             let owned = self
                 .accounts
@@ -371,6 +402,9 @@ impl Broker {
             (Ok(store), true) => Some(store),
             (Err(why), true) => return Err(CreateError::DurableUnavailable(why.clone())),
         };
+        if request.mailbox.as_str().starts_with(PRIVATE_PREFIX) {
+            return Err(CreateError::Reserved(request.mailbox));
+        }
         let config = self.config();
         let mode = check_mode(request.mode.unwrap_or(config.default_mode))?;
         let limits = self.limits(config.default_limits, &request.limits)?;
@@ -398,6 +432,7 @@ impl Broker {
             max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
             dead_letter: request.delivery.dead_letter.clone(),
             default_ttl: self.ttl(request.delivery.default_ttl_ms)?.flatten(),
+            drop_oldest: false,
         };
         let name = request.mailbox;
         let created = match self.insert_new(&mut mailboxes, name.clone(), settings, owned) {
@@ -451,8 +486,117 @@ impl Broker {
                 }
                 _ => return None,
             }
+            // Under the table's lock, so that no bind slips in between: a mailbox made
+            // later under the same name starts with no bindings.
+            lock(&self.bindings).unbind_mailbox(mailbox.name());
         }
         mailbox.close(Closed::Removed(mailbox.name().clone()), true)
+    }
+
+    /// A mailbox's settings and counters, with the patterns it is bound to.
+    pub fn info(&self, mailbox: &Mailbox) -> MailboxInfo {
+        let mut info = mailbox.info();
+        info.bindings = lock(&self.bindings).patterns(mailbox.name());
+        info
+    }
+
+    /// Binds `mailbox` to `pattern`; `Ok(false)` if it was bound to it already. Refused
+    /// past `max_bindings`, or if the mailbox was removed meanwhile.
+    pub fn bind(&self, mailbox: &Arc<Mailbox>, pattern: &TopicPattern) -> Result<bool, BindError> {
+        let max = self.config().max_bindings;
+        let mailboxes = lock(&self.mailboxes);
+        if !mailboxes
+            .get(mailbox.name())
+            .is_some_and(|current| Arc::ptr_eq(current, mailbox))
+        {
+            return Err(BindError::Removed(mailbox.name().clone()));
+        }
+        let mut bindings = lock(&self.bindings);
+        let name = mailbox.name();
+        if bindings.count(name) as u64 >= max && !bindings.patterns(name).contains(pattern) {
+            return Err(BindError::TooMany {
+                mailbox: name.clone(),
+                max,
+            });
+        }
+        Ok(bindings.bind(pattern, name))
+    }
+
+    /// Undoes a bind; `false` if `mailbox` was not bound to `pattern`.
+    pub fn unbind(&self, mailbox: &MailboxName, pattern: &TopicPattern) -> bool {
+        lock(&self.bindings).unbind(pattern, mailbox)
+    }
+
+    /// The mailboxes bound to a pattern that matches `topic`, each once.
+    pub fn bound_to(&self, topic: &Topic) -> Vec<MailboxName> {
+        lock(&self.bindings).matching(topic)
+    }
+
+    pub fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
+    /// A number for a new connection, never given twice while the daemon runs.
+    pub fn new_connection_number(&self) -> u64 {
+        self.serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes `caller`'s connection to `pattern`: a private memory mailbox owned by
+    /// the caller (charged to its `mailboxes` quota), bound to the pattern, which drops
+    /// its oldest message when full and is removed when the connection closes.
+    pub fn subscribe(
+        &self,
+        caller: &Caller,
+        pattern: &TopicPattern,
+    ) -> Result<MailboxName, CreateError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(CreateError::ShuttingDown);
+        }
+        let config = self.config();
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let name = MailboxName::new(format!(
+            "{PRIVATE_PREFIX}watch/{}-{serial}",
+            caller.connection
+        ))
+        .expect("a well-formed name");
+        let owned = self
+            .charge(caller, Resource::Mailboxes, 1)
+            .map_err(CreateError::Quota)?;
+        let (uid, gid) = (caller.creds.uid, caller.creds.gid);
+        let settings = Settings {
+            ownership: Ownership {
+                owner_uid: uid,
+                owner_gid: gid,
+                creator_uid: uid,
+                creator_gid: gid,
+                mode: 0o600,
+            },
+            fsync: None,
+            limits: config.subscription_limits,
+            max_deliveries: 0,
+            dead_letter: None,
+            default_ttl: None,
+            drop_oldest: true,
+        };
+        let mut mailboxes = lock(&self.mailboxes);
+        // A memory mailbox: nothing to wait for in the store.
+        drop(self.insert_new(&mut mailboxes, name.clone(), settings, owned));
+        lock(&self.bindings).bind(pattern, &name);
+        drop(mailboxes);
+        lock(&caller.private).push(name.clone());
+        Ok(name)
+    }
+
+    /// What a closing connection leaves: its private mailboxes go, with their bindings,
+    /// messages and charges.
+    pub fn end_connection(&self, caller: &Caller) {
+        let private = std::mem::take(&mut *lock(&caller.private));
+        for name in private {
+            if let Ok(mailbox) = self.get(&name) {
+                // A memory mailbox: nothing to wait for in the store.
+                drop(self.remove(&mailbox));
+            }
+        }
     }
 
     /// Delivers dead letters until the broker is dropped: each to its dead-letter

@@ -7,9 +7,9 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use ipc_proto::Credentials;
+use ipc_proto::{Credentials, MailboxName, PRIVATE_PREFIX};
 
 use crate::mailbox::LeaseBook;
 use crate::perm::{Access, Ownership};
@@ -25,6 +25,12 @@ pub struct Caller {
     pub account: Arc<UidAccount>,
     /// The leases this connection holds that end when it closes.
     pub leases: Arc<LeaseBook>,
+    /// The connection's number, unique while the daemon runs: it names the connection's
+    /// private mailboxes.
+    pub connection: u64,
+    /// The private mailboxes made for this connection (its subscriptions), removed when
+    /// it closes.
+    pub private: Arc<Mutex<Vec<MailboxName>>>,
 }
 
 impl Caller {
@@ -35,6 +41,14 @@ impl Caller {
     /// Whether the caller is in group `gid`, as its primary or a supplementary group.
     pub fn in_group(&self, gid: u32) -> bool {
         self.creds.gid == gid || self.groups.contains(&gid)
+    }
+
+    /// The name of this connection's reply mailbox: where the replies to its calls are
+    /// sent (`_ipcd/reply/N`). It is no mailbox in the table: a reply sent there goes
+    /// straight to the call that waits for it, or is refused.
+    pub fn reply_mailbox(&self) -> MailboxName {
+        MailboxName::new(format!("{PRIVATE_PREFIX}reply/{}", self.connection))
+            .expect("a well-formed name")
     }
 
     /// Whether the caller may perform an operation needing `access` on a mailbox with

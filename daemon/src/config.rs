@@ -137,6 +137,12 @@ pub struct Config {
     /// each holds a descriptor and a mapping, both limited for a process. Past it (and
     /// for payloads under 64 KiB), a payload passed so is copied and its memfd closed.
     pub max_memfds: u64,
+    /// Topic patterns one mailbox may be bound to.
+    pub max_bindings: u64,
+    /// The limits of a subscription's private mailbox (`max_msgs`, `max_bytes`): past
+    /// them its oldest message is dropped for the newest, so a slow subscriber holds at
+    /// most this much and never blocks a publisher.
+    pub subscription_limits: Limits,
 }
 
 impl Config {
@@ -195,6 +201,12 @@ impl Default for Config {
             dead_letter_backlog: 4096,
             trim_after: 32 * MIB,
             max_memfds: 1024,
+            max_bindings: 256,
+            subscription_limits: Limits {
+                max_msgs: 1024,
+                max_bytes: 8 * MIB,
+                max_msg_size: MIB,
+            },
             max_lease: Duration::from_secs(24 * 60 * 60),
             max_ttl: Duration::from_secs(366 * 24 * 60 * 60),
             max_delay: Duration::from_secs(31 * 24 * 60 * 60),

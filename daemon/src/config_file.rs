@@ -97,6 +97,8 @@ struct File {
     store: StoreFile,
     #[serde(default)]
     memory: MemoryFile,
+    #[serde(default)]
+    topics: TopicsFile,
     #[serde(default, rename = "mailbox")]
     mailboxes: Vec<MailboxFile>,
 }
@@ -198,6 +200,14 @@ struct ConnectionsFile {
 struct StoreFile {
     segment_bytes: Option<Size>,
     dead_letter_backlog: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsFile {
+    max_bindings: Option<u64>,
+    subscription_msgs: Option<u64>,
+    subscription_bytes: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +352,18 @@ impl File {
         }
         if let Some(s) = &self.memory.trim_after {
             config.trim_after = s.bytes("memory.trim_after")?;
+        }
+        let t = &self.topics;
+        if let Some(n) = t.max_bindings {
+            config.max_bindings = n.max(1);
+        }
+        if let Some(n) = t.subscription_msgs {
+            config.subscription_limits.max_msgs = n.max(1);
+        }
+        if let Some(s) = &t.subscription_bytes {
+            let bytes = s.bytes("topics.subscription_bytes")?.max(1);
+            config.subscription_limits.max_bytes = bytes;
+            config.subscription_limits.max_msg_size = bytes.min(config.ceilings.max_msg_size);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.mailboxes.into_iter().enumerate() {

@@ -13,16 +13,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ipc_proto::{
-    BatchMessage, ErrorCode, ErrorReply, Headers, MAX_BATCH, MAX_CONTENT_TYPE, MailboxChanges,
-    MailboxName, Message, RecvBatchRequest, RecvRequest, Request, Response, Selector,
-    SendBatchRequest, SendRequest,
+    BatchMessage, CallRequest, ErrorCode, ErrorReply, Headers, MAX_BATCH, MAX_CONTENT_TYPE,
+    MailboxChanges, MailboxName, Message, PRIVATE_PREFIX, PublishReport, PublishRequest,
+    RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest, SendRequest,
+    Timestamp, TopicPattern, Wait,
 };
 use tokio::sync::oneshot;
 
 use crate::broker::{
-    Broker, CreateError, Created, InvalidArgument, NoSuchMailbox, bounded, check_mode,
+    BindError, Broker, CreateError, Created, InvalidArgument, NoSuchMailbox, bounded, check_mode,
 };
 use crate::caller::Caller;
+use crate::calls::ReplyError;
 use crate::config::Config;
 use crate::mailbox::{
     Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Memfd,
@@ -108,6 +110,9 @@ pub fn dispatch(
             }
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
+        Request::Send(req) if is_reply_mailbox(&req.mailbox) => {
+            now(answer_call(broker, caller, req))
+        }
         Request::Send(req) => match send(broker, caller, req, memfd) {
             Ok(pending) => reply_when(pending, |SentId(id)| Response::Sent { id }),
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
@@ -116,10 +121,8 @@ pub fn dispatch(
             Ok(pending) => reply_when(pending, move |e| message_answer(e, takes_fd)),
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
-        Request::Stat { mailbox } => {
-            now(authorized(broker, caller, &mailbox, Access::Read)
-                .map(|m| Response::Mailbox(m.info())))
-        }
+        Request::Stat { mailbox } => now(authorized(broker, caller, &mailbox, Access::Read)
+            .map(|m| Response::Mailbox(broker.info(&m)))),
         Request::List => Reply::Now(Answer::from(Response::Mailboxes(
             broker
                 .all()
@@ -128,7 +131,7 @@ pub fn dispatch(
                     let own = m.settings().ownership;
                     caller.may(&own, Access::Read) || caller.may(&own, Access::Manage)
                 })
-                .map(|m| m.info())
+                .map(|m| broker.info(&m))
                 .collect(),
         ))),
         Request::Set { mailbox, changes } => set(broker, caller, &mailbox, changes)
@@ -162,7 +165,226 @@ pub fn dispatch(
             .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
         Request::RecvBatch(req) => recv_batch(broker, caller, req)
             .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
+        Request::Bind { mailbox, pattern } => now(bind(broker, caller, &mailbox, &pattern)),
+        Request::Unbind { mailbox, pattern } => {
+            now(
+                authorized(broker, caller, &mailbox, Access::Manage).and_then(|m| {
+                    if broker.unbind(m.name(), &pattern) {
+                        Ok(Response::Ok)
+                    } else {
+                        Err(ErrorReply::new(
+                            ErrorCode::InvalidArgument,
+                            format!("mailbox {mailbox} is not bound to {pattern}"),
+                        ))
+                    }
+                }),
+            )
+        }
+        Request::Publish(req) => publish(broker, caller, req)
+            .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
+        Request::Subscribe { pattern } => now(broker
+            .subscribe(caller, &pattern)
+            .map(|mailbox| Response::Subscribed { mailbox })
+            .map_err(ErrorReply::from)),
+        Request::Call(req) => call(broker, caller, req)
+            .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
     }
+}
+
+/// Binds a mailbox to a topic pattern; needs the owner's rights on it, since what is
+/// published there then fills it (and is charged to the publishers).
+fn bind(
+    broker: &Broker,
+    caller: &Caller,
+    name: &MailboxName,
+    pattern: &TopicPattern,
+) -> OpResult<Response> {
+    let mailbox = authorized(broker, caller, name, Access::Manage)?;
+    broker.bind(&mailbox, pattern)?;
+    Ok(Response::Ok)
+}
+
+/// Publishes one message on a topic: a copy offered to every bound mailbox whose pattern
+/// matches, each checked, charged and limited as a send of its own, without waiting. A
+/// copy the publisher may not send, or that its mailbox refuses, is counted, never
+/// fatal to the rest. Answered once every durable copy is stored.
+fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Reply> {
+    check_message(req.mtype, &req.headers)?;
+    let config = broker.config();
+    let mut report = PublishReport::default();
+    let mut storing = Vec::new();
+    let mut headers = req.headers;
+    headers.topic = Some(req.topic.clone());
+    for name in broker.bound_to(&req.topic) {
+        // Removed since it was matched: it no longer has the binding either.
+        let Ok(mailbox) = broker.get(&name) else {
+            continue;
+        };
+        if !caller.may(&mailbox.settings().ownership, Access::Write) {
+            report.denied += 1;
+            continue;
+        }
+        let copy = BatchMessage {
+            mtype: req.mtype,
+            headers: headers.clone(),
+            ttl_ms: req.ttl_ms,
+            delay_ms: None,
+            payload: req.payload.clone(),
+        };
+        let Ok(incoming) = incoming(&config, caller, copy) else {
+            report.failed += 1;
+            continue;
+        };
+        match mailbox.send(incoming, Wait::NoWait) {
+            Pending::Ready(Ok(_)) => report.delivered += 1,
+            Pending::Ready(Err(SendError::Full(_))) => report.full += 1,
+            Pending::Ready(Err(_)) => report.failed += 1,
+            Pending::Wait(stored) => storing.push(stored),
+        }
+    }
+    if storing.is_empty() {
+        return Ok(Reply::Now(Answer::from(Response::Published(report))));
+    }
+    Ok(Reply::Later {
+        wait: Box::pin(async move {
+            for stored in storing {
+                match stored.wait().await {
+                    Ok(_) => report.delivered += 1,
+                    Err(_) => report.failed += 1,
+                }
+            }
+            Answer::from(Response::Published(report))
+        }),
+        // Nothing to withdraw: the copies were accepted, and are being stored.
+        cancel: Box::new(|_| {}),
+    })
+}
+
+/// Whether `name` is a connection's reply mailbox, which only takes replies to calls.
+fn is_reply_mailbox(name: &MailboxName) -> bool {
+    name.as_str()
+        .strip_prefix(PRIVATE_PREFIX)
+        .is_some_and(|rest| rest.starts_with("reply/"))
+}
+
+/// A reply sent to a reply mailbox: handed to the call waiting for it, or refused.
+fn answer_call(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<Response> {
+    check_message(req.mtype, &req.headers)?;
+    let max = broker.config().ceilings.max_msg_size;
+    if req.payload.len() as u64 > max {
+        return Err(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a reply of {} bytes is larger than the daemon's max_msg_size ceiling of {max}",
+                req.payload.len()
+            ),
+        ));
+    }
+    let reply = Message {
+        // The first and only message of its call.
+        id: 1,
+        mtype: req.mtype,
+        sender: caller.creds,
+        sent_at: Timestamp::now(),
+        redelivered: false,
+        deliveries: 1,
+        headers: req.headers,
+        payload: req.payload,
+    };
+    let correlation_id = reply.headers.correlation_id;
+    broker.calls().answer(&req.mailbox, correlation_id, reply)?;
+    Ok(Response::Sent { id: 1 })
+}
+
+/// Sends a request and waits for its reply: the message goes to its mailbox as a send
+/// would (waiting for room within the timeout), with `reply_to` and a fresh
+/// `correlation_id` set, and expires there undelivered when the timeout ends, so no
+/// responder takes up a call nobody waits for any more.
+fn call(broker: &Broker, caller: &Caller, req: CallRequest) -> OpResult<Reply> {
+    check_message(req.mtype, &req.headers)?;
+    if req.headers.reply_to.is_some() || req.headers.correlation_id.is_some() {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "a call sets reply_to and correlation_id itself; send the request without them",
+        ));
+    }
+    let max = broker.config().max_ttl;
+    let timeout = bounded("ttl", req.timeout_ms, max).map_err(|_| {
+        ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a call timeout of {} ms is out of range: 1 ms to max_ttl of {} ms (the \
+                 request expires with it)",
+                req.timeout_ms,
+                max.as_millis()
+            ),
+        )
+    })?;
+    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
+    let reply_to = caller.reply_mailbox();
+    let (correlation_id, mut pending) = broker.calls().register(reply_to.clone());
+    let mut headers = req.headers;
+    headers.reply_to = Some(reply_to);
+    headers.correlation_id = Some(correlation_id);
+    let request = BatchMessage {
+        mtype: req.mtype,
+        headers,
+        ttl_ms: Some(req.timeout_ms),
+        delay_ms: None,
+        payload: req.payload,
+    };
+    let incoming = incoming(&broker.config(), caller, request).map_err(|r| r.into_reply(caller))?;
+    let nobody_waited = mailbox.info().waiting_receivers == 0;
+    let sent = match mailbox.send(incoming, Wait::TimeoutMs(req.timeout_ms)) {
+        Pending::Ready(Err(e)) => return Err(e.into()),
+        Pending::Ready(Ok(_)) => None,
+        Pending::Wait(waiter) => Some(waiter),
+    };
+    let withdraw = pending.withdrawer();
+    let stop_sending = sent.as_ref().map(|waiter| waiter.canceller());
+    let name = req.mailbox;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = move || {
+        let hint = if nobody_waited {
+            "; no receiver was waiting on it when the call was made"
+        } else {
+            ""
+        };
+        Response::Error(ErrorReply::new(
+            ErrorCode::TimedOut,
+            format!(
+                "no reply to the call to mailbox {name} within {} ms{hint}",
+                timeout.as_millis()
+            ),
+        ))
+    };
+    Ok(Reply::Later {
+        wait: Box::pin(async move {
+            if let Some(waiter) = sent {
+                match tokio::time::timeout_at(deadline, waiter.wait()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Answer::from(Response::Error(e.into())),
+                    Err(_) => return Answer::from(timed_out()),
+                }
+            }
+            Answer::from(
+                match tokio::time::timeout_at(deadline, pending.reply()).await {
+                    Ok(Some(reply)) => Response::Message(reply),
+                    Ok(None) => Response::Error(ErrorReply::new(
+                        ErrorCode::Cancelled,
+                        "the call was cancelled",
+                    )),
+                    Err(_) => timed_out(),
+                },
+            )
+        }),
+        cancel: Box::new(move |cancelled| {
+            withdraw();
+            if let Some(stop) = stop_sending {
+                stop(cancelled);
+            }
+        }),
+    })
 }
 
 /// Changes a mailbox's settings; a durable one answers once the new settings are stored.
@@ -232,7 +454,7 @@ fn set(
     if let Some(charge) = moved {
         mailbox.move_owner_charge(charge);
     }
-    Ok(answer(stored, Response::Mailbox(mailbox.info())))
+    Ok(answer(stored, Response::Mailbox(broker.info(&mailbox))))
 }
 
 /// Answers `response` now, or — for a durable mailbox, whose change is being stored —
@@ -289,6 +511,12 @@ fn check_message(mtype: i64, headers: &Headers) -> OpResult<()> {
         return Err(ErrorReply::new(
             ErrorCode::InvalidArgument,
             format!("message type must be at least 1, not {mtype}"),
+        ));
+    }
+    if headers.topic.is_some() {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "a message's topic is set by the daemon when it is published; send it without one",
         ));
     }
     if let Some(content_type) = &headers.content_type
@@ -695,6 +923,26 @@ impl From<StoreError> for ErrorReply {
     }
 }
 
+impl From<BindError> for ErrorReply {
+    fn from(e: BindError) -> Self {
+        let code = match e {
+            BindError::TooMany { .. } => ErrorCode::QuotaExceeded,
+            BindError::Removed(_) => ErrorCode::NoSuchMailbox,
+        };
+        reply(code, &e)
+    }
+}
+
+impl From<ReplyError> for ErrorReply {
+    fn from(e: ReplyError) -> Self {
+        let code = match e {
+            ReplyError::NoSuchCall(_) => ErrorCode::PermissionDenied,
+            ReplyError::Uncorrelated(_) => ErrorCode::InvalidArgument,
+        };
+        reply(code, &e)
+    }
+}
+
 impl From<NoSuchMailbox> for ErrorReply {
     fn from(e: NoSuchMailbox) -> Self {
         reply(ErrorCode::NoSuchMailbox, &e)
@@ -715,6 +963,7 @@ impl From<CreateError> for ErrorReply {
             CreateError::ShuttingDown => ErrorCode::ShuttingDown,
             CreateError::DurableUnavailable(_) => ErrorCode::StorageFailed,
             CreateError::Exists(_) | CreateError::NotAsAsked { .. } => ErrorCode::Exists,
+            CreateError::Reserved(_) => ErrorCode::InvalidName,
         };
         reply(code, &e)
     }

@@ -8,6 +8,7 @@
 
 mod broker;
 mod caller;
+mod calls;
 pub mod config;
 pub mod config_file;
 mod connection;
@@ -22,9 +23,6 @@ mod perm;
 mod quota;
 pub mod server;
 mod store;
-// Not called yet: publishing and binding are being wired into the protocol and dispatch
-// separately. Remove the allowance when they use it.
-#[allow(dead_code)]
 mod topics;
 
 use std::future::Future;

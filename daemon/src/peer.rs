@@ -139,6 +139,8 @@ pub fn admit(stream: UnixStream, broker: &Broker) -> Option<Admitted> {
         groups,
         account: broker.accounts().account(creds.uid),
         leases: Arc::default(),
+        connection: broker.new_connection_number(),
+        private: Arc::default(),
     };
     match begin_handshake(broker, &caller, &broker.config()) {
         Ok(hello_slot) => Some(Admitted {
@@ -207,6 +209,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     // count on the place being free.
     peer.hello_slot = None;
     let Peer {
+        broker,
         client_name,
         replies,
         mut tasks,
@@ -218,6 +221,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     // Messages leased to this connection (not detached) go back to be redelivered. Even
     // a reply with one of them that was written is not an ack.
     caller.leases.release_all();
+    broker.end_connection(&caller);
     drop(replies);
     let written = tokio::time::timeout(config.shutdown_timeout, &mut writer).await;
     if written.is_err() {

@@ -80,6 +80,7 @@ fn path(pattern: &TopicPattern) -> (Vec<&str>, bool) {
 }
 
 impl Bindings {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -160,10 +161,12 @@ impl Bindings {
     }
 
     /// The total number of bindings.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

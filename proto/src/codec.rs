@@ -183,6 +183,7 @@ mod tests {
                 reply_to: Some(MailboxName::new("replies").unwrap()),
                 correlation_id: Some(9),
                 content_type: Some("text/plain".into()),
+                topic: Some(crate::Topic::new("orders.eu").unwrap()),
             },
             wait: Wait::TimeoutMs(1500),
             ttl_ms: Some(60_000),

@@ -25,7 +25,7 @@ pub use topic::{MAX_TOPIC_LEN, Topic, TopicError, TopicPattern};
 
 /// The protocol version this crate speaks. A peer with another major version is refused
 /// during the handshake with [`ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body either side accepts before the handshake has told it otherwise.
 /// It must hold a maximal `max_msg_size` payload plus its headers.

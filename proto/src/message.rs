@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorReply, MailboxName};
+use crate::{ErrorReply, MailboxName, Topic, TopicPattern};
 
 /// First frame of a connection, client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +148,9 @@ pub struct Headers {
     /// What the payload is; the typed client puts the Rust type's tag here. At most
     /// [`MAX_CONTENT_TYPE`] bytes.
     pub content_type: Option<String>,
+    /// The topic a message was published on; set by the daemon on each copy of a
+    /// [`Request::Publish`], refused on anything else.
+    pub topic: Option<Topic>,
 }
 
 /// Per-mailbox limits; in a request, `None` means "leave as is" or "use the default".
@@ -287,6 +290,55 @@ pub struct RecvBatchRequest {
     pub lease: Option<Lease>,
 }
 
+/// Publish one message on a topic: a copy goes into every mailbox bound to a pattern
+/// that matches it, each checked, charged and limited as a send of its own (never
+/// waiting: a full mailbox refuses its copy). Answered with [`Response::Published`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    pub topic: Topic,
+    /// SysV `mtype` of every copy, at least 1.
+    pub mtype: i64,
+    /// `reply_to`, `correlation_id` and `content_type` go with every copy; `topic` must be
+    /// unset (the daemon sets it).
+    pub headers: Headers,
+    pub ttl_ms: Option<u64>,
+    pub payload: Bytes,
+}
+
+/// What became of a publish: how many bound mailboxes took their copy, and how many
+/// refused it and why. A publish never fails as a whole for one mailbox's refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PublishReport {
+    pub delivered: u32,
+    /// Refused for want of room (the mailbox is at `max_msgs` or `max_bytes`).
+    pub full: u32,
+    /// Refused because the publisher may not send to the mailbox (no `w`).
+    pub denied: u32,
+    /// Refused for any other reason: too large for it, over the publisher's quota, the
+    /// mailbox being removed, storage failing.
+    pub failed: u32,
+}
+
+/// Send a request and wait for its reply (SPEC §4): the daemon sends the message with
+/// `reply_to` set to this connection's reply mailbox and a fresh `correlation_id`, and
+/// answers with the first message sent there with that id ([`Response::Message`]), or
+/// `TimedOut`. The request expires from its mailbox undelivered once the timeout has
+/// passed, so no responder takes up a call nobody waits for any more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRequest {
+    pub mailbox: MailboxName,
+    pub mtype: i64,
+    /// Only `content_type` may be set; the daemon sets `reply_to` and `correlation_id`.
+    pub headers: Headers,
+    /// How long to wait for the reply, at least 1 ms.
+    pub timeout_ms: u64,
+    pub payload: Bytes,
+}
+
+/// The prefix of the names the daemon gives its private mailboxes (a subscription's, a
+/// connection's reply mailbox). No client may create a mailbox under it.
+pub const PRIVATE_PREFIX: &str = "_ipcd/";
+
 /// Take (or look at) one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecvRequest {
@@ -377,6 +429,27 @@ pub enum Request {
     SendBatch(SendBatchRequest),
     /// Many receives from one mailbox in one request.
     RecvBatch(RecvBatchRequest),
+    /// Bind a mailbox to a topic pattern: what is published on a matching topic gets a
+    /// copy in it. Needs the owner's rights on the mailbox.
+    Bind {
+        mailbox: MailboxName,
+        pattern: TopicPattern,
+    },
+    /// Undo a [`Request::Bind`].
+    Unbind {
+        mailbox: MailboxName,
+        pattern: TopicPattern,
+    },
+    Publish(PublishRequest),
+    /// Subscribe this connection to a pattern: the daemon makes a private memory mailbox
+    /// bound to it, answers with its name ([`Response::Subscribed`]) for the client to
+    /// receive from, and removes it when the connection closes. When it is full, the
+    /// oldest message is dropped to make room (and counted in `dropped`): a slow
+    /// subscriber loses the oldest, never blocks a publisher.
+    Subscribe {
+        pattern: TopicPattern,
+    },
+    Call(CallRequest),
 }
 
 /// A delivered message.
@@ -445,6 +518,8 @@ pub struct MailboxInfo {
     /// Deadlines the mailbox keeps: lease ends, delayed messages to show, TTLs. Each
     /// lives only as long as what it times.
     pub timers: u64,
+    /// The topic patterns the mailbox is bound to.
+    pub bindings: Vec<TopicPattern>,
 }
 
 /// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited
@@ -502,6 +577,11 @@ pub enum Response {
     SentBatch(Vec<Result<u64, ErrorReply>>),
     /// The messages a [`RecvBatchRequest`] took, oldest first.
     Messages(Vec<Message>),
+    Published(PublishReport),
+    /// The private mailbox of a [`Request::Subscribe`].
+    Subscribed {
+        mailbox: MailboxName,
+    },
 }
 
 #[cfg(test)]

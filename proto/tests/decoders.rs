@@ -13,10 +13,10 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    BatchMessage, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder,
+    BatchMessage, CallRequest, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder,
     FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges, MailboxChanges,
-    MailboxName, RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest,
-    SendRequest, Wait, Welcome,
+    MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Request, Response, Selector,
+    SendBatchRequest, SendRequest, Topic, TopicPattern, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -136,12 +136,23 @@ fn headers() -> impl Strategy<Value = Headers> {
         proptest::option::of(name()),
         any::<Option<u64>>(),
         proptest::option::of(".{0,20}"),
+        proptest::option::of(topic()),
     )
-        .prop_map(|(reply_to, correlation_id, content_type)| Headers {
+        .prop_map(|(reply_to, correlation_id, content_type, topic)| Headers {
             reply_to,
             correlation_id,
             content_type,
+            topic,
         })
+}
+
+fn topic() -> impl Strategy<Value = Topic> {
+    "[a-z0-9_:/-]{1,8}(\\.[a-z0-9_:/-]{1,8}){0,3}".prop_map(|t| Topic::new(t).unwrap())
+}
+
+fn pattern() -> impl Strategy<Value = TopicPattern> {
+    "([a-z]{1,4}|\\*)(\\.([a-z]{1,4}|\\*)){0,3}(\\.>)?"
+        .prop_map(|p| TopicPattern::new(p).unwrap())
 }
 
 /// Every kind of request, with every field drawn from its whole range.
@@ -290,6 +301,44 @@ fn request() -> impl Strategy<Value = Request> {
                     }),
                 })
             }),
+        (name(), pattern(), any::<bool>()).prop_map(|(mailbox, pattern, bind)| if bind {
+            Request::Bind { mailbox, pattern }
+        } else {
+            Request::Unbind { mailbox, pattern }
+        }),
+        (
+            topic(),
+            any::<i64>(),
+            headers(),
+            any::<Option<u64>>(),
+            vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(topic, mtype, headers, ttl_ms, payload)| {
+                Request::Publish(PublishRequest {
+                    topic,
+                    mtype,
+                    headers,
+                    ttl_ms,
+                    payload: Bytes::from(payload),
+                })
+            }),
+        pattern().prop_map(|pattern| Request::Subscribe { pattern }),
+        (
+            name(),
+            any::<i64>(),
+            headers(),
+            any::<u64>(),
+            vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(mailbox, mtype, headers, timeout_ms, payload)| {
+                Request::Call(CallRequest {
+                    mailbox,
+                    mtype,
+                    headers,
+                    timeout_ms,
+                    payload: Bytes::from(payload),
+                })
+            }),
     ]
 }
 
@@ -328,6 +377,11 @@ fn documented_variant(request: &Request) -> u8 {
         Request::Nack { .. } => 11,
         Request::SendBatch(_) => 12,
         Request::RecvBatch(_) => 13,
+        Request::Bind { .. } => 14,
+        Request::Unbind { .. } => 15,
+        Request::Publish(_) => 16,
+        Request::Subscribe { .. } => 17,
+        Request::Call(_) => 18,
     }
 }
 

@@ -264,6 +264,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
                 reply_to: Some(name("x")),
                 correlation_id: Some(u64::MAX),
                 content_type: Some("\u{0}\u{ffff}".into()),
+                topic: None,
             },
             wait: Wait::TimeoutMs(u64::MAX),
             ttl_ms: None,

@@ -11,18 +11,23 @@ use ipc_proto::MailboxName;
 use crate::cli::{Cli, Command};
 
 mod ack;
+mod bind;
+mod call;
 mod completions;
 mod create;
 mod exec;
 mod ls;
 mod man;
+mod publish;
 mod purge;
 mod recv;
 mod rm;
 mod send;
+mod serve;
 mod set;
 mod stat;
 mod status;
+mod watch;
 
 /// What every subcommand gets besides its own arguments.
 #[derive(Debug)]
@@ -59,6 +64,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status::run(&ctx),
         Command::Ack(args) => ack::run(&ctx, &args, true),
         Command::Nack(args) => ack::run(&ctx, &args, false),
+        Command::Bind(args) => bind::run(&ctx, &args, true),
+        Command::Unbind(args) => bind::run(&ctx, &args, false),
+        Command::Publish(args) => publish::run(&ctx, args),
+        Command::Watch(args) => watch::run(&ctx, &args),
+        Command::Call(args) => call::run(&ctx, args),
+        Command::Serve(args) => serve::run(&ctx, &args),
         Command::Completions(args) => completions::run(args.shell),
         Command::Man(args) => man::run(args.dir.as_deref()),
     }

@@ -69,6 +69,19 @@ impl Source {
     }
 }
 
+/// The whole payload given as DATA, `--file F` or standard input, read before
+/// connecting so that input problems are reported first (`publish`, `call`).
+pub(super) fn read_payload(data: Option<OsString>, file: Option<PathBuf>) -> anyhow::Result<Bytes> {
+    let source = Source::choose(data, file)?;
+    let what = source.describe();
+    let mut payload = Vec::new();
+    source
+        .open()?
+        .read_to_end(&mut payload)
+        .with_context(|| format!("cannot read {what}"))?;
+    Ok(Bytes::from(payload))
+}
+
 /// A sent message in `send --json`.
 #[derive(Debug, Serialize)]
 struct SentJson<'a> {
@@ -89,6 +102,7 @@ pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             reply_to,
             correlation_id: args.correlation_id,
             content_type: args.content_type,
+            topic: None,
         },
         wait: args.wait.wait(),
         ttl_ms: args.ttl.map(crate::cli::millis),

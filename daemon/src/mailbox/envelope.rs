@@ -61,6 +61,7 @@ static NO_HEADERS: Headers = Headers {
     reply_to: None,
     correlation_id: None,
     content_type: None,
+    topic: None,
 };
 
 /// Bytes a message's headers take: they count with its payload against the mailbox's
@@ -73,7 +74,8 @@ pub fn headers_size(headers: &Headers) -> u64 {
     } else {
         0
     };
-    (name + content_type + correlation) as u64
+    let topic = headers.topic.as_ref().map_or(0, |t| t.as_str().len());
+    (name + content_type + correlation + topic) as u64
 }
 
 impl Envelope {

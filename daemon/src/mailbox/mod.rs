@@ -74,6 +74,11 @@ pub struct Settings {
     pub dead_letter: Option<MailboxName>,
     /// The TTL of messages sent without one.
     pub default_ttl: Option<Duration>,
+    /// Make room for a new message by dropping the oldest (counted in `dropped`)
+    /// instead of refusing it or making its sender wait: a subscription's private
+    /// mailbox, whose reader may be slow but must never hold up a publisher. Only for
+    /// memory mailboxes.
+    pub drop_oldest: bool,
 }
 
 #[derive(Debug)]
@@ -280,6 +285,9 @@ impl Mailbox {
                 bound: SizeBound::MaxBytes,
                 mailbox: self.name.clone(),
             }));
+        }
+        if state.settings.drop_oldest && state.link.is_none() {
+            state.make_room(&incoming);
         }
         if state.senders.is_empty() && state.can_accept(&incoming) {
             if state.link.is_none() {
@@ -560,6 +568,8 @@ impl Mailbox {
             expired: state.expired,
             delayed: state.delayed.len() as u64,
             timers: state.deadlines.len() as u64,
+            // The broker knows the bindings; it fills them in (`Broker::info`).
+            bindings: Vec::new(),
         }
     }
 }
@@ -582,6 +592,18 @@ impl State {
     /// for it (a hand-over takes no room).
     fn can_accept(&self, incoming: &Incoming) -> bool {
         self.fits(incoming.size()) || self.receivers.first_match(incoming.mtype).is_some()
+    }
+
+    /// Drops the oldest queued messages, counting them, until `incoming` fits (or nothing
+    /// queued is left to drop: what is leased or delayed stays).
+    fn make_room(&mut self, incoming: &Incoming) {
+        while !self.can_accept(incoming) {
+            let Some(slot) = self.queue.find(Selector::Any) else {
+                return;
+            };
+            drop(self.dequeue(slot));
+            self.dropped += 1;
+        }
     }
 
     /// Gives `incoming` its id and send statistics.

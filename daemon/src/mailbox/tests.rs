@@ -31,6 +31,7 @@ fn mailbox(
         max_deliveries: 0,
         dead_letter: dead_letter.map(|n| MailboxName::new(n).unwrap()),
         default_ttl,
+        drop_oldest: false,
     };
     let charge = Accounts::default()
         .account(1)
