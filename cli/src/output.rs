@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ipc_proto::{DaemonStatus, LastOp, MailboxInfo, Message, Timestamp};
+use ipc_proto::{DaemonStatus, LastOp, MailboxInfo, Message, Timestamp, codec};
 use serde::Serialize;
 
 use crate::style::Style;
@@ -66,8 +66,8 @@ pub struct SenderJson {
     pub gid: u32,
 }
 
-/// A received message in `recv --json`. Exactly one of `payload` (valid UTF-8) and
-/// `payload_b64` (standard base64, for anything else) is present.
+/// A received message in `recv --json`. Exactly one of `payload` and `payload_b64`
+/// (standard base64, for a payload that is not UTF-8) is present.
 #[derive(Debug, Serialize)]
 pub struct MessageJson<'a> {
     pub mailbox: &'a str,
@@ -76,7 +76,7 @@ pub struct MessageJson<'a> {
     pub mtype: i64,
     pub size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<&'a str>,
+    pub payload: Option<PayloadJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_b64: Option<String>,
     pub sender: SenderJson,
@@ -91,10 +91,35 @@ pub struct MessageJson<'a> {
     pub topic: Option<&'a str>,
 }
 
+/// The `payload` of a [`MessageJson`].
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PayloadJson<'a> {
+    /// A JSON message (its `content_type` says `application/json`) whose payload parses:
+    /// the value itself, so `jq .payload.id` works without decoding a string first. It is
+    /// written again, compactly so the message stays on one line; that also sorts object
+    /// keys and turns integers wider than 64 bits into floating point: a reading aid, not
+    /// the bytes (`--raw` has those). A payload that does not parse stays a string.
+    Json(serde_json::Value),
+    /// Any other UTF-8 payload, as a string.
+    Text(&'a str),
+}
+
 impl<'a> MessageJson<'a> {
     pub fn new(mailbox: &'a str, m: &'a Message) -> Self {
+        let json = m
+            .headers
+            .content_type
+            .as_deref()
+            .is_some_and(codec::is_json_content_type);
         let (payload, payload_b64) = match std::str::from_utf8(&m.payload) {
-            Ok(text) => (Some(text), None),
+            Ok(text) => {
+                let value = json.then(|| codec::decode_json(&m.payload).ok()).flatten();
+                (
+                    Some(value.map_or(PayloadJson::Text(text), PayloadJson::Json)),
+                    None,
+                )
+            }
             Err(_) => (
                 None,
                 Some(base64::engine::general_purpose::STANDARD.encode(&m.payload)),
@@ -612,6 +637,56 @@ mod tests {
         let v = json(&MessageJson::new("jobs", &message(b"")));
         assert_eq!(v["payload"], "");
         assert!(v.get("payload_b64").is_none());
+    }
+
+    #[test]
+    fn json_payloads_are_shown_as_json() {
+        let with_type = |payload: &'static [u8], content_type: &str| {
+            let mut m = message(payload);
+            m.headers.content_type = Some(content_type.into());
+            m
+        };
+        let job = br#"{"id": 7, "name": "build"}"#;
+        for content_type in [
+            "application/json",
+            "application/json; type=myapp.Job",
+            "Application/JSON ;charset=utf-8",
+        ] {
+            let m = with_type(job, content_type);
+            let v = json(&MessageJson::new("jobs", &m));
+            assert_eq!(
+                v["payload"],
+                serde_json::json!({"id": 7, "name": "build"}),
+                "{content_type}"
+            );
+            assert!(v.get("payload_b64").is_none());
+            assert_eq!(v["size"], job.len(), "the size is the payload's, as sent");
+            assert_eq!(v["content_type"], content_type);
+        }
+        // A pretty-printed payload still makes one line.
+        let m = with_type(b"[1,\n 2]\n", "application/json");
+        assert_eq!(
+            json(&MessageJson::new("q", &m))["payload"],
+            serde_json::json!([1, 2])
+        );
+        // Not JSON, or not said to be: a string as before.
+        let m = with_type(b"{not json", "application/json");
+        assert_eq!(json(&MessageJson::new("q", &m))["payload"], "{not json");
+        for content_type in ["text/plain", "application/jsonl", "myapp.Job"] {
+            let m = with_type(job, content_type);
+            let v = json(&MessageJson::new("q", &m));
+            assert_eq!(
+                v["payload"], r#"{"id": 7, "name": "build"}"#,
+                "{content_type}"
+            );
+        }
+        let v = json(&MessageJson::new("q", &message(b"{}")));
+        assert_eq!(v["payload"], "{}", "untyped");
+        // Not UTF-8, so not JSON either.
+        let m = with_type(b"\xff", "application/json");
+        let v = json(&MessageJson::new("q", &m));
+        assert!(v.get("payload").is_none());
+        assert_eq!(v["payload_b64"], "/w==");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The typed async API: a producer task sends `Job`s, a worker receives them as `Job`s,
-//! and a receive of the wrong type is an error that names both types.
+//! and a receive of the wrong type is an error that names both types. `Job` is named
+//! `examples.Job` by `message_type!`, so a program built separately, with its own `Job`
+//! of that name, receives these too.
 //!
 //! ```text
 //! cargo run --example async_typed
@@ -13,6 +15,7 @@ struct Job {
     id: u32,
     command: String,
 }
+ipc_client::message_type!(Job, "examples.Job");
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -22,7 +25,7 @@ async fn main() -> Result<()> {
         ..CreateOptions::default()
     };
     client.create("examples/jobs", &options).await?;
-    let jobs = client.mailbox::<Job>("examples/jobs")?;
+    let jobs = client.typed::<Job>("examples/jobs")?;
 
     let producer = {
         let jobs = jobs.clone();

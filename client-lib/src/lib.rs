@@ -6,7 +6,12 @@
 //!   many requests in flight at once from many tasks.
 //! - [`Mailbox`] and [`BlockingMailbox`] are typed handles: `send(&T)` / `recv() -> T`
 //!   through serde, tagged with `T`'s name so that a message of another type is a
-//!   [`Error::TypeMismatch`], never garbage.
+//!   [`Error::TypeMismatch`], never garbage. A [`MessageType`] names itself
+//!   ([`message_type!`]`(Job, "myapp.Job")`), the same in every program that exchanges
+//!   it, and is sent as postcard or, for other programs to read, as JSON ([`Codec`]);
+//!   a client's `typed::<T>(mailbox)` gives its handle. `mailbox::<T>(mailbox)` takes any
+//!   serde type under the compiler's name for it ([`type_tag`]), which is good only
+//!   within one program built once.
 //!
 //! Both clients offer every protocol operation with the raw bytes API; all errors are one
 //! [`Error`] enum whose variants follow the `ipcctl` exit-code table.
@@ -38,7 +43,7 @@ pub use options::{CreateOptions, RecvOptions, SendOptions};
 pub use reconnect::ReconnectPolicy;
 pub use socket::default_socket_path;
 pub use subscription::Subscribed;
-pub use typed::{Leased, TypedMailbox, reply, type_tag};
+pub use typed::{Codec, Leased, MessageType, TypedMailbox, reply, type_tag};
 
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.

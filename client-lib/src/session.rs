@@ -251,9 +251,21 @@ macro_rules! operations {
             Ok($crate::Leased::new(client, generation, name, message, Self::nack_on_drop))
         }
 
-        /// A typed handle on `mailbox` (see [`crate::TypedMailbox`]).
+        /// A typed handle on `mailbox` for any serde type, its messages tagged with the
+        /// fallback name [`crate::type_tag`]: fine within one program built once, not
+        /// between programs (use [`Self::typed`] there).
         pub fn mailbox<T>(&$($mut)? self, mailbox: &str) -> $crate::Result<$mailbox> {
             $crate::TypedMailbox::new(self $(.$clone())?, mailbox)
+        }
+
+        /// A typed handle on `mailbox` for a [`crate::MessageType`]: its messages carry
+        /// `T::NAME` and are sent in `T::CODEC`, so separately built programs that name
+        /// the type alike exchange it.
+        pub fn typed<T: $crate::MessageType>(
+            &$($mut)? self,
+            mailbox: &str,
+        ) -> $crate::Result<$mailbox> {
+            $crate::TypedMailbox::new_typed(self $(.$clone())?, mailbox)
         }
 
         /// Connects to the default socket ([`crate::default_socket_path`]).

@@ -1,6 +1,7 @@
-//! The serialization format of frame bodies and of typed payloads: postcard 1.x, a
-//! stable, documented, compact serde format. This is the only module that names it, so
-//! the format can be swapped here alone.
+//! The serialization formats: frame bodies and, by default, typed payloads are postcard
+//! 1.x, a stable, documented, compact serde format; typed payloads may be JSON instead,
+//! for programs that read them without sharing our Rust types (other languages, `jq`).
+//! This is the only module that names them, so a format can be swapped here alone.
 //!
 //! Payloads are `bytes::Bytes`, which serde treats as one byte string (a length and a
 //! single copy), never element by element as it would a `Vec<u8>`.
@@ -23,6 +24,16 @@ pub enum CodecError {
     Encode {
         what: &'static str,
         source: postcard::Error,
+    },
+    #[error("cannot decode {what} as JSON: {source}")]
+    DecodeJson {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("cannot encode {what} as JSON: {source}")]
+    EncodeJson {
+        what: &'static str,
+        source: serde_json::Error,
     },
     #[error("{0}")]
     InvalidName(#[from] NameError),
@@ -146,6 +157,35 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     })
 }
 
+/// The media type of a JSON payload, as a message's `content_type` names it.
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// Whether a message's `content_type` says its payload is JSON: [`JSON_MEDIA_TYPE`] in any
+/// case (media types are case-insensitive), with or without parameters such as a typed
+/// message's `; type=…` or a `; charset=…`.
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let media_type = content_type.split(';').next().unwrap_or_default();
+    media_type.trim().eq_ignore_ascii_case(JSON_MEDIA_TYPE)
+}
+
+/// Encodes a typed payload as compact JSON (UTF-8, one line), for a message whose readers
+/// may not share the sender's Rust types.
+pub fn encode_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    serde_json::to_vec(value).map_err(|source| CodecError::EncodeJson {
+        what: "payload",
+        source,
+    })
+}
+
+/// Decodes a typed payload written as JSON. The whole payload must be one value
+/// (whitespace around it aside), as [`decode_value`] refuses trailing bytes.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    serde_json::from_slice(bytes).map_err(|source| CodecError::DecodeJson {
+        what: "payload",
+        source,
+    })
+}
+
 fn kind_name(kind: FrameKind) -> &'static str {
     match kind {
         FrameKind::Hello => "hello",
@@ -236,6 +276,54 @@ mod tests {
         let encoded = encode_value(&payload).unwrap();
         // A varint length (2 bytes for 4096) followed by the bytes themselves.
         assert_eq!(encoded.len(), 4096 + 2);
+    }
+
+    #[test]
+    fn json_values_round_trip_and_errors_say_json() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Job {
+            id: u32,
+            name: String,
+        }
+        let job = Job {
+            id: 7,
+            name: "build".into(),
+        };
+        let bytes = encode_json(&job).unwrap();
+        assert_eq!(bytes, br#"{"id":7,"name":"build"}"#);
+        assert_eq!(decode_json::<Job>(&bytes).unwrap(), job);
+        assert_eq!(
+            decode_json::<Job>(b" {\"name\":\"build\",\"id\":7}\n").unwrap(),
+            job
+        );
+
+        let err = decode_json::<Job>(b"{\"id\":7}").unwrap_err();
+        assert!(matches!(err, CodecError::DecodeJson { .. }));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("cannot decode payload as JSON: "),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
+        assert!(matches!(
+            decode_json::<Job>(br#"{"id":7,"name":"build"} trailing"#),
+            Err(CodecError::DecodeJson { .. })
+        ));
+        for json in [
+            "application/json",
+            "application/json; type=a.B",
+            " Application/JSON ;charset=utf-8",
+        ] {
+            assert!(is_json_content_type(json), "{json}");
+        }
+        for other in ["application/jsonl", "text/plain", "a.B", "", "json"] {
+            assert!(!is_json_content_type(other), "{other}");
+        }
+
+        // JSON object keys are strings; a map with other keys cannot be written.
+        let map = std::collections::BTreeMap::from([((1, 2), 3)]);
+        let err = encode_json(&map).unwrap_err();
+        assert!(matches!(err, CodecError::EncodeJson { .. }), "{err}");
     }
 
     #[test]
