@@ -48,7 +48,7 @@ impl Daemon {
         }
     }
 
-    fn client(&self) -> BlockingClient {
+    pub fn client(&self) -> BlockingClient {
         BlockingClient::connect_to(&self.socket).expect("connect to the daemon")
     }
 }

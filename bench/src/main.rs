@@ -7,7 +7,7 @@
 //! briefly and checks only that every message arrives intact and in order (what
 //! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
 //! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
-//! `ping-pong` or `scale`), to profile them.
+//! `ping-pong`, `scale` or `topics`), to profile them.
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
@@ -22,6 +22,7 @@ mod kernel;
 mod mailboxes;
 mod peers;
 mod sockets;
+mod topics;
 
 use std::time::{Duration, Instant};
 
@@ -132,7 +133,7 @@ fn main() {
     if let Some(only) = &only {
         transports.retain(|t| t.name().contains(only.as_str()));
     }
-    // `--section NAME` runs one section (streaming, batched, ping-pong, scale): to
+    // `--section NAME` runs one section (streaming, batched, ping-pong, scale, topics): to
     // profile one shape.
     let wanted = |name: &str| section.as_deref().is_none_or(|s| s == name);
     let scale_messages = if smoke { 200 } else { messages / 2 };
@@ -222,6 +223,9 @@ fn main() {
     if wanted("scale") {
         scale(&daemon, smoke, scale_messages);
     }
+    if wanted("topics") {
+        topics::run(&daemon, smoke, messages);
+    }
     println!(
         "  daemon memory per queued 64 B message beyond its payload ({queued} queued): {:.0} B",
         per_message.max(0.0)
@@ -269,7 +273,7 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
 fn usage(bad: &str) -> ! {
     eprintln!(
         "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
-         ipcd, for profiling), --section NAME (streaming, batched, ping-pong or scale) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
+         ipcd, for profiling), --section NAME (streaming, batched, ping-pong, scale or topics) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
          left out)"
     );
     std::process::exit(2);

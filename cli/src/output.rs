@@ -771,9 +771,11 @@ mod tests {
             "expired",
             "delayed",
             "timers",
+            "bindings",
         ];
         expected.sort_unstable();
         assert_eq!(keys(&v), expected);
+        assert_eq!(v["bindings"], serde_json::json!(["orders.>"]));
         assert_eq!(v["name"], "jobs");
         assert_eq!(v["mode"], "0660");
         assert_eq!(v["max_bytes"], 64 << 20);
@@ -810,7 +812,8 @@ mod tests {
         assert!(text.contains("by pid 77\n"), "{text}");
         assert!(text.contains("durable:           no (memory: gone when the daemon stops)\n"));
         assert!(text.contains("max_deliveries:    no limit\n"), "{text}");
-        assert_eq!(text.lines().count(), 29);
+        assert!(text.contains("bindings:          orders.>\n"), "{text}");
+        assert_eq!(text.lines().count(), 30);
     }
 
     fn daemon_status() -> DaemonStatus {

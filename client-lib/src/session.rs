@@ -479,6 +479,39 @@ macro_rules! operations {
             self.ask(Request::Send(send), $crate::reply::sent)$($($await)+)?.map(drop)
         }
 
+        /// [`Self::publish`] of a typed value, tagged with its name and codec; receivers
+        /// read it with [`crate::MessageType::from_message`] or a typed handle.
+        pub $($async)? fn publish_typed<T: $crate::MessageType>(
+            &$($mut)? self,
+            topic: &str,
+            value: &T,
+        ) -> $crate::Result<ipc_proto::PublishReport> {
+            let (options, payload) = value.to_message()?;
+            self.publish(topic, payload, &options)$($($await)+)?
+        }
+
+        /// [`Self::call`] with a typed request and a typed reply.
+        pub $($async)? fn call_typed<Q: $crate::MessageType, R: $crate::MessageType>(
+            &$($mut)? self,
+            mailbox: &str,
+            request: &Q,
+            timeout: std::time::Duration,
+        ) -> $crate::Result<R> {
+            let (options, payload) = request.to_message()?;
+            let reply = self.call_with(mailbox, payload, timeout, &options)$($($await)+)??;
+            R::from_message(&reply)
+        }
+
+        /// [`Self::reply`] with a typed value.
+        pub $($async)? fn reply_typed<R: $crate::MessageType>(
+            &$($mut)? self,
+            request: &ipc_proto::Message,
+            value: &R,
+        ) -> $crate::Result<()> {
+            let (options, payload) = value.to_message()?;
+            self.reply_with(request, payload, &options)$($($await)+)?
+        }
+
         /// The daemon's counters and limits.
         pub $($async)? fn status(&$($mut)? self) -> $crate::Result<$crate::DaemonStatus> {
             self.ask(Request::Status, $crate::reply::status)$($($await)+)?

@@ -56,6 +56,20 @@ pub trait MessageType: Serialize + DeserializeOwned {
     const NAME: &'static str;
     /// How its values are sent; a receiver reads either codec.
     const CODEC: Codec = Codec::Postcard;
+
+    /// The value a message holds, if it is tagged with [`Self::NAME`]: for messages
+    /// that come untyped, from a subscription or a receive of raw messages.
+    fn from_message(message: &Message) -> Result<Self> {
+        decode(message, Self::NAME)
+    }
+
+    /// Send options that carry this value's tag, and its encoded payload.
+    fn to_message(&self) -> Result<(SendOptions, Bytes)> {
+        let (payload, tag) = encode(self, Self::NAME, Self::CODEC)?;
+        let mut options = SendOptions::default();
+        options.headers.content_type = Some(tag);
+        Ok((options, payload))
+    }
 }
 
 /// Implements [`MessageType`] for a type in one line: `message_type!(Job, "myapp.Job")`

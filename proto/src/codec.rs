@@ -251,8 +251,8 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_frame(FrameKind::Request, 1, &req, DEFAULT_MAX_FRAME, &mut buf).unwrap();
         let expected: &[u8] = &[
-            0x10, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // header
-            0x01, 0x04, b'j', b'o', b'b', b's', 0x02, 0, 0, 0, 0, 0, 0, 0x02, b'h', b'i',
+            0x11, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, // header
+            0x01, 0x04, b'j', b'o', b'b', b's', 0x02, 0, 0, 0, 0, 0, 0, 0, 0x02, b'h', b'i',
         ];
         assert_eq!(&buf[..], expected);
         let mut buf = BytesMut::new();

@@ -55,3 +55,57 @@ fn async_typed_example_runs() {
     assert!(text.contains("worker: job 3"), "{text}");
     assert!(text.contains("as expected: type mismatch"), "{text}");
 }
+
+/// The private subscription mailboxes the daemon holds now.
+fn subscriptions(daemon: &TestDaemon) -> usize {
+    let list = daemon.client().list().expect("list");
+    list.iter()
+        .filter(|m| m.name.as_str().starts_with("_ipcd/watch/"))
+        .count()
+}
+
+/// Waits, a round trip to the daemon per check, until `n` subscriptions exist.
+fn wait_for_subscriptions(daemon: &TestDaemon, n: usize) {
+    for _ in 0..100_000 {
+        if subscriptions(daemon) == n {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("the daemon never held {n} subscriptions");
+}
+
+#[test]
+fn chat_broadcasts_each_line_to_the_others_and_leaves_nothing_behind() {
+    let daemon = TestDaemon::start();
+    let chat = |name: &str| {
+        example("chat")
+            .arg(name)
+            .env("IPCD_SOCKET", daemon.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut bob = chat("bob");
+    let mut bob_says = BufReader::new(bob.stdout.take().unwrap()).lines();
+    wait_for_subscriptions(&daemon, 1);
+    let mut alice = chat("alice");
+    let mut next_of_bob = |expected: &str| {
+        let line = bob_says.next().expect("bob's output").unwrap();
+        assert_eq!(line, expected);
+    };
+    next_of_bob("alice: * alice joined");
+    let mut alice_in = alice.stdin.take().unwrap();
+    std::io::Write::write_all(&mut alice_in, b"hello, bob\n").unwrap();
+    next_of_bob("alice: hello, bob");
+    drop(alice_in);
+    let alice_out = alice.wait_with_output().unwrap();
+    assert!(alice_out.status.success(), "{alice_out:?}");
+    // Alice heard nobody else, and never herself.
+    assert_eq!(String::from_utf8_lossy(&alice_out.stdout), "");
+    next_of_bob("alice: * alice left");
+    drop(bob.stdin.take());
+    assert!(bob.wait().unwrap().success());
+    wait_for_subscriptions(&daemon, 0);
+}

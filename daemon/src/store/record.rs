@@ -756,8 +756,7 @@ pub(crate) mod tests {
                 reply_to: Some(MailboxName::new("answers").unwrap()),
                 correlation_id: None,
                 content_type: Some("text/plain".into()),
-                // Odd ids were published on a topic: both kinds of put are exercised.
-                topic: (id % 2 == 1).then(|| Topic::new("sensors.kitchen").unwrap()),
+                topic: None,
             },
             expires_at: Some(Timestamp(1_000 + id)),
             not_before: None,
@@ -768,11 +767,19 @@ pub(crate) mod tests {
 
     #[test]
     fn every_record_round_trips_and_any_damage_is_detected() {
+        // Both kinds of put: a message sent, and one published on a topic (`PUT_TOPIC`).
         let records = [
             Record::Define(def(5, "jobs")),
             Record::Drop { key: 5 },
             Record::Put(put(5, 9, b"\x00\xffpayload")),
             Record::Put(put(5, 10, b"")),
+            Record::Put(StoredMessage {
+                headers: Headers {
+                    topic: Some(Topic::new("sensors.kitchen").unwrap()),
+                    ..put(5, 11, b"21.5").headers
+                },
+                ..put(5, 11, b"21.5")
+            }),
             Record::Remove { key: 5, id: 9 },
             Record::Purge { key: 5, below: 11 },
             Record::Delivered {
