@@ -221,6 +221,7 @@ impl Broker {
                 if let Some(charge) = moved {
                     mailbox.move_owner_charge(charge);
                 }
+                self.bind_declared(&mailbox, &d.bindings);
                 continue;
             }
             if let (Err(why), Some(_)) = (&self.store, d.fsync) {
@@ -253,7 +254,22 @@ impl Broker {
             let owned = self.accounts.account(owner).force(Resource::Mailboxes, 1);
             // Nobody waits for the definition to be stored.
             drop(self.insert_new(&mut mailboxes, d.name.clone(), settings, owned));
+            let mailbox = mailboxes.get(&d.name).cloned().expect("just inserted");
+            drop(mailboxes);
             tracing::info!(mailbox = %d.name, "declared mailbox created");
+            self.bind_declared(&mailbox, &d.bindings);
+        }
+    }
+
+    /// Binds a declared mailbox to its declared patterns (those it has already stay).
+    fn bind_declared(&self, mailbox: &Arc<Mailbox>, patterns: &[TopicPattern]) {
+        for pattern in patterns {
+            if let Err(e) = self.bind(mailbox, pattern) {
+                tracing::error!(
+                    "declared binding of {} to {pattern} not made: {e}",
+                    mailbox.name()
+                );
+            }
         }
     }
 

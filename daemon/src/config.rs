@@ -63,6 +63,9 @@ pub struct DeclaredMailbox {
     pub max_deliveries: u32,
     pub dead_letter: Option<ipc_proto::MailboxName>,
     pub default_ttl: Option<Duration>,
+    /// Topic patterns it is bound to whenever the daemon runs (bindings made by clients
+    /// last only as long as the daemon).
+    pub bindings: Vec<ipc_proto::TopicPattern>,
 }
 
 /// The daemon's configuration.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipc_proto::{Fsync, MailboxName, units};
+use ipc_proto::{Fsync, MailboxName, TopicPattern, units};
 use serde::Deserialize;
 
 use crate::config::{Config, DeclaredMailbox, Limits, Quota};
@@ -233,6 +233,9 @@ struct MailboxFile {
     max_deliveries: Option<u32>,
     dead_letter: Option<String>,
     default_ttl: Option<Text>,
+    /// Topic patterns to bind it to.
+    #[serde(default)]
+    bind: Vec<String>,
 }
 
 impl File {
@@ -417,6 +420,13 @@ impl File {
                     .map(MailboxName::new)
                     .transpose()
                     .map_err(|e| format!("{key}.dead_letter: {e}"))?,
+                bindings: m
+                    .bind
+                    .iter()
+                    .map(|p| {
+                        TopicPattern::new(p.as_str()).map_err(|e| format!("{key}.bind: {p:?}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
                 default_ttl: m
                     .default_ttl
                     .map(|t| duration(&t, &format!("{key}.default_ttl")))
@@ -481,6 +491,11 @@ mod tests {
             max_deliveries = 3
             dead_letter = "jobs.dead"
             default_ttl = "1h"
+            bind = ["jobs.>", "builds.*.done"]
+            [topics]
+            max_bindings = 8
+            subscription_msgs = 100
+            subscription_bytes = "1M"
             [[mailbox]]
             name = "jobs.dead"
             "#,
@@ -515,7 +530,17 @@ mod tests {
             (config.message_overhead, config.dead_letter_backlog),
             (512, 10)
         );
+        assert_eq!(config.max_bindings, 8);
+        assert_eq!(config.subscription_limits.max_msgs, 100);
+        assert_eq!(config.subscription_limits.max_bytes, 1 << 20);
         let jobs = &config.declared[0];
+        assert_eq!(
+            jobs.bindings,
+            [
+                TopicPattern::new("jobs.>").unwrap(),
+                TopicPattern::new("builds.*.done").unwrap()
+            ]
+        );
         assert_eq!(
             (jobs.mode, jobs.owner, jobs.group),
             (0o660, Some(1000), Some(100))

@@ -389,3 +389,47 @@ fn delays_and_ttls_survive_a_restart() {
     let info = c.stat("timed").unwrap();
     assert_eq!((info.expired, info.delayed), (1, 1));
 }
+
+#[test]
+fn a_declared_durable_mailbox_keeps_its_bindings_and_what_was_published_across_a_restart() {
+    let pattern = ipc_client::TopicPattern::new("sensors.>").unwrap();
+    let config = ipcd::Config {
+        declared: vec![ipcd::config::DeclaredMailbox {
+            name: MailboxName::new("readings").unwrap(),
+            mode: 0o600,
+            owner: None,
+            group: None,
+            fsync: Some(Fsync::Always),
+            limits: ipcd::Config::default().default_limits,
+            max_deliveries: 0,
+            dead_letter: None,
+            default_ttl: None,
+            bindings: vec![pattern.clone()],
+        }],
+        ..ipcd::Config::default()
+    };
+    let mut daemon = TestDaemon::start_with(config);
+    let publish = |daemon: &TestDaemon, payload: &'static str| {
+        let report = daemon
+            .client()
+            .publish("sensors.kitchen", payload, &SendOptions::default())
+            .unwrap();
+        assert_eq!(report.delivered, 1, "{report:?}");
+    };
+    publish(&daemon, "before");
+    daemon.restart();
+    assert_eq!(
+        daemon.client().stat("readings").unwrap().bindings,
+        [pattern]
+    );
+    publish(&daemon, "after");
+    let mut c = daemon.client();
+    let got = c.recv_batch("readings", 10, &now()).unwrap();
+    let payloads: Vec<_> = got.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(payloads, ["before", "after"]);
+    assert!(
+        got.iter()
+            .all(|m| m.headers.topic.as_ref().map(|t| t.as_str()) == Some("sensors.kitchen")),
+        "{got:?}"
+    );
+}
