@@ -13,10 +13,10 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    BatchMessage, CallRequest, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame, FrameDecoder,
-    FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges, MailboxChanges,
-    MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Request, Response, Selector,
-    SendBatchRequest, SendRequest, Topic, TopicPattern, Wait, Welcome,
+    BatchMessage, CallRequest, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame,
+    FrameDecoder, FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges,
+    MailboxChanges, MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Request, Response,
+    Selector, SendBatchRequest, SendRequest, Topic, TopicPattern, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -151,8 +151,7 @@ fn topic() -> impl Strategy<Value = Topic> {
 }
 
 fn pattern() -> impl Strategy<Value = TopicPattern> {
-    "([a-z]{1,4}|\\*)(\\.([a-z]{1,4}|\\*)){0,3}(\\.>)?"
-        .prop_map(|p| TopicPattern::new(p).unwrap())
+    "([a-z]{1,4}|\\*)(\\.([a-z]{1,4}|\\*)){0,3}(\\.>)?".prop_map(|p| TopicPattern::new(p).unwrap())
 }
 
 /// Every kind of request, with every field drawn from its whole range.
