@@ -24,7 +24,8 @@ pub struct Subscribed<C> {
     pub(crate) client: C,
     mailbox: MailboxName,
     ready: VecDeque<Message>,
-    /// Message ids in a private mailbox follow one another, so a gap is what was dropped.
+    /// Message ids in a private mailbox follow one another from 1, so a gap — before
+    /// the first message received, too — is what was dropped.
     last_id: u64,
     dropped: u64,
     ended: bool,
@@ -69,9 +70,7 @@ impl<C> Subscribed<C> {
         match received {
             Ok(messages) => {
                 for message in &messages {
-                    if self.last_id != 0 {
-                        self.dropped += message.id.saturating_sub(self.last_id + 1);
-                    }
+                    self.dropped += message.id.saturating_sub(self.last_id + 1);
                     self.last_id = message.id;
                 }
                 self.ready.extend(messages);
@@ -128,5 +127,14 @@ mod tests {
         let gone = s.take(Err(Error::Removed("mailbox removed".into())));
         assert!(matches!(gone, Some(Err(Error::Removed(_)))));
         assert!(s.ended());
+    }
+
+    #[test]
+    fn what_was_dropped_before_the_first_receive_counts_too() {
+        let name = MailboxName::new("_ipcd/watch/1-1").unwrap();
+        let mut s = Subscribed::new((), name);
+        let first = s.take(Ok(vec![message(91), message(92)]));
+        assert_eq!(first.unwrap().unwrap().id, 91);
+        assert_eq!(s.dropped(), 90);
     }
 }
