@@ -57,6 +57,8 @@ pub struct BlockingClient {
     unread: usize,
     /// `submit` reads replies into the stash before it lets `unread` go past this.
     window: usize,
+    /// A signal ends a wait for a reply (see [`Self::set_interruptible`]).
+    interruptible: bool,
     /// What the daemon of the current connection said about itself.
     welcome: Welcome,
     path: PathBuf,
@@ -89,6 +91,15 @@ struct Connection {
     fds: VecDeque<(usize, OwnedFd)>,
 }
 
+/// Whether a read waits for bytes not yet on the socket, and whether a signal ends the
+/// wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    No,
+    Yes,
+    Interruptible,
+}
+
 /// A write that failed, and how much of the buffer had gone out before it did.
 struct WriteFailed {
     written: usize,
@@ -114,7 +125,7 @@ impl Connection {
             fds: VecDeque::new(),
         };
         conn.flush().map_err(|f| Error::Disconnected(f.error))?;
-        let frame = conn.read_frame(true)?;
+        let frame = conn.read_frame(Wait::Yes)?;
         let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
         conn.timeout = None;
         Ok((conn, welcome))
@@ -160,9 +171,10 @@ impl Connection {
         Ok(())
     }
 
-    /// The next frame; with `wait` false, `None` rather than waiting for bytes that
-    /// are not yet on the socket.
-    fn read_frame(&mut self, wait: bool) -> Result<Option<ipc_proto::Frame>> {
+    /// The next frame; with `Wait::No`, `None` rather than waiting for bytes that are
+    /// not yet on the socket; with `Wait::Interruptible`, [`Error::Interrupted`] when a
+    /// signal ends the wait.
+    fn read_frame(&mut self, wait: Wait) -> Result<Option<ipc_proto::Frame>> {
         loop {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
@@ -176,9 +188,17 @@ impl Connection {
                     )));
                 }
                 Ok(n) => self.inbound.buf.extend_from_slice(&self.chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait == Wait::No => {
+                    return Ok(None);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(libc::POLLIN).map_err(Error::Disconnected)?;
+                    match self.wait_for_events(libc::POLLIN, wait == Wait::Interruptible) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                            return Err(Error::Interrupted);
+                        }
+                        Err(e) => return Err(Error::Disconnected(e)),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Disconnected(e)),
@@ -189,6 +209,11 @@ impl Connection {
     /// Waits until the socket has `events` (or an error or hang-up, which the next read
     /// or write reports), within the connection's timeout.
     fn wait(&self, events: libc::c_short) -> io::Result<()> {
+        self.wait_for_events(events, false)
+    }
+
+    /// [`Self::wait`]; `interruptible`, a signal ends it with `ErrorKind::Interrupted`.
+    fn wait_for_events(&self, events: libc::c_short, interruptible: bool) -> io::Result<()> {
         let mut fd = libc::pollfd {
             fd: self.stream.as_raw_fd(),
             events,
@@ -209,7 +234,7 @@ impl Connection {
                 n if n > 0 => return Ok(()),
                 _ => {
                     let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
+                    if e.kind() != io::ErrorKind::Interrupted || interruptible {
                         return Err(e);
                     }
                 }
@@ -236,6 +261,7 @@ impl BlockingClient {
             arrival: VecDeque::new(),
             unread: 0,
             window: DEFAULT_PIPELINE_WINDOW,
+            interruptible: false,
             welcome,
             path,
             client_name: client_name.to_owned(),
@@ -255,6 +281,15 @@ impl BlockingClient {
     /// purpose, none of which is answered soon, raises it.
     pub fn set_pipeline_window(&mut self, window: usize) {
         self.window = window.max(1);
+    }
+
+    /// Makes a signal end a wait for a reply, as it ends a blocked `msgrcv(2)` with
+    /// `EINTR` (whether or not the handler was installed with `SA_RESTART`): the one-call
+    /// methods then withdraw their request at the daemon and fail with
+    /// [`Error::Interrupted`] — unless it completed first, in which case they return its
+    /// outcome as usual. Off by default: a wait goes on through signals.
+    pub fn set_interruptible(&mut self, interruptible: bool) {
+        self.interruptible = interruptible;
     }
 
     /// What the daemon said about itself when the current connection was made.
@@ -409,12 +444,22 @@ impl BlockingClient {
     pub fn try_next_reply(&mut self) -> Result<Option<(u64, Response)>> {
         match self.take_kept() {
             Some(kept) => Ok(Some(kept)),
-            None => self.read(false),
+            None => self.read(Wait::No),
         }
     }
 
-    /// Flushes, then waits for the reply to request `id`.
+    /// Flushes, then waits for the reply to request `id`. Interruptible
+    /// ([`Self::set_interruptible`]), a signal withdraws the request: it is cancelled at
+    /// the daemon, and its reply awaited all the same — `Cancelled` then is
+    /// [`Error::Interrupted`], anything else (it completed first) its outcome.
     pub fn wait_for(&mut self, id: u64) -> Result<Response> {
+        match self.wait_for_reply(id, self.interruptible) {
+            Err(Error::Interrupted) => self.withdraw(id),
+            outcome => outcome,
+        }
+    }
+
+    fn wait_for_reply(&mut self, id: u64, interruptible: bool) -> Result<Response> {
         if let Some(response) = self.stash.remove(&id) {
             return Ok(response);
         }
@@ -422,11 +467,28 @@ impl BlockingClient {
             if id < self.first_live_id {
                 return Err(self.broken_error());
             }
-            let (got, response) = self.read_reply()?;
+            let (got, response) = self.read_reply_interruptible(interruptible)?;
             if got == id {
                 return Ok(response);
             }
             self.keep(got, response);
+        }
+    }
+
+    /// Cancels request `id`, interrupted by a signal while it waited, and says what
+    /// became of it; the cancel's own reply is read and dropped.
+    fn withdraw(&mut self, id: u64) -> Result<Response> {
+        let cancel = self.queue(&Request::Cancel { request_id: id })?;
+        let outcome = self.wait_for_reply(id, false);
+        // The cancel is answered at once; its reply must not linger for `next_reply`.
+        if self.conn.is_some() {
+            let _ = self.wait_for_reply(cancel, false);
+        }
+        match outcome? {
+            Response::Error(e) if e.code == ipc_proto::ErrorCode::Cancelled => {
+                Err(Error::Interrupted)
+            }
+            done => Ok(done),
         }
     }
 
@@ -481,13 +543,25 @@ impl BlockingClient {
 
     /// Flushes, then waits for the next reply on the connection.
     fn read_reply(&mut self) -> Result<(u64, Response)> {
-        self.flush()?;
-        Ok(self.read(true)?.expect("a waiting read returns a reply"))
+        self.read_reply_interruptible(false)
     }
 
-    /// The next reply on the connection; with `wait` false, `None` rather than waiting
-    /// for bytes not yet on the socket. A failure breaks the connection.
-    fn read(&mut self, wait: bool) -> Result<Option<(u64, Response)>> {
+    /// [`Self::read_reply`]; `interruptible`, a signal ends the wait with
+    /// [`Error::Interrupted`], the connection intact.
+    fn read_reply_interruptible(&mut self, interruptible: bool) -> Result<(u64, Response)> {
+        self.flush()?;
+        let wait = if interruptible {
+            Wait::Interruptible
+        } else {
+            Wait::Yes
+        };
+        Ok(self.read(wait)?.expect("a waiting read returns a reply"))
+    }
+
+    /// The next reply on the connection; with `Wait::No`, `None` rather than waiting for
+    /// bytes not yet on the socket. A failure breaks the connection; an interruption
+    /// does not.
+    fn read(&mut self, wait: Wait) -> Result<Option<(u64, Response)>> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.broken_error());
         };
@@ -501,6 +575,7 @@ impl BlockingClient {
             }
             Ok(Some(frame)) => self.reply_of(frame).map(Some),
             Ok(None) => Ok(None),
+            Err(Error::Interrupted) => Err(Error::Interrupted),
             Err(e) => Err(self.broken_by(e)),
         }
     }

@@ -57,6 +57,11 @@ pub enum Error {
     /// The request was cancelled before it completed.
     #[error("{0}")]
     Cancelled(String),
+    /// A signal arrived while an interruptible wait was blocked
+    /// ([`crate::BlockingClient::set_interruptible`]); the request was cancelled at the
+    /// daemon and did nothing (SysV's `EINTR`).
+    #[error("interrupted by a signal; the request was withdrawn and did nothing")]
+    Interrupted,
     /// A typed receive found a message of another type.
     #[error("type mismatch: expected a {expected}, the message holds a {found}")]
     TypeMismatch { expected: String, found: String },
@@ -84,7 +89,7 @@ impl Error {
             Error::NoSuchMailbox(_) | Error::Removed(_) => 66,
             Error::WouldBlock(_) | Error::TimedOut(_) => 75,
             Error::PermissionDenied(_) | Error::QuotaExceeded(_) => 77,
-            Error::Protocol(_) | Error::Exists(_) | Error::Cancelled(_) => 1,
+            Error::Protocol(_) | Error::Exists(_) | Error::Cancelled(_) | Error::Interrupted => 1,
             Error::Server { code, .. } => code.exit_code(),
         }
     }

@@ -618,3 +618,54 @@ fn silent_connection_is_closed_after_the_handshake_timeout() {
     assert!(rest.is_empty());
     assert!(daemon.client().status().is_ok());
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// An interruptible blocking client ends a blocked receive on a signal, as `msgrcv(2)`
+/// does with `EINTR` even under `SA_RESTART`: the receive is withdrawn at the daemon, so
+/// a message sent afterwards is still there for the next receive, and the connection
+/// goes on.
+#[test]
+fn a_signal_interrupts_an_interruptible_wait_and_takes_nothing() {
+    let daemon = TestDaemon::start();
+    let mut admin = daemon.client();
+    create(&mut admin, "eintr");
+    // SAFETY: installs a handler that does nothing, with SA_RESTART, for SIGUSR2.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let (thread_tx, thread_rx) = std::sync::mpsc::channel();
+    let (returned_tx, returned_rx) = std::sync::mpsc::channel();
+    let socket = daemon.socket().to_path_buf();
+    let waiting = std::thread::spawn(move || {
+        let mut client = BlockingClient::connect_to(&socket).unwrap();
+        client.set_interruptible(true);
+        // SAFETY: pthread_self has no preconditions.
+        thread_tx.send(unsafe { libc::pthread_self() }).unwrap();
+        let interrupted = client.recv("eintr", &RecvOptions::default());
+        returned_tx.send(()).unwrap();
+        // The same connection still serves.
+        let next = client.recv("eintr", &RecvOptions::default());
+        (interrupted, next)
+    });
+    let thread = thread_rx.recv().unwrap();
+    daemon.wait_for_receivers("eintr", 1);
+    // SAFETY: the thread is alive: it is blocked in its receive until this signal.
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+    returned_rx.recv().unwrap();
+    send(&mut admin, "eintr", 1, "kept");
+    let (interrupted, next) = waiting.join().unwrap();
+    assert!(
+        matches!(interrupted, Err(Error::Interrupted)),
+        "{interrupted:?}"
+    );
+    // The withdrawn receive did not take it: the next one did.
+    assert_eq!(next.unwrap().payload, "kept");
+}
