@@ -205,6 +205,8 @@ pub struct MailboxJson<'a> {
     pub timers: u64,
     /// The topic patterns it is bound to.
     pub bindings: Vec<&'a str>,
+    /// Unique while the daemon runs (a SysV id).
+    pub serial: u64,
 }
 
 impl<'a> MailboxJson<'a> {
@@ -241,6 +243,7 @@ impl<'a> MailboxJson<'a> {
             delayed: i.delayed,
             timers: i.timers,
             bindings: i.bindings.iter().map(|p| p.as_str()).collect(),
+            serial: i.serial,
         }
     }
 }
@@ -722,6 +725,7 @@ mod tests {
             delayed: 0,
             timers: 0,
             bindings: vec![ipc_proto::TopicPattern::new("orders.>").unwrap()],
+            serial: 12,
             created_at: Timestamp(0),
             changed_at: Timestamp(1_000_000_000),
             last_send: Some(LastOp {
@@ -772,6 +776,7 @@ mod tests {
             "delayed",
             "timers",
             "bindings",
+            "serial",
         ];
         expected.sort_unstable();
         assert_eq!(keys(&v), expected);

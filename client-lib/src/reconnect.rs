@@ -205,6 +205,7 @@ pub(crate) fn retry_safe(request: &Request) -> bool {
         | Request::Status
         | Request::Recv(_)
         | Request::RecvBatch(_)
+        | Request::PeekAt { .. }
         | Request::Bind { .. } => true,
         Request::Create(create) => create.exist_ok,
         Request::Send(_)

@@ -347,6 +347,13 @@ macro_rules! operations {
             self.ask(request, $crate::reply::message)$($($await)+)?
         }
 
+        /// A copy of the message at position `index` of `mailbox`'s queue (0: the oldest),
+        /// left in place: SysV's `MSG_COPY`. `WouldBlock` when there is none there.
+        pub $($async)? fn peek_at(&$($mut)? self, mailbox: &str, index: u64) -> $crate::Result<ipc_proto::Message> {
+            let mailbox = ipc_proto::MailboxName::new(mailbox)?;
+            self.ask(Request::PeekAt { mailbox, index }, $crate::reply::message)$($($await)+)?
+        }
+
         /// Settles leased message `id` of `mailbox` for good (e.g. one leased by
         /// `ipcctl recv --ack`).
         pub $($async)? fn ack(&$($mut)? self, mailbox: &str, id: u64) -> $crate::Result<()> {

@@ -21,7 +21,7 @@ use crate::calls::Calls;
 use crate::config::{Config, Limits};
 use crate::logging::Throttle;
 use crate::mailbox::{
-    Closed, DeadLetter, DeadLetters, Link, Mailbox, Pending, Settings, headers_size,
+    Closed, DeadLetter, DeadLetters, History, Link, Mailbox, Pending, Settings, headers_size,
 };
 use crate::perm::Ownership;
 use crate::quota::{Accounts, Charge, Gauge, QuotaError, Resource, snapshot};
@@ -52,7 +52,8 @@ pub struct Broker {
     bindings: Mutex<Bindings>,
     /// Calls waiting for their replies.
     calls: Calls,
-    /// Numbers connections and the private mailboxes made for them.
+    /// Numbers connections, mailboxes (their `serial`) and the private mailboxes'
+    /// names: a number is never given twice while the daemon runs.
     serial: AtomicU64,
 }
 
@@ -298,12 +299,15 @@ impl Broker {
             };
             let mailbox = Mailbox::restore(
                 def.name.clone(),
+                self.serial.fetch_add(1, Ordering::Relaxed),
                 settings,
                 owned,
                 Some(link),
                 self.dead_letters.clone(),
-                def.created_at,
-                def.next_id,
+                History {
+                    created_at: def.created_at,
+                    next_id: def.next_id,
+                },
             );
             let overhead = self.config().message_overhead;
             for message in messages {
@@ -479,6 +483,7 @@ impl Broker {
         };
         let mailbox = Mailbox::new(
             name.clone(),
+            self.serial.fetch_add(1, Ordering::Relaxed),
             settings,
             owned,
             link,

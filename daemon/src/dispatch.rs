@@ -188,6 +188,10 @@ pub fn dispatch(
             .map_err(ErrorReply::from)),
         Request::Call(req) => call(broker, caller, req)
             .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
+        Request::PeekAt { mailbox, index } => {
+            now(authorized(broker, caller, &mailbox, Access::Read)
+                .and_then(|m| Ok(Response::Message(to_wire(m.peek_at(index)?)))))
+        }
     }
 }
 
@@ -890,7 +894,9 @@ impl From<RecvError> for ErrorReply {
         match e {
             RecvError::Closed(closed) => closed.into(),
             RecvError::Interrupted(interrupted) => interrupted.into(),
-            RecvError::Empty(_) => reply(ErrorCode::WouldBlock, &e),
+            RecvError::Empty(_) | RecvError::NoSuchPosition { .. } => {
+                reply(ErrorCode::WouldBlock, &e)
+            }
             RecvError::TimedOut { .. } => reply(ErrorCode::TimedOut, &e),
         }
     }

@@ -450,6 +450,13 @@ pub enum Request {
         pattern: TopicPattern,
     },
     Call(CallRequest),
+    /// A copy of the message at position `index` of the mailbox's queue, oldest first,
+    /// left in place (SysV's `msgrcv` with `MSG_COPY`); answered with
+    /// [`Response::Message`], or `WouldBlock` when there is no message there. Needs `r`.
+    PeekAt {
+        mailbox: MailboxName,
+        index: u64,
+    },
 }
 
 /// A delivered message.
@@ -520,6 +527,9 @@ pub struct MailboxInfo {
     pub timers: u64,
     /// The topic patterns the mailbox is bound to.
     pub bindings: Vec<TopicPattern>,
+    /// A number no other mailbox has while the daemon runs (a durable mailbox gets a new
+    /// one when the daemon restarts): what a SysV-compatible client uses as its id.
+    pub serial: u64,
 }
 
 /// What one uid is using, beside its quotas (SPEC §7). A quota of `None` is unlimited

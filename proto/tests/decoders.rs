@@ -322,6 +322,7 @@ fn request() -> impl Strategy<Value = Request> {
                 })
             }),
         pattern().prop_map(|pattern| Request::Subscribe { pattern }),
+        (name(), any::<u64>()).prop_map(|(mailbox, index)| Request::PeekAt { mailbox, index }),
         (
             name(),
             any::<i64>(),
@@ -381,6 +382,7 @@ fn documented_variant(request: &Request) -> u8 {
         Request::Publish(_) => 16,
         Request::Subscribe { .. } => 17,
         Request::Call(_) => 18,
+        Request::PeekAt { .. } => 19,
     }
 }
 

@@ -669,3 +669,29 @@ fn a_signal_interrupts_an_interruptible_wait_and_takes_nothing() {
     // The withdrawn receive did not take it: the next one did.
     assert_eq!(next.unwrap().payload, "kept");
 }
+
+/// `peek_at` copies the message at a position of the whole queue, whatever its type,
+/// and leaves it; past the end it would block. Every mailbox has its own serial.
+#[test]
+fn peek_at_copies_by_position_and_serials_differ() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    create(&mut c, "copies");
+    create(&mut c, "other");
+    for (mtype, payload) in [(3, "a"), (1, "b"), (2, "c")] {
+        send(&mut c, "copies", mtype, payload);
+    }
+    let at = |c: &mut BlockingClient, n| c.peek_at("copies", n).map(|m| (m.mtype, m.payload));
+    assert_eq!(at(&mut c, 0).unwrap(), (3, "a".into()));
+    assert_eq!(at(&mut c, 2).unwrap(), (2, "c".into()));
+    assert!(matches!(at(&mut c, 3), Err(Error::WouldBlock(_))));
+    assert_eq!(
+        c.stat("copies").unwrap().messages,
+        3,
+        "copies leave the queue as it was"
+    );
+    assert_ne!(
+        c.stat("copies").unwrap().serial,
+        c.stat("other").unwrap().serial
+    );
+}

@@ -124,6 +124,13 @@ pub enum RecvError {
     TimedOut { after_ms: u128, empty: Empty },
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
+    /// A copy by position asked for one past the queue's end.
+    #[error("mailbox {mailbox} holds {messages} messages: none at position {index}")]
+    NoSuchPosition {
+        mailbox: MailboxName,
+        index: u64,
+        messages: u64,
+    },
 }
 
 /// Why an ack or nack failed.

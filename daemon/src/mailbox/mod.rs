@@ -137,10 +137,20 @@ pub(crate) struct State {
     total_received: u64,
 }
 
+/// What a mailbox recovered from the store had done before: when it was made, and the
+/// id its next message gets.
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub created_at: Timestamp,
+    pub next_id: u64,
+}
+
 /// One named mailbox.
 #[derive(Debug)]
 pub struct Mailbox {
     name: MailboxName,
+    /// A number no other mailbox gets while the daemon runs (a SysV queue id).
+    serial: u64,
     state: Mutex<State>,
 }
 
@@ -148,35 +158,45 @@ impl Mailbox {
     /// A new, empty mailbox; durable if `link` is given.
     pub fn new(
         name: MailboxName,
+        serial: u64,
         settings: Settings,
         owner_charge: Charge,
         link: Option<Link>,
         dead_letters: DeadLetters,
     ) -> Arc<Self> {
+        let history = History {
+            created_at: Timestamp::now(),
+            next_id: 1,
+        };
         Self::restore(
             name,
+            serial,
             settings,
             owner_charge,
             link,
             dead_letters,
-            Timestamp::now(),
-            1,
+            history,
         )
     }
 
     /// A mailbox as recovered from the store (or new): empty, with ids continuing at
-    /// `next_id`; its messages are put back with [`Mailbox::restore_message`].
+    /// `history.next_id`; its messages are put back with [`Mailbox::restore_message`].
     pub fn restore(
         name: MailboxName,
+        serial: u64,
         settings: Settings,
         owner_charge: Charge,
         link: Option<Link>,
         dead_letters: DeadLetters,
-        created_at: Timestamp,
-        next_id: u64,
+        history: History,
     ) -> Arc<Self> {
+        let History {
+            created_at,
+            next_id,
+        } = history;
         Arc::new_cyclic(|me| Self {
             name,
+            serial,
             state: Mutex::new(State {
                 settings,
                 queue: TypeIndex::default(),
@@ -398,6 +418,26 @@ impl Mailbox {
         Pending::Wait(waiter)
     }
 
+    /// A copy of the message at position `index` of the queue, oldest first (SysV's
+    /// `MSG_COPY`): it stays where it is. A walk of `index` steps (see
+    /// [`TypeIndex::nth`]), the one operation that costs more than `O(log n)`, paid by
+    /// whoever asks for a far position.
+    pub(crate) fn peek_at(&self, index: u64) -> Result<Envelope, RecvError> {
+        let state = self.lock();
+        if let Some(closed) = &state.closed {
+            return Err(closed.clone().into());
+        }
+        usize::try_from(index)
+            .ok()
+            .and_then(|n| state.queue.nth(n))
+            .map(Envelope::copy)
+            .ok_or_else(|| RecvError::NoSuchPosition {
+                mailbox: self.name.clone(),
+                index,
+                messages: state.queue.len() as u64,
+            })
+    }
+
     /// Takes up to `max` more messages that `selector` selects and that are queued now,
     /// oldest first, while their sizes together stay within `room` bytes: the rest of a
     /// batched receive whose first message came through [`Self::recv`], under one lock.
@@ -570,6 +610,7 @@ impl Mailbox {
             timers: state.deadlines.len() as u64,
             // The broker knows the bindings; it fills them in (`Broker::info`).
             bindings: Vec::new(),
+            serial: self.serial,
         }
     }
 }

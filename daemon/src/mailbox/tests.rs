@@ -37,7 +37,7 @@ fn mailbox(
         .account(1)
         .force(crate::quota::Resource::Mailboxes, 1);
     let name = MailboxName::new("timed").unwrap();
-    (Mailbox::new(name, settings, charge, None, tx), rx)
+    (Mailbox::new(name, 1, settings, charge, None, tx), rx)
 }
 
 fn send(m: &Arc<Mailbox>, payload: &str, ttl: Option<u64>, delay: Option<u64>) -> u64 {
