@@ -1,0 +1,139 @@
+//! The kernel's side of System V queues as programs see it: its limits, read from
+//! `/proc/sys/kernel` so that a queue made here is bounded as the kernel would bound it;
+//! the flags and commands glibc's headers name; filling `struct msqid_ds` and `struct
+//! msginfo`; and the `errno` each failure gives.
+
+use std::sync::OnceLock;
+
+use ipc_client::{Error, ErrorCode, MailboxInfo};
+use libc::{c_int, msqid_ds};
+
+/// `msgrcv`: copy the message at index `msgtyp` (Linux 3.8; not in every libc's headers).
+pub const MSG_COPY: c_int = 0o40000;
+/// `msgctl` commands beyond `IPC_STAT`/`IPC_SET`/`IPC_RMID`.
+pub const IPC_INFO: c_int = 3;
+pub const MSG_STAT: c_int = 11;
+pub const MSG_INFO: c_int = 12;
+pub const MSG_STAT_ANY: c_int = 13;
+
+/// The kernel's message-queue limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message text (`msgmax`); a larger `msgsnd` is `EINVAL`.
+    pub msgmax: u64,
+    /// A new queue's `msg_qbytes` (`msgmnb`): the bytes, and the messages, it holds.
+    pub msgmnb: u64,
+    /// Most queues (`msgmni`).
+    pub msgmni: u64,
+}
+
+/// The limits as `/proc/sys/kernel` gives them, read once; the kernel's defaults where a
+/// file cannot be read.
+pub fn limits() -> Limits {
+    static LIMITS: OnceLock<Limits> = OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let read = |name: &str, default: u64| {
+            std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Limits {
+            msgmax: read("msgmax", 8192),
+            msgmnb: read("msgmnb", 16384),
+            msgmni: read("msgmni", 32000),
+        }
+    })
+}
+
+/// Which call failed: the same daemon error is a different `errno` for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Get,
+    Send,
+    Recv,
+    /// `IPC_STAT`, `MSG_STAT`: reading needs `r`.
+    Stat,
+    /// `IPC_SET`, `IPC_RMID`: only the owner, the creator or root (`EPERM` otherwise).
+    Change,
+}
+
+/// The `errno` for a failure of `call`.
+pub fn errno(call: Call, e: &Error) -> c_int {
+    match e {
+        Error::WouldBlock(_) if call == Call::Send => libc::EAGAIN,
+        Error::WouldBlock(_) | Error::TimedOut(_) => libc::ENOMSG,
+        Error::Removed(_) => libc::EIDRM,
+        Error::NoSuchMailbox(_) if call == Call::Get => libc::ENOENT,
+        // An id whose queue is gone is no id at all.
+        Error::NoSuchMailbox(_) => libc::EINVAL,
+        Error::Exists(_) => libc::EEXIST,
+        Error::PermissionDenied(_) if call == Call::Change => libc::EPERM,
+        Error::PermissionDenied(_) => libc::EACCES,
+        // The owner's mailboxes quota is the kernel's msgmni; a sender's queued bytes
+        // are the memory the kernel would not find.
+        Error::QuotaExceeded(_) if call == Call::Get => libc::ENOSPC,
+        Error::QuotaExceeded(_) => libc::ENOMEM,
+        Error::Interrupted | Error::Cancelled(_) => libc::EINTR,
+        Error::BadData(_) | Error::InvalidName(_) | Error::InvalidTopic(_) => libc::EINVAL,
+        Error::Server { code, .. } if *code == ErrorCode::NotLeased => libc::EIDRM,
+        // The daemon is gone or not there: what the kernel never says, so the program
+        // at least fails instead of waiting; `queue.rs` says why on stderr once.
+        _ => libc::EIO,
+    }
+}
+
+/// Fills `ds` from a mailbox's `info` as `IPC_STAT` would. `key` is the queue's key (0
+/// for a private one). Times are wall-clock seconds, as the kernel's.
+///
+/// # Safety
+/// `ds` must point to a writable `struct msqid_ds`.
+pub unsafe fn fill_msqid_ds(ds: *mut msqid_ds, key: libc::key_t, info: &MailboxInfo) {
+    let secs = |t: ipc_client::Timestamp| (t.0 / 1_000_000_000) as libc::time_t;
+    // SAFETY: the caller promises `ds` is a writable msqid_ds; only fields are written,
+    // so its padding stays as the caller left it.
+    unsafe {
+        let ds = &mut *ds;
+        ds.msg_perm.__key = key;
+        ds.msg_perm.uid = info.owner_uid;
+        ds.msg_perm.gid = info.owner_gid;
+        ds.msg_perm.cuid = info.creator_uid;
+        ds.msg_perm.cgid = info.creator_gid;
+        ds.msg_perm.mode = (info.mode & 0o777) as libc::c_ushort;
+        ds.msg_perm.__seq = (info.serial >> 15) as libc::c_ushort;
+        ds.msg_stime = info.last_send.map_or(0, |op| secs(op.at));
+        ds.msg_rtime = info.last_recv.map_or(0, |op| secs(op.at));
+        ds.msg_ctime = secs(info.changed_at);
+        ds.__msg_cbytes = info.bytes as libc::c_ulong;
+        ds.msg_qnum = info.messages as libc::msgqnum_t;
+        ds.msg_qbytes = info.max_bytes as libc::msglen_t;
+        ds.msg_lspid = info.last_send.map_or(0, |op| op.pid as libc::pid_t);
+        ds.msg_lrpid = info.last_recv.map_or(0, |op| op.pid as libc::pid_t);
+    }
+}
+
+/// What `IPC_INFO` and `MSG_INFO` fill: the limits, and for `MSG_INFO` the use (queues,
+/// messages and bytes in all) in the fields the kernel puts them in.
+pub fn msginfo(usage: Option<(u64, u64, u64)>) -> libc::msginfo {
+    let l = limits();
+    let int = |n: u64| c_int::try_from(n).unwrap_or(c_int::MAX);
+    // The kernel's MSGPOOL, MSGSSZ, MSGTQL and MSGSEG, for IPC_INFO.
+    let (pool, map, tql) = match usage {
+        Some((queues, messages, bytes)) => (int(queues), int(messages), int(bytes)),
+        None => (
+            int(l.msgmni * l.msgmnb / 1024),
+            int(l.msgmnb),
+            int(l.msgmnb),
+        ),
+    };
+    libc::msginfo {
+        msgpool: pool,
+        msgmap: map,
+        msgmax: int(l.msgmax),
+        msgmnb: int(l.msgmnb),
+        msgmni: int(l.msgmni),
+        msgssz: 16,
+        msgtql: tql,
+        msgseg: 0xffff,
+    }
+}
