@@ -311,7 +311,7 @@ fn set(client: &mut BlockingClient, id: c_int, wanted: &msqid_ds) -> Result<(), 
     let queue = queue::queue(client, id)?;
     let name = queue.name.as_str();
     let info = client.stat(name).map_err(|e| errno(Call::Change, &e))?;
-    let qbytes = u64::from(wanted.msg_qbytes);
+    let qbytes: u64 = wanted.msg_qbytes;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if qbytes > kernel::limits().msgmnb && qbytes > info.max_bytes && !root {
