@@ -200,6 +200,10 @@ pub(crate) fn gave_up(path: &Path, waited: Duration, last: Error) -> Error {
 /// before its reply (the table in the module documentation).
 pub(crate) fn retry_safe(request: &Request) -> bool {
     match request {
+        // A private mailbox (a subscription's) went with the connection: receiving from
+        // its name on a new one would find nothing — or someone else's.
+        Request::Recv(r) if is_private(&r.mailbox) => false,
+        Request::RecvBatch(r) if is_private(&r.mailbox) => false,
         Request::Stat { .. }
         | Request::List
         | Request::Status
@@ -221,6 +225,10 @@ pub(crate) fn retry_safe(request: &Request) -> bool {
         | Request::Subscribe { .. }
         | Request::Call(_) => false,
     }
+}
+
+fn is_private(name: &ipc_proto::MailboxName) -> bool {
+    name.as_str().starts_with(ipc_proto::PRIVATE_PREFIX)
 }
 
 /// The error for a request whose connection broke after it was sent and that is not
@@ -437,6 +445,12 @@ mod tests {
             })
         };
         assert!(retry_safe(&recv(Wait::Forever)));
+        // A subscription's mailbox went with the connection; its name may be another's.
+        let mut private = recv(Wait::Forever);
+        if let Request::Recv(r) = &mut private {
+            r.mailbox = MailboxName::new("_ipcd/watch/1-00ff").unwrap();
+        }
+        assert!(!retry_safe(&private));
         assert!(retry_safe(&Request::Stat { mailbox: q() }));
         assert!(retry_safe(&create(true)));
         assert!(!retry_safe(&create(false)));

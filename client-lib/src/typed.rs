@@ -500,6 +500,16 @@ pub(crate) fn reply_to(
             request.id
         )));
     };
+    // Only a call's reply mailbox: a `reply_to` naming any other mailbox is the sender's
+    // say, and answering there would send, as this program, wherever a stranger asked
+    // (to a mailbox the stranger may not write to itself). `send` does that knowingly.
+    if !mailbox.as_str().starts_with(ipc_proto::REPLY_PREFIX) {
+        return Err(Error::BadData(format!(
+            "message {}'s reply_to is {mailbox}, not a call's reply mailbox ({}…):              answer it with a send if you trust its sender",
+            request.id,
+            ipc_proto::REPLY_PREFIX
+        )));
+    }
     // A reply never waits: the reply mailbox takes it at once, or refuses it.
     let mut options = options.clone().wait(ipc_proto::Wait::NoWait);
     options.headers.correlation_id = request.headers.correlation_id;

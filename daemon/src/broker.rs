@@ -47,9 +47,10 @@ pub struct Broker {
     dead_letter_queue: Mutex<Option<mpsc::Receiver<DeadLetter>>>,
     started: Instant,
     stopping: AtomicBool,
-    /// Which mailboxes are bound to which topic patterns. Lock order: taken after the
-    /// mailbox table (binding and removal hold both), never with a mailbox's lock.
-    bindings: Mutex<Bindings>,
+    /// Which mailboxes are bound to which topic patterns, and what each binding costs
+    /// its mailbox's owner. Lock order: taken after the mailbox table (binding and
+    /// removal hold both), never with a mailbox's lock.
+    bindings: Mutex<Bound>,
     /// Calls waiting for their replies.
     calls: Calls,
     /// Numbers connections, mailboxes (their `serial`) and the private mailboxes'
@@ -116,9 +117,29 @@ pub enum CreateError {
     Quota(#[from] QuotaError),
 }
 
+/// The topic bindings and what each costs its mailbox's owner: a charge per binding,
+/// given back when it is undone or its mailbox removed.
+#[derive(Debug, Default)]
+struct Bound {
+    trie: Bindings,
+    charges: HashMap<(MailboxName, TopicPattern), Charge>,
+}
+
+impl Bound {
+    fn unbind_mailbox(&mut self, mailbox: &MailboxName) {
+        for pattern in self.trie.patterns(mailbox) {
+            self.charges.remove(&(mailbox.clone(), pattern));
+        }
+        self.trie.unbind_mailbox(mailbox);
+    }
+}
+
 /// Why a bind was refused.
 #[derive(Debug, Clone, Error)]
 pub enum BindError {
+    /// The owner's `queued_bytes` quota, which bindings count against.
+    #[error(transparent)]
+    Quota(QuotaError),
     #[error("mailbox {mailbox} is bound to {max} patterns already, its max_bindings")]
     TooMany { mailbox: MailboxName, max: u64 },
     #[error("mailbox {0} was removed")]
@@ -149,7 +170,7 @@ impl Broker {
             dead_letter_queue: Mutex::new(Some(queue)),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
-            bindings: Mutex::new(Bindings::default()),
+            bindings: Mutex::new(Bound::default()),
             calls: Calls::default(),
             serial: AtomicU64::new(1),
         }
@@ -510,6 +531,7 @@ impl Broker {
             // Under the table's lock, so that no bind slips in between: a mailbox made
             // later under the same name starts with no bindings.
             lock(&self.bindings).unbind_mailbox(mailbox.name());
+            // (The bindings' charges went with them.)
         }
         mailbox.close(Closed::Removed(mailbox.name().clone()), true)
     }
@@ -517,14 +539,16 @@ impl Broker {
     /// A mailbox's settings and counters, with the patterns it is bound to.
     pub fn info(&self, mailbox: &Mailbox) -> MailboxInfo {
         let mut info = mailbox.info();
-        info.bindings = lock(&self.bindings).patterns(mailbox.name());
+        info.bindings = lock(&self.bindings).trie.patterns(mailbox.name());
         info
     }
 
-    /// Binds `mailbox` to `pattern`; `Ok(false)` if it was bound to it already. Refused
-    /// past `max_bindings`, or if the mailbox was removed meanwhile.
+    /// Binds `mailbox` to `pattern`; `Ok(false)` if it was bound to it already. The
+    /// binding is charged to the mailbox's owner (`queued_bytes`: the pattern, and
+    /// `binding_overhead` per segment for the trie nodes it may add). Refused past
+    /// `max_bindings`, over that quota, or if the mailbox was removed meanwhile.
     pub fn bind(&self, mailbox: &Arc<Mailbox>, pattern: &TopicPattern) -> Result<bool, BindError> {
-        let max = self.config().max_bindings;
+        let config = self.config();
         let mailboxes = lock(&self.mailboxes);
         if !mailboxes
             .get(mailbox.name())
@@ -532,25 +556,44 @@ impl Broker {
         {
             return Err(BindError::Removed(mailbox.name().clone()));
         }
-        let mut bindings = lock(&self.bindings);
         let name = mailbox.name();
-        if bindings.count(name) as u64 >= max && !bindings.patterns(name).contains(pattern) {
+        let mut bound = lock(&self.bindings);
+        if bound.charges.contains_key(&(name.clone(), pattern.clone())) {
+            return Ok(false);
+        }
+        let max = config.max_bindings;
+        if bound.trie.count(name) as u64 >= max {
             return Err(BindError::TooMany {
                 mailbox: name.clone(),
                 max,
             });
         }
-        Ok(bindings.bind(pattern, name))
+        let owner = mailbox.settings().ownership.owner_uid;
+        let cost = pattern.as_str().len() as u64
+            + pattern.segments().count() as u64 * config.binding_overhead;
+        let limit = Resource::QueuedBytes.limit(&config.quota_for(owner));
+        let account = self.accounts.account(owner);
+        let charge = account
+            .charge(Resource::QueuedBytes, cost, limit)
+            .map_err(BindError::Quota)?;
+        bound.trie.bind(pattern, name);
+        bound
+            .charges
+            .insert((name.clone(), pattern.clone()), charge);
+        Ok(true)
     }
 
-    /// Undoes a bind; `false` if `mailbox` was not bound to `pattern`.
+    /// Undoes a bind (giving back its charge); `false` if `mailbox` was not bound to
+    /// `pattern`.
     pub fn unbind(&self, mailbox: &MailboxName, pattern: &TopicPattern) -> bool {
-        lock(&self.bindings).unbind(pattern, mailbox)
+        let mut bound = lock(&self.bindings);
+        bound.charges.remove(&(mailbox.clone(), pattern.clone()));
+        bound.trie.unbind(pattern, mailbox)
     }
 
     /// The mailboxes bound to a pattern that matches `topic`, each once.
     pub fn bound_to(&self, topic: &Topic) -> Vec<MailboxName> {
-        lock(&self.bindings).matching(topic)
+        lock(&self.bindings).trie.matching(topic)
     }
 
     pub fn calls(&self) -> &Calls {
@@ -574,12 +617,6 @@ impl Broker {
             return Err(CreateError::ShuttingDown);
         }
         let config = self.config();
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        let name = MailboxName::new(format!(
-            "{PRIVATE_PREFIX}watch/{}-{serial}",
-            caller.connection
-        ))
-        .expect("a well-formed name");
         let owned = self
             .charge(caller, Resource::Mailboxes, 1)
             .map_err(CreateError::Quota)?;
@@ -600,11 +637,35 @@ impl Broker {
             drop_oldest: true,
         };
         let mut mailboxes = lock(&self.mailboxes);
+        // A random part, so that a name is not made again after a restart: a client
+        // that reconnects then must not find its old subscription's name taken by
+        // someone else's.
+        let name = loop {
+            let name = MailboxName::new(format!(
+                "{PRIVATE_PREFIX}watch/{}-{:016x}",
+                caller.connection,
+                crate::calls::random_id()
+            ))
+            .expect("a well-formed name");
+            if !mailboxes.contains_key(&name) {
+                break name;
+            }
+        };
         // A memory mailbox: nothing to wait for in the store.
         drop(self.insert_new(&mut mailboxes, name.clone(), settings, owned));
-        lock(&self.bindings).bind(pattern, &name);
+        let mailbox = mailboxes.get(&name).cloned().expect("just inserted");
         drop(mailboxes);
-        lock(&caller.private).push(name.clone());
+        if let Err(e) = self.bind(&mailbox, pattern) {
+            drop(self.remove(&mailbox));
+            return Err(match e {
+                BindError::Quota(quota) => CreateError::Quota(quota),
+                BindError::TooMany { .. } | BindError::Removed(_) => CreateError::ShuttingDown,
+            });
+        }
+        let mut private = lock(&caller.private);
+        // Those removed meanwhile (by their owner) need not wait for the connection.
+        private.retain(|name| self.get(name).is_ok());
+        private.push(name.clone());
         Ok(name)
     }
 

@@ -134,6 +134,12 @@ impl Pending {
         (&mut self.reply).await.ok()
     }
 
+    /// The reply, if it was handed over already: for a wait whose time ran out just as
+    /// it came.
+    pub fn try_reply(&mut self) -> Option<Message> {
+        self.reply.try_recv().ok()
+    }
+
     /// Withdraws the call from outside the task waiting for it (a cancel): the wait then
     /// ends with `None`, unless the reply came first.
     pub fn withdrawer(&self) -> impl FnOnce() + Send + Sync + 'static {
@@ -150,7 +156,7 @@ impl Drop for Pending {
 
 /// A random 64-bit number from the kernel (`getrandom(2)`), which does not fail for 8
 /// bytes once the system's entropy pool is initialised — long before a daemon runs.
-fn random_id() -> u64 {
+pub fn random_id() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: the buffer is valid for 8 bytes of writing for the whole call.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

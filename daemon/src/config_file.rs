@@ -206,6 +206,7 @@ struct StoreFile {
 #[serde(deny_unknown_fields)]
 struct TopicsFile {
     max_bindings: Option<u64>,
+    binding_overhead: Option<Size>,
     subscription_msgs: Option<u64>,
     subscription_bytes: Option<Size>,
 }
@@ -360,6 +361,9 @@ impl File {
         if let Some(n) = t.max_bindings {
             config.max_bindings = n.max(1);
         }
+        if let Some(s) = &t.binding_overhead {
+            config.binding_overhead = s.bytes("topics.binding_overhead")?;
+        }
         if let Some(n) = t.subscription_msgs {
             config.subscription_limits.max_msgs = n.max(1);
         }
@@ -372,6 +376,12 @@ impl File {
         for (i, m) in self.mailboxes.into_iter().enumerate() {
             let key = format!("mailbox[{i}] ({})", m.name);
             let name = MailboxName::new(m.name.clone()).map_err(|e| format!("{key}: {e}"))?;
+            if name.as_str().starts_with(ipc_proto::PRIVATE_PREFIX) {
+                return Err(format!(
+                    "{key}: names under {} are the daemon's own private mailboxes",
+                    ipc_proto::PRIVATE_PREFIX
+                ));
+            }
             if !seen.insert(name.clone()) {
                 return Err(format!("{key}: declared twice"));
             }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ipc_proto::{
     BatchMessage, CallRequest, ErrorCode, ErrorReply, Headers, MAX_BATCH, MAX_CONTENT_TYPE,
-    MailboxChanges, MailboxName, Message, PRIVATE_PREFIX, PublishReport, PublishRequest,
+    MailboxChanges, MailboxName, Message, PublishReport, PublishRequest, REPLY_PREFIX,
     RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest, SendRequest,
     Timestamp, TopicPattern, Wait,
 };
@@ -46,10 +46,14 @@ pub enum Reply {
     /// At once.
     Now(Answer),
     /// When the future completes (a blocked send or receive); `cancel` ends the wait at
-    /// once.
+    /// once. `undoable`: dropping `wait` before it completes undoes the request, which
+    /// then did nothing (a wait for a message, for room, or a call not yet sent) — so
+    /// it may be refused past the connection's `in_flight` quota. A wait for the store
+    /// is not: what it stores is stored, and must be answered as such.
     Later {
         wait: Pin<Box<dyn Future<Output = Answer> + Send>>,
         cancel: Canceller,
+        undoable: bool,
     },
     /// The request is a cancel of the pending request with this id; the peer owns those.
     Cancel(u64),
@@ -209,9 +213,11 @@ fn bind(
 }
 
 /// Publishes one message on a topic: a copy offered to every bound mailbox whose pattern
-/// matches, each checked, charged and limited as a send of its own, without waiting. A
-/// copy the publisher may not send, or that its mailbox refuses, is counted, never
-/// fatal to the rest. Answered once every durable copy is stored.
+/// matches, each checked and limited as a send of its own, without waiting. A copy the
+/// publisher may not send, or that its mailbox refuses, is counted, never fatal to the
+/// rest. Each copy is charged to the owner of the mailbox it goes to, who chose to
+/// receive it by binding: a mailbox bound to everything cannot make a publisher pay for
+/// what it hoards. Answered once every durable copy is stored.
 fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Reply> {
     check_message(req.mtype, &req.headers)?;
     let config = broker.config();
@@ -235,7 +241,9 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
             delay_ms: None,
             payload: req.payload.clone(),
         };
-        let Ok(incoming) = incoming(&config, caller, copy) else {
+        let owner = mailbox.settings().ownership.owner_uid;
+        let payer = broker.accounts().account(owner);
+        let Ok(incoming) = incoming_paid_by(&config, caller, &payer, copy) else {
             report.failed += 1;
             continue;
         };
@@ -261,14 +269,13 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
         }),
         // Nothing to withdraw: the copies were accepted, and are being stored.
         cancel: Box::new(|_| {}),
+        undoable: false,
     })
 }
 
 /// Whether `name` is a connection's reply mailbox, which only takes replies to calls.
 fn is_reply_mailbox(name: &MailboxName) -> bool {
-    name.as_str()
-        .strip_prefix(PRIVATE_PREFIX)
-        .is_some_and(|rest| rest.starts_with("reply/"))
+    name.as_str().starts_with(REPLY_PREFIX)
 }
 
 /// A reply sent to a reply mailbox: handed to the call waiting for it, or refused.
@@ -303,7 +310,8 @@ fn answer_call(broker: &Broker, caller: &Caller, req: SendRequest) -> OpResult<R
 /// Sends a request and waits for its reply: the message goes to its mailbox as a send
 /// would (waiting for room within the timeout), with `reply_to` and a fresh
 /// `correlation_id` set, and expires there undelivered when the timeout ends, so no
-/// responder takes up a call nobody waits for any more.
+/// responder takes up a call nobody waits for any more. Nothing is sent until the wait
+/// starts: a call refused for the connection's `in_flight` quota did nothing.
 fn call(broker: &Broker, caller: &Caller, req: CallRequest) -> OpResult<Reply> {
     check_message(req.mtype, &req.headers)?;
     if req.headers.reply_to.is_some() || req.headers.correlation_id.is_some() {
@@ -338,57 +346,100 @@ fn call(broker: &Broker, caller: &Caller, req: CallRequest) -> OpResult<Reply> {
         payload: req.payload,
     };
     let incoming = incoming(&broker.config(), caller, request).map_err(|r| r.into_reply(caller))?;
-    let nobody_waited = mailbox.info().waiting_receivers == 0;
-    let sent = match mailbox.send(incoming, Wait::TimeoutMs(req.timeout_ms)) {
-        Pending::Ready(Err(e)) => return Err(e.into()),
-        Pending::Ready(Ok(_)) => None,
-        Pending::Wait(waiter) => Some(waiter),
-    };
+    // What a cancel must stop: the call, and its send while that waits for room.
+    let cancelling = Arc::new(std::sync::Mutex::new(Cancelling::default()));
     let withdraw = pending.withdrawer();
-    let stop_sending = sent.as_ref().map(|waiter| waiter.canceller());
-    let name = req.mailbox;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = move || {
-        let hint = if nobody_waited {
-            "; no receiver was waiting on it when the call was made"
-        } else {
-            ""
-        };
-        Response::Error(ErrorReply::new(
-            ErrorCode::TimedOut,
-            format!(
-                "no reply to the call to mailbox {name} within {} ms{hint}",
-                timeout.as_millis()
-            ),
-        ))
-    };
-    Ok(Reply::Later {
-        wait: Box::pin(async move {
-            if let Some(waiter) = sent {
-                match tokio::time::timeout_at(deadline, waiter.wait()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Answer::from(Response::Error(e.into())),
-                    Err(_) => return Answer::from(timed_out()),
-                }
-            }
-            Answer::from(
-                match tokio::time::timeout_at(deadline, pending.reply()).await {
-                    Ok(Some(reply)) => Response::Message(reply),
-                    Ok(None) => Response::Error(ErrorReply::new(
-                        ErrorCode::Cancelled,
-                        "the call was cancelled",
-                    )),
-                    Err(_) => timed_out(),
-                },
-            )
-        }),
-        cancel: Box::new(move |cancelled| {
+    let cancel = {
+        let cancelling = cancelling.clone();
+        Box::new(move |cancelled| {
             withdraw();
-            if let Some(stop) = stop_sending {
+            let stop = {
+                let mut c = cancelling.lock().unwrap_or_else(|e| e.into_inner());
+                c.cancelled = true;
+                c.stop_sending.take()
+            };
+            if let Some(stop) = stop {
                 stop(cancelled);
             }
-        }),
+        })
+    };
+    let name = req.mailbox;
+    let wait = async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let nobody_waited = mailbox.info().waiting_receivers == 0;
+        let timed_out = || {
+            let hint = if nobody_waited {
+                "; no receiver was waiting on it when the call was made"
+            } else {
+                ""
+            };
+            Response::Error(ErrorReply::new(
+                ErrorCode::TimedOut,
+                format!(
+                    "no reply to the call to mailbox {name} within {} ms{hint}",
+                    timeout.as_millis()
+                ),
+            ))
+        };
+        let cancelled = || {
+            Response::Error(ErrorReply::new(
+                ErrorCode::Cancelled,
+                "the call was cancelled",
+            ))
+        };
+        {
+            let mut c = cancelling.lock().unwrap_or_else(|e| e.into_inner());
+            if c.cancelled {
+                return Answer::from(cancelled());
+            }
+            match mailbox.send(incoming, Wait::TimeoutMs(req.timeout_ms)) {
+                Pending::Ready(Err(e)) => return Answer::from(Response::Error(e.into())),
+                Pending::Ready(Ok(_)) => c.sending = None,
+                Pending::Wait(waiter) => {
+                    c.stop_sending = Some(waiter.canceller());
+                    c.sending = Some(waiter);
+                }
+            }
+        }
+        let sending = cancelling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sending
+            .take();
+        if let Some(waiter) = sending {
+            match tokio::time::timeout_at(deadline, waiter.wait()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Answer::from(Response::Error(e.into())),
+                Err(_) => return Answer::from(timed_out()),
+            }
+        }
+        Answer::from(
+            match tokio::time::timeout_at(deadline, pending.reply()).await {
+                Ok(Some(reply)) => Response::Message(reply),
+                Ok(None) => cancelled(),
+                // A reply handed over just as the time ran out is still the answer: its
+                // responder was told it was taken.
+                Err(_) => pending
+                    .try_reply()
+                    .map_or_else(timed_out, Response::Message),
+            },
+        )
+    };
+    Ok(Reply::Later {
+        wait: Box::pin(wait),
+        cancel,
+        undoable: true,
     })
+}
+
+/// A call's state as its cancel sees it.
+#[derive(Default)]
+struct Cancelling {
+    cancelled: bool,
+    /// The send of the request, while it waits for room…
+    sending: Option<crate::mailbox::Waiter<SentId>>,
+    /// …and what withdraws it.
+    stop_sending: Option<Canceller>,
 }
 
 /// Changes a mailbox's settings; a durable one answers once the new settings are stored.
@@ -485,6 +536,7 @@ fn once_stored(stored: oneshot::Receiver<Stored>, response: Response) -> Reply {
         }),
         // Nothing to withdraw: the answer comes as soon as the write is done.
         cancel: Box::new(|_| {}),
+        undoable: false,
     }
 }
 
@@ -568,6 +620,16 @@ impl Refusal {
 /// A checked message made ready for a mailbox, its charge taken. `config` is read once
 /// per request, not per message of a batch.
 fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> Result<Incoming, Refusal> {
+    incoming_paid_by(config, caller, &caller.account, message)
+}
+
+/// [`incoming`], charged to `payer` (under its own quota) rather than to the sender.
+fn incoming_paid_by(
+    config: &Config,
+    caller: &Caller,
+    payer: &Arc<crate::quota::UidAccount>,
+    message: BatchMessage,
+) -> Result<Incoming, Refusal> {
     let ttl = message
         .ttl_ms
         .map(|ms| bounded("ttl", ms, config.max_ttl))
@@ -580,10 +642,9 @@ fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> Result<I
     // until it leaves the daemon's keeping: payload, headers, and what keeping any
     // message costs, so that even empty messages are paid for.
     let size = message.payload.len() as u64 + headers_size(&message.headers);
-    let limit = Resource::QueuedBytes.limit(&config.quota_for(caller.uid()));
+    let limit = Resource::QueuedBytes.limit(&config.quota_for(payer.uid()));
     let amount = size + config.message_overhead;
-    let charge = caller
-        .account
+    let charge = payer
         .try_charge(Resource::QueuedBytes, amount, limit)
         .map_err(|used| Refusal::Quota {
             used,
@@ -660,6 +721,8 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     Ok(Reply::Later {
         cancel: group.canceller(),
         wait: Box::pin(async move { Answer::from(done(results, group.wait().await)) }),
+        // The messages before the waiting ones are in already.
+        undoable: false,
     })
 }
 
@@ -778,6 +841,7 @@ where
         Pending::Ready(result) => Reply::Now(answer(result)),
         Pending::Wait(waiter) => Reply::Later {
             cancel: waiter.canceller(),
+            undoable: waiter.undoable(),
             wait: Box::pin(async move { answer(waiter.wait().await) }),
         },
     }
@@ -933,6 +997,7 @@ impl From<BindError> for ErrorReply {
     fn from(e: BindError) -> Self {
         let code = match e {
             BindError::TooMany { .. } => ErrorCode::QuotaExceeded,
+            BindError::Quota(quota) => return quota.into(),
             BindError::Removed(_) => ErrorCode::NoSuchMailbox,
         };
         reply(code, &e)

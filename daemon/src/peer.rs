@@ -487,9 +487,15 @@ impl Peer {
         let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
         match dispatch(&self.broker, &self.caller, request, memfd, takes_fd) {
             Reply::Now(answer) => self.queue(outgoing(id, answer)).await,
-            Reply::Later { wait, cancel } => {
+            Reply::Later {
+                wait,
+                cancel,
+                undoable,
+            } => {
                 let limit = self.in_flight;
-                if self.tasks.len() as u64 >= limit {
+                // A wait for the store goes on past the quota: it ends by itself, and
+                // what it stores must be answered as stored.
+                if undoable && self.tasks.len() as u64 >= limit {
                     let error = ErrorReply::new(
                         ErrorCode::QuotaExceeded,
                         format!(

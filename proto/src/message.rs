@@ -339,6 +339,10 @@ pub struct CallRequest {
 /// connection's reply mailbox). No client may create a mailbox under it.
 pub const PRIVATE_PREFIX: &str = "_ipcd/";
 
+/// The prefix of a connection's reply mailbox, where the replies to its calls go
+/// ([`Request::Call`]).
+pub const REPLY_PREFIX: &str = "_ipcd/reply/";
+
 /// Take (or look at) one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecvRequest {

@@ -871,3 +871,166 @@ fn the_private_prefix_is_refused_to_clients() {
     assert!(matches!(refused, Err(Error::BadData(_))), "{refused:?}");
     assert!(c.list().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------
+// Who pays, and who may be answered
+
+/// What `uid` holds in queued bytes, as root sees it in `status`.
+fn queued_of(client: &mut BlockingClient, uid: u32) -> u64 {
+    let status = client.status().unwrap();
+    status
+        .users
+        .iter()
+        .find(|u| u.uid == uid)
+        .map_or(0, |u| u.queued_bytes)
+}
+
+/// A mailbox bound to everything and open for anyone to write takes copies of what
+/// others publish — that is what binding is — but it, not the publisher, pays for them:
+/// hoarding publications cannot use up the publisher's quota.
+#[test]
+fn a_published_copy_is_charged_to_the_mailbox_that_binds_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root to publish as another uid");
+        return;
+    }
+    let daemon = TestDaemon::start();
+    let mut root = daemon.client();
+    root.create(
+        "hoard",
+        &CreateOptions {
+            mode: Some(0o622),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    root.bind("hoard", ">").unwrap();
+    let socket = daemon.socket().to_path_buf();
+    let mut publisher = connect_as(STRANGER, move || {
+        BlockingClient::connect_to(&socket).unwrap()
+    });
+    let before = queued_of(&mut root, STRANGER.uid);
+    let report = publisher
+        .publish("any.thing", vec![7u8; 100_000], &SendOptions::default())
+        .unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(
+        queued_of(&mut root, STRANGER.uid),
+        before,
+        "the publisher holds nothing of the copy"
+    );
+    assert!(queued_of(&mut root, 0) >= 100_000, "the binder pays for it");
+}
+
+/// A binding costs its mailbox's owner queued bytes until it is undone, or its mailbox
+/// removed: bindings cannot pile up uncharged.
+#[test]
+fn a_binding_is_charged_to_its_owner_until_it_goes() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create("charged", &CreateOptions::default()).unwrap();
+    let (_, start) = usage(&mut c);
+    c.bind("charged", "a.b.c.d").unwrap();
+    let (_, bound) = usage(&mut c);
+    let overhead = ipcd::Config::default().binding_overhead;
+    assert_eq!(bound - start, "a.b.c.d".len() as u64 + 4 * overhead);
+    c.bind("charged", "a.b.c.d").unwrap();
+    assert_eq!(usage(&mut c).1, bound, "binding twice charges once");
+    c.unbind("charged", "a.b.c.d").unwrap();
+    assert_eq!(usage(&mut c).1, start);
+    c.bind("charged", "x.>").unwrap();
+    c.remove("charged").unwrap();
+    assert_eq!(usage(&mut c).1, start, "removing the mailbox gives it back");
+}
+
+/// `reply` answers only a call: a `reply_to` naming an ordinary mailbox is the sender's
+/// say, and answering there would write, as the responder, where the sender may not.
+#[test]
+fn reply_answers_only_a_calls_reply_mailbox() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create("svc", &CreateOptions::default()).unwrap();
+    c.create("elsewhere", &CreateOptions::default()).unwrap();
+    let mut options = SendOptions::default();
+    options.headers.reply_to = Some("elsewhere".parse().unwrap());
+    options.headers.correlation_id = Some(1);
+    c.send("svc", "forged", &options).unwrap();
+    let request = c.recv("svc", &nowait()).unwrap();
+    let refused = c.reply(&request, "answer");
+    assert!(matches!(refused, Err(Error::BadData(_))), "{refused:?}");
+    assert!(drain(&mut c, "elsewhere").is_empty());
+}
+
+/// `ipcctl serve` runs nothing for a message that is no call, and goes on serving: a
+/// stranger's forged `reply_to` neither steers its answer nor stops it.
+#[test]
+fn serve_skips_what_is_no_call_and_goes_on() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create("svc", &CreateOptions::default()).unwrap();
+    c.create("elsewhere", &CreateOptions::default()).unwrap();
+    let mut options = SendOptions::default();
+    options.headers.reply_to = Some("elsewhere".parse().unwrap());
+    options.headers.correlation_id = Some(1);
+    c.send("svc", "forged", &options).unwrap();
+    let mut nowhere = SendOptions::default();
+    nowhere.headers.reply_to = Some("no.such.mailbox".parse().unwrap());
+    c.send("svc", "lost", &nowhere).unwrap();
+    let serve = ipcctl(daemon.socket())
+        .args(["serve", "svc", "--count", "3", "--", "tr", "a-z", "A-Z"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reply = c.call("svc", "real", Duration::from_secs(30)).unwrap();
+    assert_eq!(reply.payload, "REAL");
+    let out = serve.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("is no call").count(), 2, "{stderr}");
+    assert!(
+        drain(&mut c, "elsewhere").is_empty(),
+        "nothing was steered there"
+    );
+}
+
+/// A call refused for the connection's `in_flight` quota sent nothing: retrying it does
+/// not make the request twice.
+#[test]
+fn a_call_refused_for_in_flight_sent_nothing() {
+    let mut config = ipcd::Config::default();
+    config.quota_overrides.insert(
+        uid(),
+        ipcd::config::Quota {
+            in_flight: 1,
+            ..ipcd::Config::default().quota
+        },
+    );
+    let daemon = TestDaemon::start_with(config);
+    let mut c = daemon.client();
+    c.create("svc", &CreateOptions::default()).unwrap();
+    let call = |payload: &'static str| {
+        ipc_proto::Request::Call(ipc_proto::CallRequest {
+            mailbox: "svc".parse().unwrap(),
+            mtype: 1,
+            headers: Default::default(),
+            timeout_ms: 60_000,
+            payload: payload.into(),
+        })
+    };
+    let mut caller = daemon.client();
+    let first = caller.submit(&call("first")).unwrap();
+    let second = caller.submit(&call("second")).unwrap();
+    let refused = caller.wait_for(second).unwrap();
+    assert!(
+        matches!(&refused, ipc_proto::Response::Error(e) if e.code == ipc_client::ErrorCode::QuotaExceeded),
+        "{refused:?}"
+    );
+    let queued = drain(&mut c, "svc");
+    let payloads: Vec<&str> = queued.iter().map(text).collect();
+    assert_eq!(payloads, ["first"], "only the call let in was sent");
+    c.reply(&queued[0], "done").unwrap();
+    assert!(matches!(
+        caller.wait_for(first).unwrap(),
+        ipc_proto::Response::Message(_)
+    ));
+}

@@ -3,10 +3,14 @@
 //! `IPC_MESSAGE_ID`, `IPC_TYPE`, `IPC_CORRELATION_ID` in its environment), replies with
 //! what it wrote to standard output, then acks the request. A command that fails (or
 //! cannot start) is answered with a reply marked as a failure (`call` exits 1 with its
-//! standard error), so the caller hears of it at once rather than at its timeout. A
-//! message that is no request (no `reply_to`) is run all the same and its output
-//! dropped, with a note. If `serve` dies mid-request, the lease ends with its
-//! connection and the request goes back to the mailbox for another responder.
+//! standard error), so the caller hears of it at once rather than at its timeout. Only
+//! calls are answered: a message without a call's reply mailbox in `reply_to` — sent,
+//! not called, or naming some other mailbox, which its sender may have no right to
+//! write to — is dropped with a note, its command not run. A reply that cannot be
+//! delivered (the call gave up, its connection went) is noted and the next request
+//! served: one bad request never stops the responder. If `serve` dies mid-request, the
+//! lease ends with its connection and the request goes back to the mailbox for
+//! another responder.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -32,9 +36,24 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         // Leased to this connection: if it goes before the ack, so does the lease.
         let leased = RecvOptions::default().lease(LEASE, false);
         let request = client.recv(name.as_str(), &leased)?;
-        let outcome = run_command(&args.command, name.as_str(), &request);
-        answer(&request, outcome, &mut client)?;
-        client.ack(name.as_str(), request.id)?;
+        if is_call(&request) {
+            let outcome = run_command(&args.command, name.as_str(), &request);
+            answer(&request, outcome, &mut client)?;
+        } else {
+            eprintln!(
+                "ipcctl: message {} is no call (its reply_to is not a call's reply mailbox); \
+                 dropped unanswered",
+                request.id
+            );
+        }
+        match client.ack(name.as_str(), request.id) {
+            // Its lease ran out while the command ran: it is back in the mailbox, for
+            // another try. Not this responder's failure.
+            Err(e @ Error::Server { .. }) => {
+                eprintln!("ipcctl: request {} could not be acked: {e}", request.id);
+            }
+            other => other?,
+        }
         served += 1;
     }
     Ok(())
@@ -84,16 +103,21 @@ fn run_command(command: &[OsString], mailbox: &str, request: &Message) -> Outcom
     Err(format!("{} ({})", why.trim_end(), output.status))
 }
 
+/// Whether `request` came from a call: its `reply_to` is a call's reply mailbox, and it
+/// carries the correlation id that answers it.
+fn is_call(request: &Message) -> bool {
+    request.headers.correlation_id.is_some()
+        && request
+            .headers
+            .reply_to
+            .as_ref()
+            .is_some_and(|to| to.as_str().starts_with(ipc_proto::REPLY_PREFIX))
+}
+
 /// Replies to `request` with the command's output, or with its failure marked as such.
-/// A call that has given up refuses the reply: that is noted, not fatal.
+/// A reply the daemon refuses (the call gave up, the output is too large) is noted, not
+/// fatal; only a lost connection ends the responder.
 fn answer(request: &Message, outcome: Outcome, client: &mut BlockingClient) -> anyhow::Result<()> {
-    if request.headers.reply_to.is_none() {
-        eprintln!(
-            "ipcctl: message {} has no reply_to (it was sent, not called); its output is dropped",
-            request.id
-        );
-        return Ok(());
-    }
     let replied = match outcome {
         Ok(stdout) => client.reply(request, stdout),
         Err(why) => {
@@ -104,9 +128,9 @@ fn answer(request: &Message, outcome: Outcome, client: &mut BlockingClient) -> a
         }
     };
     match replied {
-        Err(Error::PermissionDenied(why)) => {
+        Err(e) if !e.is_connection_lost() => {
             eprintln!(
-                "ipcctl: the reply to request {} was refused: {why}",
+                "ipcctl: the reply to request {} was refused: {e}",
                 request.id
             );
             Ok(())

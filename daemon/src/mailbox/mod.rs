@@ -318,7 +318,9 @@ impl Mailbox {
             state.accept(incoming, tx);
             // Answered once stored; there is nothing to deregister meanwhile.
             let key = state.take_key();
-            return Pending::Wait(Waiter::new(self.clone(), key, rx, None));
+            let mut waiter = Waiter::new(self.clone(), key, rx, None);
+            waiter.storing = true;
+            return Pending::Wait(waiter);
         }
         let full = Full {
             mailbox: self.name.clone(),

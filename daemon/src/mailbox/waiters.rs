@@ -436,6 +436,9 @@ pub(crate) struct Waiter<T: Side> {
     finished: bool,
     /// What this waiter is handed is a copy (a peek): undelivered, it is dropped.
     pub(super) copy: bool,
+    /// It waits for the store, its message accepted already: dropping it does not undo
+    /// the send.
+    pub(super) storing: bool,
 }
 
 impl<T: Side> Waiter<T> {
@@ -452,7 +455,14 @@ impl<T: Side> Waiter<T> {
             timeout,
             finished: false,
             copy: false,
+            storing: false,
         }
+    }
+
+    /// Whether dropping it undoes its request, which then did nothing: true of a wait
+    /// for a message or for room, false of a send waiting only to be stored.
+    pub fn undoable(&self) -> bool {
+        !self.storing
     }
 
     /// A handle that cancels this wait at once, from outside the task awaiting it.
