@@ -164,14 +164,19 @@ pub fn tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// Where cargo put this workspace's binaries: beside the `deps` folder of this test.
-pub fn binary(name: &str) -> PathBuf {
+/// Where cargo put this workspace's binaries and libraries (`target/<profile>`): the
+/// folder that holds the `deps` folder of this test.
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let path = dir.join(name);
+        .expect("target directory")
+        .to_owned()
+}
+
+/// A binary of this workspace, in [`target_dir`]; it must have been built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: build the workspace's binaries first (`cargo test --workspace` \
