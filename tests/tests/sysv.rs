@@ -3,11 +3,10 @@
 //! shim (`LD_PRELOAD`, speaking to a test daemon through `IPCD_SOCKET`), which must
 //! give the same output and exit status to the byte.
 //!
-//! Without a C compiler (`cc`) every test here passes after saying so. The shim is
-//! looked for beside the workspace's binaries (`target/<profile>/libipcd_sysv.so`,
-//! built by `cargo build --workspace`); when it is not there the shim halves are skipped
-//! with a note — unless `IPCD_REQUIRE_SHIM=1`, when a missing shim fails, so that CI
-//! cannot skip them unnoticed.
+//! Without a C compiler (`cc`) every test here passes after saying so (`.ci/run`
+//! installs one). The shim is a dev-dependency of this package, so `cargo test` builds
+//! it (`target/<profile>/deps/libipcd_sysv.so`); a missing shim is a failure, never a
+//! skip.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -103,25 +102,22 @@ impl Programs {
     }
 }
 
-/// The shim library, if it was built; `None` after saying so — or a failure when
-/// `IPCD_REQUIRE_SHIM=1`.
+/// The shim library, which `cargo test` built with these tests.
 fn shim() -> Option<PathBuf> {
-    let path = target_dir().join("libipcd_sysv.so");
-    if path.exists() {
-        return Some(path);
-    }
-    let required = std::env::var_os("IPCD_REQUIRE_SHIM").is_some_and(|v| v == "1");
+    // Built with these tests (a dev-dependency of this package, so `cargo test` makes
+    // it), in `deps/`; `cargo build` also puts one beside the binaries.
+    let path = [
+        target_dir().join("deps/libipcd_sysv.so"),
+        target_dir().join("libipcd_sysv.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists());
     assert!(
-        !required,
-        "IPCD_REQUIRE_SHIM=1 but {} is missing: build it (`cargo build --workspace`)",
-        path.display()
+        path.is_some(),
+        "libipcd_sysv.so is not built in {}: `cargo test` builds it",
+        target_dir().display()
     );
-    eprintln!(
-        "skipping the shim half: {} is not built (set IPCD_REQUIRE_SHIM=1 to make this \
-         a failure)",
-        path.display()
-    );
-    None
+    path
 }
 
 /// Runs `command` to completion with its output captured, in a process group of its own
