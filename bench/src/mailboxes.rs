@@ -113,6 +113,7 @@ fn recv(mailbox: &str) -> Request {
         wait: Wait::Forever,
         peek: false,
         lease: None,
+        max_size: None,
     })
 }
 

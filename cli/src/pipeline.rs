@@ -297,6 +297,7 @@ mod tests {
             wait: Wait::Forever,
             peek: false,
             lease: None,
+            max_size: None,
         })
     }
 

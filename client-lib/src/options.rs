@@ -156,6 +156,9 @@ pub struct RecvOptions {
     pub peek: bool,
     /// Lease it instead (acknowledged receive); set by the `recv_leased` calls.
     pub lease: Option<Lease>,
+    /// Take no message larger than this: one selected that is larger stays in place,
+    /// and the receive fails (`ErrorCode::TooBig`, SysV's `E2BIG`). Not for batches.
+    pub max_size: Option<u64>,
 }
 
 impl RecvOptions {
@@ -176,6 +179,12 @@ impl RecvOptions {
         self
     }
 
+    /// Takes no message larger than `bytes` (see [`Self::max_size`]).
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
     /// Lease the message for `timeout`; `detached` leases outlive the connection.
     pub fn lease(mut self, timeout: std::time::Duration, detached: bool) -> Self {
         self.lease = Some(Lease {
@@ -192,6 +201,7 @@ impl RecvOptions {
             wait: self.wait,
             peek: self.peek,
             lease: self.lease,
+            max_size: self.max_size,
         }
     }
 
@@ -200,6 +210,11 @@ impl RecvOptions {
         if self.peek {
             return Err(Error::BadData(
                 "a batched receive takes its messages; it cannot peek".to_owned(),
+            ));
+        }
+        if self.max_size.is_some() {
+            return Err(Error::BadData(
+                "a batched receive takes messages of any size; it has no max_size".to_owned(),
             ));
         }
         Ok(RecvBatchRequest {

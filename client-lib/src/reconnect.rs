@@ -427,6 +427,7 @@ mod tests {
             wait,
             peek: false,
             lease: None,
+            max_size: None,
         })
     }
 

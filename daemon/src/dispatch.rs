@@ -735,7 +735,8 @@ fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<
             "a peek leaves the message in place, so it cannot lease it",
         ));
     }
-    let taker = taker(broker, caller, req.peek, req.lease)?;
+    let mut taker = taker(broker, caller, req.peek, req.lease)?;
+    taker.max_size = req.max_size;
     Ok(mailbox.recv(req.selector, taker, req.wait))
 }
 
@@ -758,6 +759,7 @@ fn taker(
         peek,
         pid: caller.creds.pid,
         lease,
+        max_size: None,
     })
 }
 
@@ -961,6 +963,7 @@ impl From<RecvError> for ErrorReply {
             RecvError::Empty(_) | RecvError::NoSuchPosition { .. } => {
                 reply(ErrorCode::WouldBlock, &e)
             }
+            RecvError::TooBig { .. } => reply(ErrorCode::TooBig, &e),
             RecvError::TimedOut { .. } => reply(ErrorCode::TimedOut, &e),
         }
     }

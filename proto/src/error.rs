@@ -47,12 +47,15 @@ pub enum ErrorCode {
     /// `Ack`/`Nack` of a message that is not leased: already settled, or its lease
     /// ended (exit 1).
     NotLeased,
+    /// The message a receive selected is larger than its `max_size`; it stays in the
+    /// mailbox (SysV `E2BIG`, exit 65).
+    TooBig,
     /// A code this build does not know; kept so newer daemons stay readable.
     Unknown(u16),
 }
 
 impl ErrorCode {
-    const TABLE: [(u16, ErrorCode); 17] = [
+    const TABLE: [(u16, ErrorCode); 18] = [
         (1, ErrorCode::Internal),
         (2, ErrorCode::BadRequest),
         (3, ErrorCode::InvalidName),
@@ -70,6 +73,7 @@ impl ErrorCode {
         (15, ErrorCode::Cancelled),
         (16, ErrorCode::StorageFailed),
         (17, ErrorCode::NotLeased),
+        (18, ErrorCode::TooBig),
     ];
 
     /// The number sent on the wire.
@@ -90,6 +94,7 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::InvalidName
             | ErrorCode::TooLarge
+            | ErrorCode::TooBig
             | ErrorCode::InvalidArgument => 65,
             ErrorCode::NoSuchMailbox | ErrorCode::Removed => 66,
             ErrorCode::ShuttingDown | ErrorCode::VersionMismatch => 69,

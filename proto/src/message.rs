@@ -353,6 +353,10 @@ pub struct RecvRequest {
     pub peek: bool,
     /// Acknowledged receive: lease the message instead of taking it (SPEC §3).
     pub lease: Option<Lease>,
+    /// The largest payload this receive takes: a larger selected message is not taken
+    /// (it stays in place) and the receive fails with `TooBig`, as `msgrcv(2)` fails
+    /// with `E2BIG`. `None`: any size.
+    pub max_size: Option<u64>,
 }
 
 /// How long, and how, a receiver holds a message it must `Ack` or `Nack`.

@@ -210,9 +210,10 @@ fn request() -> impl Strategy<Value = Request> {
             selector(),
             wait(),
             any::<bool>(),
-            any::<Option<(u64, bool)>>()
+            any::<Option<(u64, bool)>>(),
+            any::<Option<u64>>()
         )
-            .prop_map(|(mailbox, selector, wait, peek, lease)| {
+            .prop_map(|(mailbox, selector, wait, peek, lease, max_size)| {
                 Request::Recv(RecvRequest {
                     mailbox,
                     selector,
@@ -222,6 +223,7 @@ fn request() -> impl Strategy<Value = Request> {
                         timeout_ms,
                         detached,
                     }),
+                    max_size,
                 })
             }),
         name().prop_map(|mailbox| Request::Stat { mailbox }),

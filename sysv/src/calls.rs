@@ -2,14 +2,14 @@
 //! They return the value for the program, or the `errno` to fail with.
 //!
 //! Where ipcd and the kernel differ underneath, the difference is made invisible here:
-//! - `msgrcv` with a buffer that may be too small takes its message on a lease and gives
-//!   it back (`nack`, to its place) when it does not fit: `E2BIG` leaves the message
-//!   queued, as the kernel does. `MSG_NOERROR`, or a buffer of `msgmax`, needs no lease.
+//! - `msgrcv` without `MSG_NOERROR` receives with a `max_size` of its buffer: the daemon
+//!   leaves a larger message where it is and answers `TooBig`, which is `E2BIG` — and a
+//!   waiting receive too small for a message that comes is woken so, as the kernel
+//!   wakes it.
 //! - A new queue holds `msgmnb` bytes and `msgmnb` messages, with messages of at most
 //!   `msgmax` bytes, as the kernel's do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use ipc_client::{
     BlockingClient, CreateOptions, Error, LimitChanges, MailboxChanges, MailboxInfo, RecvOptions,
@@ -19,10 +19,6 @@ use libc::{c_int, c_long, key_t, msqid_ds};
 
 use crate::kernel::{self, Call, IPC_INFO, MSG_COPY, MSG_INFO, MSG_STAT, MSG_STAT_ANY};
 use crate::queue::{self, Queue, with_client};
-
-/// How long a message taken to be measured stays leased: long past any real wait, and
-/// ended at once should this process die.
-const MEASURING_LEASE: Duration = Duration::from_secs(60);
 
 /// The errno for `e` in `call`; a failure to reach the daemon is also said on stderr.
 fn errno(call: Call, e: &Error) -> c_int {
@@ -201,32 +197,17 @@ pub fn msgrcv(
     } else {
         Wait::Forever
     };
-    let options = RecvOptions::selector(selector).wait(wait);
+    let mut options = RecvOptions::selector(selector).wait(wait);
+    if !truncate {
+        // A larger message stays queued, and this receive fails with E2BIG.
+        options = options.max_size(msgsz as u64);
+    }
     with_client(|client| {
         let queue = queue::queue(client, id)?;
-        let name = queue.name.as_str();
-        if truncate || msgsz as u64 >= kernel::limits().msgmax {
-            // Whatever comes fits, or may be cut: taken at once.
-            let message = client
-                .recv(name, &options)
-                .map_err(|e| errno(Call::Recv, &e))?;
-            return Ok((message.mtype, cut(&message.payload, msgsz)));
-        }
-        let leased = options.lease(MEASURING_LEASE, false);
         let message = client
-            .recv(name, &leased)
+            .recv(queue.name.as_str(), &options)
             .map_err(|e| errno(Call::Recv, &e))?;
-        if message.payload.len() > msgsz {
-            // Back to its place, for a receiver with room for it.
-            client
-                .nack(name, message.id)
-                .map_err(|e| errno(Call::Recv, &e))?;
-            return Err(libc::E2BIG);
-        }
-        client
-            .ack(name, message.id)
-            .map_err(|e| errno(Call::Recv, &e))?;
-        Ok((message.mtype, message.payload.to_vec()))
+        Ok((message.mtype, cut(&message.payload, msgsz)))
     })
 }
 

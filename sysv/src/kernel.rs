@@ -76,7 +76,7 @@ pub fn errno(call: Call, e: &Error) -> c_int {
         Error::QuotaExceeded(_) => libc::ENOMEM,
         Error::Interrupted | Error::Cancelled(_) => libc::EINTR,
         Error::BadData(_) | Error::InvalidName(_) | Error::InvalidTopic(_) => libc::EINVAL,
-        Error::Server { code, .. } if *code == ErrorCode::NotLeased => libc::EIDRM,
+        Error::Server { code, .. } if *code == ErrorCode::TooBig => libc::E2BIG,
         // The daemon is gone or not there: what the kernel never says, so the program
         // at least fails instead of waiting; `queue.rs` says why on stderr once.
         _ => libc::EIO,

@@ -202,6 +202,7 @@ fn unread_receives(daemon: &DaemonProcess) -> Held {
                 wait: Wait::Forever,
                 peek: false,
                 lease: None,
+                max_size: None,
             });
             for id in 1..=10_000 {
                 codec::encode_frame(FrameKind::Request, id, &recv, u32::MAX, &mut out)

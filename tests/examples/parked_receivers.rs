@@ -64,6 +64,7 @@ fn recv(mailbox: &str, selector: Selector, wait: Wait) -> Request {
         wait,
         peek: false,
         lease: None,
+        max_size: None,
     })
 }
 

@@ -109,6 +109,7 @@ fn a_reader_that_never_reads_is_cut_off() {
                 wait: Wait::Forever,
                 peek: false,
                 lease: None,
+                max_size: None,
             });
             codec::encode_frame(FrameKind::Request, id, &recv, u32::MAX, &mut out).unwrap();
         }
@@ -289,6 +290,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
             wait,
             peek: false,
             lease: None,
+            max_size: None,
         })
     };
     // Selectors that could never match are refused at once; a valid one finds nothing.

@@ -120,6 +120,7 @@ fn no_descriptor_is_left_behind_by_senders_and_receivers_that_go_away() {
                 wait: Wait::Forever,
                 peek: false,
                 lease: None,
+                max_size: None,
             }))
             .unwrap();
         receiver.flush().unwrap();

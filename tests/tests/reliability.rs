@@ -108,6 +108,7 @@ fn a_hundred_thousand_ttl_messages_sent_and_received_leave_no_timers() {
         wait: Wait::NoWait,
         peek: false,
         lease: None,
+        max_size: None,
     });
     pipelined(&mut c, &recv, n);
     let info = c.stat("ttl").unwrap();
@@ -190,6 +191,7 @@ fn a_hundred_thousand_parked_receivers_that_never_match_miss_nothing() {
                 wait: Wait::Forever,
                 peek: false,
                 lease: None,
+                max_size: None,
             }))
             .unwrap();
         }
@@ -215,6 +217,7 @@ fn a_hundred_thousand_parked_receivers_that_never_match_miss_nothing() {
         wait: Wait::TimeoutMs(60_000),
         peek: false,
         lease: None,
+        max_size: None,
     });
     let consumer = std::thread::spawn(move || {
         let replies = pipelined(&mut receiver, &recv, n);

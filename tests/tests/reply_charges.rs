@@ -120,6 +120,7 @@ fn unread_replies_count_against_the_uid_that_asked() {
             wait: Wait::Forever,
             peek: false,
             lease: None,
+            max_size: None,
         });
         writers.push(write_in_background(&stream, pipelined(&recv, RECEIVES)));
         flooders.push(stream);

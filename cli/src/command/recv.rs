@@ -75,6 +75,7 @@ pub fn run(ctx: &Context, args: RecvArgs) -> anyhow::Result<()> {
         wait: args.wait.wait(),
         peek: args.peek,
         lease,
+        max_size: None,
     });
     let mut client = ctx.connect()?;
     if let Some(command) = &args.exec {

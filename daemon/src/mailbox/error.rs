@@ -124,6 +124,12 @@ pub enum RecvError {
     TimedOut { after_ms: u128, empty: Empty },
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
+    /// The selected message is larger than the receive takes; it stays in the mailbox.
+    #[error(
+        "message {id} has {size} bytes, more than the {max} this receive takes; it stays \
+         in the mailbox"
+    )]
+    TooBig { id: u64, size: u64, max: u64 },
     /// A copy by position asked for one past the queue's end.
     #[error("mailbox {mailbox} holds {messages} messages: none at position {index}")]
     NoSuchPosition {

@@ -60,6 +60,22 @@ pub(crate) struct Taker {
     pub pid: u32,
     /// Lease it (acknowledged receive) rather than take it.
     pub lease: Option<LeaseTerms>,
+    /// Take no message with a larger payload: it stays, and the receive fails
+    /// ([`RecvError::TooBig`], SysV's `E2BIG`).
+    pub max_size: Option<u64>,
+}
+
+impl Taker {
+    /// Why `envelope` is too large for this receive to take, if it is.
+    fn refuses(&self, envelope: &Envelope) -> Option<RecvError> {
+        let max = self.max_size?;
+        let size = envelope.payload.len() as u64;
+        (size > max).then_some(RecvError::TooBig {
+            id: envelope.id,
+            size,
+            max,
+        })
+    }
 }
 
 /// Settings a creator or owner chooses.
@@ -364,6 +380,11 @@ impl Mailbox {
                 state.expire(envelope, &self.name);
                 continue;
             }
+            let refused = (state.queue.get(slot)).and_then(|e| taker.refuses(e));
+            if let Some(refused) = refused {
+                // Not taken: it stays where it is for a receiver with room for it.
+                return Pending::Ready(Err(refused));
+            }
             let envelope = if peek {
                 state
                     .queue
@@ -389,6 +410,19 @@ impl Mailbox {
                 .find(|(_, w)| selector.matches(w.incoming.mtype))
                 .map(|(&key, _)| key)
             {
+                let too_big = taker
+                    .max_size
+                    .is_some_and(|max| state.senders[&key].incoming.payload.len() as u64 > max);
+                if too_big {
+                    // Admitted and queued, it is then refused as any queued message
+                    // would be; it stays in the mailbox.
+                    let waiter = state.senders.remove(&key).expect("found");
+                    let envelope = state.stamp(waiter.incoming);
+                    let _ = waiter.tx.send(Ok(SentId(envelope.id)));
+                    let refused = taker.refuses(&envelope);
+                    state.offer_or_queue(envelope);
+                    return Pending::Ready(Err(refused.expect("too big")));
+                }
                 let waiter = state.senders.remove(&key).expect("found");
                 let envelope = state.stamp(waiter.incoming);
                 let _ = waiter.tx.send(Ok(SentId(envelope.id)));
@@ -733,6 +767,12 @@ impl State {
             }
             let Some(key) = taker else { break };
             let waiter = self.receivers.remove(key).expect("found");
+            if let Some(refused) = waiter.taker.refuses(&envelope) {
+                // As the kernel wakes a receiver too small for the message with E2BIG
+                // and offers the message on: the next matching receiver, or the queue.
+                let _ = waiter.tx.send(Err(refused));
+                continue;
+            }
             let id = envelope.id;
             let handed = self.take(envelope, &waiter.taker);
             match waiter.tx.send(Ok(handed)) {

@@ -66,6 +66,7 @@ fn take(m: &Arc<Mailbox>) -> Option<Envelope> {
         peek: false,
         pid: 1,
         lease: None,
+        max_size: None,
     };
     match m.recv(Selector::Any, taker, Wait::NoWait) {
         Pending::Ready(Ok(e)) => Some(e),
@@ -105,6 +106,7 @@ async fn a_waiting_receiver_gets_a_delayed_message_when_it_shows() {
         peek: false,
         pid: 1,
         lease: None,
+        max_size: None,
     };
     let Pending::Wait(waiter) = m.recv(Selector::Any, taker, Wait::Forever) else {
         panic!("nothing to take yet");
@@ -171,6 +173,7 @@ async fn a_leased_message_that_expires_meanwhile_is_not_redelivered() {
             uid: 1,
             book: None,
         }),
+        max_size: None,
     };
     let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
         panic!("leased");
@@ -204,6 +207,7 @@ async fn a_received_message_takes_its_ttl_timer_with_it() {
             uid: 1,
             book: None,
         }),
+        max_size: None,
     };
     let Pending::Ready(Ok(_)) = m.recv(Selector::Any, taker, Wait::NoWait) else {
         panic!("leased");
@@ -222,6 +226,7 @@ async fn a_peek_copy_whose_waiter_is_gone_is_dropped_not_put_back() {
         peek: true,
         pid: 1,
         lease: None,
+        max_size: None,
     };
     let Pending::Wait(waiter) = m.recv(Selector::Any, peeker, Wait::Forever) else {
         panic!("nothing to peek at yet");
@@ -298,6 +303,7 @@ async fn a_send_goes_to_the_oldest_matching_receiver_past_any_number_that_never_
         peek: false,
         pid: 1,
         lease: None,
+        max_size: None,
     };
     let mut parked = Vec::new();
     for t in 2..1000 {
@@ -353,4 +359,39 @@ fn an_envelope_keeps_only_what_every_message_has_inline() {
         "Envelope grew to {} bytes",
         std::mem::size_of::<Envelope>()
     );
+}
+
+fn taker_of_at_most(max_size: u64) -> Taker {
+    Taker {
+        peek: false,
+        pid: 1,
+        lease: None,
+        max_size: Some(max_size),
+    }
+}
+
+/// A receive that takes at most so many bytes leaves a larger message where it is, as
+/// `msgrcv` without `MSG_NOERROR` does; a waiting one too small for a message that
+/// comes is woken with the refusal, and the message goes on to the next receiver.
+#[tokio::test]
+async fn a_message_too_big_for_a_receive_stays_for_the_next() {
+    let (m, _) = mailbox(None, None);
+    send(&m, "twelve bytes", None, None);
+    match m.recv(Selector::Any, taker_of_at_most(4), Wait::NoWait) {
+        Pending::Ready(Err(RecvError::TooBig { size: 12, max: 4, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.info().messages, 1, "it stayed");
+    assert_eq!(&take(&m).unwrap().payload[..], b"twelve bytes");
+
+    let Pending::Wait(small) = m.recv(Selector::Any, taker_of_at_most(4), Wait::Forever) else {
+        panic!("nothing to take yet");
+    };
+    let Pending::Wait(large) = m.recv(Selector::Any, taker_of_at_most(64), Wait::Forever) else {
+        panic!("nothing to take yet");
+    };
+    send(&m, "twelve bytes", None, None);
+    assert!(matches!(small.wait().await, Err(RecvError::TooBig { .. })));
+    assert_eq!(&large.wait().await.unwrap().payload[..], b"twelve bytes");
+    assert_eq!(m.info().messages, 0);
 }
