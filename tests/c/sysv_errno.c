@@ -928,6 +928,41 @@ static void permission_cases_as_another_user(void)
 		fail("permissions", "root's queue changed");
 }
 
+/* The effective ids of the moment decide, call by call: a program that seteuid()s away
+ * and back is refused in between and let in again after. */
+static void seteuid_between_calls_decides_access(void)
+{
+	if (geteuid() != 0) {
+		skip(CASE, "needs root, to change its effective uid");
+		return;
+	}
+	int id = make(fresh_key(), IPC_CREAT | IPC_EXCL | 0600);
+	if (id == -1) {
+		fail(CASE, "msgget: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		failures = 0;
+		long rc;
+		EXPECT_OK(rc, send_text(id, 1, "as root", IPC_NOWAIT));
+		if (setegid(UNPRIVILEGED) == -1 || seteuid(UNPRIVILEGED) == -1)
+			_exit(2);
+		EXPECT_ERRNO(send_text(id, 1, "as nobody", IPC_NOWAIT), EACCES);
+		if (seteuid(0) == -1 || setegid(0) == -1)
+			_exit(2);
+		EXPECT_OK(rc, send_text(id, 1, "as root again", IPC_NOWAIT));
+		_exit(failures > 0);
+	}
+	int got = wait_child(child);
+	if (got != 0)
+		fail(CASE, "the child failed (%d)", got);
+	else if (queue_messages(id) != 2)
+		fail(CASE, "%ld messages queued, not 2", queue_messages(id));
+	else
+		ok(CASE);
+}
+
 /* --- the run ---------------------------------------------------------------------- */
 
 static void remove_everything_made(void)
@@ -974,6 +1009,7 @@ int main(int argc, char **argv)
 	ipc_info_matches_proc();
 	msg_info_and_msg_stat_find_the_queue();
 	permission_cases_as_another_user();
+	seteuid_between_calls_decides_access();
 
 	remove_everything_made();
 	return failures > 0;
