@@ -459,15 +459,8 @@ impl Broker {
         let owned = self
             .charge(caller, Resource::Mailboxes, 1)
             .map_err(CreateError::Quota)?;
-        let (uid, gid) = (caller.creds.uid, caller.creds.gid);
         let settings = Settings {
-            ownership: Ownership {
-                owner_uid: uid,
-                owner_gid: gid,
-                creator_uid: uid,
-                creator_gid: gid,
-                mode,
-            },
+            ownership: made_by(caller, mode),
             fsync: store.map(|_| request.fsync.unwrap_or(config.default_fsync)),
             limits,
             max_deliveries: request.delivery.max_deliveries.unwrap_or(0),
@@ -480,7 +473,7 @@ impl Broker {
             None => Created::Now(true),
             Some(stored) => Created::Storing(stored),
         };
-        tracing::debug!(mailbox = %name, uid, durable = request.durable, "mailbox created");
+        tracing::debug!(mailbox = %name, uid = caller.uid(), durable = request.durable, "mailbox created");
         Ok(created)
     }
 
@@ -620,15 +613,8 @@ impl Broker {
         let owned = self
             .charge(caller, Resource::Mailboxes, 1)
             .map_err(CreateError::Quota)?;
-        let (uid, gid) = (caller.creds.uid, caller.creds.gid);
         let settings = Settings {
-            ownership: Ownership {
-                owner_uid: uid,
-                owner_gid: gid,
-                creator_uid: uid,
-                creator_gid: gid,
-                mode: 0o600,
-            },
+            ownership: made_by(caller, 0o600),
             fsync: None,
             limits: config.subscription_limits,
             max_deliveries: 0,
@@ -843,6 +829,18 @@ struct Totals {
     mailboxes: u64,
     messages: u64,
     bytes: u64,
+}
+
+/// The ownership of a mailbox `caller` makes: owner and creator, with `mode`.
+fn made_by(caller: &Caller, mode: u32) -> Ownership {
+    let (uid, gid) = (caller.creds.uid, caller.creds.gid);
+    Ownership {
+        owner_uid: uid,
+        owner_gid: gid,
+        creator_uid: uid,
+        creator_gid: gid,
+        mode,
+    }
 }
 
 /// Whether `existing` is what a `create --exist-ok` asked for: owned by the caller (or

@@ -378,7 +378,9 @@ async fn a_message_too_big_for_a_receive_stays_for_the_next() {
     let (m, _) = mailbox(None, None);
     send(&m, "twelve bytes", None, None);
     match m.recv(Selector::Any, taker_of_at_most(4), Wait::NoWait) {
-        Pending::Ready(Err(RecvError::TooBig { size: 12, max: 4, .. })) => {}
+        Pending::Ready(Err(RecvError::TooBig {
+            size: 12, max: 4, ..
+        })) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(m.info().messages, 1, "it stayed");
