@@ -144,6 +144,12 @@ fn put(u: &mut Unstructured<'_>, key: u64, id: u64) -> Result<StoredMessage> {
             },
             correlation_id: u.arbitrary()?,
             content_type,
+            // Both kinds of put record: a message sent, and one published on a topic.
+            topic: if u.arbitrary()? {
+                Some(ipc_proto::Topic::new("sensors.kitchen").expect("a valid topic"))
+            } else {
+                None
+            },
         },
         expires_at: None,
         not_before: None,
