@@ -17,7 +17,7 @@ esac
 dest=${DESTDIR:-}$prefix
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked -p ipc-capi --lib
+cargo build --release --locked -p ipc-client-c --lib
 # Where cargo put it: target/, unless CARGO_TARGET_DIR or a config says otherwise.
 target=$(cargo metadata --format-version 1 --no-deps --locked |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

@@ -608,12 +608,10 @@ int ipc_recv_leased(struct ipc_client *c,
  * the call returns `IPC_ERR_TRUNCATED`; with `IPC_TRUNCATE` its first `cap` bytes are
  * copied, it is taken, and `*len_out` is `cap`.
  *
- * How: without `IPC_TRUNCATE` or `IPC_PEEK`, the message is received on a lease and
- * acknowledged once copied, or given back (`ipc_nack`) when it does not fit. So a
- * message refused for its size has been delivered once: it comes again marked
- * `redelivered`, and counts against a mailbox's `max_deliveries`. If the acknowledgement
- * fails (the connection broke), the call fails with that error and the message goes
- * back to the mailbox when its lease ends, although it was copied.
+ * How: without `IPC_TRUNCATE`, the receive tells the daemon the most it takes (its
+ * `max_size`), and the daemon leaves a larger message where it is — one request, and
+ * the message is not marked as delivered. `*len_out` is then the length of that
+ * message as a peek finds it just after (0 if it was taken meanwhile).
  */
 int ipc_recv_into(struct ipc_client *c,
                   const char *name,

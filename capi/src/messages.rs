@@ -171,12 +171,10 @@ unsafe fn recv_message(
 /// the call returns `IPC_ERR_TRUNCATED`; with `IPC_TRUNCATE` its first `cap` bytes are
 /// copied, it is taken, and `*len_out` is `cap`.
 ///
-/// How: without `IPC_TRUNCATE` or `IPC_PEEK`, the message is received on a lease and
-/// acknowledged once copied, or given back (`ipc_nack`) when it does not fit. So a
-/// message refused for its size has been delivered once: it comes again marked
-/// `redelivered`, and counts against a mailbox's `max_deliveries`. If the acknowledgement
-/// fails (the connection broke), the call fails with that error and the message goes
-/// back to the mailbox when its lease ends, although it was copied.
+/// How: without `IPC_TRUNCATE`, the receive tells the daemon the most it takes (its
+/// `max_size`), and the daemon leaves a larger message where it is — one request, and
+/// the message is not marked as delivered. `*len_out` is then the length of that
+/// message as a peek finds it just after (0 if it was taken meanwhile).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)] // msgrcv(2)'s arguments and two results.
 pub unsafe extern "C" fn ipc_recv_into(
@@ -203,29 +201,25 @@ pub unsafe extern "C" fn ipc_recv_into(
         let len_out = required(len_out, "len_out")?;
         let mtype_out = optional(mtype_out);
         let truncate = flags & IPC_TRUNCATE != 0;
-        // A message taken cannot be put back, and SysV keeps one that does not fit: so
-        // it is leased until it is known to fit.
-        let taking = flags & (IPC_PEEK | IPC_TRUNCATE) == 0;
-        let lease = taking.then_some(Duration::from_millis(IPC_DEFAULT_LEASE_MS));
-        let message = receive(client, name, msgtyp, flags, timeout_ms, lease)?;
+        // SysV keeps a message that does not fit: the daemon leaves it in place.
+        let max_size = (!truncate).then_some(cap as u64);
+        let message = match receive_at_most(client, name, msgtyp, flags, timeout_ms, max_size) {
+            Err(f) if f.code == IPC_ERR_TRUNCATED => {
+                // Its length, for the caller who would make room for it.
+                let peek = receive(client, name, msgtyp, IPC_PEEK | (flags & IPC_EXCEPT), 0, None);
+                let (len, mtype) = peek.map_or((0, 0), |m| (m.payload.len(), m.mtype));
+                // SAFETY: writable, or NULL for `mtype_out`.
+                unsafe {
+                    len_out.put(len);
+                    put_optional(mtype_out.as_ref(), mtype);
+                }
+                return Err(f);
+            }
+            outcome => outcome?,
+        };
         let len = message.payload.len();
         // SAFETY: writable, or NULL for `mtype_out`.
         unsafe { put_optional(mtype_out.as_ref(), message.mtype) };
-        if len > cap && !truncate {
-            if taking {
-                client.nack(name, message.id)?;
-            }
-            // SAFETY: writable.
-            unsafe { len_out.put(len) };
-            return Err(Failure::new(
-                IPC_ERR_TRUNCATED,
-                format!(
-                    "message {} of {name} has {len} bytes, more than the buffer's {cap}; it \
-                     was left in the mailbox",
-                    message.id
-                ),
-            ));
-        }
         let copied = len.min(cap);
         if copied > 0 {
             // SAFETY: `buf` is not NULL (cap > 0) and writable for `cap` bytes (the
@@ -237,9 +231,6 @@ pub unsafe extern "C" fn ipc_recv_into(
         }
         // SAFETY: writable.
         unsafe { len_out.put(copied) };
-        if taking {
-            client.ack(name, message.id)?;
-        }
         Ok(IPC_OK)
     })
 }
@@ -300,9 +291,35 @@ fn receive(
     timeout_ms: i64,
     lease: Option<Duration>,
 ) -> Result<Message, Failure> {
+    receive_with(client, name, msgtyp, flags, timeout_ms, lease, None)
+}
+
+/// [`receive`] taking no message larger than `max_size` (`IPC_ERR_TRUNCATED`, the
+/// message left in place).
+fn receive_at_most(
+    client: &mut BlockingClient,
+    name: &str,
+    msgtyp: i64,
+    flags: c_int,
+    timeout_ms: i64,
+    max_size: Option<u64>,
+) -> Result<Message, Failure> {
+    receive_with(client, name, msgtyp, flags, timeout_ms, None, max_size)
+}
+
+fn receive_with(
+    client: &mut BlockingClient,
+    name: &str,
+    msgtyp: i64,
+    flags: c_int,
+    timeout_ms: i64,
+    lease: Option<Duration>,
+    max_size: Option<u64>,
+) -> Result<Message, Failure> {
     let mut options = RecvOptions::selector(Selector::from_msgrcv(msgtyp, flags & IPC_EXCEPT != 0))
         .wait(args::wait(timeout_ms)?);
     options.peek = flags & IPC_PEEK != 0;
+    options.max_size = max_size;
     if let Some(lease) = lease {
         options = options.lease(lease, false);
     }

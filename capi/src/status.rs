@@ -191,6 +191,8 @@ fn code_of_server(code: ErrorCode) -> c_int {
         ErrorCode::Cancelled => IPC_ERR_CANCELLED,
         ErrorCode::StorageFailed => IPC_ERR_STORAGE,
         ErrorCode::NotLeased => IPC_ERR_NOT_LEASED,
+        // A receive's `max_size` (ipc_recv_into's buffer) is smaller than the message.
+        ErrorCode::TooBig => IPC_ERR_TRUNCATED,
         _ => IPC_ERR_OTHER,
     }
 }

@@ -3,12 +3,11 @@
 //! with an rpath) and statically (the `.a` and its system libraries) — and run against
 //! a daemon of their own. Skipped, saying so, where there is no `cc`.
 //!
-//! Where the library comes from: cargo builds a package's cdylib and staticlib only for
-//! a command that asks for them. `cargo test` builds what the tests link, and these
-//! tests link no Rust library of this package — it has no rlib, whose name
-//! (`ipc_client`) would collide with ipc-client's in `target/` — so `cargo test -p
-//! ipc-capi` alone would run them against whatever `libipc_client.so` an earlier build
-//! left, or none. So the tests ask cargo: `cargo build -p ipc-capi --lib` in the profile
+//! Where the library comes from: the package `ipc-client-c` (`lib/`) makes the C
+//! library files of this crate, and cargo builds a cdylib and staticlib only for a
+//! command that asks for them — `cargo test -p ipc-capi` alone would run these tests
+//! against whatever `libipc_client.so` an earlier build left, or none. So the tests ask
+//! cargo: `cargo build -p ipc-client-c --lib` in the profile
 //! and target directory they were built in, and take the libraries' paths from its JSON
 //! messages. Cargo does not hold its build lock while tests run, so this is an ordinary
 //! incremental build, and it builds the library as a C program gets it: without the
@@ -70,7 +69,7 @@ fn library() -> &'static Library {
                 "build",
                 "--locked",
                 "-p",
-                "ipc-capi",
+                "ipc-client-c",
                 "--lib",
                 "--profile",
                 profile,
@@ -84,10 +83,10 @@ fn library() -> &'static Library {
             .expect("run cargo");
         assert!(
             output.status.success(),
-            "cargo build -p ipc-capi failed:\n{}",
+            "cargo build -p ipc-client-c failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let manifest = crate_dir.join("Cargo.toml");
+        let manifest = crate_dir.join("lib/Cargo.toml");
         let files: Vec<PathBuf> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())

@@ -232,7 +232,7 @@ static void receive_into_a_buffer(ipc_client *c)
     EXPECT(c, ipc_send(c, "capi-box", 7, big, sizeof big, 0, 0, NULL), IPC_OK);
     EXPECT(c, ipc_recv_into(c, "capi-box", 0, 0, 0, buf, 10, &len, &mtype), IPC_ERR_TRUNCATED);
     CHECK(len == sizeof big && mtype == 7);
-    CHECK(strstr(ipc_last_error(c), "left in the mailbox") != NULL);
+    CHECK(strstr(ipc_last_error(c), "stays in the mailbox") != NULL);
     CHECK(messages_in(c, "capi-box") == 1);
     ipc_mailbox_info info;
     EXPECT(c, ipc_stat(c, "capi-box", &info), IPC_OK);
