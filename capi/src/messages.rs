@@ -206,7 +206,14 @@ pub unsafe extern "C" fn ipc_recv_into(
         let message = match receive_at_most(client, name, msgtyp, flags, timeout_ms, max_size) {
             Err(f) if f.code == IPC_ERR_TRUNCATED => {
                 // Its length, for the caller who would make room for it.
-                let peek = receive(client, name, msgtyp, IPC_PEEK | (flags & IPC_EXCEPT), 0, None);
+                let peek = receive(
+                    client,
+                    name,
+                    msgtyp,
+                    IPC_PEEK | (flags & IPC_EXCEPT),
+                    0,
+                    None,
+                );
                 let (len, mtype) = peek.map_or((0, 0), |m| (m.payload.len(), m.mtype));
                 // SAFETY: writable, or NULL for `mtype_out`.
                 unsafe {

@@ -1,29 +1,29 @@
-//! The four calls, each checked as the kernel checks it and made through the daemon.
-//! They return the value for the program, or the `errno` to fail with.
+//! The four calls, each checked as the kernel checks it and made through the C ABI
+//! (`libipc_client`'s functions, `abi.rs`). They return the value for the program, or
+//! the `errno` to fail with.
 //!
 //! Where ipcd and the kernel differ underneath, the difference is made invisible here:
-//! - `msgrcv` without `MSG_NOERROR` receives with a `max_size` of its buffer: the daemon
-//!   leaves a larger message where it is and answers `TooBig`, which is `E2BIG` — and a
-//!   waiting receive too small for a message that comes is woken so, as the kernel
-//!   wakes it.
+//! - `msgrcv` receives straight into the program's buffer (`ipc_recv_into`), which
+//!   without `MSG_NOERROR` tells the daemon the most it takes: a larger message stays
+//!   where it is and the call fails with `E2BIG` — and a waiting receive too small for a
+//!   message that comes is woken so, as the kernel wakes it.
 //! - A new queue holds `msgmnb` bytes and `msgmnb` messages, with messages of at most
 //!   `msgmax` bytes, as the kernel's do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_client::{
-    BlockingClient, CreateOptions, Error, LimitChanges, MailboxChanges, MailboxInfo, RecvOptions,
-    Selector, SendOptions, Wait,
-};
+use ipc_capi::{ipc_changes, ipc_create_options, ipc_mailbox_info};
 use libc::{c_int, c_long, key_t, msqid_ds};
 
+use crate::abi::{self, Connection, Failure};
 use crate::kernel::{self, Call, IPC_INFO, MSG_COPY, MSG_INFO, MSG_STAT, MSG_STAT_ANY};
-use crate::queue::{self, Queue, with_client};
+use crate::queue::{self, Queue, with_connection};
 
-/// The errno for `e` in `call`; a failure to reach the daemon is also said on stderr.
-fn errno(call: Call, e: &Error) -> c_int {
-    match kernel::errno(call, e) {
-        libc::EIO => queue::failed(e),
+/// The errno for failure `f` in `call`; a failure to reach the daemon is also said on
+/// stderr.
+fn errno(call: Call, f: &Failure) -> c_int {
+    match kernel::errno(call, f.code) {
+        libc::EIO => queue::failed(f),
         errno => errno,
     }
 }
@@ -32,36 +32,36 @@ pub fn msgget(key: key_t, msgflg: c_int) -> Result<c_int, c_int> {
     let requested = (msgflg & 0o777) as u32;
     let create = msgflg & libc::IPC_CREAT != 0;
     let exclusive = msgflg & libc::IPC_EXCL != 0;
-    with_client(|client| {
+    with_connection(|c| {
         let Some(name) = queue::name_of(key) else {
-            return create_private(client, requested);
+            return create_private(c, requested);
         };
         if !(create && exclusive) {
-            match client.stat(name.as_str()) {
+            match c.stat(&name) {
                 Ok(info) => return opened(&info, key, requested),
-                Err(Error::NoSuchMailbox(_)) if create => {}
+                Err(f) if f.code == ipc_capi::IPC_ERR_NO_SUCH_MAILBOX && create => {}
                 // Not readable for this caller: the kernel still hands out the id (for
                 // the access asked, if granted), and refuses what is done with it.
-                Err(Error::PermissionDenied(_)) if requested == 0 => {
+                Err(f) if f.code == ipc_capi::IPC_ERR_PERMISSION && requested == 0 => {
                     return Ok(queue::local_id(Queue { name, key }));
                 }
-                Err(e) => return Err(errno(Call::Get, &e)),
+                Err(f) => return Err(errno(Call::Get, &f)),
             }
         }
-        match client.create(name.as_str(), &new_queue(requested)) {
-            Ok(_) => {}
-            Err(Error::Exists(_)) if !exclusive => {}
-            Err(e) => return Err(errno(Call::Get, &e)),
+        let mut options = new_queue(requested);
+        options.exist_ok = i32::from(!exclusive);
+        if c.create(&name, &options)
+            .map_err(|f| errno(Call::Get, &f))?
+        {
+            no_bits(c, &name, requested)?;
         }
-        let info = client
-            .stat(name.as_str())
-            .map_err(|e| errno(Call::Get, &e))?;
+        let info = c.stat(&name).map_err(|f| errno(Call::Get, &f))?;
         opened(&info, key, requested)
     })
 }
 
 /// A private queue (`IPC_PRIVATE`): a mailbox of a name nobody else will make.
-fn create_private(client: &mut BlockingClient, mode: u32) -> Result<c_int, c_int> {
+fn create_private(c: &mut Connection, mode: u32) -> Result<c_int, c_int> {
     static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,32 +71,43 @@ fn create_private(client: &mut BlockingClient, mode: u32) -> Result<c_int, c_int
         std::process::id(),
         MADE.fetch_add(1, Ordering::Relaxed)
     );
-    client
-        .create(&name, &new_queue(mode))
-        .map_err(|e| errno(Call::Get, &e))?;
-    let info = client.stat(&name).map_err(|e| errno(Call::Get, &e))?;
+    c.create(&name, &new_queue(mode))
+        .map_err(|f| errno(Call::Get, &f))?;
+    no_bits(c, &name, mode)?;
+    let info = c.stat(&name).map_err(|f| errno(Call::Get, &f))?;
     opened(&info, libc::IPC_PRIVATE, mode)
+}
+
+/// A queue made with mode 0 has no permission bits, where the C ABI's 0 means "the
+/// default": it is set so after it is made.
+fn no_bits(c: &mut Connection, name: &str, mode: u32) -> Result<(), c_int> {
+    if mode != 0 {
+        return Ok(());
+    }
+    let changes = ipc_changes {
+        set_mode: 1,
+        ..ipc_changes::default()
+    };
+    c.set(name, &changes).map_err(|f| errno(Call::Get, &f))
 }
 
 /// A new queue as the kernel makes one: `mode`, `msgmnb` bytes and messages, `msgmax`
 /// per message; durable when `IPCD_SYSV_DURABLE=1`.
-fn new_queue(mode: u32) -> CreateOptions {
+fn new_queue(mode: u32) -> ipc_create_options {
     let limits = kernel::limits();
-    CreateOptions {
-        mode: Some(mode),
-        durable: std::env::var_os("IPCD_SYSV_DURABLE").is_some_and(|v| v == "1"),
-        limits: LimitChanges {
-            max_msgs: Some(limits.msgmnb),
-            max_bytes: Some(limits.msgmnb),
-            max_msg_size: Some(limits.msgmax),
-        },
-        ..CreateOptions::default()
+    ipc_create_options {
+        mode,
+        durable: i32::from(std::env::var_os("IPCD_SYSV_DURABLE").is_some_and(|v| v == "1")),
+        max_msgs: limits.msgmnb,
+        max_bytes: limits.msgmnb,
+        max_msg_size: limits.msgmax,
+        exist_ok: 0,
     }
 }
 
 /// The id of an existing queue, once the access asked for (`requested`, permission bits)
 /// is granted as `ipcperms` grants it.
-fn opened(info: &MailboxInfo, key: key_t, requested: u32) -> Result<c_int, c_int> {
+fn opened(info: &ipc_mailbox_info, key: key_t, requested: u32) -> Result<c_int, c_int> {
     if !granted(info, requested) {
         return Err(libc::EACCES);
     }
@@ -104,7 +115,7 @@ fn opened(info: &MailboxInfo, key: key_t, requested: u32) -> Result<c_int, c_int
     queue::remember(
         id,
         Queue {
-            name: info.name.clone(),
+            name: abi::name_of(info),
             key,
         },
     );
@@ -113,7 +124,7 @@ fn opened(info: &MailboxInfo, key: key_t, requested: u32) -> Result<c_int, c_int
 
 /// The kernel's `ipcperms`: the owner's or creator's bits, else the group's, else the
 /// others', must hold every access `requested` asks of any class; root passes.
-fn granted(info: &MailboxInfo, requested: u32) -> bool {
+fn granted(info: &ipc_mailbox_info, requested: u32) -> bool {
     // SAFETY: geteuid and getegid have no preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if euid == 0 {
@@ -146,74 +157,58 @@ pub fn msgsnd(id: c_int, mtype: c_long, text: &[u8], msgflg: c_int) -> Result<()
     if mtype < 1 || text.len() as u64 > kernel::limits().msgmax {
         return Err(libc::EINVAL);
     }
-    let wait = if msgflg & libc::IPC_NOWAIT != 0 {
-        Wait::NoWait
-    } else {
-        Wait::Forever
-    };
-    with_client(|client| {
-        let queue = queue::queue(client, id)?;
-        let options = SendOptions::mtype(mtype).wait(wait);
-        client
-            .send(queue.name.as_str(), text.to_vec(), &options)
-            .map(drop)
-            .map_err(|e| errno(Call::Send, &e))
+    let nowait = msgflg & libc::IPC_NOWAIT != 0;
+    with_connection(|c| {
+        let queue = queue::queue(c, id)?;
+        c.send(&queue.name, mtype, text, nowait)
+            .map_err(|f| errno(Call::Send, &f))
     })
 }
 
-pub fn msgrcv(
+/// Receives into `text`, the `msgsz` bytes after the program's `long`: the message's
+/// type and the bytes written there.
+///
+/// # Safety
+/// `text` must be writable for `msgsz` bytes.
+pub unsafe fn msgrcv(
     id: c_int,
+    text: *mut u8,
     msgsz: usize,
     msgtyp: c_long,
     msgflg: c_int,
-) -> Result<(c_long, Vec<u8>), c_int> {
+) -> Result<(c_long, usize), c_int> {
     let truncate = msgflg & libc::MSG_NOERROR != 0;
-    let fits = |len: usize| len <= msgsz || truncate;
+    let nowait = msgflg & libc::IPC_NOWAIT != 0;
     if msgflg & MSG_COPY != 0 {
-        if msgflg & libc::MSG_EXCEPT != 0 || msgflg & libc::IPC_NOWAIT == 0 {
+        if msgflg & libc::MSG_EXCEPT != 0 || !nowait {
             return Err(libc::EINVAL);
         }
         let index = u64::try_from(msgtyp).map_err(|_| libc::ENOMSG)?;
-        return with_client(|client| {
-            let queue = queue::queue(client, id)?;
-            let copy = client
-                .peek_at(queue.name.as_str(), index)
-                .map_err(|e| errno(Call::Recv, &e))?;
-            if !fits(copy.payload.len()) {
+        return with_connection(|c| {
+            let queue = queue::queue(c, id)?;
+            let (mtype, payload) = c
+                .peek_at(&queue.name, index)
+                .map_err(|f| errno(Call::Recv, &f))?;
+            if payload.len() > msgsz && !truncate {
                 return Err(libc::E2BIG);
             }
-            Ok((copy.mtype, cut(&copy.payload, msgsz)))
+            let len = payload.len().min(msgsz);
+            // SAFETY: `text` is writable for `msgsz` bytes (the caller's promise), and
+            // `len` is at most that.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), text, len) };
+            Ok((mtype, len))
         });
     }
     // The kernel's reading of msgtyp: MSG_EXCEPT means something only for a positive type.
-    let selector = match msgtyp {
-        0 => Selector::Any,
-        t if t < 0 => Selector::AtMost(t.checked_neg().unwrap_or(c_long::MAX)),
-        t if msgflg & libc::MSG_EXCEPT != 0 => Selector::Except(t),
-        t => Selector::Type(t),
-    };
-    let wait = if msgflg & libc::IPC_NOWAIT != 0 {
-        Wait::NoWait
-    } else {
-        Wait::Forever
-    };
-    let mut options = RecvOptions::selector(selector).wait(wait);
-    if !truncate {
-        // A larger message stays queued, and this receive fails with E2BIG.
-        options = options.max_size(msgsz as u64);
-    }
-    with_client(|client| {
-        let queue = queue::queue(client, id)?;
-        let message = client
-            .recv(queue.name.as_str(), &options)
-            .map_err(|e| errno(Call::Recv, &e))?;
-        Ok((message.mtype, cut(&message.payload, msgsz)))
+    let except = msgtyp > 0 && msgflg & libc::MSG_EXCEPT != 0;
+    with_connection(|c| {
+        let queue = queue::queue(c, id)?;
+        // SAFETY: `text` is writable for `msgsz` bytes (the caller's promise).
+        let (len, mtype) =
+            unsafe { c.recv_into(&queue.name, msgtyp, except, truncate, nowait, text, msgsz) }
+                .map_err(|f| errno(Call::Recv, &f))?;
+        Ok((mtype, len))
     })
-}
-
-/// At most `max` bytes of `payload` (`MSG_NOERROR` cuts the rest).
-fn cut(payload: &[u8], max: usize) -> Vec<u8> {
-    payload[..payload.len().min(max)].to_vec()
 }
 
 pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int> {
@@ -224,12 +219,10 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
     if needs_buf && buf.is_null() {
         return Err(libc::EFAULT);
     }
-    with_client(|client| match cmd {
+    with_connection(|c| match cmd {
         libc::IPC_STAT => {
-            let queue = queue::queue(client, id)?;
-            let info = client
-                .stat(queue.name.as_str())
-                .map_err(|e| errno(Call::Stat, &e))?;
+            let queue = queue::queue(c, id)?;
+            let info = c.stat(&queue.name).map_err(|f| errno(Call::Stat, &f))?;
             // SAFETY: checked non-NULL; the caller promises a msqid_ds.
             unsafe { kernel::fill_msqid_ds(buf, queue.key, &info) };
             Ok(0)
@@ -237,18 +230,16 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
         libc::IPC_SET => {
             // SAFETY: checked non-NULL; the caller promises a msqid_ds.
             let wanted = unsafe { &*buf };
-            set(client, id, wanted).map(|()| 0)
+            set(c, id, wanted).map(|()| 0)
         }
         libc::IPC_RMID => {
-            let queue = queue::queue(client, id)?;
-            client
-                .remove(queue.name.as_str())
-                .map_err(|e| errno(Call::Change, &e))?;
+            let queue = queue::queue(c, id)?;
+            c.remove(&queue.name).map_err(|f| errno(Call::Change, &f))?;
             queue::forget(id);
             Ok(0)
         }
         IPC_INFO | MSG_INFO => {
-            let queues = queues(client)?;
+            let queues = queues(c)?;
             let usage = (cmd == MSG_INFO).then(|| {
                 let messages = queues.iter().map(|q| q.messages).sum();
                 let bytes = queues.iter().map(|q| q.bytes).sum();
@@ -260,12 +251,12 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
         }
         MSG_STAT | MSG_STAT_ANY => {
             // `id` is an index into the queues, as into the kernel's table.
-            let queues = queues(client)?;
+            let queues = queues(c)?;
             let info = usize::try_from(id)
                 .ok()
                 .and_then(|i| queues.get(i))
                 .ok_or(libc::EINVAL)?;
-            let key = queue::key_of(&info.name).unwrap_or(0);
+            let key = queue::key_of(&abi::name_of(info)).unwrap_or(0);
             // SAFETY: checked non-NULL; the caller promises a msqid_ds.
             unsafe { kernel::fill_msqid_ds(buf, key, info) };
             queue::id_of(info)
@@ -275,12 +266,12 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
 }
 
 /// The queues the caller may see, in the order of their ids: what `MSG_STAT` indexes.
-fn queues(client: &mut BlockingClient) -> Result<Vec<MailboxInfo>, c_int> {
-    let mut queues: Vec<MailboxInfo> = client
+fn queues(c: &mut Connection) -> Result<Vec<ipc_mailbox_info>, c_int> {
+    let mut queues: Vec<ipc_mailbox_info> = c
         .list()
-        .map_err(|e| errno(Call::Stat, &e))?
+        .map_err(|f| errno(Call::Stat, &f))?
         .into_iter()
-        .filter(|m| queue::key_of(&m.name).is_some())
+        .filter(|m| queue::key_of(&abi::name_of(m)).is_some())
         .collect();
     queues.sort_by_key(|m| m.serial);
     Ok(queues)
@@ -288,29 +279,29 @@ fn queues(client: &mut BlockingClient) -> Result<Vec<MailboxInfo>, c_int> {
 
 /// `IPC_SET`: owner, group, mode and `msg_qbytes`, as the kernel allows — only root may
 /// raise `msg_qbytes` past `msgmnb`.
-fn set(client: &mut BlockingClient, id: c_int, wanted: &msqid_ds) -> Result<(), c_int> {
-    let queue = queue::queue(client, id)?;
-    let name = queue.name.as_str();
-    let info = client.stat(name).map_err(|e| errno(Call::Change, &e))?;
+fn set(c: &mut Connection, id: c_int, wanted: &msqid_ds) -> Result<(), c_int> {
+    let queue = queue::queue(c, id)?;
+    let info = c.stat(&queue.name).map_err(|f| errno(Call::Change, &f))?;
     let qbytes: u64 = wanted.msg_qbytes;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if qbytes > kernel::limits().msgmnb && qbytes > info.max_bytes && !root {
         return Err(libc::EPERM);
     }
-    let changes = MailboxChanges {
-        mode: Some(u32::from(wanted.msg_perm.mode) & 0o777),
-        owner_uid: (wanted.msg_perm.uid != info.owner_uid).then_some(wanted.msg_perm.uid),
-        owner_gid: (wanted.msg_perm.gid != info.owner_gid).then_some(wanted.msg_perm.gid),
-        limits: LimitChanges {
-            max_msgs: Some(qbytes),
-            max_bytes: Some(qbytes),
-            max_msg_size: None,
-        },
-        ..MailboxChanges::default()
+    if qbytes == 0 {
+        return Err(libc::EINVAL);
+    }
+    let changes = ipc_changes {
+        set_mode: 1,
+        mode: u32::from(wanted.msg_perm.mode) & 0o777,
+        set_owner: i32::from(wanted.msg_perm.uid != info.owner_uid),
+        owner_uid: wanted.msg_perm.uid,
+        set_group: i32::from(wanted.msg_perm.gid != info.owner_gid),
+        owner_gid: wanted.msg_perm.gid,
+        max_msgs: qbytes,
+        max_bytes: qbytes,
+        max_msg_size: 0,
     };
-    client
-        .set(name, changes)
-        .map(drop)
-        .map_err(|e| errno(Call::Change, &e))
+    c.set(&queue.name, &changes)
+        .map_err(|f| errno(Call::Change, &f))
 }

@@ -5,7 +5,11 @@
 
 use std::sync::OnceLock;
 
-use ipc_client::{Error, ErrorCode, MailboxInfo};
+use ipc_capi::{
+    IPC_ERR_BAD_DATA, IPC_ERR_CANCELLED, IPC_ERR_EXISTS, IPC_ERR_INTERRUPTED, IPC_ERR_INVALID,
+    IPC_ERR_NO_SUCH_MAILBOX, IPC_ERR_PERMISSION, IPC_ERR_QUOTA, IPC_ERR_REMOVED, IPC_ERR_TIMED_OUT,
+    IPC_ERR_TRUNCATED, IPC_ERR_WOULD_BLOCK, ipc_mailbox_info,
+};
 use libc::{c_int, msqid_ds};
 
 /// `msgrcv`: copy the message at index `msgtyp` (Linux 3.8; not in every libc's headers).
@@ -58,25 +62,25 @@ pub enum Call {
     Change,
 }
 
-/// The `errno` for a failure of `call`.
-pub fn errno(call: Call, e: &Error) -> c_int {
-    match e {
-        Error::WouldBlock(_) if call == Call::Send => libc::EAGAIN,
-        Error::WouldBlock(_) | Error::TimedOut(_) => libc::ENOMSG,
-        Error::Removed(_) => libc::EIDRM,
-        Error::NoSuchMailbox(_) if call == Call::Get => libc::ENOENT,
+/// The `errno` for a failure of `call` that the C ABI reported as `code` (`IPC_ERR_*`).
+pub fn errno(call: Call, code: c_int) -> c_int {
+    match code {
+        IPC_ERR_WOULD_BLOCK if call == Call::Send => libc::EAGAIN,
+        IPC_ERR_WOULD_BLOCK | IPC_ERR_TIMED_OUT => libc::ENOMSG,
+        IPC_ERR_REMOVED => libc::EIDRM,
+        IPC_ERR_NO_SUCH_MAILBOX if call == Call::Get => libc::ENOENT,
         // An id whose queue is gone is no id at all.
-        Error::NoSuchMailbox(_) => libc::EINVAL,
-        Error::Exists(_) => libc::EEXIST,
-        Error::PermissionDenied(_) if call == Call::Change => libc::EPERM,
-        Error::PermissionDenied(_) => libc::EACCES,
+        IPC_ERR_NO_SUCH_MAILBOX => libc::EINVAL,
+        IPC_ERR_EXISTS => libc::EEXIST,
+        IPC_ERR_PERMISSION if call == Call::Change => libc::EPERM,
+        IPC_ERR_PERMISSION => libc::EACCES,
         // The owner's mailboxes quota is the kernel's msgmni; a sender's queued bytes
         // are the memory the kernel would not find.
-        Error::QuotaExceeded(_) if call == Call::Get => libc::ENOSPC,
-        Error::QuotaExceeded(_) => libc::ENOMEM,
-        Error::Interrupted | Error::Cancelled(_) => libc::EINTR,
-        Error::BadData(_) | Error::InvalidName(_) | Error::InvalidTopic(_) => libc::EINVAL,
-        Error::Server { code, .. } if *code == ErrorCode::TooBig => libc::E2BIG,
+        IPC_ERR_QUOTA if call == Call::Get => libc::ENOSPC,
+        IPC_ERR_QUOTA => libc::ENOMEM,
+        IPC_ERR_INTERRUPTED | IPC_ERR_CANCELLED => libc::EINTR,
+        IPC_ERR_TRUNCATED => libc::E2BIG,
+        IPC_ERR_BAD_DATA | IPC_ERR_INVALID => libc::EINVAL,
         // The daemon is gone or not there: what the kernel never says, so the program
         // at least fails instead of waiting; `queue.rs` says why on stderr once.
         _ => libc::EIO,
@@ -88,8 +92,8 @@ pub fn errno(call: Call, e: &Error) -> c_int {
 ///
 /// # Safety
 /// `ds` must point to a writable `struct msqid_ds`.
-pub unsafe fn fill_msqid_ds(ds: *mut msqid_ds, key: libc::key_t, info: &MailboxInfo) {
-    let secs = |t: ipc_client::Timestamp| (t.0 / 1_000_000_000) as libc::time_t;
+pub unsafe fn fill_msqid_ds(ds: *mut msqid_ds, key: libc::key_t, info: &ipc_mailbox_info) {
+    let secs = |ns: u64| (ns / 1_000_000_000) as libc::time_t;
     // SAFETY: the caller promises `ds` is a writable msqid_ds; only fields are written,
     // so its padding stays as the caller left it.
     unsafe {
@@ -101,14 +105,14 @@ pub unsafe fn fill_msqid_ds(ds: *mut msqid_ds, key: libc::key_t, info: &MailboxI
         ds.msg_perm.cgid = info.creator_gid;
         ds.msg_perm.mode = (info.mode & 0o777) as libc::c_ushort;
         ds.msg_perm.__seq = (info.serial >> 15) as libc::c_ushort;
-        ds.msg_stime = info.last_send.map_or(0, |op| secs(op.at));
-        ds.msg_rtime = info.last_recv.map_or(0, |op| secs(op.at));
-        ds.msg_ctime = secs(info.changed_at);
+        ds.msg_stime = secs(info.last_send_ns);
+        ds.msg_rtime = secs(info.last_recv_ns);
+        ds.msg_ctime = secs(info.changed_at_ns);
         ds.__msg_cbytes = info.bytes as libc::c_ulong;
         ds.msg_qnum = info.messages as libc::msgqnum_t;
         ds.msg_qbytes = info.max_bytes as libc::msglen_t;
-        ds.msg_lspid = info.last_send.map_or(0, |op| op.pid as libc::pid_t);
-        ds.msg_lrpid = info.last_recv.map_or(0, |op| op.pid as libc::pid_t);
+        ds.msg_lspid = info.last_send_pid as libc::pid_t;
+        ds.msg_lrpid = info.last_recv_pid as libc::pid_t;
     }
 }
 

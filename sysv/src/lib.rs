@@ -1,11 +1,12 @@
 //! `libipcd-sysv.so`: System V message queues on ipcd, for programs that were written
 //! for the kernel's. Loaded with `LD_PRELOAD`, it takes over `msgget`, `msgsnd`, `msgrcv`
-//! and `msgctl` and answers them through the daemon (`$IPCD_SOCKET`, else the default
-//! socket), with the kernel's return values and `errno`s wherever a program can see
+//! and `msgctl` and answers them through the C ABI of `libipc_client` (the `ipc-capi`
+//! crate) and the daemon (`$IPCD_SOCKET`, else the default socket), with the kernel's return values and `errno`s wherever a program can see
 //! them. A queue is the mailbox `sysv/<key>` (`IPC_PRIVATE`: `sysv/private/…`), so
 //! `ipcctl` shows and manages it; `IPCD_SYSV_DURABLE=1` makes the queues it creates
 //! durable.
 //!
+//! - `abi.rs`: the C ABI's functions as the shim calls them;
 //! - `queue.rs`: one process's connection and its map of queue ids to mailboxes;
 //! - `calls.rs`: the four calls, each checked and translated as the kernel would;
 //! - `kernel.rs`: what the kernel's side looks like — its limits, `msqid_ds`, `msginfo`,
@@ -14,6 +15,7 @@
 //! Every exported function catches a panic at the boundary (it becomes `EIO`): a bug
 //! here must not unwind into a C program.
 
+mod abi;
 mod calls;
 mod kernel;
 mod queue;
@@ -84,18 +86,14 @@ pub unsafe extern "C" fn msgrcv(
         if msgp.is_null() {
             return Err(libc::EFAULT);
         }
-        let (mtype, text) = calls::msgrcv(msqid, msgsz, msgtyp, msgflg)?;
-        // SAFETY: the caller promises a `long` then `msgsz` bytes at `msgp`, and `text`
-        // is at most `msgsz` long.
-        unsafe {
-            msgp.cast::<c_long>().write_unaligned(mtype);
-            std::ptr::copy_nonoverlapping(
-                text.as_ptr(),
-                msgp.cast::<u8>().add(size_of::<c_long>()),
-                text.len(),
-            );
-        }
-        Ok(text.len() as ssize_t)
+        // SAFETY: the caller promises a `long` then `msgsz` writable bytes at `msgp`.
+        let (mtype, len) = unsafe {
+            let text = msgp.cast::<u8>().add(size_of::<c_long>());
+            calls::msgrcv(msqid, text, msgsz, msgtyp, msgflg)?
+        };
+        // SAFETY: as above.
+        unsafe { msgp.cast::<c_long>().write_unaligned(mtype) };
+        Ok(len as ssize_t)
     })
 }
 
