@@ -52,9 +52,31 @@ pub fn id_of(info: &ipc_mailbox_info) -> Result<c_int, c_int> {
 }
 
 fn ids() -> MutexGuard<'static, HashMap<c_int, Queue>> {
-    static IDS: LazyLock<Mutex<HashMap<c_int, Queue>>> = LazyLock::new(Mutex::default);
+    static IDS: LazyLock<Mutex<HashMap<c_int, Queue>>> = LazyLock::new(|| {
+        // Held across every fork, so that a child never starts with the map locked by
+        // a thread that does not exist in it.
+        // SAFETY: the handlers are plain functions that live as long as the process.
+        unsafe { libc::pthread_atfork(Some(hold_ids), Some(release_ids), Some(release_ids)) };
+        Mutex::default()
+    });
     // A poisoned map is still a map: nothing in it is left half-written.
     IDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    /// The map, locked by the forking thread from just before a fork until just after,
+    /// in the parent and in the child alike.
+    static HELD: RefCell<Option<MutexGuard<'static, HashMap<c_int, Queue>>>> =
+        const { RefCell::new(None) };
+}
+
+extern "C" fn hold_ids() {
+    let guard = ids();
+    HELD.with(|held| *held.borrow_mut() = Some(guard));
+}
+
+extern "C" fn release_ids() {
+    HELD.with(|held| drop(held.borrow_mut().take()));
 }
 
 /// An id for a queue whose serial this process may not learn (it may not read the
