@@ -50,14 +50,24 @@ pub fn msgget(key: key_t, msgflg: c_int) -> Result<c_int, c_int> {
         }
         let mut options = new_queue(requested);
         options.exist_ok = i32::from(!exclusive);
-        if c.create(&name, &options)
-            .map_err(|f| errno(Call::Get, &f))?
-        {
-            no_bits(c, &name, requested)?;
+        match c.create(&name, &options) {
+            Ok(true) => {}
+            // Made by someone else since it was looked up (with other settings, or
+            // not): it is opened as it is.
+            Ok(false) => return opened_now(c, &name, key, requested),
+            Err(f) if f.code == ipc_capi::IPC_ERR_EXISTS && !exclusive => {
+                return opened_now(c, &name, key, requested);
+            }
+            Err(f) => return Err(errno(Call::Get, &f)),
         }
-        let info = c.stat(&name).map_err(|f| errno(Call::Get, &f))?;
-        opened(&info, key, requested)
+        made(c, &name, key, requested)
     })
+}
+
+/// [`opened`], looked up now.
+fn opened_now(c: &mut Connection, name: &str, key: key_t, requested: u32) -> Result<c_int, c_int> {
+    let info = c.stat(name).map_err(|f| errno(Call::Get, &f))?;
+    opened(&info, key, requested)
 }
 
 /// A private queue (`IPC_PRIVATE`): a mailbox of a name nobody else will make.
@@ -73,22 +83,31 @@ fn create_private(c: &mut Connection, mode: u32) -> Result<c_int, c_int> {
     );
     c.create(&name, &new_queue(mode))
         .map_err(|f| errno(Call::Get, &f))?;
-    no_bits(c, &name, mode)?;
-    let info = c.stat(&name).map_err(|f| errno(Call::Get, &f))?;
-    opened(&info, libc::IPC_PRIVATE, mode)
+    made(c, &name, libc::IPC_PRIVATE, mode)
 }
 
-/// A queue made with mode 0 has no permission bits, where the C ABI's 0 means "the
-/// default": it is set so after it is made.
-fn no_bits(c: &mut Connection, name: &str, mode: u32) -> Result<(), c_int> {
-    if mode != 0 {
-        return Ok(());
+/// The id of a queue this call just made, which `new_queue` made readable by its owner
+/// so that its serial can be read; then it gets the mode asked for, whatever that
+/// leaves its owner (the kernel gives its creator the id whatever the mode).
+fn made(c: &mut Connection, name: &str, key: key_t, mode: u32) -> Result<c_int, c_int> {
+    let info = c.stat(name).map_err(|f| errno(Call::Get, &f))?;
+    if mode != info.mode & 0o777 {
+        let changes = ipc_changes {
+            set_mode: 1,
+            mode,
+            ..ipc_changes::default()
+        };
+        c.set(name, &changes).map_err(|f| errno(Call::Get, &f))?;
     }
-    let changes = ipc_changes {
-        set_mode: 1,
-        ..ipc_changes::default()
-    };
-    c.set(name, &changes).map_err(|f| errno(Call::Get, &f))
+    let id = queue::id_of(&info)?;
+    queue::remember(
+        id,
+        Queue {
+            name: abi::name_of(&info),
+            key,
+        },
+    );
+    Ok(id)
 }
 
 /// A new queue as the kernel makes one: `mode`, `msgmnb` bytes and messages, `msgmax`
@@ -96,7 +115,8 @@ fn no_bits(c: &mut Connection, name: &str, mode: u32) -> Result<(), c_int> {
 fn new_queue(mode: u32) -> ipc_create_options {
     let limits = kernel::limits();
     ipc_create_options {
-        mode,
+        // Readable by its owner until its serial is read (`made`), which needs `r`.
+        mode: mode | 0o400,
         durable: i32::from(std::env::var_os("IPCD_SYSV_DURABLE").is_some_and(|v| v == "1")),
         max_msgs: limits.msgmnb,
         max_bytes: limits.msgmnb,
@@ -223,6 +243,10 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
         libc::IPC_STAT => {
             let queue = queue::queue(c, id)?;
             let info = c.stat(&queue.name).map_err(|f| errno(Call::Stat, &f))?;
+            if stale(id, &info) {
+                queue::forget(id);
+                return Err(libc::EINVAL);
+            }
             // SAFETY: checked non-NULL; the caller promises a msqid_ds.
             unsafe { kernel::fill_msqid_ds(buf, queue.key, &info) };
             Ok(0)
@@ -233,7 +257,7 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
             set(c, id, wanted).map(|()| 0)
         }
         libc::IPC_RMID => {
-            let queue = queue::queue(c, id)?;
+            let queue = current(c, id)?;
             c.remove(&queue.name).map_err(|f| errno(Call::Change, &f))?;
             queue::forget(id);
             Ok(0)
@@ -265,6 +289,32 @@ pub fn msgctl(id: c_int, cmd: c_int, buf: *mut msqid_ds) -> Result<c_int, c_int>
     })
 }
 
+/// Whether `id` is not the queue that `info` now describes: its key's queue was removed
+/// and made again (or the daemon restarted), and the kernel refuses an old id. Ids this
+/// process made up for queues it may not read have nothing to compare.
+fn stale(id: c_int, info: &ipc_mailbox_info) -> bool {
+    id < queue::FIRST_LOCAL_ID && info.serial != id as u64
+}
+
+/// The queue with `id`, checked to be still that queue before it is changed or
+/// removed: acting on a newer queue of the same key through an old id would change
+/// someone else's queue. (A queue the caller may not read cannot be checked; the
+/// daemon's own permission check then decides.)
+fn current(c: &mut Connection, id: c_int) -> Result<Queue, c_int> {
+    let queue = queue::queue(c, id)?;
+    match c.stat(&queue.name) {
+        Ok(info) if stale(id, &info) => {
+            queue::forget(id);
+            Err(libc::EINVAL)
+        }
+        Err(f) if f.code == ipc_capi::IPC_ERR_NO_SUCH_MAILBOX => {
+            queue::forget(id);
+            Err(libc::EINVAL)
+        }
+        _ => Ok(queue),
+    }
+}
+
 /// The queues the caller may see, in the order of their ids: what `MSG_STAT` indexes.
 fn queues(c: &mut Connection) -> Result<Vec<ipc_mailbox_info>, c_int> {
     let mut queues: Vec<ipc_mailbox_info> = c
@@ -280,23 +330,22 @@ fn queues(c: &mut Connection) -> Result<Vec<ipc_mailbox_info>, c_int> {
 /// `IPC_SET`: owner, group, mode and `msg_qbytes`, as the kernel allows — only root may
 /// raise `msg_qbytes` past `msgmnb`.
 fn set(c: &mut Connection, id: c_int, wanted: &msqid_ds) -> Result<(), c_int> {
-    let queue = queue::queue(c, id)?;
-    let info = c.stat(&queue.name).map_err(|f| errno(Call::Change, &f))?;
+    let queue = current(c, id)?;
     let qbytes: u64 = wanted.msg_qbytes;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if qbytes > kernel::limits().msgmnb && qbytes > info.max_bytes && !root {
+    // The kernel's rule: past msgmnb only with CAP_SYS_RESOURCE (here: root).
+    if qbytes > kernel::limits().msgmnb && !root {
         return Err(libc::EPERM);
-    }
-    if qbytes == 0 {
-        return Err(libc::EINVAL);
     }
     let changes = ipc_changes {
         set_mode: 1,
         mode: u32::from(wanted.msg_perm.mode) & 0o777,
-        set_owner: i32::from(wanted.msg_perm.uid != info.owner_uid),
+        // Always given: the daemon changes only what differs, so the owner of a queue
+        // it may not read can still set it.
+        set_owner: 1,
         owner_uid: wanted.msg_perm.uid,
-        set_group: i32::from(wanted.msg_perm.gid != info.owner_gid),
+        set_group: 1,
         owner_gid: wanted.msg_perm.gid,
         max_msgs: qbytes,
         max_bytes: qbytes,

@@ -24,10 +24,19 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use libc::{c_int, c_long, c_void, key_t, msqid_ds, size_t, ssize_t};
 
-/// Runs `call`, setting `errno` and returning -1 when it fails (or panics).
+/// Runs `call`, setting `errno` and returning -1 when it fails (or panics). On success
+/// `errno` is as the program left it, as the kernel's calls leave it: what the socket
+/// said along the way (`EAGAIN` from a read that found nothing yet) is not the
+/// program's business.
 fn guarded<T: From<i8>>(call: impl FnOnce() -> Result<T, c_int>) -> T {
+    // SAFETY: errno is the calling thread's own.
+    let before = unsafe { *libc::__errno_location() };
     let errno = match catch_unwind(AssertUnwindSafe(call)) {
-        Ok(Ok(value)) => return value,
+        Ok(Ok(value)) => {
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = before };
+            return value;
+        }
         Ok(Err(errno)) => errno,
         Err(_) => libc::EIO,
     };
@@ -58,6 +67,10 @@ pub unsafe extern "C" fn msgsnd(
         if msgp.is_null() {
             return Err(libc::EFAULT);
         }
+        // Before a slice is made of it: a size past msgmax is refused, not read.
+        if msgsz as u64 > kernel::limits().msgmax {
+            return Err(libc::EINVAL);
+        }
         // SAFETY: the caller promises a `long` then `msgsz` bytes at `msgp`.
         let (mtype, text) = unsafe {
             let mtype = msgp.cast::<c_long>().read_unaligned();
@@ -83,6 +96,10 @@ pub unsafe extern "C" fn msgrcv(
     msgflg: c_int,
 ) -> ssize_t {
     guarded(|| {
+        if isize::try_from(msgsz).is_err() {
+            // A negative size as the kernel reads it.
+            return Err(libc::EINVAL);
+        }
         if msgp.is_null() {
             return Err(libc::EFAULT);
         }

@@ -70,14 +70,26 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
+// Neither may panic: a panic out of a fork handler aborts the program. Without the
+// thread's storage (a fork from an `atexit` handler) the map is left alone.
 extern "C" fn hold_ids() {
-    let guard = ids();
-    HELD.with(|held| *held.borrow_mut() = Some(guard));
+    let _ = HELD.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            *held = Some(ids());
+        }
+    });
 }
 
 extern "C" fn release_ids() {
-    HELD.with(|held| drop(held.borrow_mut().take()));
+    let _ = HELD.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            drop(held.take());
+        }
+    });
 }
+
+/// Where the ids this process makes up for itself start (see [`local_id`]).
+pub const FIRST_LOCAL_ID: c_int = 0x4000_0000;
 
 /// An id for a queue whose serial this process may not learn (it may not read the
 /// queue, so the daemon will not say): the kernel still gives such a caller an id, and
@@ -87,7 +99,7 @@ pub fn local_id(queue: Queue) -> c_int {
     if let Some((&id, _)) = ids.iter().find(|(_, q)| q.name == queue.name) {
         return id;
     }
-    let id = (0x4000_0000..c_int::MAX)
+    let id = (FIRST_LOCAL_ID..c_int::MAX)
         .find(|id| !ids.contains_key(id))
         .expect("a free id");
     ids.insert(id, queue);
@@ -137,38 +149,59 @@ thread_local! {
 }
 
 /// Runs `call` with this thread's connection to the daemon, made (again) if there is
-/// none, or it belongs to another process or identity.
+/// none, or it belongs to another process or identity. Where the thread's connection
+/// cannot be had — its thread-local storage is gone (an `atexit` handler, a thread's
+/// key destructor) or a signal handler came in during a call that holds it — a
+/// connection made for this one call serves instead.
 pub fn with_connection<T>(
     call: impl FnOnce(&mut Connection) -> Result<T, c_int>,
 ) -> Result<T, c_int> {
-    CONNECTION.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        // SAFETY: getpid, geteuid and getegid have no preconditions.
-        let (pid, euid, egid) =
-            unsafe { (libc::getpid() as u32, libc::geteuid(), libc::getegid()) };
-        let current = slot
-            .as_ref()
-            .is_some_and(|c| (c.pid, c.euid, c.egid) == (pid, euid, egid));
-        if !current {
-            // Closing the parent's socket in a child leaves the parent's connection as
-            // it was: nothing is written on it.
-            *slot = None;
-            let connection = Connection::open().map_err(|f| failed(&f))?;
-            *slot = Some(Owned {
-                pid,
-                euid,
-                egid,
-                connection,
-            });
+    let mut call = Some(call);
+    let through_own = CONNECTION.try_with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return None;
+        };
+        let call = call.take().expect("called once");
+        Some(with_own(&mut slot, call))
+    });
+    match through_own {
+        Ok(Some(outcome)) => outcome,
+        _ => {
+            let call = call.take().expect("not called yet");
+            let mut connection = Connection::open().map_err(|f| failed(&f))?;
+            call(&mut connection)
         }
-        let owned = slot.as_mut().expect("connected");
-        let outcome = call(&mut owned.connection);
-        if matches!(outcome, Err(libc::EIO)) {
-            // The connection is broken: the next call makes a new one.
-            *slot = None;
-        }
-        outcome
-    })
+    }
+}
+
+fn with_own<T>(
+    slot: &mut Option<Owned>,
+    call: impl FnOnce(&mut Connection) -> Result<T, c_int>,
+) -> Result<T, c_int> {
+    // SAFETY: getpid, geteuid and getegid have no preconditions.
+    let (pid, euid, egid) = unsafe { (libc::getpid() as u32, libc::geteuid(), libc::getegid()) };
+    let current = slot
+        .as_ref()
+        .is_some_and(|c| (c.pid, c.euid, c.egid) == (pid, euid, egid));
+    if !current {
+        // Closing the parent's socket in a child leaves the parent's connection as it
+        // was: nothing is written on it.
+        *slot = None;
+        let connection = Connection::open().map_err(|f| failed(&f))?;
+        *slot = Some(Owned {
+            pid,
+            euid,
+            egid,
+            connection,
+        });
+    }
+    let owned = slot.as_mut().expect("connected");
+    let outcome = call(&mut owned.connection);
+    if matches!(outcome, Err(libc::EIO)) {
+        // The connection is broken: the next call makes a new one.
+        *slot = None;
+    }
+    outcome
 }
 
 /// The errno for a failure no call-specific rule covers: the daemon could not be reached

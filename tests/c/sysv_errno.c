@@ -819,6 +819,7 @@ static const char *const permission_cases[] = {
 	"unprivileged_msgsnd_msgrcv_ipc_stat_eacces",
 	"unprivileged_ipc_rmid_of_another_owner_eperm",
 	"unprivileged_raise_qbytes_over_msgmnb_eperm",
+	"unprivileged_creator_of_an_unreadable_queue_gets_its_id",
 };
 
 /* In the unprivileged child: each case below is run there, against root's queue. */
@@ -880,6 +881,17 @@ static void unprivileged_raise_qbytes_over_msgmnb_eperm(void)
 	ok(CASE);
 }
 
+/* Its creator gets the id of a queue it may not read, and may still remove it. */
+static void unprivileged_creator_of_an_unreadable_queue_gets_its_id(void)
+{
+	long id, rc;
+	EXPECT_OK(id, msgget(IPC_PRIVATE, IPC_CREAT | 0200));
+	struct small m;
+	EXPECT_ERRNO(msgrcv((int)id, &m, sizeof m.mtext, 0, IPC_NOWAIT), EACCES);
+	EXPECT_OK(rc, msgctl((int)id, IPC_RMID, NULL));
+	ok(CASE);
+}
+
 static void drop_privileges_or_exit(void)
 {
 	if (setgroups(0, NULL) == -1 || setresgid(UNPRIVILEGED, UNPRIVILEGED, UNPRIVILEGED) == -1 ||
@@ -916,6 +928,7 @@ static void permission_cases_as_another_user(void)
 		unprivileged_msgsnd_msgrcv_ipc_stat_eacces();
 		unprivileged_ipc_rmid_of_another_owner_eperm();
 		unprivileged_raise_qbytes_over_msgmnb_eperm();
+		unprivileged_creator_of_an_unreadable_queue_gets_its_id();
 		_exit(failures > 0);
 	}
 	int got = wait_child(child);
@@ -961,6 +974,94 @@ static void seteuid_between_calls_decides_access(void)
 		fail(CASE, "%ld messages queued, not 2", queue_messages(id));
 	else
 		ok(CASE);
+}
+
+/* An id whose queue another process removed and made again at the same key is no id:
+ * the kernel refuses it (EINVAL) and the new queue is untouched. */
+static void an_old_id_of_a_remade_key_is_refused(void)
+{
+	key_t key = fresh_key();
+	int old = make(key, IPC_CREAT | IPC_EXCL | 0600);
+	if (old == -1) {
+		fail(CASE, "msgget: %s", strerror(errno));
+		return;
+	}
+	int fresh = -1;
+	int pipefd[2];
+	if (pipe(pipefd) == -1) {
+		fail(CASE, "pipe: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		int id = -1;
+		if (msgctl(old, IPC_RMID, NULL) == 0)
+			id = msgget(key, IPC_CREAT | IPC_EXCL | 0600);
+		if (write(pipefd[1], &id, sizeof id) != sizeof id)
+			_exit(2);
+		_exit(id == -1);
+	}
+	close(pipefd[1]);
+	if (read(pipefd[0], &fresh, sizeof fresh) != sizeof fresh || wait_child(child) != 0) {
+		fail(CASE, "the child could not remove and make the queue again");
+		return;
+	}
+	close(pipefd[0]);
+	if (made_count < (int)(sizeof made / sizeof made[0]))
+		made[made_count++] = fresh;
+	struct msqid_ds ds;
+	EXPECT(fresh != old, "the key's new queue got the old id %d", old);
+	EXPECT_ERRNO(msgctl(old, IPC_STAT, &ds), EINVAL);
+	EXPECT_ERRNO(msgctl(old, IPC_RMID, NULL), EINVAL);
+	long rc;
+	EXPECT_OK(rc, msgctl(fresh, IPC_STAT, &ds));
+	ok(CASE);
+}
+
+/* A call that succeeds leaves errno as it was. */
+static void success_leaves_errno_alone(void)
+{
+	int id = make(fresh_key(), IPC_CREAT | IPC_EXCL | 0600);
+	struct small m;
+	errno = 0;
+	long sent = send_text(id, 1, "quiet", IPC_NOWAIT);
+	int after_send = errno;
+	errno = 0;
+	long got = msgrcv(id, &m, sizeof m.mtext, 0, IPC_NOWAIT);
+	int after_recv = errno;
+	EXPECT(sent == 0 && got > 0, "the send or receive failed");
+	EXPECT(after_send == 0 && after_recv == 0, "errno was changed to %d / %d", after_send,
+	       after_recv);
+	ok(CASE);
+}
+
+/* A queue removed in an atexit handler is removed: the process's calls still work as
+ * it exits. */
+static void ipc_rmid_in_an_atexit_handler(void);
+static int atexit_queue;
+static void remove_at_exit(void)
+{
+	if (msgctl(atexit_queue, IPC_RMID, NULL) == -1)
+		_exit(3);
+}
+
+static void ipc_rmid_in_an_atexit_handler(void)
+{
+	atexit_queue = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
+	if (atexit_queue == -1) {
+		fail(CASE, "msgget: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		atexit(remove_at_exit);
+		exit(0);
+	}
+	int got = wait_child(child);
+	struct msqid_ds ds;
+	EXPECT(got == 0, "the child's exit status was %d", got);
+	EXPECT_ERRNO(msgctl(atexit_queue, IPC_STAT, &ds), EINVAL);
+	ok(CASE);
 }
 
 /* --- the run ---------------------------------------------------------------------- */
@@ -1010,6 +1111,9 @@ int main(int argc, char **argv)
 	msg_info_and_msg_stat_find_the_queue();
 	permission_cases_as_another_user();
 	seteuid_between_calls_decides_access();
+	an_old_id_of_a_remade_key_is_refused();
+	success_leaves_errno_alone();
+	ipc_rmid_in_an_atexit_handler();
 
 	remove_everything_made();
 	return failures > 0;
