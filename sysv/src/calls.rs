@@ -181,7 +181,12 @@ pub fn msgsnd(id: c_int, mtype: c_long, text: &[u8], msgflg: c_int) -> Result<()
     with_connection(|c| {
         let queue = queue::queue(c, id)?;
         c.send(&queue.name, mtype, text, nowait)
-            .map_err(|f| errno(Call::Send, &f))
+            .map_err(|f| match f.code {
+                // Larger than the queue can ever hold (msgsz > msg_qbytes): the kernel
+                // says the queue is full, for ever.
+                ipc_capi::IPC_ERR_BAD_DATA if nowait => libc::EAGAIN,
+                _ => errno(Call::Send, &f),
+            })
     })
 }
 
