@@ -154,7 +154,7 @@ unsafe fn recv_message(
         // SAFETY: NULL or a string.
         let name = unsafe { args::text(name, "name") }?;
         let lease = (flags & IPC_LEASE != 0).then_some(lease);
-        let message = receive(client, name, msgtyp, flags, timeout_ms, lease)?;
+        let message = receive(client, name, msgtyp, flags, timeout_ms, lease, None)?;
         // SAFETY: as above.
         unsafe { out.put(ipc_message::from(&message)) };
         Ok(IPC_OK)
@@ -203,7 +203,7 @@ pub unsafe extern "C" fn ipc_recv_into(
         let truncate = flags & IPC_TRUNCATE != 0;
         // SysV keeps a message that does not fit: the daemon leaves it in place.
         let max_size = (!truncate).then_some(cap as u64);
-        let message = match receive_at_most(client, name, msgtyp, flags, timeout_ms, max_size) {
+        let message = match receive(client, name, msgtyp, flags, timeout_ms, None, max_size) {
             Err(f) if f.code == IPC_ERR_TRUNCATED => {
                 // Its length, for the caller who would make room for it.
                 let peek = receive(
@@ -212,6 +212,7 @@ pub unsafe extern "C" fn ipc_recv_into(
                     msgtyp,
                     IPC_PEEK | (flags & IPC_EXCEPT),
                     0,
+                    None,
                     None,
                 );
                 let (len, mtype) = peek.map_or((0, 0), |m| (m.payload.len(), m.mtype));
@@ -289,32 +290,10 @@ pub unsafe extern "C" fn ipc_nack(c: *mut ipc_client, name: *const c_char, id: u
     })
 }
 
-/// One receive as the receiving functions' arguments ask for it, on `lease` if given.
-fn receive(
-    client: &mut BlockingClient,
-    name: &str,
-    msgtyp: i64,
-    flags: c_int,
-    timeout_ms: i64,
-    lease: Option<Duration>,
-) -> Result<Message, Failure> {
-    receive_with(client, name, msgtyp, flags, timeout_ms, lease, None)
-}
-
-/// [`receive`] taking no message larger than `max_size` (`IPC_ERR_TRUNCATED`, the
+/// One receive as the receiving functions' arguments ask for it: on `lease` if given,
+/// and taking no message larger than `max_size` if given (`IPC_ERR_TRUNCATED`, the
 /// message left in place).
-fn receive_at_most(
-    client: &mut BlockingClient,
-    name: &str,
-    msgtyp: i64,
-    flags: c_int,
-    timeout_ms: i64,
-    max_size: Option<u64>,
-) -> Result<Message, Failure> {
-    receive_with(client, name, msgtyp, flags, timeout_ms, None, max_size)
-}
-
-fn receive_with(
+fn receive(
     client: &mut BlockingClient,
     name: &str,
     msgtyp: i64,
