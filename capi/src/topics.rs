@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
-use client::{Credentials, Headers, MailboxName, Message, SendOptions, Timestamp};
+use client::{BlockingClient, Credentials, Headers, MailboxName, Message, SendOptions, Timestamp};
 
 use crate::args::{self, optional, put_optional, required};
 use crate::handle::{ipc_client, with_client};
@@ -21,13 +21,8 @@ pub unsafe extern "C" fn ipc_bind(
     name: *const c_char,
     pattern: *const c_char,
 ) -> c_int {
-    with_client(c, |client| {
-        // SAFETY: NULL or strings.
-        let (name, pattern) =
-            unsafe { (args::text(name, "name")?, args::text(pattern, "pattern")?) };
-        client.bind(name, pattern)?;
-        Ok(IPC_OK)
-    })
+    // SAFETY: NULL or strings, as the caller promises.
+    unsafe { with_binding(c, name, pattern, BlockingClient::bind) }
 }
 
 /// Undoes an `ipc_bind`.
@@ -37,11 +32,25 @@ pub unsafe extern "C" fn ipc_unbind(
     name: *const c_char,
     pattern: *const c_char,
 ) -> c_int {
+    // SAFETY: NULL or strings, as the caller promises.
+    unsafe { with_binding(c, name, pattern, BlockingClient::unbind) }
+}
+
+/// `ipc_bind` and `ipc_unbind`: `change` made with the checked mailbox name and pattern.
+///
+/// # Safety
+/// `name` and `pattern` must be NULL or NUL-terminated strings.
+unsafe fn with_binding(
+    c: *mut ipc_client,
+    name: *const c_char,
+    pattern: *const c_char,
+    change: fn(&mut BlockingClient, &str, &str) -> client::Result<()>,
+) -> c_int {
     with_client(c, |client| {
-        // SAFETY: NULL or strings.
+        // SAFETY: NULL or strings (this function's contract).
         let (name, pattern) =
             unsafe { (args::text(name, "name")?, args::text(pattern, "pattern")?) };
-        client.unbind(name, pattern)?;
+        change(client, name, pattern)?;
         Ok(IPC_OK)
     })
 }

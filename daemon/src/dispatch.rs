@@ -230,7 +230,9 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
         let Ok(mailbox) = broker.get(&name) else {
             continue;
         };
-        if !caller.may(&mailbox.settings().ownership, Access::Write) {
+        // Read once: settings are cloned out of the mailbox's lock.
+        let own = mailbox.settings().ownership;
+        if !caller.may(&own, Access::Write) {
             report.denied += 1;
             continue;
         }
@@ -241,8 +243,7 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
             delay_ms: None,
             payload: req.payload.clone(),
         };
-        let owner = mailbox.settings().ownership.owner_uid;
-        let payer = broker.accounts().account(owner);
+        let payer = broker.accounts().account(own.owner_uid);
         let Ok(incoming) = incoming_paid_by(&config, caller, &payer, copy) else {
             report.failed += 1;
             continue;
@@ -366,7 +367,7 @@ fn call(broker: &Broker, caller: &Caller, req: CallRequest) -> OpResult<Reply> {
     let name = req.mailbox;
     let wait = async move {
         let deadline = tokio::time::Instant::now() + timeout;
-        let nobody_waited = mailbox.info().waiting_receivers == 0;
+        let nobody_waited = mailbox.waiting_receivers() == 0;
         let timed_out = || {
             let hint = if nobody_waited {
                 "; no receiver was waiting on it when the call was made"

@@ -454,6 +454,12 @@ impl Mailbox {
         Pending::Wait(waiter)
     }
 
+    /// Receivers (and peekers) waiting now.
+    pub fn waiting_receivers(&self) -> usize {
+        let state = self.lock();
+        state.receivers.len() + state.peekers.len()
+    }
+
     /// A copy of the message at position `index` of the queue, oldest first (SysV's
     /// `MSG_COPY`): it stays where it is. A walk of `index` steps (see
     /// [`TypeIndex::nth`]), the one operation that costs more than `O(log n)`, paid by
