@@ -3,7 +3,7 @@
 //!
 //! Messages are kept per type, ordered by sequence id (`by_type`), and each non-empty
 //! type's oldest message is listed in `heads`, ordered by id. With `n` messages of `k`
-//! distinct types, every operation is `O(log n)`:
+//! distinct types, every operation is `O(log n)` (amortized, see [`TypeQueue`]):
 //!
 //! | selector | how | cost |
 //! |---|---|---|
@@ -13,23 +13,25 @@
 //! | lowest type ≤ `t` (`-t`) | first type of `by_type`, if ≤ `t` | `O(log k)` |
 //!
 //! and taking the found message out, or putting one back at its original position (a
-//! later issue's `nack`), updates both structures in `O(log n)`. This module does no I/O
-//! and knows nothing of waiters; `mailbox` builds blocking on top.
+//! `nack`), updates both structures in `O(log n)`. This module does no I/O and knows
+//! nothing of waiters; `mailbox` builds blocking on top.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ipc_proto::Selector;
 
 /// Queued messages of type `M`, indexed by SysV type and by sequence id.
 #[derive(Debug)]
 pub struct TypeIndex<M> {
-    /// Messages of each type, oldest first. Boxed: ids grow, so the B-tree's leaves
-    /// split as they fill and stay about half full, and a half-empty leaf of whole
-    /// envelopes wastes about as much as it holds; a leaf of pointers wastes little.
-    by_type: BTreeMap<i64, BTreeMap<u64, Box<M>>>,
+    /// Messages of each type, oldest first.
+    by_type: BTreeMap<i64, TypeQueue<M>>,
     /// `(id of the oldest message, type)` for every non-empty type: the queue's heads,
     /// oldest first. One entry per type.
     heads: BTreeSet<(u64, i64)>,
+    /// The storage of the last type queue that emptied, kept (small) for the next type
+    /// that fills: a queue that empties and fills again, as a busy one does, does not
+    /// allocate its storage anew each time.
+    spare: Option<TypeQueue<M>>,
     len: usize,
 }
 
@@ -38,6 +40,7 @@ impl<M> Default for TypeIndex<M> {
         Self {
             by_type: BTreeMap::new(),
             heads: BTreeSet::new(),
+            spare: None,
             len: 0,
         }
     }
@@ -63,9 +66,13 @@ impl<M> TypeIndex<M> {
     /// Inserts a message at the position its id gives it; ids need not be the newest, so
     /// a message can be put back where it was.
     pub fn insert(&mut self, mtype: i64, id: u64, message: M) {
-        let queue = self.by_type.entry(mtype).or_default();
-        let old_head = queue.first_key_value().map(|(&head, _)| head);
-        if queue.insert(id, Box::new(message)).is_none() {
+        let spare = &mut self.spare;
+        let queue = self
+            .by_type
+            .entry(mtype)
+            .or_insert_with(|| spare.take().unwrap_or_default());
+        let old_head = queue.first_id();
+        if queue.insert(id, Box::new(message)) {
             self.len += 1;
         }
         match old_head {
@@ -101,28 +108,30 @@ impl<M> TypeIndex<M> {
     }
 
     fn head_of(&self, mtype: i64) -> Option<Slot> {
-        let (&id, _) = self.by_type.get(&mtype)?.first_key_value()?;
+        let id = self.by_type.get(&mtype)?.first_id()?;
         Some(Slot { mtype, id })
     }
 
     pub fn get(&self, slot: Slot) -> Option<&M> {
-        self.by_type.get(&slot.mtype)?.get(&slot.id).map(|m| &**m)
+        self.by_type.get(&slot.mtype)?.get(slot.id)
     }
 
     /// Takes the message at `slot` out. `O(log n)`.
     pub fn remove(&mut self, slot: Slot) -> Option<M> {
         let queue = self.by_type.get_mut(&slot.mtype)?;
-        let was_head = queue.first_key_value().map(|(&id, _)| id) == Some(slot.id);
-        let message = *queue.remove(&slot.id)?;
+        let was_head = queue.first_id() == Some(slot.id);
+        let message = *queue.remove(slot.id)?;
         self.len -= 1;
         if was_head {
             self.heads.remove(&(slot.id, slot.mtype));
-            match queue.first_key_value() {
-                Some((&next, _)) => {
+            match queue.first_id() {
+                Some(next) => {
                     self.heads.insert((next, slot.mtype));
                 }
                 None => {
-                    self.by_type.remove(&slot.mtype);
+                    let mut emptied = self.by_type.remove(&slot.mtype).expect("found");
+                    emptied.run.shrink_to(SPARE_CAPACITY);
+                    self.spare = Some(emptied);
                 }
             }
         }
@@ -150,17 +159,17 @@ impl<M> TypeIndex<M> {
         let mut next: BinaryHeap<_> = queues
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, q)| q.peek().map(|(id, _)| Reverse((**id, i))))
+            .filter_map(|(i, q)| q.peek().map(|(id, _)| Reverse((*id, i))))
             .collect();
         for _ in 0..n {
             let Reverse((_, i)) = next.pop()?;
             queues[i].next();
-            if let Some(&(&id, _)) = queues[i].peek() {
+            if let Some(&(id, _)) = queues[i].peek() {
                 next.push(Reverse((id, i)));
             }
         }
         let Reverse((_, i)) = next.pop()?;
-        queues[i].next().map(|(_, message)| &**message)
+        queues[i].next().map(|(_, message)| message)
     }
 
     /// Empties the index, returning the messages in no particular order.
@@ -169,8 +178,151 @@ impl<M> TypeIndex<M> {
         self.len = 0;
         std::mem::take(&mut self.by_type)
             .into_values()
-            .flat_map(BTreeMap::into_values)
+            .flat_map(TypeQueue::into_messages)
             .map(|m| *m)
+    }
+}
+
+/// Entries a kept spare queue may hold room for.
+const SPARE_CAPACITY: usize = 64;
+
+/// One type's messages in id order. Messages almost always come in newest and leave
+/// oldest, so they are kept in a `VecDeque` of pointers (`run`): 16 bytes a message and
+/// `O(1)` at both ends, where a B-tree keyed by id costs about twice that and a walk from
+/// the root. What does not fit that pattern stays `O(log n)`:
+/// - a message put in behind newer ones (one given back after a receiver left, or a
+///   delayed message becoming visible) goes into `late`, a B-tree by id, unless it is
+///   older than the whole run, which it then joins at the front;
+/// - a message taken from inside the run (an expiry) leaves a hole behind, found by
+///   binary search and skipped once it reaches an end; when the holes are as many as the
+///   messages, the run is compacted, `O(n)` once per `n/2` removals.
+///
+/// The run's ends are never holes, and its storage shrinks by half when a quarter or less
+/// of it is used, so that a drained burst does not keep its memory.
+#[derive(Debug)]
+struct TypeQueue<M> {
+    run: VecDeque<Entry<M>>,
+    holes: usize,
+    late: BTreeMap<u64, Box<M>>,
+}
+
+#[derive(Debug)]
+struct Entry<M> {
+    id: u64,
+    /// `None` once taken from inside the run.
+    message: Option<Box<M>>,
+}
+
+impl<M> Default for TypeQueue<M> {
+    fn default() -> Self {
+        Self {
+            run: VecDeque::new(),
+            holes: 0,
+            late: BTreeMap::new(),
+        }
+    }
+}
+
+impl<M> TypeQueue<M> {
+    fn first_id(&self) -> Option<u64> {
+        let run = self.run.front().map(|e| e.id);
+        let late = self.late.first_key_value().map(|(&id, _)| id);
+        match (run, late) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Puts `message` in; false if a message with its id was there already (it is
+    /// replaced).
+    fn insert(&mut self, id: u64, message: Box<M>) -> bool {
+        let entry = Entry {
+            id,
+            message: Some(message),
+        };
+        match (self.run.front(), self.run.back()) {
+            (_, None) => self.run.push_back(entry),
+            (_, Some(back)) if back.id < id => self.run.push_back(entry),
+            (Some(front), _) if id < front.id => self.run.push_front(entry),
+            _ => {
+                if let Ok(i) = self.position(id) {
+                    let old = self.run[i].message.replace(entry.message.expect("set"));
+                    if old.is_none() {
+                        self.holes -= 1;
+                    }
+                    return old.is_none();
+                }
+                return self.late.insert(id, entry.message.expect("set")).is_none();
+            }
+        }
+        true
+    }
+
+    /// Where the entry with `id` is in the run (a hole or not), by binary search.
+    fn position(&self, id: u64) -> Result<usize, usize> {
+        self.run.binary_search_by_key(&id, |e| e.id)
+    }
+
+    fn get(&self, id: u64) -> Option<&M> {
+        match self.position(id) {
+            Ok(i) => self.run[i].message.as_deref(),
+            Err(_) => self.late.get(&id).map(|m| &**m),
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Box<M>> {
+        if self.run.front().is_some_and(|e| e.id == id) {
+            let message = self.run.pop_front().and_then(|e| e.message);
+            self.trim();
+            return message;
+        }
+        let Ok(i) = self.position(id) else {
+            return self.late.remove(&id);
+        };
+        let message = self.run[i].message.take()?;
+        self.holes += 1;
+        self.trim();
+        if self.holes > 0 && self.holes * 2 >= self.run.len() {
+            self.run.retain(|e| e.message.is_some());
+            self.holes = 0;
+        }
+        Some(message)
+    }
+
+    /// Drops holes from both ends of the run, and gives back storage it no longer needs.
+    fn trim(&mut self) {
+        while self.run.front().is_some_and(|e| e.message.is_none()) {
+            self.run.pop_front();
+            self.holes -= 1;
+        }
+        while self.run.back().is_some_and(|e| e.message.is_none()) {
+            self.run.pop_back();
+            self.holes -= 1;
+        }
+        let capacity = self.run.capacity();
+        if capacity > SPARE_CAPACITY && self.run.len() <= capacity / 4 {
+            self.run.shrink_to(capacity / 2);
+        }
+    }
+
+    /// The messages in id order, with their ids.
+    fn iter(&self) -> impl Iterator<Item = (u64, &M)> {
+        let mut run = self
+            .run
+            .iter()
+            .filter_map(|e| Some((e.id, e.message.as_deref()?)))
+            .peekable();
+        let mut late = self.late.iter().map(|(&id, m)| (id, &**m)).peekable();
+        std::iter::from_fn(move || match (run.peek(), late.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => late.next(),
+            (Some(_), _) => run.next(),
+            (None, _) => late.next(),
+        })
+    }
+
+    fn into_messages(self) -> impl Iterator<Item = Box<M>> {
+        let run = self.run.into_iter().filter_map(|e| e.message);
+        run.chain(self.late.into_values())
     }
 }
 
@@ -187,6 +339,74 @@ mod tests {
             }
             s => queue.iter().copied().find(|m| s.matches(m.1)),
         }
+    }
+
+    /// Random sends, takes from anywhere (expiries), and messages put back where they
+    /// were, against a model kept as a sorted map: every type's head, every position and
+    /// every lookup agree, whichever part of a type's queue (run, hole or `late`) holds
+    /// the message.
+    #[test]
+    fn takes_from_anywhere_and_puts_back_agree_with_a_model() {
+        use std::collections::BTreeMap;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut index = TypeIndex::default();
+        let mut model: BTreeMap<u64, i64> = BTreeMap::new();
+        let mut taken: Vec<(u64, i64)> = Vec::new();
+        let mut next_id = 0;
+        for step in 0..10_000 {
+            match random(10) {
+                0..=3 => {
+                    let mtype = 1 + random(3) as i64;
+                    index.insert(mtype, next_id, next_id);
+                    model.insert(next_id, mtype);
+                    next_id += 1;
+                }
+                4..=5 if !model.is_empty() => {
+                    // Taken from anywhere, and sometimes given back later.
+                    let at = random(model.len() as u64) as usize;
+                    let (&id, &mtype) = model.iter().nth(at).expect("in range");
+                    assert_eq!(index.remove(Slot { mtype, id }), Some(id));
+                    model.remove(&id);
+                    if random(2) == 0 {
+                        taken.push((id, mtype));
+                    }
+                }
+                6 if !taken.is_empty() => {
+                    let (id, mtype) = taken.swap_remove(random(taken.len() as u64) as usize);
+                    index.insert(mtype, id, id);
+                    model.insert(id, mtype);
+                }
+                7 => {
+                    let mtype = 1 + random(3) as i64;
+                    let want = model.iter().find(|m| *m.1 == mtype).map(|m| *m.0);
+                    assert_eq!(index.pop(Selector::Type(mtype)), want, "step {step}");
+                    if let Some(id) = want {
+                        model.remove(&id);
+                    }
+                }
+                _ => {}
+            }
+            assert_eq!(index.len(), model.len());
+            let first = model.iter().next().map(|(&id, &mtype)| Slot { mtype, id });
+            assert_eq!(index.find(Selector::Any), first, "step {step}");
+            if step % 97 == 0 {
+                for n in [0, model.len() / 2, model.len().saturating_sub(1)] {
+                    assert_eq!(index.nth(n), model.keys().nth(n), "step {step}");
+                }
+                for (&id, &mtype) in &model {
+                    assert_eq!(index.get(Slot { mtype, id }), Some(&id));
+                }
+            }
+        }
+        let mut drained: Vec<u64> = index.drain().collect();
+        drained.sort_unstable();
+        assert_eq!(drained, model.keys().copied().collect::<Vec<_>>());
     }
 
     #[test]
