@@ -855,7 +855,7 @@ where
 fn message_answer(mut envelope: Envelope, takes_fd: bool) -> Answer {
     let memfd = envelope.memfd().filter(|_| takes_fd).cloned();
     if memfd.is_some() {
-        envelope.payload = bytes::Bytes::new();
+        envelope.take_payload();
     }
     Answer {
         response: Response::Message(to_wire(envelope)),
@@ -912,7 +912,7 @@ fn to_wire(mut e: Envelope) -> Message {
         headers: e.take_headers(),
         redelivered: e.deliveries > 1,
         deliveries: e.deliveries,
-        payload: e.payload,
+        payload: e.take_payload(),
     }
 }
 

@@ -172,6 +172,9 @@ impl UidAccount {
     ) -> Result<Charge, u64> {
         let counter = &self.used[resource as usize];
         let mut now = counter.load(Ordering::Relaxed);
+        if amount > MAX_AMOUNT {
+            return Err(now);
+        }
         loop {
             let Some(next) = now.checked_add(amount).filter(|&next| next <= limit) else {
                 return Err(now);
@@ -181,21 +184,14 @@ impl UidAccount {
                 Err(actual) => now = actual,
             }
         }
-        Ok(Charge {
-            account: self.clone(),
-            resource,
-            amount,
-        })
+        Ok(Charge::new(self.clone(), resource, amount))
     }
 
     /// Takes `amount` without a check: for what root imposes (giving a mailbox away).
     pub fn force(self: &Arc<Self>, resource: Resource, amount: u64) -> Charge {
+        let amount = amount.min(MAX_AMOUNT);
         self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
-        Charge {
-            account: self.clone(),
-            resource,
-            amount,
-        }
+        Charge::new(self.clone(), resource, amount)
     }
 
     /// The refusal of a charge, logged at most once per [`LOG_EVERY`] per resource.
@@ -217,16 +213,44 @@ impl UidAccount {
     }
 }
 
-/// An amount of one resource charged to one uid, given back on drop.
+/// An amount of one resource charged to one uid, given back on drop. Every queued
+/// message holds one, so it is two words: the resource rides in the amount's top bits.
 pub struct Charge {
     account: Arc<UidAccount>,
-    resource: Resource,
-    amount: u64,
+    /// `amount | resource << RESOURCE_SHIFT`.
+    packed: u64,
 }
 
+/// Where a [`Charge`] keeps its resource; amounts stay below `1 << RESOURCE_SHIFT`.
+const RESOURCE_SHIFT: u32 = 62;
+
+/// The largest amount one charge takes: 4 EiB, past any size the daemon accepts.
+const MAX_AMOUNT: u64 = (1 << RESOURCE_SHIFT) - 1;
+
 impl Charge {
+    fn new(account: Arc<UidAccount>, resource: Resource, amount: u64) -> Self {
+        debug_assert!(amount <= MAX_AMOUNT);
+        Self {
+            account,
+            packed: amount | (resource as u64) << RESOURCE_SHIFT,
+        }
+    }
+
     pub fn uid(&self) -> u32 {
         self.account.uid
+    }
+
+    fn resource(&self) -> Resource {
+        match self.packed >> RESOURCE_SHIFT {
+            0 => Resource::Connections,
+            1 => Resource::Mailboxes,
+            2 => Resource::QueuedBytes,
+            _ => Resource::Handshakes,
+        }
+    }
+
+    fn amount(&self) -> u64 {
+        self.packed & MAX_AMOUNT
     }
 }
 
@@ -235,8 +259,8 @@ impl fmt::Debug for Charge {
         write!(
             f,
             "Charge({} {} to uid {})",
-            self.amount,
-            self.resource.name(),
+            self.amount(),
+            self.resource().name(),
             self.account.uid
         )
     }
@@ -244,7 +268,7 @@ impl fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.account.used[self.resource as usize].fetch_sub(self.amount, Ordering::AcqRel);
+        self.account.used[self.resource() as usize].fetch_sub(self.amount(), Ordering::AcqRel);
     }
 }
 
@@ -289,6 +313,37 @@ pub fn snapshot(account: &UidAccount) -> [u64; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A charge is two words, and gives back to the resource it took from.
+    #[test]
+    fn a_charge_packs_its_resource_and_gives_back_to_it() {
+        assert_eq!(std::mem::size_of::<Option<Charge>>(), 16);
+        let accounts = Accounts::default();
+        let account = accounts.account(1000);
+        let resources = [
+            Resource::Connections,
+            Resource::Mailboxes,
+            Resource::QueuedBytes,
+            Resource::Handshakes,
+        ];
+        let charges: Vec<_> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| account.charge(r, 10 + i as u64, u64::MAX).unwrap())
+            .collect();
+        for (i, &r) in resources.iter().enumerate() {
+            assert_eq!(account.used(r), 10 + i as u64);
+        }
+        assert!(
+            account
+                .try_charge(Resource::QueuedBytes, u64::MAX, u64::MAX)
+                .is_err()
+        );
+        drop(charges);
+        for r in resources {
+            assert_eq!(account.used(r), 0, "{}", r.name());
+        }
+    }
 
     #[test]
     fn charges_are_bounded_and_given_back_on_drop() {

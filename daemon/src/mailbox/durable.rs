@@ -134,7 +134,7 @@ impl State {
             expires_at: envelope.expires_at().map(wall),
             not_before: envelope.visible_at().map(wall),
             deliveries: 0,
-            payload: envelope.payload.clone(),
+            payload: envelope.payload_bytes(),
         });
         envelope.set_removal(self.removal(id));
         let me = self.me.clone();

@@ -18,16 +18,23 @@ pub struct Envelope {
     pub id: u64,
     pub mtype: i64,
     pub sender: Credentials,
-    pub sent_at: Timestamp,
     /// Times it has been taken by a receiver.
     pub deliveries: u32,
-    pub payload: Bytes,
+    pub sent_at: Timestamp,
+    /// A payload of up to [`OWN_PAYLOAD_UP_TO`] bytes, owned: 16 bytes here where a
+    /// `Bytes` takes 32. A larger one, or one in a memfd, is shared as it came, in
+    /// [`Rare::shared`], and this is empty.
+    payload: Box<[u8]>,
     /// Its size and the per-message overhead, charged to the sender's uid while the
     /// mailbox holds it; a copy made for a peek carries none.
     pub _charge: Option<Charge>,
     /// `None` while the message has none of what [`Rare`] holds.
     rare: Option<Box<Rare>>,
 }
+
+/// The largest payload an envelope owns itself; a larger one stays the `Bytes` it came
+/// as, so that a published message's copies (and a memfd's mapping) share one buffer.
+const OWN_PAYLOAD_UP_TO: usize = 1024;
 
 /// A payload kept as the sealed memfd it came in (mapped: the envelope's `payload` is
 /// that mapping), to be handed to a receiver as it came; it holds one of the daemon's
@@ -44,6 +51,8 @@ pub struct Memfd {
 #[derive(Debug, Default)]
 struct Rare {
     headers: Headers,
+    /// The payload, when it is larger than [`OWN_PAYLOAD_UP_TO`] or a memfd's mapping.
+    shared: Option<Bytes>,
     /// The memfd its payload came in, kept.
     memfd: Option<std::sync::Arc<Memfd>>,
     /// For a message of a durable mailbox: the record of its leaving, written once it is
@@ -92,10 +101,20 @@ impl Envelope {
         expires_at: Option<Instant>,
         visible_at: Option<Instant>,
     ) -> Self {
-        let plain = headers == NO_HEADERS && expires_at.is_none() && visible_at.is_none();
+        let (payload, shared) = if payload.len() > OWN_PAYLOAD_UP_TO {
+            (Box::default(), Some(payload))
+        } else {
+            // The payload as decoded is a buffer of its own: this takes it over.
+            (Vec::from(payload).into_boxed_slice(), None)
+        };
+        let plain = headers == NO_HEADERS
+            && shared.is_none()
+            && expires_at.is_none()
+            && visible_at.is_none();
         let rare = (!plain).then(|| {
             Box::new(Rare {
                 headers,
+                shared,
                 memfd: None,
                 removal: None,
                 expires_at,
@@ -111,6 +130,30 @@ impl Envelope {
             payload,
             _charge: charge,
             rare,
+        }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        match self.rare.as_ref().and_then(|r| r.shared.as_ref()) {
+            Some(shared) => shared,
+            None => &self.payload,
+        }
+    }
+
+    /// The payload as `Bytes`: shared if it is, else a copy.
+    pub fn payload_bytes(&self) -> Bytes {
+        match self.rare.as_ref().and_then(|r| r.shared.as_ref()) {
+            Some(shared) => shared.clone(),
+            None => Bytes::copy_from_slice(&self.payload),
+        }
+    }
+
+    /// The payload, leaving none behind (for the wire form of a delivered message, or
+    /// when it goes as a memfd instead).
+    pub fn take_payload(&mut self) -> Bytes {
+        match self.rare.as_mut().and_then(|r| r.shared.take()) {
+            Some(shared) => shared,
+            None => Bytes::from(std::mem::take(&mut self.payload)),
         }
     }
 
@@ -176,7 +219,7 @@ impl Envelope {
     /// What the message counts for against the mailbox's `max_bytes`: payload and
     /// headers.
     pub fn size(&self) -> u64 {
-        self.payload.len() as u64 + headers_size(self.headers())
+        self.payload().len() as u64 + headers_size(self.headers())
     }
 
     /// The message as offered to another mailbox (dead-lettering): same sender, type,
@@ -192,7 +235,7 @@ impl Envelope {
             mtype: self.mtype,
             sender: self.sender,
             headers: self.take_headers(),
-            payload: self.payload,
+            payload: self.take_payload(),
             charge: self._charge,
             ttl,
             delay: None,
@@ -207,7 +250,7 @@ impl Envelope {
             self.sender,
             self.sent_at,
             self.headers().clone(),
-            self.payload.clone(),
+            self.payload_bytes(),
             None,
             self.expires_at(),
             self.visible_at(),

@@ -69,7 +69,7 @@ impl Taker {
     /// Why `envelope` is too large for this receive to take, if it is.
     fn refuses(&self, envelope: &Envelope) -> Option<RecvError> {
         let max = self.max_size?;
-        let size = envelope.payload.len() as u64;
+        let size = envelope.payload().len() as u64;
         (size > max).then_some(RecvError::TooBig {
             id: envelope.id,
             size,
@@ -151,6 +151,9 @@ pub(crate) struct State {
     last_recv: Option<LastOp>,
     total_sent: u64,
     total_received: u64,
+    /// The time of the batch being sent or taken under this lock, read once for all of
+    /// its messages: they were asked for at once.
+    batch_clock: Option<Timestamp>,
 }
 
 /// What a mailbox recovered from the store had done before: when it was made, and the
@@ -247,6 +250,7 @@ impl Mailbox {
                 last_recv: None,
                 total_sent: 0,
                 total_received: 0,
+                batch_clock: None,
             }),
         })
     }
@@ -280,17 +284,20 @@ impl Mailbox {
     ) -> (Vec<Pending<SentId>>, Option<E>) {
         let mut outcomes = Vec::new();
         let mut state = self.lock();
-        while let Some(incoming) = next() {
+        state.batch_clock = Some(Timestamp::now());
+        let stopped = loop {
+            let Some(incoming) = next() else { break None };
             let pending = match incoming {
                 Ok(incoming) => self.offer(&mut state, incoming, wait),
-                Err(e) => return (outcomes, Some(e)),
+                Err(e) => break Some(e),
             };
             match pending {
-                Pending::Ready(Err(e)) => return (outcomes, Some(e.into())),
+                Pending::Ready(Err(e)) => break Some(e.into()),
                 pending => outcomes.push(pending),
             }
-        }
-        (outcomes, None)
+        };
+        state.batch_clock = None;
+        (outcomes, stopped)
     }
 
     /// [`Self::send`] with the lock held.
@@ -497,6 +504,7 @@ impl Mailbox {
             return taken;
         }
         let now = Instant::now();
+        state.batch_clock = Some(Timestamp::now());
         while taken.len() < max {
             let Some(slot) = state.queue.find(selector) else {
                 break;
@@ -517,6 +525,7 @@ impl Mailbox {
             taken.push(state.take(envelope, taker));
             state.admit_senders();
         }
+        state.batch_clock = None;
         taken
     }
 
@@ -691,11 +700,11 @@ impl State {
 
     /// Gives `incoming` its id and send statistics.
     fn stamp(&mut self, incoming: Incoming) -> Envelope {
-        let clock = Instant::now();
         let ttl = incoming.ttl.or(self.settings.default_ttl);
+        let clock = (ttl.is_some() || incoming.delay.is_some()).then(Instant::now);
         let id = self.next_id;
         self.next_id += 1;
-        let now = Timestamp::now();
+        let now = self.clock();
         self.total_sent += 1;
         self.last_send = Some(LastOp {
             at: now,
@@ -709,11 +718,19 @@ impl State {
             incoming.headers,
             incoming.payload,
             incoming.charge,
-            ttl.map(|ttl| clock + ttl),
-            incoming.delay.map(|delay| clock + delay),
+            ttl.zip(clock).map(|(ttl, clock)| clock + ttl),
+            incoming
+                .delay
+                .zip(clock)
+                .map(|(delay, clock)| clock + delay),
         );
         envelope.set_memfd(incoming.memfd);
         envelope
+    }
+
+    /// The time now, or the time of the batch under way.
+    fn clock(&self) -> Timestamp {
+        self.batch_clock.unwrap_or_else(Timestamp::now)
     }
 
     /// Records that `envelope` left the mailbox for the receiver `pid`.
@@ -721,7 +738,7 @@ impl State {
         envelope.deliveries += 1;
         self.total_received += 1;
         self.last_recv = Some(LastOp {
-            at: Timestamp::now(),
+            at: self.clock(),
             pid,
         });
         envelope
