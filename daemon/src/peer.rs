@@ -1,7 +1,9 @@
 //! One client connection, from handshake to close. The peer reads frames, answers each
-//! request through [`dispatch`], and runs blocked sends and receives as tasks of its own
-//! so that one waiting request never holds up the others on the same connection
-//! (pipelining). Replies are encoded as they are queued for the writer task and charged
+//! request through [`dispatch`], and keeps blocked sends and receives as waits it polls
+//! beside its reading, so that one waiting request never holds up the others on the same
+//! connection (pipelining). The waits are futures of the connection's own task, not tasks
+//! of their own: a send that hands messages to many of its receives wakes the connection
+//! once, not once per receive, and a blocked receive costs no spawn. Replies are encoded as they are queued for the writer task and charged
 //! to the connection's uid until written; when the client stops reading, the queue fills
 //! and the peer stops reading its requests in turn, and past the queue's byte bounds the
 //! client is cut off.
@@ -11,18 +13,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use ipc_proto::{
     Credentials, ErrorCode, ErrorReply, FLAG_FD, FLAG_TAKES_FD, Frame, FrameDecoder, FrameKind,
     Hello, MAX_CLIENT_NAME, PROTOCOL_VERSION, Request, Response, Welcome, codec, memfd,
 };
 use tokio::net::UnixStream;
-use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -199,7 +204,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         in_flight,
         frames,
         replies,
-        tasks: JoinSet::new(),
+        waits: FuturesUnordered::new(),
         cancels: HashMap::new(),
         client_name: String::new(),
         hello_slot: Some(hello_slot),
@@ -212,12 +217,12 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         broker,
         client_name,
         replies,
-        mut tasks,
+        waits,
         caller,
         ..
     } = peer;
-    // Abandoned waits deregister as their tasks drop, returning any message they held.
-    tasks.shutdown().await;
+    // Abandoned waits deregister as they drop, returning any message they held.
+    drop(waits);
     // Messages leased to this connection (not detached) go back to be redelivered. Even
     // a reply with one of them that was written is not an ack.
     caller.leases.release_all();
@@ -267,8 +272,8 @@ struct Peer {
     in_flight: u64,
     frames: Frames,
     replies: Replies,
-    /// Blocked requests, each returning its request id when done.
-    tasks: JoinSet<u64>,
+    /// Blocked requests, polled by this connection's task.
+    waits: FuturesUnordered<Blocked>,
     /// How to cancel each blocked request, by request id.
     cancels: HashMap<u64, Canceller>,
     /// The client's name as it may appear in a log line (control characters escaped).
@@ -276,6 +281,21 @@ struct Peer {
     /// The place this connection holds among those not yet past their hello; given
     /// back once the hello is answered.
     hello_slot: Option<HelloSlot>,
+}
+
+/// A blocked request: its wait, answered under its request id.
+struct Blocked {
+    id: u64,
+    wait: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+impl Future for Blocked {
+    type Output = (u64, Answer);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        self.wait.as_mut().poll(cx).map(|answer| (id, answer))
+    }
 }
 
 /// A connection's place among those not yet past their hello: one of its uid's
@@ -353,12 +373,17 @@ impl Peer {
                 () = shutdown.cancelled() => {
                     // The broker has failed every waiter with "shutting down"; let those
                     // replies go out, then close.
-                    while self.tasks.join_next().await.is_some() {}
+                    while let Some((id, answer)) = self.waits.next().await {
+                        let _ = self.queue(outgoing(id, answer)).await;
+                    }
                     return CloseReason::ShuttingDown;
                 }
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(id) = done {
-                        self.cancels.remove(&id);
+                Some((id, answer)) = self.waits.next(), if !self.waits.is_empty() => {
+                    // A cancel completes the wait itself (with `Cancelled`), so every
+                    // wait ends with a reply.
+                    self.cancels.remove(&id);
+                    if let Err(reason) = self.queue(outgoing(id, answer)).await {
+                        return reason;
                     }
                 }
                 frame = self.frames.next() => {
@@ -495,7 +520,7 @@ impl Peer {
                 let limit = self.in_flight;
                 // A wait for the store goes on past the quota: it ends by itself, and
                 // what it stores must be answered as stored.
-                if undoable && self.tasks.len() as u64 >= limit {
+                if undoable && self.waits.len() as u64 >= limit {
                     let error = ErrorReply::new(
                         ErrorCode::QuotaExceeded,
                         format!(
@@ -510,15 +535,7 @@ impl Peer {
                         .await;
                 }
                 self.cancels.insert(id, cancel);
-                let replies = self.replies.clone();
-                self.tasks.spawn(async move {
-                    // A cancel completes the wait itself (with `Cancelled`), so the wait
-                    // always ends with a reply that is queued; the task is only aborted
-                    // when the connection is gone anyway.
-                    let response = wait.await;
-                    let _ = replies.send(outgoing(id, response)).await;
-                    id
-                });
+                self.waits.push(Blocked { id, wait });
                 Ok(())
             }
             Reply::Cancel(target) => {
@@ -575,32 +592,50 @@ impl Peer {
         })
     }
 
-    async fn queue(&self, out: Outgoing) -> Result<(), CloseReason> {
-        self.replies.send(out).await.map_err(|e| match e {
-            QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
-                CloseReason::NotReading(e.to_string())
-            }
-            QueueError::WriterGone => CloseReason::Io(e.to_string()),
-        })
+    // These borrow only the reply queue across their waits: the waits the peer holds
+    // are not `Sync`, so a borrow of the whole peer could not cross an await.
+
+    fn queue(&self, out: Outgoing) -> impl Future<Output = Result<(), CloseReason>> + use<'_> {
+        let replies = &self.replies;
+        async move {
+            replies.send(out).await.map_err(|e| match e {
+                QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
+                    CloseReason::NotReading(e.to_string())
+                }
+                QueueError::WriterGone => CloseReason::Io(e.to_string()),
+            })
+        }
     }
 
-    async fn send_connection_error(&self, code: ErrorCode, message: &str) {
+    fn send_connection_error(
+        &self,
+        code: ErrorCode,
+        message: &str,
+    ) -> impl Future<Output = ()> + use<'_> {
         let error = Response::Error(ErrorReply::new(code, message));
-        let _ = self.queue(Outgoing::Reply(0, error)).await;
+        let queued = self.queue(Outgoing::Reply(0, error));
+        async move {
+            let _ = queued.await;
+        }
     }
 
-    async fn fail_connection(&self, error: ReadError) -> CloseReason {
-        match error {
+    fn fail_connection(&self, error: ReadError) -> impl Future<Output = CloseReason> + use<'_> {
+        let (reason, report) = match error {
             // A client that exits with replies unread makes the kernel reset the
             // connection: that is an ordinary close, not a fault worth logging.
-            ReadError::Io(e) if client_went_away(&e) => CloseReason::ClientClosed,
-            ReadError::Io(e) => CloseReason::Io(e.to_string()),
+            ReadError::Io(e) if client_went_away(&e) => (CloseReason::ClientClosed, None),
+            ReadError::Io(e) => (CloseReason::Io(e.to_string()), None),
             ReadError::Frame(e) => {
                 let message = e.to_string();
-                self.send_connection_error(ErrorCode::BadRequest, &message)
-                    .await;
-                CloseReason::BadFrame(message)
+                let report = self.send_connection_error(ErrorCode::BadRequest, &message);
+                (CloseReason::BadFrame(message), Some(report))
             }
+        };
+        async move {
+            if let Some(report) = report {
+                report.await;
+            }
+            reason
         }
     }
 }
