@@ -51,10 +51,9 @@ pub struct Memfd {
 #[derive(Debug, Default)]
 struct Rare {
     headers: Headers,
-    /// The payload, when it is larger than [`OWN_PAYLOAD_UP_TO`] or a memfd's mapping.
-    shared: Option<Bytes>,
-    /// The memfd its payload came in, kept.
-    memfd: Option<std::sync::Arc<Memfd>>,
+    /// The payload, when it is larger than [`OWN_PAYLOAD_UP_TO`] or a memfd's mapping
+    /// (boxed: one word here, since most messages that have a `Rare` do not need it).
+    shared: Option<Box<Shared>>,
     /// For a message of a durable mailbox: the record of its leaving, written once it is
     /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
     /// that may vanish and give it back.
@@ -63,6 +62,13 @@ struct Rare {
     /// on the monotonic clock.
     expires_at: Option<Instant>,
     visible_at: Option<Instant>,
+}
+
+/// A payload kept as it came, and the memfd it came in if the daemon kept that.
+#[derive(Debug)]
+struct Shared {
+    bytes: Bytes,
+    memfd: Option<std::sync::Arc<Memfd>>,
 }
 
 /// The headers of a message that has none.
@@ -102,7 +108,13 @@ impl Envelope {
         visible_at: Option<Instant>,
     ) -> Self {
         let (payload, shared) = if payload.len() > OWN_PAYLOAD_UP_TO {
-            (Box::default(), Some(payload))
+            (
+                Box::default(),
+                Some(Box::new(Shared {
+                    bytes: payload,
+                    memfd: None,
+                })),
+            )
         } else {
             // The payload as decoded is a buffer of its own: this takes it over.
             (Vec::from(payload).into_boxed_slice(), None)
@@ -115,7 +127,6 @@ impl Envelope {
             Box::new(Rare {
                 headers,
                 shared,
-                memfd: None,
                 removal: None,
                 expires_at,
                 visible_at,
@@ -135,7 +146,7 @@ impl Envelope {
 
     pub fn payload(&self) -> &[u8] {
         match self.rare.as_ref().and_then(|r| r.shared.as_ref()) {
-            Some(shared) => shared,
+            Some(shared) => &shared.bytes[..],
             None => &self.payload,
         }
     }
@@ -143,7 +154,7 @@ impl Envelope {
     /// The payload as `Bytes`: shared if it is, else a copy.
     pub fn payload_bytes(&self) -> Bytes {
         match self.rare.as_ref().and_then(|r| r.shared.as_ref()) {
-            Some(shared) => shared.clone(),
+            Some(shared) => shared.bytes.clone(),
             None => Bytes::copy_from_slice(&self.payload),
         }
     }
@@ -152,7 +163,7 @@ impl Envelope {
     /// when it goes as a memfd instead).
     pub fn take_payload(&mut self) -> Bytes {
         match self.rare.as_mut().and_then(|r| r.shared.take()) {
-            Some(shared) => shared,
+            Some(shared) => shared.bytes,
             None => Bytes::from(std::mem::take(&mut self.payload)),
         }
     }
@@ -201,13 +212,33 @@ impl Envelope {
 
     /// The memfd the payload came in, if the daemon kept it.
     pub fn memfd(&self) -> Option<&std::sync::Arc<Memfd>> {
-        self.rare.as_ref().and_then(|r| r.memfd.as_ref())
+        let shared = self.rare.as_ref()?.shared.as_ref()?;
+        shared.memfd.as_ref()
     }
 
     pub(super) fn set_memfd(&mut self, memfd: Option<std::sync::Arc<Memfd>>) {
-        if memfd.is_some() || self.rare.is_some() {
-            self.rare_mut().memfd = memfd;
-        }
+        let Some(memfd) = memfd else {
+            if let Some(shared) = self.rare.as_mut().and_then(|r| r.shared.as_mut()) {
+                shared.memfd = None;
+            }
+            return;
+        };
+        // A kept memfd's payload is far past what an envelope owns, so it is shared
+        // already; a small one is moved there all the same.
+        let payload = std::mem::take(&mut self.payload);
+        let shared = self.rare_mut().shared.get_or_insert_with(|| {
+            Box::new(Shared {
+                bytes: Bytes::from(payload),
+                memfd: None,
+            })
+        });
+        shared.memfd = Some(memfd);
+    }
+
+    /// The memfd the payload came in, taken (the payload stays).
+    fn take_memfd(&mut self) -> Option<std::sync::Arc<Memfd>> {
+        let shared = self.rare.as_mut()?.shared.as_mut()?;
+        shared.memfd.take()
     }
 
     pub(super) fn set_removal(&mut self, removal: Option<Removal>) {
@@ -229,7 +260,7 @@ impl Envelope {
         let ttl = self
             .expires_at()
             .map(|at| at.saturating_duration_since(Instant::now()));
-        let memfd = self.rare.as_mut().and_then(|r| r.memfd.take());
+        let memfd = self.take_memfd();
         Incoming {
             memfd,
             mtype: self.mtype,
