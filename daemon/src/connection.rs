@@ -192,7 +192,7 @@ impl Payer {
 
 /// One encoded reply waiting for the writer.
 #[derive(Debug)]
-struct Queued {
+pub struct Queued {
     /// The bytes still to be written; the front is consumed as the socket takes it.
     frame: Bytes,
     /// The whole frame's length: what it added to the connection's pending count.
@@ -238,6 +238,13 @@ impl Replies {
     /// delivered whatever the bounds. Past `max_pending_output`, or past the quota with
     /// the allowance used up, the client is not reading and is cut off.
     pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
+        let queued = self.prepare(out)?;
+        self.push(queued).await
+    }
+
+    /// The first half of [`Self::send`]: encodes `out` and charges it, as pending output
+    /// of this connection and to the uid, without waiting.
+    pub fn prepare(&self, out: Outgoing) -> Result<Queued, QueueError> {
         let memfd = match &out {
             Outgoing::Carried(_, _, memfd) => Some(memfd.clone()),
             _ => None,
@@ -259,16 +266,22 @@ impl Replies {
                 return Err(e);
             }
         };
-        let queued = Queued {
+        Ok(Queued {
             frame,
             cost,
             charge: Some(charge),
             memfd,
-        };
+        })
+    }
+
+    /// The second half of [`Self::send`]: hands a prepared reply to the writer, waiting
+    /// while the queue is full.
+    pub async fn push(&self, queued: Queued) -> Result<(), QueueError> {
+        let cost = queued.cost;
         // On failure the reply comes back inside the error and is dropped, and with it
         // its charge.
         if self.tx.send(queued).await.is_err() {
-            shared.pending.fetch_sub(cost, Ordering::AcqRel);
+            self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
             return Err(QueueError::WriterGone);
         }
         Ok(())

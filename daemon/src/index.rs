@@ -191,8 +191,9 @@ const SPARE_CAPACITY: usize = 64;
 /// `O(1)` at both ends, where a B-tree keyed by id costs about twice that and a walk from
 /// the root. What does not fit that pattern stays `O(log n)`:
 /// - a message put in behind newer ones (one given back after a receiver left, or a
-///   delayed message becoming visible) goes into `late`, a B-tree by id, unless it is
-///   older than the whole run, which it then joins at the front;
+///   delayed message becoming visible) joins the run at the front if it is older than
+///   the whole run, fills its own hole if it left one, and else goes into `late`, a
+///   B-tree by id;
 /// - a message taken from inside the run (an expiry) leaves a hole behind, found by
 ///   binary search and skipped once it reaches an end; when the holes are as many as the
 ///   messages, the run is compacted, `O(n)` once per `n/2` removals.
@@ -233,9 +234,11 @@ impl<M> TypeQueue<M> {
         }
     }
 
-    /// Puts `message` in; false if a message with its id was there already (it is
-    /// replaced).
+    /// Puts `message` in. Its id must not be queued already: the mailbox puts in only new
+    /// ids, or those of messages that are out of the queue. True if it took no place a
+    /// message held (always, then; kept as the count's check).
     fn insert(&mut self, id: u64, message: Box<M>) -> bool {
+        debug_assert!(!self.late.contains_key(&id), "id {id} is queued already");
         let entry = Entry {
             id,
             message: Some(message),

@@ -3,15 +3,18 @@
 //! beside its reading, so that one waiting request never holds up the others on the same
 //! connection (pipelining). The waits are futures of the connection's own task, not tasks
 //! of their own: a send that hands messages to many of its receives wakes the connection
-//! once, not once per receive, and a blocked receive costs no spawn. Replies are encoded as they are queued for the writer task and charged
-//! to the connection's uid until written; when the client stops reading, the queue fills
-//! and the peer stops reading its requests in turn, and past the queue's byte bounds the
-//! client is cut off.
+//! once, not once per receive, and a blocked receive costs no spawn. A panic in a wait
+//! ends that request with an internal error, not the connection.
+//!
+//! Replies are encoded as they are queued for the writer task and charged to the
+//! connection's uid until written; when the client stops reading, the queue fills and the
+//! peer stops reading its requests in turn (its waits are still polled, so a timeout
+//! still ends its wait), and past the queue's byte bounds the client is cut off.
 //!
 //! Everything that goes wrong here ends this connection only, with one log line naming
 //! the [`CloseReason`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -35,7 +38,8 @@ use crate::broker::Broker;
 use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
 use crate::connection::{
-    FdReader, FrameCodec, Outgoing, Payer, QueueError, ReadError, Replies, reply_queue, write_loop,
+    FdReader, FrameCodec, Outgoing, Payer, QueueError, Queued, ReadError, Replies, reply_queue,
+    write_loop,
 };
 use crate::dispatch::{Answer, Reply, dispatch};
 use crate::logging;
@@ -205,6 +209,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         frames,
         replies,
         waits: FuturesUnordered::new(),
+        finished: VecDeque::new(),
         cancels: HashMap::new(),
         client_name: String::new(),
         hello_slot: Some(hello_slot),
@@ -274,6 +279,10 @@ struct Peer {
     replies: Replies,
     /// Blocked requests, polled by this connection's task.
     waits: FuturesUnordered<Blocked>,
+    /// Replies to waits that ended while the reply queue was full, encoded and charged,
+    /// in the order they ended: the waits are polled even then, so that a timeout still
+    /// ends its wait (which stops taking messages) while the client is slow to read.
+    finished: VecDeque<Queued>,
     /// How to cancel each blocked request, by request id.
     cancels: HashMap<u64, Canceller>,
     /// The client's name as it may appear in a log line (control characters escaped).
@@ -294,7 +303,17 @@ impl Future for Blocked {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let id = self.id;
-        self.wait.as_mut().poll(cx).map(|answer| (id, answer))
+        let wait = &mut self.wait;
+        // Caught here, a bug in one request's wait fails that request, and the connection
+        // still ends through its own cleanup (leases given back, private mailboxes gone).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait.as_mut().poll(cx))) {
+            Ok(polled) => polled.map(|answer| (id, answer)),
+            Err(_) => {
+                tracing::error!(request = id, "a waiting request panicked; it fails alone");
+                let error = ErrorReply::new(ErrorCode::Internal, "internal error in this request");
+                Poll::Ready((id, Answer::from(Response::Error(error))))
+            }
+        }
     }
 }
 
@@ -365,6 +384,11 @@ impl Peer {
         }
         let replies = self.replies.clone();
         loop {
+            while let Some(queued) = self.finished.pop_front() {
+                if let Err(reason) = self.push_polling(queued).await {
+                    return reason;
+                }
+            }
             tokio::select! {
                 biased;
                 reason = replies.cut_off() => {
@@ -382,7 +406,7 @@ impl Peer {
                     // A cancel completes the wait itself (with `Cancelled`), so every
                     // wait ends with a reply.
                     self.cancels.remove(&id);
-                    if let Err(reason) = self.queue(outgoing(id, answer)).await {
+                    if let Err(reason) = self.reply(outgoing(id, answer)).await {
                         return reason;
                     }
                 }
@@ -497,7 +521,7 @@ impl Peer {
             Err(e) => {
                 let error = ErrorReply::new(e.code(), e.to_string());
                 return self
-                    .queue(Outgoing::Reply(id, Response::Error(error)))
+                    .reply(Outgoing::Reply(id, Response::Error(error)))
                     .await;
             }
         };
@@ -505,13 +529,13 @@ impl Peer {
             Ok(memfd) => memfd.flatten(),
             Err(error) => {
                 return self
-                    .queue(Outgoing::Reply(id, Response::Error(error)))
+                    .reply(Outgoing::Reply(id, Response::Error(error)))
                     .await;
             }
         };
         let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
         match dispatch(&self.broker, &self.caller, request, memfd, takes_fd) {
-            Reply::Now(answer) => self.queue(outgoing(id, answer)).await,
+            Reply::Now(answer) => self.reply(outgoing(id, answer)).await,
             Reply::Later {
                 wait,
                 cancel,
@@ -531,7 +555,7 @@ impl Peer {
                     // Dropping `wait` deregisters it without losing anything.
                     drop(wait);
                     return self
-                        .queue(Outgoing::Reply(id, Response::Error(error)))
+                        .reply(Outgoing::Reply(id, Response::Error(error)))
                         .await;
                 }
                 self.cancels.insert(id, cancel);
@@ -544,7 +568,7 @@ impl Peer {
                 if let Some(cancel) = self.cancels.remove(&target) {
                     cancel(Cancelled { request: target });
                 }
-                self.queue(Outgoing::Reply(id, Response::Ok)).await
+                self.reply(Outgoing::Reply(id, Response::Ok)).await
             }
         }
     }
@@ -592,19 +616,42 @@ impl Peer {
         })
     }
 
+    /// Queues the reply to a request, polling the waits while the queue is full.
+    async fn reply(&mut self, out: Outgoing) -> Result<(), CloseReason> {
+        let queued = self.replies.prepare(out).map_err(closing)?;
+        self.push_polling(queued).await
+    }
+
+    /// Hands `queued` to the writer; while the queue is full, the waits are still polled
+    /// and the replies of those that end are prepared (charged) and kept in `finished`.
+    async fn push_polling(&mut self, queued: Queued) -> Result<(), CloseReason> {
+        let Peer {
+            replies,
+            waits,
+            cancels,
+            finished,
+            ..
+        } = self;
+        let push = replies.push(queued);
+        tokio::pin!(push);
+        loop {
+            tokio::select! {
+                biased;
+                pushed = &mut push => return pushed.map_err(closing),
+                Some((id, answer)) = waits.next(), if !waits.is_empty() => {
+                    cancels.remove(&id);
+                    finished.push_back(replies.prepare(outgoing(id, answer)).map_err(closing)?);
+                }
+            }
+        }
+    }
+
     // These borrow only the reply queue across their waits: the waits the peer holds
     // are not `Sync`, so a borrow of the whole peer could not cross an await.
 
     fn queue(&self, out: Outgoing) -> impl Future<Output = Result<(), CloseReason>> + use<'_> {
         let replies = &self.replies;
-        async move {
-            replies.send(out).await.map_err(|e| match e {
-                QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
-                    CloseReason::NotReading(e.to_string())
-                }
-                QueueError::WriterGone => CloseReason::Io(e.to_string()),
-            })
-        }
+        async move { replies.send(out).await.map_err(closing) }
     }
 
     fn send_connection_error(
@@ -637,6 +684,16 @@ impl Peer {
             }
             reason
         }
+    }
+}
+
+/// Why the connection closes when its reply could not be queued.
+fn closing(e: QueueError) -> CloseReason {
+    match e {
+        QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
+            CloseReason::NotReading(e.to_string())
+        }
+        QueueError::WriterGone => CloseReason::Io(e.to_string()),
     }
 }
 

@@ -349,3 +349,66 @@ fn extreme_values_in_well_formed_requests_are_answered() {
         daemon.log_lines("panicked")
     );
 }
+
+/// A client that stops reading holds its connection's replies back, and the daemon stops
+/// reading its requests in turn; its waits are still watched. A receive with a timeout
+/// times out and stops taking messages, so what is sent afterwards stays queued for
+/// readers, instead of going to a client that does not read.
+#[test]
+fn a_timed_wait_of_a_client_that_stops_reading_still_times_out() {
+    const STATS: u64 = 20_000;
+    let daemon = DaemonProcess::spawn();
+    let mut probe = daemon.client();
+    probe.create("timed", &CreateOptions::default()).unwrap();
+    probe.create("steady", &CreateOptions::default()).unwrap();
+
+    // One receive with a timeout, then far more requests than the reply queue and the
+    // socket hold answers for, and never a read.
+    let stalled = UnixStream::connect(&daemon.socket).unwrap();
+    let mut writer = stalled.try_clone().unwrap();
+    let flooding = std::thread::spawn(move || {
+        let mut out = hello_frame("stalled");
+        let recv = Request::Recv(RecvRequest {
+            mailbox: MailboxName::new("timed").unwrap(),
+            selector: Selector::Any,
+            wait: Wait::TimeoutMs(300),
+            peek: false,
+            lease: None,
+            max_size: None,
+        });
+        codec::encode_frame(FrameKind::Request, 1, &recv, u32::MAX, &mut out).unwrap();
+        let stat = Request::Stat {
+            mailbox: MailboxName::new("steady").unwrap(),
+        };
+        for id in 2..=STATS {
+            codec::encode_frame(FrameKind::Request, id, &stat, u32::MAX, &mut out).unwrap();
+        }
+        // Blocks once the daemon stops reading; ends when the test drops the socket.
+        let _ = writer.write_all(&out);
+    });
+    let registered = (0..1_000_000)
+        .map(|_| probe.stat("timed").unwrap().waiting_receivers)
+        .find(|&n| n == 1);
+    assert_eq!(registered, Some(1), "the timed receive registers");
+    // The daemon has stopped reading the stalled client once its pending requests stop
+    // going down; the timed receive must still end by itself.
+    let deregistered = (0..1_000_000)
+        .map(|_| probe.stat("timed").unwrap().waiting_receivers)
+        .find(|&n| n == 0);
+    assert_eq!(deregistered, Some(0), "the timed receive timed out");
+    probe
+        .send("timed", "after the timeout", &SendOptions::default())
+        .unwrap();
+    let timed = probe.stat("timed").unwrap();
+    assert_eq!(
+        timed.messages, 1,
+        "the message waits for a reader that reads"
+    );
+    let taken = probe
+        .recv("timed", &RecvOptions::default().wait(Wait::NoWait))
+        .unwrap();
+    assert_eq!(&taken.payload[..], b"after the timeout");
+    // The flooding thread's write fails once the socket is shut.
+    stalled.shutdown(std::net::Shutdown::Both).unwrap();
+    flooding.join().unwrap();
+}

@@ -36,8 +36,8 @@ pub struct Envelope {
 /// as, so that a published message's copies (and a memfd's mapping) share one buffer.
 const OWN_PAYLOAD_UP_TO: usize = 1024;
 
-/// A payload kept as the sealed memfd it came in (mapped: the envelope's `payload` is
-/// that mapping), to be handed to a receiver as it came; it holds one of the daemon's
+/// A payload kept as the sealed memfd it came in (mapped: the envelope's shared payload
+/// is that mapping), to be handed to a receiver as it came; it holds one of the daemon's
 /// `max_memfds` places.
 #[derive(Debug)]
 pub struct Memfd {

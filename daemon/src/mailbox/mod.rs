@@ -262,7 +262,11 @@ impl Mailbox {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still consistent enough
         // to keep serving, since every mutation is a few index operations.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // A batch sets it under the lock and clears it before letting go; a panic in
+        // between must not leave every later message stamped with that batch's time.
+        state.batch_clock = None;
+        state
     }
 
     pub fn settings(&self) -> Settings {
