@@ -7,7 +7,8 @@
 //! briefly and checks only that every message arrives intact and in order (what
 //! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
 //! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
-//! `ping-pong`, `scale` or `topics`), to profile them.
+//! `ping-pong`, `scale` or `topics`), to profile them; `-- --size N` keeps only the
+//! streaming cases of `N`-byte payloads.
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
@@ -93,6 +94,8 @@ fn main() {
     let mut messages: usize = 200_000;
     let mut peers = Peers::default();
     let mut section: Option<String> = None;
+    // `--size N`: only the streaming cases of that payload size (to profile one).
+    let mut size_only: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -105,6 +108,13 @@ fn main() {
                     .expect("--messages takes a number");
             }
             "--section" => section = args.next(),
+            "--size" => {
+                size_only = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .expect("--size takes a number of bytes"),
+                );
+            }
             "--peers" => {
                 let arg = args.next().unwrap_or_default();
                 peers = Peers::parse(&arg).unwrap_or_else(|| usage(&format!("--peers {arg}")));
@@ -140,7 +150,10 @@ fn main() {
     let started = Instant::now();
     let sizes: &[usize] = &[64, 4096, 1 << 20];
     let mut cases = Vec::new();
-    for &size in sizes {
+    for &size in sizes
+        .iter()
+        .filter(|&&s| size_only.is_none_or(|only| only == s))
+    {
         for (producers, consumers) in [(1, 1), (4, 4)] {
             for window in [1, 64] {
                 // Large messages move fewer at a time, so a case takes seconds, not minutes.
@@ -273,8 +286,9 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
 fn usage(bad: &str) -> ! {
     eprintln!(
         "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
-         ipcd, for profiling), --section NAME (streaming, batched, ping-pong, scale or topics) or --peers redis=SOCKET,nats=HOST:PORT (either part may be \
-         left out)"
+         ipcd, for profiling), --section NAME (streaming, batched, ping-pong, scale or \
+         topics), --size N (streaming cases of N-byte payloads only) or --peers \
+         redis=SOCKET,nats=HOST:PORT (either part may be left out)"
     );
     std::process::exit(2);
 }
