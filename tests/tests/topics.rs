@@ -88,6 +88,14 @@ fn usage(client: &mut BlockingClient) -> (u64, u64) {
         .map_or((0, 0), |u| (u.mailboxes, u.queued_bytes))
 }
 
+/// A mailbox created with these permission bits.
+fn with_mode(mode: u32) -> CreateOptions {
+    CreateOptions {
+        mode: Some(mode),
+        ..CreateOptions::default()
+    }
+}
+
 fn max_msgs(n: u64) -> CreateOptions {
     CreateOptions {
         limits: LimitChanges {
@@ -160,10 +168,7 @@ fn publish_counts_denied_and_full_mailboxes_apart() {
     }
     let daemon = TestDaemon::start();
     let mut root = daemon.client();
-    let open = CreateOptions {
-        mode: Some(0o666),
-        ..CreateOptions::default()
-    };
+    let open = with_mode(0o666);
     for name in ["n1", "n2", "n3"] {
         root.create(name, &open).unwrap();
         root.bind(name, "news.>").unwrap();
@@ -275,14 +280,7 @@ fn binding_another_uids_mailbox_is_denied() {
     let daemon = TestDaemon::start();
     let mut root = daemon.client();
     // Even with every mode bit set: binding is the owner's, since it fills the mailbox.
-    root.create(
-        "roots",
-        &CreateOptions {
-            mode: Some(0o666),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
+    root.create("roots", &with_mode(0o666)).unwrap();
     let socket = daemon.socket().to_path_buf();
     let mut stranger = connect_as(STRANGER, move || {
         BlockingClient::connect_to(&socket).unwrap()
@@ -896,14 +894,7 @@ fn a_published_copy_is_charged_to_the_mailbox_that_binds_it() {
     }
     let daemon = TestDaemon::start();
     let mut root = daemon.client();
-    root.create(
-        "hoard",
-        &CreateOptions {
-            mode: Some(0o622),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
+    root.create("hoard", &with_mode(0o622)).unwrap();
     root.bind("hoard", ">").unwrap();
     let socket = daemon.socket().to_path_buf();
     let mut publisher = connect_as(STRANGER, move || {
@@ -943,18 +934,24 @@ fn a_binding_is_charged_to_its_owner_until_it_goes() {
     assert_eq!(usage(&mut c).1, start, "removing the mailbox gives it back");
 }
 
-/// `reply` answers only a call: a `reply_to` naming an ordinary mailbox is the sender's
-/// say, and answering there would write, as the responder, where the sender may not.
-#[test]
-fn reply_answers_only_a_calls_reply_mailbox() {
-    let daemon = TestDaemon::start();
-    let mut c = daemon.client();
+/// Makes "svc" and "elsewhere", and sends "svc" a message that looks like a call but
+/// whose `reply_to` names the ordinary mailbox "elsewhere".
+fn send_forged_request(c: &mut BlockingClient) {
     c.create("svc", &CreateOptions::default()).unwrap();
     c.create("elsewhere", &CreateOptions::default()).unwrap();
     let mut options = SendOptions::default();
     options.headers.reply_to = Some("elsewhere".parse().unwrap());
     options.headers.correlation_id = Some(1);
     c.send("svc", "forged", &options).unwrap();
+}
+
+/// `reply` answers only a call: a `reply_to` naming an ordinary mailbox is the sender's
+/// say, and answering there would write, as the responder, where the sender may not.
+#[test]
+fn reply_answers_only_a_calls_reply_mailbox() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    send_forged_request(&mut c);
     let request = c.recv("svc", &nowait()).unwrap();
     let refused = c.reply(&request, "answer");
     assert!(matches!(refused, Err(Error::BadData(_))), "{refused:?}");
@@ -967,12 +964,7 @@ fn reply_answers_only_a_calls_reply_mailbox() {
 fn serve_skips_what_is_no_call_and_goes_on() {
     let daemon = TestDaemon::start();
     let mut c = daemon.client();
-    c.create("svc", &CreateOptions::default()).unwrap();
-    c.create("elsewhere", &CreateOptions::default()).unwrap();
-    let mut options = SendOptions::default();
-    options.headers.reply_to = Some("elsewhere".parse().unwrap());
-    options.headers.correlation_id = Some(1);
-    c.send("svc", "forged", &options).unwrap();
+    send_forged_request(&mut c);
     let mut nowhere = SendOptions::default();
     nowhere.headers.reply_to = Some("no.such.mailbox".parse().unwrap());
     c.send("svc", "lost", &nowhere).unwrap();
