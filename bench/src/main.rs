@@ -7,8 +7,9 @@
 //! briefly and checks only that every message arrives intact and in order (what
 //! `.ci/run` does); `-- --messages N` sets the messages per streaming case; `-- --only
 //! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
-//! `ping-pong`, `scale` or `topics`), to profile them; `-- --size N` keeps only the
-//! streaming cases of `N`-byte payloads.
+//! `ping-pong`, `scale` or `topics`), to profile them; `-- --size N`, `-- --window N`
+//! and `-- --pairs N` keep only the streaming cases of `N`-byte payloads, of a window of
+//! `N`, or of `N` producers and `N` consumers.
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
@@ -96,6 +97,9 @@ fn main() {
     let mut section: Option<String> = None;
     // `--size N`: only the streaming cases of that payload size (to profile one).
     let mut size_only: Option<usize> = None;
+    // `--window N`, `--pairs N`: only the streaming cases of that window, or of N→N.
+    let mut window_only: Option<usize> = None;
+    let mut pairs_only: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -108,13 +112,9 @@ fn main() {
                     .expect("--messages takes a number");
             }
             "--section" => section = args.next(),
-            "--size" => {
-                size_only = Some(
-                    args.next()
-                        .and_then(|n| n.parse().ok())
-                        .expect("--size takes a number of bytes"),
-                );
-            }
+            "--size" => size_only = Some(number(args.next(), "--size")),
+            "--window" => window_only = Some(number(args.next(), "--window")),
+            "--pairs" => pairs_only = Some(number(args.next(), "--pairs")),
             "--peers" => {
                 let arg = args.next().unwrap_or_default();
                 peers = Peers::parse(&arg).unwrap_or_else(|| usage(&format!("--peers {arg}")));
@@ -123,10 +123,15 @@ fn main() {
         }
     }
     let daemon = mailboxes::Daemon::start();
+    // `--section NAME` runs one section (streaming, batched, ping-pong, scale, topics): to
+    // profile one shape.
+    let wanted = |name: &str| section.as_deref().is_none_or(|s| s == name);
     // First, while nothing freed by other cases can be reused for it: what a queued
-    // message costs the daemon.
+    // message costs the daemon. It belongs to the scale section, and is left out of a
+    // run of another, whose profile a million queued messages would swamp.
     let queued = if smoke { 10_000 } else { 1_000_000 };
-    let per_message = mailboxes::Ipcd::new(&daemon).bytes_per_message(queued);
+    let per_message =
+        wanted("scale").then(|| mailboxes::Ipcd::new(&daemon).bytes_per_message(queued));
     let mut transports: Vec<Box<dyn Transport>> = vec![
         Box::new(kernel::SysV),
         Box::new(kernel::Posix),
@@ -143,9 +148,6 @@ fn main() {
     if let Some(only) = &only {
         transports.retain(|t| t.name().contains(only.as_str()));
     }
-    // `--section NAME` runs one section (streaming, batched, ping-pong, scale, topics): to
-    // profile one shape.
-    let wanted = |name: &str| section.as_deref().is_none_or(|s| s == name);
     let scale_messages = if smoke { 200 } else { messages / 2 };
     let started = Instant::now();
     let sizes: &[usize] = &[64, 4096, 1 << 20];
@@ -155,6 +157,9 @@ fn main() {
         .filter(|&&s| size_only.is_none_or(|only| only == s))
     {
         for (producers, consumers) in [(1, 1), (4, 4)] {
+            if pairs_only.is_some_and(|p| p != producers) {
+                continue;
+            }
             for window in [1, 64] {
                 // Large messages move fewer at a time, so a case takes seconds, not minutes.
                 let n: usize = if smoke {
@@ -167,15 +172,19 @@ fn main() {
                     messages
                 };
                 let n = n.div_ceil(producers * consumers) * producers * consumers;
+                let window = if size >= 1 << 20 {
+                    window.min(4)
+                } else {
+                    window
+                };
+                if window_only.is_some_and(|w| w != window) {
+                    continue;
+                }
                 cases.push(Stream {
                     producers,
                     consumers,
                     size,
-                    window: if size >= 1 << 20 {
-                        window.min(4)
-                    } else {
-                        window
-                    },
+                    window,
                     messages: n,
                 });
             }
@@ -239,10 +248,12 @@ fn main() {
     if wanted("topics") {
         topics::run(&daemon, smoke, messages);
     }
-    println!(
-        "  daemon memory per queued 64 B message beyond its payload ({queued} queued): {:.0} B",
-        per_message.max(0.0)
-    );
+    if let Some(per_message) = per_message {
+        println!(
+            "  daemon memory per queued 64 B message beyond its payload ({queued} queued): {:.0} B",
+            per_message.max(0.0)
+        );
+    }
     println!(
         "\n{} in {:.1} s{}",
         if smoke { "smoke run" } else { "full run" },
@@ -287,10 +298,18 @@ fn usage(bad: &str) -> ! {
     eprintln!(
         "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
          ipcd, for profiling), --section NAME (streaming, batched, ping-pong, scale or \
-         topics), --size N (streaming cases of N-byte payloads only) or --peers \
-         redis=SOCKET,nats=HOST:PORT (either part may be left out)"
+         topics), --size N, --window N, --pairs N (only the streaming cases of N-byte \
+         payloads, a window of N, or N→N) or --peers redis=SOCKET,nats=HOST:PORT \
+         (either part may be left out)"
     );
     std::process::exit(2);
+}
+
+/// The number that follows `flag`, or the usage and exit.
+fn number(arg: Option<String>, flag: &str) -> usize {
+    arg.as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| usage(&format!("{flag} {}", arg.as_deref().unwrap_or(""))))
 }
 
 /// The brokers named with `--peers`, each already running.

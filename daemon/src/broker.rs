@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use ipc_proto::{
@@ -32,7 +34,8 @@ use crate::topics::Bindings;
 #[derive(Debug)]
 pub struct Broker {
     /// Swapped whole on reload; readers take a snapshot.
-    config: RwLock<Arc<Config>>,
+    /// Read on every request: a load takes no lock and touches no shared count.
+    config: ArcSwap<Config>,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
     accounts: Accounts,
     /// Connections of every uid not yet past their hello (`max_handshakes`).
@@ -160,7 +163,7 @@ impl Broker {
     pub fn new(config: Config, store: Result<Store, String>) -> Self {
         let (dead_letters, queue) = mpsc::channel(config.dead_letter_backlog.max(1));
         Self {
-            config: RwLock::new(Arc::new(config)),
+            config: ArcSwap::from_pointee(config),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
             handshaking: Gauge::default(),
@@ -177,11 +180,14 @@ impl Broker {
     }
 
     /// The configuration in force now.
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The configuration in force now, to hold across waits: a [`Self::config`] guard
+    /// is for a moment.
+    pub fn config_held(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// Puts `config` in force (SIGHUP): new defaults, ceilings, quotas and bounds apply to
@@ -196,7 +202,7 @@ impl Broker {
                 old.state_dir.display()
             );
         }
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        self.config.store(Arc::new(config));
         self.declare();
     }
 
@@ -561,7 +567,7 @@ impl Broker {
                 max,
             });
         }
-        let owner = mailbox.settings().ownership.owner_uid;
+        let owner = mailbox.ownership().owner_uid;
         let cost = pattern.as_str().len() as u64
             + pattern.segments().count() as u64 * config.binding_overhead;
         let limit = Resource::QueuedBytes.limit(&config.quota_for(owner));
@@ -695,12 +701,10 @@ impl Broker {
             let id = envelope.id;
             let refused = match broker.get(&to) {
                 Err(_) => Some(format!("mailbox {to} does not exist")),
-                Ok(target) if !target.settings().ownership.allows_route(route_owner) => {
-                    Some(format!(
-                        "uid {} (owner of {from}) may not send to {to}",
-                        route_owner.uid
-                    ))
-                }
+                Ok(target) if !target.ownership().allows_route(route_owner) => Some(format!(
+                    "uid {} (owner of {from}) may not send to {to}",
+                    route_owner.uid
+                )),
                 Ok(target) => {
                     match target.send(envelope.into_incoming(), ipc_proto::Wait::NoWait) {
                         Pending::Ready(Err(e)) => Some(e.to_string()),

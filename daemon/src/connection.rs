@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Buf, Bytes, BytesMut};
 use ipc_proto::{
     ErrorCode, ErrorReply, FLAG_FD, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
-    Response, Welcome, codec,
+    Message, Response, Welcome, codec,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -39,9 +39,6 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// kernel takes at most `IOV_MAX` (1,024) pieces per write.
 const WRITE_BATCH_FRAMES: usize = 256;
 
-/// Room reserved for a message reply's frame header and envelope beside its payload, so
-/// that encoding it allocates once.
-const ENVELOPE_ROOM: usize = 1024;
 /// The most a message's fixed fields take encoded (each integer as a varint of at most
 /// ten bytes, a payload's length among them), beyond its payload and header strings.
 const MESSAGE_FIELDS_ROOM: usize = 128;
@@ -356,9 +353,12 @@ pub struct Writer {
 /// connection is cut off: a client that is not reading will not read the rest.
 pub async fn write_loop(mut write: OwnedWriteHalf, mut queue: Writer) -> io::Result<()> {
     let mut batch = VecDeque::with_capacity(WRITE_BATCH_FRAMES);
+    let shared = queue.shared.clone();
+    let cut = shared.cut.cancelled();
+    tokio::pin!(cut);
     loop {
         let first = tokio::select! {
-            () = queue.shared.cut.cancelled() => return Ok(()),
+            () = &mut cut => return Ok(()),
             first = queue.rx.recv() => match first {
                 Some(first) => first,
                 None => break,
@@ -376,8 +376,8 @@ pub async fn write_loop(mut write: OwnedWriteHalf, mut queue: Writer) -> io::Res
             }
         }
         tokio::select! {
-            () = queue.shared.cut.cancelled() => return Ok(()),
-            written = write_batch(&mut write, &mut batch, &queue.shared) => written?,
+            () = &mut cut => return Ok(()),
+            written = write_batch(&mut write, &mut batch, &shared) => written?,
         }
     }
     write.shutdown().await
@@ -460,21 +460,22 @@ fn consume(batch: &mut VecDeque<Queued>, mut n: usize, pending: &AtomicU64) {
     }
 }
 
+/// The most `m` takes encoded: so that encoding a reply allocates once.
+fn message_room(m: &Message) -> usize {
+    let names = m.headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
+    let content_type = m.headers.content_type.as_ref().map_or(0, String::len);
+    m.payload.len() + names + content_type + MESSAGE_FIELDS_ROOM
+}
+
 /// Encodes `out` as one frame. A reply too large to be encoded is replaced by an error
 /// reply that says so.
 fn encode(out: Outgoing, max_frame: u32) -> Bytes {
+    // Room for each message's fields, not a generous round figure: the frame would keep
+    // far more memory than it holds, and a buffer past 1 KiB costs the allocator a
+    // consolidation of its small free lists each time.
     let room = match &out {
-        Outgoing::Reply(_, Response::Message(m)) => m.payload.len() + ENVELOPE_ROOM,
-        // Many small messages: room for each one's fields, not a generous round figure
-        // per message, or the frame would keep far more memory than it holds.
-        Outgoing::Reply(_, Response::Messages(ms)) => ms
-            .iter()
-            .map(|m| {
-                let names = m.headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
-                let content_type = m.headers.content_type.as_ref().map_or(0, String::len);
-                m.payload.len() + names + content_type + MESSAGE_FIELDS_ROOM
-            })
-            .sum(),
+        Outgoing::Reply(_, Response::Message(m)) => message_room(m),
+        Outgoing::Reply(_, Response::Messages(ms)) => ms.iter().map(message_room).sum(),
         _ => 256,
     };
     let mut buf = BytesMut::with_capacity(HEADER_LEN + room);

@@ -132,7 +132,7 @@ pub fn dispatch(
                 .all()
                 .into_iter()
                 .filter(|m| {
-                    let own = m.settings().ownership;
+                    let own = m.ownership();
                     caller.may(&own, Access::Read) || caller.may(&own, Access::Manage)
                 })
                 .map(|m| broker.info(&m))
@@ -231,7 +231,7 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
             continue;
         };
         // Read once: settings are cloned out of the mailbox's lock.
-        let own = mailbox.settings().ownership;
+        let own = mailbox.ownership();
         if !caller.may(&own, Access::Write) {
             report.denied += 1;
             continue;
@@ -455,13 +455,13 @@ fn set(
     let limits = broker.limits(mailbox.settings().limits, &changes.limits)?;
     let new_owner = changes
         .owner_uid
-        .filter(|&uid| uid != mailbox.settings().ownership.owner_uid);
+        .filter(|&uid| uid != mailbox.ownership().owner_uid);
     if caller.uid() != 0 && new_owner.is_some() {
         // Like chown(2): giving a mailbox away needs root, or a user could make
         // another user's quota pay for it.
         return Err(denied(caller, &mailbox, "give away"));
     }
-    let current_gid = mailbox.settings().ownership.owner_gid;
+    let current_gid = mailbox.ownership().owner_gid;
     if let Some(gid) = changes.owner_gid.filter(|&gid| gid != current_gid)
         && caller.uid() != 0
         && !caller.in_group(gid)
@@ -871,7 +871,7 @@ fn authorized(
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
     let mailbox = broker.get(name)?;
-    if caller.may(&mailbox.settings().ownership, access) {
+    if caller.may(&mailbox.ownership(), access) {
         Ok(mailbox)
     } else {
         let verb = match access {
@@ -884,7 +884,7 @@ fn authorized(
 }
 
 fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
-    let own = mailbox.settings().ownership;
+    let own = mailbox.ownership();
     ErrorReply::new(
         ErrorCode::PermissionDenied,
         format!(

@@ -180,7 +180,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         hello_slot,
     } = admitted;
     let creds = caller.creds;
-    let config = broker.config();
+    let config = broker.config_held();
     // Held for the connection's life; over quota, the client is told so at once.
     let counted = broker.charge(&caller, Resource::Connections, 1);
     let (read, write) = stream.into_split();
@@ -383,6 +383,15 @@ impl Peer {
             return reason;
         }
         let replies = self.replies.clone();
+        // Made once, not per request: each one made registers with its token. And polled
+        // last: a poll of either takes two locks, which once a request made them a tenth
+        // of the daemon's time in a streaming bench. They are still polled whenever the
+        // connection would wait, and at the latest once its budget of reads runs out
+        // (tokio makes a busy task's reads wait after a while); a connection cut off
+        // meanwhile fails at its next reply, which finds the writer gone.
+        let cut_off = replies.cut_off();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(cut_off, shutting_down);
         loop {
             while let Some(queued) = self.finished.pop_front() {
                 if let Err(reason) = self.push_polling(queued).await {
@@ -391,17 +400,6 @@ impl Peer {
             }
             tokio::select! {
                 biased;
-                reason = replies.cut_off() => {
-                    return CloseReason::NotReading(reason.to_string());
-                }
-                () = shutdown.cancelled() => {
-                    // The broker has failed every waiter with "shutting down"; let those
-                    // replies go out, then close.
-                    while let Some((id, answer)) = self.waits.next().await {
-                        let _ = self.queue(outgoing(id, answer)).await;
-                    }
-                    return CloseReason::ShuttingDown;
-                }
                 Some((id, answer)) = self.waits.next(), if !self.waits.is_empty() => {
                     // A cancel completes the wait itself (with `Cancelled`), so every
                     // wait ends with a reply.
@@ -419,6 +417,17 @@ impl Peer {
                     if let Err(reason) = self.handle(frame).await {
                         return reason;
                     }
+                }
+                reason = &mut cut_off => {
+                    return CloseReason::NotReading(reason.to_string());
+                }
+                () = &mut shutting_down => {
+                    // The broker has failed every waiter with "shutting down"; let those
+                    // replies go out, then close.
+                    while let Some((id, answer)) = self.waits.next().await {
+                        let _ = self.queue(outgoing(id, answer)).await;
+                    }
+                    return CloseReason::ShuttingDown;
                 }
             }
         }
@@ -471,7 +480,7 @@ impl Peer {
                 .await;
             return Err(CloseReason::VersionMismatch(hello.version));
         }
-        let config = self.broker.config();
+        let config = self.broker.config_held();
         // Past the hello: requests may be as large as the daemon allows, and this
         // connection no longer counts among those that have not spoken.
         self.frames.decoder_mut().0.set_max_body(config.max_frame());

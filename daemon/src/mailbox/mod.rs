@@ -273,6 +273,12 @@ impl Mailbox {
         self.lock().settings.clone()
     }
 
+    /// Who owns it and its mode: what a permission check reads, without a copy of the
+    /// rest (a dead-letter name is an allocation).
+    pub fn ownership(&self) -> Ownership {
+        self.lock().settings.ownership
+    }
+
     /// Puts a message in, hands it to a waiting receiver, or waits for room.
     pub(crate) fn send(self: &Arc<Self>, incoming: Incoming, wait: Wait) -> Pending<SentId> {
         self.offer(&mut self.lock(), incoming, wait)
@@ -379,12 +385,11 @@ impl Mailbox {
         if let Some(closed) = &state.closed {
             return Pending::Ready(Err(closed.clone().into()));
         }
-        let now = Instant::now();
         while let Some(slot) = state.queue.find(selector) {
-            let expired = state
-                .queue
-                .get(slot)
-                .is_some_and(|e| e.expires_at().is_some_and(|at| at <= now));
+            // The clock is read only for a message that can expire.
+            let expired = (state.queue.get(slot))
+                .and_then(Envelope::expires_at)
+                .is_some_and(|at| at <= Instant::now());
             if expired {
                 // Due, but the timekeeper has not got to it yet: it is never delivered.
                 let envelope = state.dequeue(slot);
