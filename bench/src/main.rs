@@ -269,7 +269,7 @@ fn main() {
 /// How ipcd's cost per message holds up as mailboxes and queued messages grow.
 fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
     let mut ipcd = mailboxes::Ipcd::new(daemon);
-    println!("\nscale (ipcd, 1→1 64 B, window 64)            msg/s   ratio to the first");
+    println!("\nscale (ipcd 1→1 64 B window 64, median of 3)  msg/s   ratio to the first");
     let mailboxes: &[usize] = if smoke {
         &[1, 100]
     } else {
