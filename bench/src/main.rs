@@ -9,7 +9,7 @@
 //! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
 //! `ping-pong`, `scale` or `topics`), to profile them; `-- --size N`, `-- --window N`
 //! and `-- --pairs N` keep only the streaming cases of `N`-byte payloads, of a window of
-//! `N`, or of `N` producers and `N` consumers.
+//! `N`, or of `N` producers and `N` consumers (`--pairs` the batched cases too).
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
@@ -210,7 +210,10 @@ fn main() {
         "batched 64 B, batch 64, msg/s",
         Some("ipcd/NATS"),
     );
-    for (producers, consumers) in [(1, 1), (4, 4)].into_iter().filter(|_| wanted("batched")) {
+    for (producers, consumers) in [(1, 1), (4, 4)]
+        .into_iter()
+        .filter(|&(p, _)| wanted("batched") && pairs_only.is_none_or(|only| only == p))
+    {
         let n = if smoke { 200 } else { messages };
         let case = Stream {
             producers,
