@@ -621,6 +621,24 @@ fn silent_connection_is_closed_after_the_handshake_timeout() {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// Returns once thread `tid` of this process is blocked in poll(2), as
+/// `/proc/self/task/TID/syscall` reports (its first field is the system call's number
+/// while the thread is in one).
+fn blocked_in_poll(tid: libc::pid_t) {
+    let path = format!("/proc/self/task/{tid}/syscall");
+    loop {
+        let now = std::fs::read_to_string(&path).expect("the thread's syscall file");
+        let number = now
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        if number == Some(libc::SYS_poll) {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// An interruptible blocking client ends a blocked receive on a signal, as `msgrcv(2)`
 /// does with `EINTR` even under `SA_RESTART`: the receive is withdrawn at the daemon, so
 /// a message sent afterwards is still there for the next receive, and the connection
@@ -647,16 +665,22 @@ fn a_signal_interrupts_an_interruptible_wait_and_takes_nothing() {
     let waiting = std::thread::spawn(move || {
         let mut client = BlockingClient::connect_to(&socket).unwrap();
         client.set_interruptible(true);
-        // SAFETY: pthread_self has no preconditions.
-        thread_tx.send(unsafe { libc::pthread_self() }).unwrap();
+        // SAFETY: pthread_self and gettid have no preconditions.
+        thread_tx
+            .send(unsafe { (libc::pthread_self(), libc::gettid()) })
+            .unwrap();
         let interrupted = client.recv("eintr", &RecvOptions::default());
         returned_tx.send(()).unwrap();
         // The same connection still serves.
         let next = client.recv("eintr", &RecvOptions::default());
         (interrupted, next)
     });
-    let thread = thread_rx.recv().unwrap();
+    let (thread, tid) = thread_rx.recv().unwrap();
     daemon.wait_for_receivers("eintr", 1);
+    // The daemon may have its receive before the thread is back in poll(2): a signal that
+    // came then would be handled and forgotten, and the thread would block for good, as
+    // msgrcv(2) would. So the signal waits until the kernel says the thread is in poll.
+    blocked_in_poll(tid);
     // SAFETY: the thread is alive: it is blocked in its receive until this signal.
     assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
     returned_rx.recv().unwrap();
