@@ -558,9 +558,9 @@ pub mod reply {
     extractor!(created, bool, Response::Created { created } => created);
     extractor!(sent, u64, Response::Sent { id } => id);
     extractor!(message, Message, Response::Message(m) => m);
-    extractor!(mailbox, MailboxInfo, Response::Mailbox(m) => m);
+    extractor!(mailbox, MailboxInfo, Response::Mailbox(m) => *m);
     extractor!(mailboxes, Vec<MailboxInfo>, Response::Mailboxes(m) => m);
-    extractor!(status, DaemonStatus, Response::Status(s) => s);
+    extractor!(status, DaemonStatus, Response::Status(s) => *s);
     extractor!(purged, u64, Response::Purged { messages } => messages);
     extractor!(messages, Vec<Message>, Response::Messages(m) => m);
     extractor!(published, ipc_proto::PublishReport, Response::Published(r) => r);

@@ -547,7 +547,7 @@ mod tests {
         };
         Outgoing::Reply(
             id,
-            Response::Status(ipc_proto::DaemonStatus {
+            Response::Status(Box::new(ipc_proto::DaemonStatus {
                 version: "test".into(),
                 pid: 1,
                 uptime_ms: 1,
@@ -556,7 +556,7 @@ mod tests {
                 messages: 1,
                 bytes: 1,
                 users: vec![user; users],
-            }),
+            })),
         )
     }
 

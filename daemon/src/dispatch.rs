@@ -126,7 +126,7 @@ pub fn dispatch(
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
         Request::Stat { mailbox } => now(authorized(broker, caller, &mailbox, Access::Read)
-            .map(|m| Response::Mailbox(broker.info(&m)))),
+            .map(|m| Response::Mailbox(Box::new(broker.info(&m))))),
         Request::List => Reply::Now(Answer::from(Response::Mailboxes(
             broker
                 .all()
@@ -152,7 +152,9 @@ pub fn dispatch(
                 Err(e) => Reply::Now(Answer::from(Response::Error(e))),
             }
         }
-        Request::Status => Reply::Now(Answer::from(Response::Status(broker.status(caller)))),
+        Request::Status => Reply::Now(Answer::from(Response::Status(Box::new(
+            broker.status(caller),
+        )))),
         Request::Cancel { request_id } => Reply::Cancel(request_id),
         Request::Ack { mailbox, id } => {
             match authorized(broker, caller, &mailbox, Access::Read)
@@ -510,7 +512,10 @@ fn set(
     if let Some(charge) = moved {
         mailbox.move_owner_charge(charge);
     }
-    Ok(answer(stored, Response::Mailbox(broker.info(&mailbox))))
+    Ok(answer(
+        stored,
+        Response::Mailbox(Box::new(broker.info(&mailbox))),
+    ))
 }
 
 /// Answers `response` now, or — for a durable mailbox, whose change is being stored —

@@ -582,9 +582,11 @@ pub enum Response {
         id: u64,
     },
     Message(Message),
-    Mailbox(MailboxInfo),
+    // Boxed, as the other large and rare answers: a reply is moved several times on its
+    // way out, and the enum is as large as its largest variant.
+    Mailbox(Box<MailboxInfo>),
     Mailboxes(Vec<MailboxInfo>),
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     Purged {
         messages: u64,
     },
