@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use std::time::{Duration, Instant};
 
 use ipc_proto::{
     CreateRequest, DaemonStatus, Fsync, MailboxInfo, MailboxName, PRIVATE_PREFIX, Topic,

@@ -232,7 +232,7 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
         let Ok(mailbox) = broker.get(&name) else {
             continue;
         };
-        // Read once: settings are cloned out of the mailbox's lock.
+        // Read once: the ownership is copied out of the mailbox's lock.
         let own = mailbox.ownership();
         if !caller.may(&own, Access::Write) {
             report.denied += 1;

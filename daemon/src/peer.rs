@@ -383,12 +383,12 @@ impl Peer {
             return reason;
         }
         let replies = self.replies.clone();
-        // Made once, not per request: each one made registers with its token. And polled
-        // last: a poll of either takes two locks, which once a request made them a tenth
-        // of the daemon's time in a streaming bench. They are still polled whenever the
-        // connection would wait, and at the latest once its budget of reads runs out
-        // (tokio makes a busy task's reads wait after a while); a connection cut off
-        // meanwhile fails at its next reply, which finds the writer gone.
+        // Made once, not per request (each one made registers with its token), and polled
+        // last (a poll of either takes two locks): made and polled for every request,
+        // they were a tenth of the daemon's time in a streaming bench. They are still
+        // polled whenever the connection would wait, and at the latest once its budget of
+        // reads runs out (tokio makes a busy task's reads wait after a while); a
+        // connection cut off meanwhile fails at a reply once its writer has stopped.
         let cut_off = replies.cut_off();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(cut_off, shutting_down);
