@@ -5,7 +5,10 @@
 //! daemon holds for its clients — every uid's `queued_bytes`: messages and replies
 //! waiting — and trims once that has fallen by `trim_after` bytes from its high-water
 //! mark and stopped falling: after the drain, not during it, so that one trim gives back
-//! all of it. A daemon that holds steady, or grows, never trims.
+//! all of it. A daemon that holds steady, or grows, never trims. The high-water mark is
+//! not only what the looks saw: each uid's account keeps the most it held between two
+//! looks (`Accounts::take_peak`), so a burst that fills and drains within one second is
+//! given back too.
 
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -28,8 +31,11 @@ pub async fn trim_after_bursts(broker: Weak<Broker>) {
         };
         let threshold = broker.config().trim_after;
         let held = held(&broker);
+        // What was held at any moment since the last look: a burst that came and went
+        // within one look was never held at a look.
+        let peak = broker.accounts().take_peak(Resource::QueuedBytes);
         drop(broker);
-        if !watch.should_trim(held, threshold) {
+        if !watch.should_trim(held, peak, threshold) {
             continue;
         }
         let (from, to) = (watch.peak, held);
@@ -71,11 +77,12 @@ struct Watch {
 
 impl Watch {
     /// Whether `held` is at least `threshold` below the high-water mark (raising the mark
-    /// first if `held` is above it) and no lower than at the last look. A threshold of 0
-    /// never trims.
-    fn should_trim(&mut self, held: u64, threshold: u64) -> bool {
-        self.peak = self.peak.max(held);
-        let falling = held < self.last;
+    /// first to `peak`, the most held since the last look, if that is above it) and has
+    /// stopped falling: no lower than at the last look, and not well below `peak` (a
+    /// drain under way since the last look). A threshold of 0 never trims.
+    fn should_trim(&mut self, held: u64, peak: u64, threshold: u64) -> bool {
+        self.peak = self.peak.max(peak).max(held);
+        let falling = held < self.last || peak.saturating_sub(held) >= threshold / 2;
         self.last = held;
         threshold > 0 && !falling && self.peak - held >= threshold
     }
@@ -120,24 +127,44 @@ mod tests {
     fn trims_once_a_fall_of_the_threshold_has_stopped_and_never_while_growing() {
         let mut watch = Watch::default();
         let mib = 1 << 20;
+        // Looks that see what is held now, with no higher peak between them.
+        let mut look = |held: u64, threshold: u64| watch.should_trim(held, held, threshold);
         for held in [0, 10 * mib, 100 * mib, 200 * mib, 200 * mib] {
-            assert!(!watch.should_trim(held, 32 * mib), "growing to {held}");
+            assert!(!look(held, 32 * mib), "growing to {held}");
         }
-        assert!(!watch.should_trim(180 * mib, 32 * mib), "a small fall");
-        assert!(!watch.should_trim(160 * mib, 32 * mib), "still falling");
-        assert!(watch.should_trim(160 * mib, 32 * mib), "stopped");
+        assert!(!look(180 * mib, 32 * mib), "a small fall");
+        assert!(!look(160 * mib, 32 * mib), "still falling");
+        assert!(look(160 * mib, 32 * mib), "stopped");
         watch.trimmed(160 * mib);
-        assert!(
-            !watch.should_trim(150 * mib, 32 * mib),
-            "measured from the trim"
-        );
-        assert!(!watch.should_trim(0, 32 * mib));
-        assert!(
-            watch.should_trim(5 * mib, 32 * mib),
-            "rising again after the fall"
-        );
+        let mut look = |held: u64, threshold: u64| watch.should_trim(held, held, threshold);
+        assert!(!look(150 * mib, 32 * mib), "measured from the trim");
+        assert!(!look(0, 32 * mib));
+        assert!(look(5 * mib, 32 * mib), "rising again after the fall");
         watch.trimmed(5 * mib);
-        assert!(!watch.should_trim(5 * mib, 32 * mib), "given back already");
-        assert!(!watch.should_trim(0, 0), "0 turns trimming off");
+        let mut look = |held: u64, threshold: u64| watch.should_trim(held, held, threshold);
+        assert!(!look(5 * mib, 32 * mib), "given back already");
+        assert!(!look(0, 0), "0 turns trimming off");
+    }
+
+    #[test]
+    fn a_burst_between_two_looks_is_trimmed_after() {
+        let mut watch = Watch::default();
+        let mib = 1 << 20;
+        assert!(!watch.should_trim(0, 0, 32 * mib));
+        // Filled to 200 MiB and drained again between this look and the last: it may
+        // still be draining, so the trim waits for a look with no fall since the last.
+        assert!(!watch.should_trim(0, 200 * mib, 32 * mib), "just drained");
+        assert!(watch.should_trim(0, 0, 32 * mib), "drained and still");
+        watch.trimmed(0);
+        assert!(!watch.should_trim(0, 0, 32 * mib), "once");
+        // Half drained by this look: not yet, whatever it held at the last.
+        assert!(!watch.should_trim(100 * mib, 100 * mib, 32 * mib));
+        assert!(!watch.should_trim(100 * mib, 300 * mib, 32 * mib), "draining");
+        assert!(!watch.should_trim(40 * mib, 100 * mib, 32 * mib), "still draining");
+        assert!(watch.should_trim(40 * mib, 41 * mib, 32 * mib), "settled");
+        watch.trimmed(40 * mib);
+        // A burst under the threshold is left alone.
+        assert!(!watch.should_trim(40 * mib, 60 * mib, 32 * mib));
+        assert!(!watch.should_trim(40 * mib, 40 * mib, 32 * mib));
     }
 }

@@ -104,14 +104,29 @@ fn describe_refusal(e: &QuotaError) -> String {
 pub struct UidAccount {
     uid: u32,
     used: [AtomicU64; RESOURCES],
+    /// The most of each resource held since [`Accounts::take_peak`] last looked: a burst
+    /// that comes and goes between two looks is still seen.
+    peak: [AtomicU64; RESOURCES],
+    /// Where this account's peaks go when it leaves the table, shared by the table.
+    departed: Arc<[AtomicU64; RESOURCES]>,
     /// When a refusal of each kind was last logged, for rate limiting.
     logged: Mutex<[Option<Instant>; RESOURCES]>,
+}
+
+impl Drop for UidAccount {
+    fn drop(&mut self) {
+        for (departed, peak) in self.departed.iter().zip(&self.peak) {
+            departed.fetch_add(peak.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Every uid that holds something. Accounts live while anything charged to them does.
 #[derive(Debug, Default)]
 pub struct Accounts {
     by_uid: Mutex<HashMap<u32, Weak<UidAccount>>>,
+    /// The peaks of accounts that left since [`Self::take_peak`] last looked.
+    departed: Arc<[AtomicU64; RESOURCES]>,
 }
 
 impl Accounts {
@@ -127,10 +142,28 @@ impl Accounts {
         let account = Arc::new(UidAccount {
             uid,
             used: Default::default(),
+            peak: Default::default(),
+            departed: self.departed.clone(),
             logged: Mutex::new([None; RESOURCES]),
         });
         by_uid.insert(uid, Arc::downgrade(&account));
         account
+    }
+
+    /// The most of `resource` held since the last call, summed over the uids (each at
+    /// its own peak, so at least the most held at any one time), counting uids that
+    /// have since left the table. Starts a new period from what is held now.
+    pub fn take_peak(&self, resource: Resource) -> u64 {
+        let i = resource as usize;
+        let live: u64 = (self.all().iter())
+            .map(|a| {
+                // The peak is at least what is held now, whatever a charge made between
+                // the two reads.
+                let now = a.used[i].load(Ordering::Relaxed);
+                a.peak[i].swap(now, Ordering::Relaxed).max(now)
+            })
+            .sum();
+        live + self.departed[i].swap(0, Ordering::Relaxed)
     }
 
     /// Every live account, by uid.
@@ -180,7 +213,10 @@ impl UidAccount {
                 return Err(now);
             };
             match counter.compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break,
+                Ok(_) => {
+                    self.note_peak(resource, next);
+                    break;
+                }
                 Err(actual) => now = actual,
             }
         }
@@ -190,8 +226,18 @@ impl UidAccount {
     /// Takes `amount` without a check: for what root imposes (giving a mailbox away).
     pub fn force(self: &Arc<Self>, resource: Resource, amount: u64) -> Charge {
         let amount = amount.min(MAX_AMOUNT);
-        self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
+        let before = self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
+        self.note_peak(resource, before + amount);
         Charge::new(self.clone(), resource, amount)
+    }
+
+    /// Raises the peak of `resource` to `held` if it is below: a read, and a write only
+    /// while what is held grows past its peak.
+    fn note_peak(&self, resource: Resource, held: u64) {
+        let peak = &self.peak[resource as usize];
+        if held > peak.load(Ordering::Relaxed) {
+            peak.fetch_max(held, Ordering::Relaxed);
+        }
     }
 
     /// The refusal of a charge, logged at most once per [`LOG_EVERY`] per resource.
@@ -313,6 +359,31 @@ pub fn snapshot(account: &UidAccount) -> [u64; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The peak is the most held since the last look, for uids still in the table and
+    /// for uids that have left it, and a look starts the next period from what is held.
+    #[test]
+    fn the_peak_remembers_what_was_held_between_looks() {
+        let accounts = Accounts::default();
+        let queued = Resource::QueuedBytes;
+        let a = accounts.account(1000);
+        let b = accounts.account(1001);
+        let held = a.charge(queued, 100, u64::MAX).unwrap();
+        drop(a.charge(queued, 400, u64::MAX).unwrap());
+        drop(a.force(queued, 50));
+        assert_eq!(a.used(queued), 100);
+        drop(b.charge(queued, 30, u64::MAX).unwrap());
+        assert_eq!(accounts.take_peak(queued), 500 + 30);
+        assert_eq!(accounts.take_peak(queued), 100, "from what is held now");
+        // A uid that held something and left before the look still counts, once.
+        drop(b.charge(queued, 70, u64::MAX).unwrap());
+        drop(b);
+        assert_eq!(accounts.take_peak(queued), 100 + 70);
+        drop(held);
+        assert_eq!(accounts.take_peak(queued), 100);
+        assert_eq!(accounts.take_peak(queued), 0);
+        assert_eq!(accounts.take_peak(Resource::Connections), 0);
+    }
 
     /// A charge is two words, and gives back to the resource it took from.
     #[test]
