@@ -159,8 +159,14 @@ mod tests {
         assert!(!watch.should_trim(0, 0, 32 * mib), "once");
         // Half drained by this look: not yet, whatever it held at the last.
         assert!(!watch.should_trim(100 * mib, 100 * mib, 32 * mib));
-        assert!(!watch.should_trim(100 * mib, 300 * mib, 32 * mib), "draining");
-        assert!(!watch.should_trim(40 * mib, 100 * mib, 32 * mib), "still draining");
+        assert!(
+            !watch.should_trim(100 * mib, 300 * mib, 32 * mib),
+            "draining"
+        );
+        assert!(
+            !watch.should_trim(40 * mib, 100 * mib, 32 * mib),
+            "still draining"
+        );
         assert!(watch.should_trim(40 * mib, 41 * mib, 32 * mib), "settled");
         watch.trimmed(40 * mib);
         // A burst under the threshold is left alone.
