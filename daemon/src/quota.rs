@@ -227,7 +227,7 @@ impl UidAccount {
     pub fn force(self: &Arc<Self>, resource: Resource, amount: u64) -> Charge {
         let amount = amount.min(MAX_AMOUNT);
         let before = self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
-        self.note_peak(resource, before + amount);
+        self.note_peak(resource, before.saturating_add(amount));
         Charge::new(self.clone(), resource, amount)
     }
 
