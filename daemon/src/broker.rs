@@ -23,7 +23,8 @@ use crate::calls::Calls;
 use crate::config::{Config, Limits};
 use crate::logging::Throttle;
 use crate::mailbox::{
-    Closed, DeadLetter, DeadLetters, History, Link, Mailbox, Pending, Settings, headers_size,
+    Closed, DeadLetter, DeadLetters, History, Link, Mailbox, Origin, Pending, Settings,
+    headers_size,
 };
 use crate::perm::Ownership;
 use crate::quota::{Accounts, Charge, Gauge, QuotaError, Resource, snapshot};
@@ -306,6 +307,7 @@ impl Broker {
     pub fn restore(&self, recovered: Vec<(MailboxDef, Vec<StoredMessage>)>) {
         let Ok(store) = &self.store else { return };
         let mut mailboxes = lock(&self.mailboxes);
+        let mut origins = std::collections::HashMap::new();
         for (def, messages) in recovered {
             let settings = Settings {
                 ownership: def.ownership.into(),
@@ -339,11 +341,16 @@ impl Broker {
             let overhead = self.config().message_overhead;
             for message in messages {
                 let size = message.payload.len() as u64 + headers_size(&message.headers);
-                let charge = self
-                    .accounts
-                    .account(message.sender.uid)
-                    .force(Resource::QueuedBytes, size + overhead);
-                mailbox.restore_message(message, charge);
+                let account = self.accounts.account(message.sender.uid);
+                let charge = account.force(Resource::QueuedBytes, size + overhead);
+                // One origin per sender, shared by its messages as when they were sent.
+                let origin = origins
+                    .entry(message.sender)
+                    .or_insert_with(|| {
+                        Arc::new(Origin::new(message.sender, Some(account), overhead))
+                    })
+                    .clone();
+                mailbox.restore_message(message, origin, charge);
             }
             mailboxes.insert(def.name, mailbox);
         }
@@ -698,7 +705,7 @@ impl Broker {
                 return;
             };
             let removal = envelope.take_removal();
-            let id = envelope.id;
+            let id = envelope.id();
             let refused = match broker.get(&to) {
                 Err(_) => Some(format!("mailbox {to} does not exist")),
                 Ok(target) if !target.ownership().allows_route(route_owner) => Some(format!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ipc_proto::{Credentials, MailboxName, PRIVATE_PREFIX};
 
-use crate::mailbox::LeaseBook;
+use crate::mailbox::{LeaseBook, Origin};
 use crate::perm::{Access, Ownership};
 use crate::quota::UidAccount;
 
@@ -31,7 +31,16 @@ pub struct Caller {
     /// The private mailboxes made for this connection (its subscriptions), removed when
     /// it closes.
     pub private: Arc<Mutex<Vec<MailboxName>>>,
+    /// The origins of the messages this connection sends, by who pays for them and at
+    /// what overhead: almost always one (its own uid), a few for a publisher whose
+    /// copies go to mailboxes of other owners. Shared by its messages, so that each
+    /// holds a pointer rather than the credentials and a charge.
+    pub origins: Arc<Mutex<Vec<Arc<Origin>>>>,
 }
+
+/// Origins a connection keeps at most; a publisher to more owners than this makes a
+/// new one now and then, which costs only an allocation.
+const ORIGINS_KEPT: usize = 8;
 
 impl Caller {
     pub fn uid(&self) -> u32 {
@@ -49,6 +58,23 @@ impl Caller {
     pub fn reply_mailbox(&self) -> MailboxName {
         MailboxName::new(format!("{PRIVATE_PREFIX}reply/{}", self.connection))
             .expect("a well-formed name")
+    }
+
+    /// The origin of a message this caller sends, charged to `payer` with `overhead`.
+    pub fn origin(&self, payer: &Arc<UidAccount>, overhead: u64) -> Arc<Origin> {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = origins
+            .iter()
+            .position(|o| o.is(self.creds, payer, overhead))
+        {
+            return origins[i].clone();
+        }
+        if origins.len() == ORIGINS_KEPT {
+            origins.remove(0);
+        }
+        let origin = Arc::new(Origin::new(self.creds, Some(payer.clone()), overhead));
+        origins.push(origin.clone());
+        origin
     }
 
     /// Whether the caller may perform an operation needing `access` on a mailbox with

@@ -660,7 +660,7 @@ fn incoming_paid_by(
     Ok(Incoming {
         memfd: None,
         mtype: message.mtype,
-        sender: caller.creds,
+        origin: caller.origin(payer, config.message_overhead),
         headers: message.headers,
         payload: message.payload,
         charge: Some(charge),
@@ -910,13 +910,13 @@ fn to_wire(mut e: Envelope) -> Message {
         removal.commit();
     }
     Message {
-        id: e.id,
-        mtype: e.mtype,
-        sender: e.sender,
-        sent_at: e.sent_at,
+        id: e.id(),
+        mtype: e.mtype(),
+        sender: e.sender(),
+        sent_at: e.sent_at(),
         headers: e.take_headers(),
-        redelivered: e.deliveries > 1,
-        deliveries: e.deliveries,
+        redelivered: e.deliveries() > 1,
+        deliveries: e.deliveries(),
         payload: e.take_payload(),
     }
 }

@@ -20,6 +20,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ipc_proto::Selector;
 
+/// What the index keeps: a message that knows its sequence id, and that can stand for
+/// the hole a message taken from inside its type's run leaves there.
+pub trait Queued {
+    fn id(&self) -> u64;
+    /// The place of the message `id`, taken.
+    fn hole(id: u64) -> Self;
+    fn is_hole(&self) -> bool;
+}
+
 /// Queued messages of type `M`, indexed by SysV type and by sequence id.
 #[derive(Debug)]
 pub struct TypeIndex<M> {
@@ -53,7 +62,7 @@ pub struct Slot {
     pub id: u64,
 }
 
-impl<M> TypeIndex<M> {
+impl<M: Queued> TypeIndex<M> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -65,14 +74,15 @@ impl<M> TypeIndex<M> {
 
     /// Inserts a message at the position its id gives it; ids need not be the newest, so
     /// a message can be put back where it was.
-    pub fn insert(&mut self, mtype: i64, id: u64, message: M) {
+    pub fn insert(&mut self, mtype: i64, message: M) {
+        let id = message.id();
         let spare = &mut self.spare;
         let queue = self
             .by_type
             .entry(mtype)
             .or_insert_with(|| spare.take().unwrap_or_default());
         let old_head = queue.first_id();
-        if queue.insert(id, Box::new(message)) {
+        if queue.insert(message) {
             self.len += 1;
         }
         match old_head {
@@ -120,7 +130,7 @@ impl<M> TypeIndex<M> {
     pub fn remove(&mut self, slot: Slot) -> Option<M> {
         let queue = self.by_type.get_mut(&slot.mtype)?;
         let was_head = queue.first_id() == Some(slot.id);
-        let message = *queue.remove(slot.id)?;
+        let message = queue.remove(slot.id)?;
         self.len -= 1;
         if was_head {
             self.heads.remove(&(slot.id, slot.mtype));
@@ -159,17 +169,17 @@ impl<M> TypeIndex<M> {
         let mut next: BinaryHeap<_> = queues
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, q)| q.peek().map(|(id, _)| Reverse((*id, i))))
+            .filter_map(|(i, q)| q.peek().map(|m| Reverse((m.id(), i))))
             .collect();
         for _ in 0..n {
             let Reverse((_, i)) = next.pop()?;
             queues[i].next();
-            if let Some(&(id, _)) = queues[i].peek() {
-                next.push(Reverse((id, i)));
+            if let Some(m) = queues[i].peek() {
+                next.push(Reverse((m.id(), i)));
             }
         }
         let Reverse((_, i)) = next.pop()?;
-        queues[i].next().map(|(_, message)| message)
+        queues[i].next()
     }
 
     /// Empties the index, returning the messages in no particular order.
@@ -179,7 +189,6 @@ impl<M> TypeIndex<M> {
         std::mem::take(&mut self.by_type)
             .into_values()
             .flat_map(TypeQueue::into_messages)
-            .map(|m| *m)
     }
 }
 
@@ -187,7 +196,8 @@ impl<M> TypeIndex<M> {
 const SPARE_CAPACITY: usize = 64;
 
 /// One type's messages in id order. Messages almost always come in newest and leave
-/// oldest, so they are kept in a `VecDeque` of pointers (`run`): 16 bytes a message and
+/// oldest, so they are kept in a `VecDeque` (`run`): 8 bytes a message (an envelope is a
+/// pointer) and
 /// `O(1)` at both ends, where a B-tree keyed by id costs about twice that and a walk from
 /// the root. What does not fit that pattern stays `O(log n)`:
 /// - a message put in behind newer ones (one given back after a receiver left, or a
@@ -202,16 +212,9 @@ const SPARE_CAPACITY: usize = 64;
 /// of it is used, so that a drained burst does not keep its memory.
 #[derive(Debug)]
 struct TypeQueue<M> {
-    run: VecDeque<Entry<M>>,
+    run: VecDeque<M>,
     holes: usize,
-    late: BTreeMap<u64, Box<M>>,
-}
-
-#[derive(Debug)]
-struct Entry<M> {
-    id: u64,
-    /// `None` once taken from inside the run.
-    message: Option<Box<M>>,
+    late: BTreeMap<u64, M>,
 }
 
 impl<M> Default for TypeQueue<M> {
@@ -224,9 +227,9 @@ impl<M> Default for TypeQueue<M> {
     }
 }
 
-impl<M> TypeQueue<M> {
+impl<M: Queued> TypeQueue<M> {
     fn first_id(&self) -> Option<u64> {
-        let run = self.run.front().map(|e| e.id);
+        let run = self.run.front().map(M::id);
         let late = self.late.first_key_value().map(|(&id, _)| id);
         match (run, late) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -237,25 +240,22 @@ impl<M> TypeQueue<M> {
     /// Puts `message` in. Its id must not be queued already: the mailbox puts in only new
     /// ids, or those of messages that are out of the queue. True if it took no place a
     /// message held (always, then; kept as the count's check).
-    fn insert(&mut self, id: u64, message: Box<M>) -> bool {
+    fn insert(&mut self, message: M) -> bool {
+        let id = message.id();
         debug_assert!(!self.late.contains_key(&id), "id {id} is queued already");
-        let entry = Entry {
-            id,
-            message: Some(message),
-        };
         match (self.run.front(), self.run.back()) {
-            (_, None) => self.run.push_back(entry),
-            (_, Some(back)) if back.id < id => self.run.push_back(entry),
-            (Some(front), _) if id < front.id => self.run.push_front(entry),
+            (_, None) => self.run.push_back(message),
+            (_, Some(back)) if back.id() < id => self.run.push_back(message),
+            (Some(front), _) if id < front.id() => self.run.push_front(message),
             _ => {
                 if let Ok(i) = self.position(id) {
-                    let old = self.run[i].message.replace(entry.message.expect("set"));
-                    if old.is_none() {
+                    let old = std::mem::replace(&mut self.run[i], message);
+                    if old.is_hole() {
                         self.holes -= 1;
                     }
-                    return old.is_none();
+                    return old.is_hole();
                 }
-                return self.late.insert(id, entry.message.expect("set")).is_none();
+                return self.late.insert(id, message).is_none();
             }
         }
         true
@@ -263,34 +263,37 @@ impl<M> TypeQueue<M> {
 
     /// Where the entry with `id` is in the run (a hole or not), by binary search.
     fn position(&self, id: u64) -> Result<usize, usize> {
-        self.run.binary_search_by_key(&id, |e| e.id)
+        self.run.binary_search_by_key(&id, M::id)
     }
 
     fn get(&self, id: u64) -> Option<&M> {
         // Almost always the head, which a receive looks at before taking it.
-        if let Some(front) = self.run.front().filter(|e| e.id == id) {
-            return front.message.as_deref();
+        if let Some(front) = self.run.front().filter(|e| e.id() == id) {
+            return Some(front);
         }
         match self.position(id) {
-            Ok(i) => self.run[i].message.as_deref(),
-            Err(_) => self.late.get(&id).map(|m| &**m),
+            Ok(i) => Some(&self.run[i]).filter(|m| !m.is_hole()),
+            Err(_) => self.late.get(&id),
         }
     }
 
-    fn remove(&mut self, id: u64) -> Option<Box<M>> {
-        if self.run.front().is_some_and(|e| e.id == id) {
-            let message = self.run.pop_front().and_then(|e| e.message);
+    fn remove(&mut self, id: u64) -> Option<M> {
+        if self.run.front().is_some_and(|e| e.id() == id) {
+            let message = self.run.pop_front();
             self.trim();
             return message;
         }
         let Ok(i) = self.position(id) else {
             return self.late.remove(&id);
         };
-        let message = self.run[i].message.take()?;
+        if self.run[i].is_hole() {
+            return None;
+        }
+        let message = std::mem::replace(&mut self.run[i], M::hole(id));
         self.holes += 1;
         self.trim();
         if self.holes > 0 && self.holes * 2 >= self.run.len() {
-            self.run.retain(|e| e.message.is_some());
+            self.run.retain(|e| !e.is_hole());
             self.holes = 0;
         }
         Some(message)
@@ -298,11 +301,11 @@ impl<M> TypeQueue<M> {
 
     /// Drops holes from both ends of the run, and gives back storage it no longer needs.
     fn trim(&mut self) {
-        while self.run.front().is_some_and(|e| e.message.is_none()) {
+        while self.run.front().is_some_and(M::is_hole) {
             self.run.pop_front();
             self.holes -= 1;
         }
-        while self.run.back().is_some_and(|e| e.message.is_none()) {
+        while self.run.back().is_some_and(M::is_hole) {
             self.run.pop_back();
             self.holes -= 1;
         }
@@ -312,23 +315,19 @@ impl<M> TypeQueue<M> {
         }
     }
 
-    /// The messages in id order, with their ids.
-    fn iter(&self) -> impl Iterator<Item = (u64, &M)> {
-        let mut run = self
-            .run
-            .iter()
-            .filter_map(|e| Some((e.id, e.message.as_deref()?)))
-            .peekable();
-        let mut late = self.late.iter().map(|(&id, m)| (id, &**m)).peekable();
+    /// The messages in id order.
+    fn iter(&self) -> impl Iterator<Item = &M> {
+        let mut run = self.run.iter().filter(|e| !e.is_hole()).peekable();
+        let mut late = self.late.values().peekable();
         std::iter::from_fn(move || match (run.peek(), late.peek()) {
-            (Some(a), Some(b)) if b.0 < a.0 => late.next(),
+            (Some(a), Some(b)) if b.id() < a.id() => late.next(),
             (Some(_), _) => run.next(),
             (None, _) => late.next(),
         })
     }
 
-    fn into_messages(self) -> impl Iterator<Item = Box<M>> {
-        let run = self.run.into_iter().filter_map(|e| e.message);
+    fn into_messages(self) -> impl Iterator<Item = M> {
+        let run = self.run.into_iter().filter(|e| !e.is_hole());
         run.chain(self.late.into_values())
     }
 }
@@ -336,6 +335,21 @@ impl<M> TypeQueue<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test message is its id; a hole is its id with the top bit set.
+    impl Queued for u64 {
+        fn id(&self) -> u64 {
+            self & !HOLE
+        }
+        fn hole(id: u64) -> Self {
+            id | HOLE
+        }
+        fn is_hole(&self) -> bool {
+            self & HOLE != 0
+        }
+    }
+
+    const HOLE: u64 = 1 << 63;
 
     /// The queue as `msgrcv(2)` describes it, by scanning; the reference for the index.
     fn reference(queue: &[(u64, i64)], selector: Selector) -> Option<(u64, i64)> {
@@ -370,7 +384,7 @@ mod tests {
             match random(10) {
                 0..=3 => {
                     let mtype = 1 + random(3) as i64;
-                    index.insert(mtype, next_id, next_id);
+                    index.insert(mtype, next_id);
                     model.insert(next_id, mtype);
                     next_id += 1;
                 }
@@ -386,7 +400,7 @@ mod tests {
                 }
                 6 if !taken.is_empty() => {
                     let (id, mtype) = taken.swap_remove(random(taken.len() as u64) as usize);
-                    index.insert(mtype, id, id);
+                    index.insert(mtype, id);
                     model.insert(id, mtype);
                 }
                 7 => {
@@ -420,7 +434,7 @@ mod tests {
     fn nth_walks_the_queue_in_id_order_across_types() {
         let mut index = TypeIndex::default();
         for (id, mtype) in [(1, 3), (2, 1), (3, 3), (4, 2), (5, 1)] {
-            index.insert(mtype, id, id);
+            index.insert(mtype, id);
         }
         let walked: Vec<u64> = (0..6).filter_map(|n| index.nth(n).copied()).collect();
         assert_eq!(walked, [1, 2, 3, 4, 5]);
@@ -433,7 +447,7 @@ mod tests {
         let mut index = TypeIndex::default();
         let mut model: Vec<(u64, i64)> = Vec::new();
         for (id, &t) in types.iter().enumerate() {
-            index.insert(t, id as u64, id as u64);
+            index.insert(t, id as u64);
             model.push((id as u64, t));
         }
         let selectors = [
@@ -465,11 +479,11 @@ mod tests {
     fn reinsert_restores_original_position() {
         let mut index = TypeIndex::default();
         for id in 0..5 {
-            index.insert(1, id, id);
+            index.insert(1, id);
         }
         let first = index.pop(Selector::Any).unwrap();
         assert_eq!(index.find(Selector::Any), Some(Slot { mtype: 1, id: 1 }));
-        index.insert(1, first, first);
+        index.insert(1, first);
         assert_eq!(index.find(Selector::Any), Some(Slot { mtype: 1, id: 0 }));
         assert_eq!(index.len(), 5);
     }
@@ -477,12 +491,12 @@ mod tests {
     #[test]
     fn lowest_type_at_most_and_none() {
         let mut index = TypeIndex::default();
-        index.insert(7, 1, "seven");
-        index.insert(4, 2, "four");
+        index.insert(7, 1);
+        index.insert(4, 2);
         assert_eq!(index.find(Selector::AtMost(3)), None);
-        assert_eq!(index.pop(Selector::AtMost(10)), Some("four"));
+        assert_eq!(index.pop(Selector::AtMost(10)), Some(2));
         assert_eq!(index.find(Selector::Except(7)), None);
-        assert_eq!(index.pop(Selector::Except(6)), Some("seven"));
+        assert_eq!(index.pop(Selector::Except(6)), Some(1));
     }
 
     /// A million messages of mixed types: every selector still answers from the index.
@@ -503,7 +517,7 @@ mod tests {
             }
         };
         for id in 0..N {
-            index.insert(mtype(id), id, id);
+            index.insert(mtype(id), id);
         }
         assert_eq!(index.len(), N as usize);
 
@@ -519,7 +533,7 @@ mod tests {
         // Put them back, then ask for the lowest type ≤ 5 behind 999 type-1 messages
         // each... after removing all type 1 first through the type selector.
         for id in (0..N).filter(|id| id % 1000 == 999) {
-            index.insert(mtype(id), id, id);
+            index.insert(mtype(id), id);
         }
         let mut last = None;
         for _ in 0..(N - N / 1000) {

@@ -231,6 +231,11 @@ impl UidAccount {
         Charge::new(self.clone(), resource, amount)
     }
 
+    /// Gives back `amount` of `resource` that a [`Charge::dissolve`]d charge left held.
+    pub fn give_back(&self, resource: Resource, amount: u64) {
+        self.used[resource as usize].fetch_sub(amount, Ordering::AcqRel);
+    }
+
     /// Raises the peak of `resource` to `held` if it is below: a read, and a write only
     /// while what is held grows past its peak.
     fn note_peak(&self, resource: Resource, held: u64) {
@@ -286,7 +291,26 @@ impl Charge {
         self.account.uid
     }
 
-    fn resource(&self) -> Resource {
+    pub fn account(&self) -> &Arc<UidAccount> {
+        &self.account
+    }
+
+    /// What a message's envelope holds instead of its charge: the amount still held,
+    /// its giving back now the caller's duty — which [`adopt`](Self::adopt) hands back
+    /// to a `Charge`.
+    pub fn dissolve(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; its account is dropped once.
+        drop(unsafe { std::ptr::read(&this.account) });
+    }
+
+    /// The charge of `amount` of `resource` that `account` holds already (one
+    /// [`dissolve`](Self::dissolve)d), given back when this is dropped.
+    pub fn adopt(account: &Arc<UidAccount>, resource: Resource, amount: u64) -> Self {
+        Self::new(account.clone(), resource, amount)
+    }
+
+    pub fn resource(&self) -> Resource {
         match self.packed >> RESOURCE_SHIFT {
             0 => Resource::Connections,
             1 => Resource::Mailboxes,
@@ -295,7 +319,7 @@ impl Charge {
         }
     }
 
-    fn amount(&self) -> u64 {
+    pub fn amount(&self) -> u64 {
         self.packed & MAX_AMOUNT
     }
 }
@@ -314,7 +338,7 @@ impl fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.account.used[self.resource() as usize].fetch_sub(self.amount(), Ordering::AcqRel);
+        self.account.give_back(self.resource(), self.amount());
     }
 }
 

@@ -48,7 +48,7 @@ impl State {
         let max = self.settings.max_deliveries;
         if envelope.expires_at().is_some_and(|at| at <= Instant::now()) {
             self.expire(envelope, name);
-        } else if max == 0 || envelope.deliveries < max {
+        } else if max == 0 || envelope.deliveries() < max {
             self.offer_or_queue(envelope);
         } else {
             self.dead_letter(envelope, name);
@@ -64,6 +64,8 @@ impl State {
     /// Sends `envelope` to the dead-letter mailbox, or, without one, drops it and counts
     /// it. Either way it has left this mailbox for good.
     pub(super) fn dead_letter(&mut self, mut envelope: Envelope, name: &MailboxName) {
+        // It leaves for good: the record of that goes with it.
+        envelope.set_removal(self.removal(envelope.id()));
         match &self.settings.dead_letter {
             Some(to) => {
                 self.dead_lettered += 1;
@@ -91,7 +93,7 @@ impl State {
                         tracing::warn!(
                             "dead letter {} of mailbox {name} dropped: {why} \
                              ({suppressed} more dropped since the last such line)",
-                            letter.envelope.id
+                            letter.envelope.id()
                         );
                     }
                     if let Some(removal) = letter.envelope.take_removal() {

@@ -13,7 +13,7 @@ use crate::store::{MailboxDef, Record, Store, Stored, StoredMessage, StoredOwner
 
 use super::timers::{monotonic, wall};
 use super::waiters::Handoff;
-use super::{Envelope, Mailbox, SendError, SentId, State};
+use super::{Envelope, Mailbox, Origin, SendError, SentId, State};
 
 /// A durable mailbox's tie to the store.
 #[derive(Debug, Clone)]
@@ -56,14 +56,14 @@ impl Removal {
 }
 
 impl Mailbox {
-    /// Puts back a message recovered from the store, charged to its sender.
-    pub fn restore_message(&self, message: StoredMessage, charge: Charge) {
+    /// Puts back a message recovered from the store, charged to its sender (`origin`
+    /// says who that is and how it was charged).
+    pub fn restore_message(&self, message: StoredMessage, origin: Arc<Origin>, charge: Charge) {
         let mut state = self.lock();
-        let removal = state.removal(message.id);
         let mut envelope = Envelope::new(
             message.id,
             message.mtype,
-            message.sender,
+            origin,
             message.sent_at,
             message.headers,
             message.payload,
@@ -71,8 +71,7 @@ impl Mailbox {
             message.expires_at.map(monotonic),
             message.not_before.map(monotonic),
         );
-        envelope.deliveries = message.deliveries;
-        envelope.set_removal(removal);
+        *envelope.deliveries_mut() = message.deliveries;
         // Delayed or due to expire, it gets its timers like a message just accepted.
         state.offer_or_queue(envelope);
     }
@@ -118,25 +117,24 @@ impl State {
     /// Stores a message just accepted by a durable mailbox, and makes it visible (hands
     /// it over or queues it) only once the store has it, answering `done` then. Until
     /// then it counts against the limits as "storing".
-    pub(super) fn store_then_offer(&mut self, mut envelope: Envelope, done: Handoff<SentId>) {
+    pub(super) fn store_then_offer(&mut self, envelope: Envelope, done: Handoff<SentId>) {
         let link = self.link.clone().expect("a durable mailbox has a link");
-        let id = envelope.id;
+        let id = envelope.id();
         let len = envelope.size();
         self.storing += 1;
         self.storing_bytes += len;
         let record = Record::Put(StoredMessage {
             key: link.key,
             id,
-            mtype: envelope.mtype,
-            sender: envelope.sender,
-            sent_at: envelope.sent_at,
+            mtype: envelope.mtype(),
+            sender: envelope.sender(),
+            sent_at: envelope.sent_at(),
             headers: envelope.headers().clone(),
             expires_at: envelope.expires_at().map(wall),
             not_before: envelope.visible_at().map(wall),
             deliveries: 0,
             payload: envelope.payload_bytes(),
         });
-        envelope.set_removal(self.removal(id));
         let me = self.me.clone();
         let store = link.store.clone();
         store.submit(vec![record], self.fsync(), move |stored: Stored| {

@@ -80,9 +80,11 @@ impl Mailbox {
     pub fn ack(&self, id: u64, uid: u32) -> Result<Option<oneshot::Receiver<Stored>>, LeaseError> {
         let mut state = self.lock();
         self.check_lease(&state, id, uid)?;
-        let mut envelope = state.unlease(id).expect("checked");
+        let envelope = state.unlease(id).expect("checked");
+        let removal = state.removal(envelope.id());
+        drop(envelope);
         state.admit_senders();
-        Ok(envelope.take_removal().map(Removal::commit_waiting))
+        Ok(removal.map(Removal::commit_waiting))
     }
 
     /// Gives leased message `id` back, to be redelivered (or dead-lettered).
@@ -132,8 +134,12 @@ impl State {
     /// receiver: taken outright, or leased — then a copy goes out and the original waits
     /// for its ack, still counted in the mailbox.
     pub(super) fn take(&mut self, envelope: Envelope, taker: &Taker) -> Envelope {
-        let envelope = self.delivered(envelope, taker.pid);
+        let mut envelope = self.delivered(envelope, taker.pid);
         let Some(terms) = &taker.lease else {
+            // Out of the mailbox now, it carries the record of its leaving, to be
+            // written once it reaches its receiver (a queued message does not: the
+            // mailbox knows it is durable).
+            envelope.set_removal(self.removal(envelope.id()));
             return envelope;
         };
         let wire = envelope.copy();
@@ -142,14 +148,14 @@ impl State {
             // across a crash.
             let record = Record::Delivered {
                 key: link.key,
-                id: envelope.id,
-                deliveries: envelope.deliveries,
+                id: envelope.id(),
+                deliveries: envelope.deliveries(),
             };
             link.store.record(vec![record], Fsync::Never);
         }
         self.next_lease += 1;
         let lease_no = self.next_lease;
-        let id = envelope.id;
+        let id = envelope.id();
         let deadline = Instant::now() + terms.timeout;
         if let Some(book) = &terms.book {
             book.add(&self.me, id, lease_no);

@@ -41,7 +41,7 @@ use crate::store::{Record, Stored};
 
 pub use self::dead_letters::{DeadLetter, DeadLetters};
 pub use self::durable::Link;
-pub use self::envelope::{Envelope, Incoming, Memfd, SentId, headers_size};
+pub use self::envelope::{Envelope, Incoming, Memfd, Origin, SentId, headers_size};
 pub use self::error::{
     Cancelled, Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
 };
@@ -71,7 +71,7 @@ impl Taker {
         let max = self.max_size?;
         let size = envelope.payload().len() as u64;
         (size > max).then_some(RecvError::TooBig {
-            id: envelope.id,
+            id: envelope.id(),
             size,
             max,
         })
@@ -434,14 +434,14 @@ impl Mailbox {
                     // would be; it stays in the mailbox.
                     let waiter = state.senders.remove(&key).expect("found");
                     let envelope = state.stamp(waiter.incoming);
-                    let _ = waiter.tx.send(Ok(SentId(envelope.id)));
+                    let _ = waiter.tx.send(Ok(SentId(envelope.id())));
                     let refused = taker.refuses(&envelope);
                     state.offer_or_queue(envelope);
                     return Pending::Ready(Err(refused.expect("too big")));
                 }
                 let waiter = state.senders.remove(&key).expect("found");
                 let envelope = state.stamp(waiter.incoming);
-                let _ = waiter.tx.send(Ok(SentId(envelope.id)));
+                let _ = waiter.tx.send(Ok(SentId(envelope.id())));
                 return Pending::Ready(Ok(state.take(envelope, &taker)));
             }
         }
@@ -717,12 +717,12 @@ impl State {
         self.total_sent += 1;
         self.last_send = Some(LastOp {
             at: now,
-            pid: incoming.sender.pid,
+            pid: incoming.sender().pid,
         });
         let mut envelope = Envelope::new(
             id,
             incoming.mtype,
-            incoming.sender,
+            incoming.origin,
             now,
             incoming.headers,
             incoming.payload,
@@ -744,7 +744,7 @@ impl State {
 
     /// Records that `envelope` left the mailbox for the receiver `pid`.
     fn delivered(&mut self, mut envelope: Envelope, pid: u32) -> Envelope {
-        envelope.deliveries += 1;
+        *envelope.deliveries_mut() += 1;
         self.total_received += 1;
         self.last_recv = Some(LastOp {
             at: self.clock(),
@@ -769,7 +769,7 @@ impl State {
     fn accept_now(&mut self, incoming: Incoming) -> SentId {
         debug_assert!(self.link.is_none(), "a durable mailbox answers once stored");
         let envelope = self.stamp(incoming);
-        let id = envelope.id;
+        let id = envelope.id();
         self.offer_or_queue(envelope);
         SentId(id)
     }
@@ -780,18 +780,18 @@ impl State {
     /// oldest match for each. What no receiver takes is queued.
     fn offer_or_queue(&mut self, mut envelope: Envelope) {
         if let Some(at) = envelope.visible_at().filter(|&at| at > Instant::now()) {
-            let id = envelope.id;
+            let id = envelope.id();
             self.delayed_bytes += envelope.size();
             self.delayed.insert(id, envelope);
             self.schedule(at, Timer::Visible { id });
             return;
         }
         loop {
-            let taker = self.receivers.first_match(envelope.mtype);
+            let taker = self.receivers.first_match(envelope.mtype());
             // Peekers that came before the receiver that takes it see it.
             while let Some(key) = self
                 .peekers
-                .first_match(envelope.mtype)
+                .first_match(envelope.mtype())
                 .filter(|&key| taker.is_none_or(|taker| key < taker))
             {
                 let peeker = self.peekers.remove(key).expect("found");
@@ -805,7 +805,7 @@ impl State {
                 let _ = waiter.tx.send(Err(refused));
                 continue;
             }
-            let id = envelope.id;
+            let id = envelope.id();
             let handed = self.take(envelope, &waiter.taker);
             match waiter.tx.send(Ok(handed)) {
                 Ok(()) => return,
@@ -817,17 +817,17 @@ impl State {
                         Some(leased) => leased,
                         None => back,
                     };
-                    envelope.deliveries -= 1;
+                    *envelope.deliveries_mut() -= 1;
                     self.total_received -= 1;
                 }
             }
         }
         self.bytes += envelope.size();
         if let Some(at) = envelope.expires_at() {
-            let (id, mtype) = (envelope.id, envelope.mtype);
+            let (id, mtype) = (envelope.id(), envelope.mtype());
             self.schedule(at, Timer::Expires { id, mtype });
         }
-        self.queue.insert(envelope.mtype, envelope.id, envelope);
+        self.queue.insert(envelope.mtype(), envelope);
     }
 
     /// Takes the message at `slot` out of the queue, with its share of the bytes and its
@@ -836,7 +836,7 @@ impl State {
         let envelope = self.queue.remove(slot).expect("slot is queued");
         self.bytes -= envelope.size();
         if let Some(at) = envelope.expires_at() {
-            let (id, mtype) = (envelope.id, envelope.mtype);
+            let (id, mtype) = (envelope.id(), envelope.mtype());
             self.deadlines.remove(&(at, Timer::Expires { id, mtype }));
         }
         envelope

@@ -390,11 +390,11 @@ impl Side for Envelope {
     fn reclaim(state: &mut State, mut envelope: Envelope) {
         if !envelope.has_removal() {
             // A copy sent for a lease: the leased original is what goes back.
-            if let Some(leased) = state.unlease(envelope.id) {
+            if let Some(leased) = state.unlease(envelope.id()) {
                 envelope = leased;
             }
         }
-        envelope.deliveries = envelope.deliveries.saturating_sub(1);
+        *envelope.deliveries_mut() = envelope.deliveries().saturating_sub(1);
         state.total_received = state.total_received.saturating_sub(1);
         state.offer_or_queue(envelope);
     }
