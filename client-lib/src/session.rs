@@ -87,8 +87,8 @@ pub(crate) fn takes_memfds(welcome: &Welcome) -> bool {
     welcome.features.iter().any(|f| f == FEATURE_MEMFD)
 }
 
-/// The reply a frame flagged [`FLAG_FD`] carries, its message's payload mapped from
-/// `fd`, the memfd that came with it (`None`: none came, which breaks the protocol).
+/// The reply a frame flagged [`FLAG_FD`] carries, its message's payload read or mapped
+/// from `fd` ([`memfd::receive_payload`]), the memfd that came with it (`None`: none came, which breaks the protocol).
 pub(crate) fn with_memfd(
     (id, response): (u64, Response),
     fd: Option<OwnedFd>,
@@ -96,8 +96,8 @@ pub(crate) fn with_memfd(
     let fd = fd.ok_or_else(|| {
         Error::Protocol("a reply flagged as carrying a descriptor came without one".into())
     })?;
-    let (payload, _) =
-        memfd::map_payload(fd, u64::MAX).map_err(|e| Error::Protocol(e.to_string()))?;
+    let payload =
+        memfd::receive_payload(fd, u64::MAX).map_err(|e| Error::Protocol(e.to_string()))?;
     Ok(match response {
         Response::Message(mut message) => {
             message.payload = payload;
