@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ipc_proto::Fsync;
 use tokio::sync::oneshot;
 
@@ -114,10 +115,16 @@ impl State {
         })
     }
 
-    /// Stores a message just accepted by a durable mailbox, and makes it visible (hands
-    /// it over or queues it) only once the store has it, answering `done` then. Until
-    /// then it counts against the limits as "storing".
-    pub(super) fn store_then_offer(&mut self, envelope: Envelope, done: Handoff<SentId>) {
+    /// Stores a message just accepted by a durable mailbox (`payload` is its payload as
+    /// it came, shared with the store rather than copied from the envelope), and makes it
+    /// visible (hands it over or queues it) only once the store has it, answering `done`
+    /// then. Until then it counts against the limits as "storing".
+    pub(super) fn store_then_offer(
+        &mut self,
+        envelope: Envelope,
+        payload: Bytes,
+        done: Handoff<SentId>,
+    ) {
         let link = self.link.clone().expect("a durable mailbox has a link");
         let id = envelope.id();
         let len = envelope.size();
@@ -133,7 +140,7 @@ impl State {
             expires_at: envelope.expires_at().map(wall),
             not_before: envelope.visible_at().map(wall),
             deliveries: 0,
-            payload: envelope.payload_bytes(),
+            payload,
         });
         let me = self.me.clone();
         let store = link.store.clone();

@@ -761,8 +761,10 @@ impl State {
             let _ = done.send(Ok(self.accept_now(incoming)));
             return;
         }
+        // The payload as it came goes to the store: no copy of the envelope's.
+        let payload = incoming.payload.clone();
         let envelope = self.stamp(incoming);
-        self.store_then_offer(envelope, done);
+        self.store_then_offer(envelope, payload, done);
     }
 
     /// Accepts a message into a memory mailbox, which answers at once.
