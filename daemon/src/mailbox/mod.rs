@@ -156,6 +156,45 @@ pub(crate) struct State {
     batch_clock: Option<Timestamp>,
 }
 
+/// A message given its place in a mailbox, not yet made an [`Envelope`]: a durable
+/// mailbox makes it one once it is stored, on the store's thread, so that the messages
+/// it keeps are not allocated among the short-lived things of their requests.
+#[derive(Debug)]
+struct Stamped {
+    id: u64,
+    sent_at: Timestamp,
+    expires_at: Option<Instant>,
+    visible_at: Option<Instant>,
+    incoming: Incoming,
+}
+
+impl Stamped {
+    fn into_envelope(self) -> Envelope {
+        let Incoming {
+            mtype,
+            origin,
+            headers,
+            payload,
+            memfd,
+            charge,
+            ..
+        } = self.incoming;
+        let mut envelope = Envelope::new(
+            self.id,
+            mtype,
+            origin,
+            self.sent_at,
+            headers,
+            payload,
+            charge,
+            self.expires_at,
+            self.visible_at,
+        );
+        envelope.set_memfd(memfd);
+        envelope
+    }
+}
+
 /// What a mailbox recovered from the store had done before: when it was made, and the
 /// id its next message gets.
 #[derive(Debug, Clone, Copy)]
@@ -433,14 +472,14 @@ impl Mailbox {
                     // Admitted and queued, it is then refused as any queued message
                     // would be; it stays in the mailbox.
                     let waiter = state.senders.remove(&key).expect("found");
-                    let envelope = state.stamp(waiter.incoming);
+                    let envelope = state.stamp(waiter.incoming).into_envelope();
                     let _ = waiter.tx.send(Ok(SentId(envelope.id())));
                     let refused = taker.refuses(&envelope);
                     state.offer_or_queue(envelope);
                     return Pending::Ready(Err(refused.expect("too big")));
                 }
                 let waiter = state.senders.remove(&key).expect("found");
-                let envelope = state.stamp(waiter.incoming);
+                let envelope = state.stamp(waiter.incoming).into_envelope();
                 let _ = waiter.tx.send(Ok(SentId(envelope.id())));
                 return Pending::Ready(Ok(state.take(envelope, &taker)));
             }
@@ -707,34 +746,27 @@ impl State {
         }
     }
 
-    /// Gives `incoming` its id and send statistics.
-    fn stamp(&mut self, incoming: Incoming) -> Envelope {
+    /// Gives `incoming` its id, time and deadlines, and counts it sent.
+    fn stamp(&mut self, incoming: Incoming) -> Stamped {
         let ttl = incoming.ttl.or(self.settings.default_ttl);
         let clock = (ttl.is_some() || incoming.delay.is_some()).then(Instant::now);
         let id = self.next_id;
         self.next_id += 1;
-        let now = self.clock();
+        let sent_at = self.clock();
         self.total_sent += 1;
         self.last_send = Some(LastOp {
-            at: now,
+            at: sent_at,
             pid: incoming.sender().pid,
         });
-        let mut envelope = Envelope::new(
+        Stamped {
             id,
-            incoming.mtype,
-            incoming.origin,
-            now,
-            incoming.headers,
-            incoming.payload,
-            incoming.charge,
-            ttl.zip(clock).map(|(ttl, clock)| clock + ttl),
-            incoming
-                .delay
+            sent_at,
+            expires_at: ttl.zip(clock).map(|(ttl, clock)| clock + ttl),
+            visible_at: (incoming.delay)
                 .zip(clock)
                 .map(|(delay, clock)| clock + delay),
-        );
-        envelope.set_memfd(incoming.memfd);
-        envelope
+            incoming,
+        }
     }
 
     /// The time now, or the time of the batch under way.
@@ -761,16 +793,14 @@ impl State {
             let _ = done.send(Ok(self.accept_now(incoming)));
             return;
         }
-        // The payload as it came goes to the store: no copy of the envelope's.
-        let payload = incoming.payload.clone();
-        let envelope = self.stamp(incoming);
-        self.store_then_offer(envelope, payload, done);
+        let stamped = self.stamp(incoming);
+        self.store_then_offer(stamped, done);
     }
 
     /// Accepts a message into a memory mailbox, which answers at once.
     fn accept_now(&mut self, incoming: Incoming) -> SentId {
         debug_assert!(self.link.is_none(), "a durable mailbox answers once stored");
-        let envelope = self.stamp(incoming);
+        let envelope = self.stamp(incoming).into_envelope();
         let id = envelope.id();
         self.offer_or_queue(envelope);
         SentId(id)
