@@ -81,6 +81,14 @@ impl<M: Queued> TypeIndex<M> {
             .by_type
             .entry(mtype)
             .or_insert_with(|| spare.take().unwrap_or_default());
+        // Newer than its type's newest (the usual case): it goes last, and the head
+        // stays — without a look at the oldest message, which a deep queue has not
+        // touched for a while.
+        if queue.run.back().is_some_and(|back| back.id() < id) {
+            queue.run.push_back(message);
+            self.len += 1;
+            return;
+        }
         let old_head = queue.first_id();
         if queue.insert(message) {
             self.len += 1;
@@ -301,11 +309,13 @@ impl<M: Queued> TypeQueue<M> {
 
     /// Drops holes from both ends of the run, and gives back storage it no longer needs.
     fn trim(&mut self) {
-        while self.run.front().is_some_and(M::is_hole) {
+        // Without holes there is nothing to look at: looking reads the messages at the
+        // ends, which a deep queue has not touched for a while.
+        while self.holes > 0 && self.run.front().is_some_and(M::is_hole) {
             self.run.pop_front();
             self.holes -= 1;
         }
-        while self.run.back().is_some_and(M::is_hole) {
+        while self.holes > 0 && self.run.back().is_some_and(M::is_hole) {
             self.run.pop_back();
             self.holes -= 1;
         }
