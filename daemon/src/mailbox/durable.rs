@@ -67,6 +67,7 @@ impl Mailbox {
             message.sent_at,
             message.headers,
             message.payload,
+            None,
             Some(charge),
             message.expires_at.map(monotonic),
             message.not_before.map(monotonic),

@@ -3,9 +3,9 @@
 //!
 //! An envelope is one allocation, as the kernel's `msg_msg` is: a 40-byte head (id,
 //! type, time, deliveries, flags, and a shared [`Origin`] in place of the sender's
-//! credentials and the charge), the payload right after it, and — only for a message
-//! that has headers, a TTL, a delay, a large or memfd payload or a durable removal
-//! record — a [`Rare`] part after the payload. The envelope itself is one pointer, so a
+//! credentials and the charge), the payload right after it, and after that only the
+//! parts the message has — its times (a TTL or delay), its headers, a large or memfd
+//! payload, a durable removal record — each laid out only if its flag says so. The envelope itself is one pointer, so a
 //! queue's entry is 8 bytes. A plain 64-byte message costs the daemon 48 bytes beside
 //! its payload (a 112-byte block in glibc's malloc), plus its queue entry.
 
@@ -65,7 +65,7 @@ impl Origin {
 }
 
 /// A message as the daemon keeps it: a pointer to one block holding a [`Head`], the
-/// payload, and a [`Rare`] when it has one.
+/// payload, and after it only the parts the message has (see [`Parts`]).
 pub struct Envelope(NonNull<Head>);
 
 /// What every message has.
@@ -78,7 +78,7 @@ struct Head {
     origin: Option<Arc<Origin>>,
     /// Times it has been taken by a receiver.
     deliveries: u32,
-    /// Bytes of payload held in the block; 0 when the payload is [`Rare::shared`].
+    /// Bytes of payload held in the block; 0 when the payload is shared (`SHARED`).
     len: u16,
     flags: u8,
 }
@@ -86,23 +86,42 @@ struct Head {
 /// The message holds a charge: its size and its origin's overhead, owed to its payer
 /// and given back when it is dropped. A copy made for a peek holds none.
 const CHARGED: u8 = 1;
-/// A [`Rare`] follows the payload.
-const RARE: u8 = 2;
 /// No message: the place of one taken from inside a queue ([`Envelope::hole`]).
-const HOLE: u8 = 4;
+const HOLE: u8 = 2;
+// The parts that follow the payload when a message has them, in this order. Each is laid
+// out only if its flag is set, so a message with a TTL pays for its times, not for
+// headers it does not have.
+/// Its size as it came (`u64`), where that is not the payload's length: with headers or
+/// a shared payload.
+const SIZE: u8 = 4;
+/// When it expires and until when it is invisible ([`Times`]).
+const TIMES: u8 = 8;
+/// Its headers ([`Headers`]).
+const HEADERS: u8 = 16;
+/// A payload kept as it came (`Option<Box<Shared>>`): larger than
+/// [`OWN_PAYLOAD_UP_TO`], or a memfd's mapping.
+const SHARED: u8 = 32;
+/// The record of its leaving a durable mailbox (`Option<Removal>`), added when it leaves
+/// the queue, to be written once it is really delivered ([`Removal::commit`]), not when
+/// it is merely handed to a waiter that may vanish and give it back. Last, so that
+/// adding it moves nothing.
+const REMOVAL: u8 = 64;
 
 /// Where the payload starts in the block.
 const PAYLOAD_AT: usize = size_of::<Head>();
 
-// The envelope owns its head and rare part, which are both `Send` and `Sync`: so is it.
+// The envelope owns its head and parts, which are all `Send` and `Sync`: so is it.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
     shareable::<Head>();
-    shareable::<Rare>();
+    shareable::<Times>();
+    shareable::<Headers>();
+    shareable::<Option<Box<Shared>>>();
+    shareable::<Option<Removal>>();
     assert!(size_of::<Head>() == 40);
 };
-// SAFETY: an `Envelope` owns its block outright, like a `Box<(Head, [u8], Rare)>`, and
-// everything in it is `Send + Sync` (checked above).
+// SAFETY: an `Envelope` owns its block outright, like a `Box` of its head, payload and
+// parts, and everything in it is `Send + Sync` (checked above).
 unsafe impl Send for Envelope {}
 // SAFETY: as above; `&Envelope` gives only shared access to the block.
 unsafe impl Sync for Envelope {}
@@ -124,22 +143,10 @@ pub struct Memfd {
     pub _place: GaugeSlot,
 }
 
-/// What most messages do not have.
-#[derive(Debug, Default)]
-struct Rare {
-    /// The message's size as it came ([`Envelope::size`]): what it counts for and was
-    /// charged for, even once its headers or shared payload are taken.
-    size: u64,
-    headers: Headers,
-    /// The payload, when it is larger than [`OWN_PAYLOAD_UP_TO`] or a memfd's mapping
-    /// (boxed: one word here, since most messages that have a `Rare` do not need it).
-    shared: Option<Box<Shared>>,
-    /// For a message of a durable mailbox: the record of its leaving, written once it is
-    /// really delivered ([`Removal::commit`]), not when it is merely handed to a waiter
-    /// that may vanish and give it back.
-    removal: Option<Removal>,
-    /// When it expires undelivered (its TTL), and until when it is invisible (its delay),
-    /// on the monotonic clock.
+/// When a message expires undelivered (its TTL), and until when it is invisible (its
+/// delay), on the monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Times {
     expires_at: Option<Instant>,
     visible_at: Option<Instant>,
 }
@@ -180,24 +187,54 @@ pub fn headers_size(headers: &Headers) -> u64 {
     (name + content_type + correlation + topic) as u64
 }
 
-/// The block of an envelope with `len` bytes of payload, with a [`Rare`] or not, and
-/// where that starts.
-fn layout(len: usize, rare: bool) -> (Layout, usize) {
-    let head = Layout::new::<Head>();
-    let payload = Layout::array::<u8>(len).expect("a payload up to 1 KiB");
-    let (block, at) = head.extend(payload).expect("a small block");
-    debug_assert_eq!(at, PAYLOAD_AT);
-    if !rare {
-        return (block.pad_to_align(), 0);
+/// The layout of a block with `len` bytes of payload and the parts `flags` name, and
+/// where each part starts (0 for one it does not have: the head is at 0).
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    layout: Layout,
+    size: usize,
+    times: usize,
+    headers: usize,
+    shared: usize,
+    removal: usize,
+}
+
+impl Parts {
+    fn of(len: usize, flags: u8) -> Self {
+        let payload = Layout::array::<u8>(len).expect("a payload up to 1 KiB");
+        let (mut block, at) = Layout::new::<Head>()
+            .extend(payload)
+            .expect("a small block");
+        debug_assert_eq!(at, PAYLOAD_AT);
+        let mut part = |flag: u8, part: Layout| {
+            if flags & flag == 0 {
+                return 0;
+            }
+            let (grown, at) = block.extend(part).expect("a small block");
+            block = grown;
+            at
+        };
+        let size = part(SIZE, Layout::new::<u64>());
+        let times = part(TIMES, Layout::new::<Times>());
+        let headers = part(HEADERS, Layout::new::<Headers>());
+        let shared = part(SHARED, Layout::new::<Option<Box<Shared>>>());
+        let removal = part(REMOVAL, Layout::new::<Option<Removal>>());
+        Self {
+            layout: block.pad_to_align(),
+            size,
+            times,
+            headers,
+            shared,
+            removal,
+        }
     }
-    let (block, rare_at) = block.extend(Layout::new::<Rare>()).expect("a small block");
-    (block.pad_to_align(), rare_at)
 }
 
 impl Envelope {
     /// A message as stamped by its mailbox (or recovered from the store). Its `charge`,
     /// if any, is held from now on as the envelope's origin — `origin` itself when that
-    /// pays as the charge was taken (the usual case), else a new origin for it.
+    /// pays as the charge was taken (the usual case), else a new origin for it. A
+    /// `memfd` is the one `payload` is a mapping of, kept to be handed on.
     #[allow(clippy::too_many_arguments, reason = "every field of a message, once")]
     pub(super) fn new(
         id: u64,
@@ -206,12 +243,13 @@ impl Envelope {
         sent_at: Timestamp,
         headers: Headers,
         payload: Bytes,
+        memfd: Option<std::sync::Arc<Memfd>>,
         charge: Option<Charge>,
         expires_at: Option<Instant>,
         visible_at: Option<Instant>,
     ) -> Self {
         let size = payload.len() as u64 + headers_size(&headers);
-        let (origin, flags) = match charge {
+        let (origin, mut flags) = match charge {
             None => (origin, 0),
             Some(charge) => {
                 let origin = if origin.holds(&charge, size) {
@@ -229,23 +267,31 @@ impl Envelope {
                 (origin, CHARGED)
             }
         };
-        let (inline, shared) = if payload.len() > OWN_PAYLOAD_UP_TO {
-            (Bytes::new(), Some(payload))
+        let (inline, shared) = if payload.len() > OWN_PAYLOAD_UP_TO || memfd.is_some() {
+            (
+                Bytes::new(),
+                Some(Box::new(Shared {
+                    bytes: payload,
+                    memfd,
+                })),
+            )
         } else {
             (payload, None)
         };
-        let plain = headers == NO_HEADERS
-            && shared.is_none()
-            && expires_at.is_none()
-            && visible_at.is_none();
-        let rare = (!plain).then(|| Rare {
-            size,
-            headers,
-            shared: shared.map(|bytes| Box::new(Shared { bytes, memfd: None })),
-            removal: None,
+        let times = Times {
             expires_at,
             visible_at,
-        });
+        };
+        let headers = (headers != NO_HEADERS).then_some(headers);
+        if times.expires_at.is_some() || times.visible_at.is_some() {
+            flags |= TIMES;
+        }
+        if headers.is_some() {
+            flags |= HEADERS | SIZE;
+        }
+        if shared.is_some() {
+            flags |= SHARED | SIZE;
+        }
         let head = Head {
             id,
             mtype,
@@ -253,9 +299,30 @@ impl Envelope {
             origin: Some(origin),
             deliveries: 0,
             len: inline.len() as u16,
-            flags: flags | if rare.is_some() { RARE } else { 0 },
+            flags,
         };
-        Self::build(head, &inline, rare)
+        let parts = Parts::of(inline.len(), flags);
+        let block = Self::allocate(head, &inline, parts.layout);
+        // SAFETY: the block was laid out by `parts` for the parts `flags` names; each is
+        // written once, at its offset, before anything reads it.
+        unsafe {
+            let base = block.0.cast::<u8>();
+            if flags & SIZE != 0 {
+                base.add(parts.size).cast::<u64>().write(size);
+            }
+            if flags & TIMES != 0 {
+                base.add(parts.times).cast::<Times>().write(times);
+            }
+            if let Some(headers) = headers {
+                base.add(parts.headers).cast::<Headers>().write(headers);
+            }
+            if flags & SHARED != 0 {
+                base.add(parts.shared)
+                    .cast::<Option<Box<Shared>>>()
+                    .write(shared);
+            }
+        }
+        block
     }
 
     /// The place of a message taken from inside a queue: a hole with its id, for a
@@ -270,35 +337,28 @@ impl Envelope {
             len: 0,
             flags: HOLE,
         };
-        Self::build(head, &[], None)
+        Self::allocate(head, &[], Parts::of(0, HOLE).layout)
     }
 
     pub fn is_hole(&self) -> bool {
         self.head().flags & HOLE != 0
     }
 
-    /// A block holding `head`, `payload` and `rare`; `head` says how long the payload is
-    /// and whether there is a rare part.
-    fn build(head: Head, payload: &[u8], rare: Option<Rare>) -> Self {
+    /// A block of `layout` holding `head` and `payload`; the caller writes the parts
+    /// `head.flags` names before anything reads them.
+    fn allocate(head: Head, payload: &[u8], layout: Layout) -> Self {
         debug_assert_eq!(head.len as usize, payload.len());
-        debug_assert_eq!(head.flags & RARE != 0, rare.is_some());
-        let (layout, rare_at) = layout(payload.len(), rare.is_some());
+        debug_assert_eq!(layout, Parts::of(payload.len(), head.flags).layout);
         // SAFETY: the layout is not zero-sized (it holds a `Head`).
         let Some(block) = NonNull::new(unsafe { alloc(layout) }) else {
             handle_alloc_error(layout)
         };
-        // SAFETY: the block is fresh, sized and aligned by `layout` for a `Head` at 0,
-        // `payload.len()` bytes at `PAYLOAD_AT` and, if asked, a `Rare` at `rare_at`.
+        // SAFETY: the block is fresh, sized and aligned by `layout` for a `Head` at 0 and
+        // `payload.len()` bytes at `PAYLOAD_AT`.
         unsafe {
             block.cast::<Head>().write(head);
-            ptr::copy_nonoverlapping(
-                payload.as_ptr(),
-                block.add(PAYLOAD_AT).as_ptr(),
-                payload.len(),
-            );
-            if let Some(rare) = rare {
-                block.add(rare_at).cast::<Rare>().write(rare);
-            }
+            let at = block.add(PAYLOAD_AT).as_ptr();
+            ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len());
         }
         Self(block.cast())
     }
@@ -311,6 +371,69 @@ impl Envelope {
     fn head_mut(&mut self) -> &mut Head {
         // SAFETY: as `head`; `&mut self` is the only access.
         unsafe { self.0.as_mut() }
+    }
+
+    fn parts(&self) -> Parts {
+        let head = self.head();
+        Parts::of(head.len as usize, head.flags)
+    }
+
+    /// The part `flag` names, of type `T`, if the message has it.
+    ///
+    /// # Safety
+    /// `T` must be the type of that part (see the flags).
+    unsafe fn part<T>(&self, flag: u8, at: impl FnOnce(&Parts) -> usize) -> Option<NonNull<T>> {
+        if self.head().flags & flag == 0 {
+            return None;
+        }
+        let at = at(&self.parts());
+        // SAFETY: a block flagged so holds the part at the offset its `Parts` gives.
+        Some(unsafe { self.0.cast::<u8>().add(at).cast() })
+    }
+
+    fn times(&self) -> Option<&Times> {
+        // SAFETY: the `TIMES` part is a `Times`, living as long as the block.
+        unsafe { self.part::<Times>(TIMES, |p| p.times).map(|p| p.as_ref()) }
+    }
+
+    fn times_mut(&mut self) -> Option<&mut Times> {
+        // SAFETY: as `times`; `&mut self` is the only access.
+        unsafe {
+            self.part::<Times>(TIMES, |p| p.times)
+                .map(|mut p| p.as_mut())
+        }
+    }
+
+    fn headers_mut(&mut self) -> Option<&mut Headers> {
+        // SAFETY: the `HEADERS` part is a `Headers`; `&mut self` is the only access.
+        unsafe {
+            self.part::<Headers>(HEADERS, |p| p.headers)
+                .map(|mut p| p.as_mut())
+        }
+    }
+
+    fn shared(&self) -> Option<&Shared> {
+        // SAFETY: the `SHARED` part is an `Option<Box<Shared>>`, living as long as the
+        // block.
+        let part = unsafe { self.part::<Option<Box<Shared>>>(SHARED, |p| p.shared) };
+        part.and_then(|p| unsafe { p.as_ref() }.as_deref())
+    }
+
+    fn shared_mut(&mut self) -> Option<&mut Option<Box<Shared>>> {
+        // SAFETY: as `shared`; `&mut self` is the only access.
+        unsafe {
+            self.part::<Option<Box<Shared>>>(SHARED, |p| p.shared)
+                .map(|mut p| p.as_mut())
+        }
+    }
+
+    fn removal_mut(&mut self) -> Option<&mut Option<Removal>> {
+        // SAFETY: the `REMOVAL` part is an `Option<Removal>`; `&mut self` is the only
+        // access.
+        unsafe {
+            self.part::<Option<Removal>>(REMOVAL, |p| p.removal)
+                .map(|mut p| p.as_mut())
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -340,59 +463,12 @@ impl Envelope {
 
     fn inline(&self) -> &[u8] {
         let len = self.head().len as usize;
-        // SAFETY: `len` bytes of payload follow the head, written by `build`.
+        // SAFETY: `len` bytes of payload follow the head, written by `allocate`.
         unsafe { std::slice::from_raw_parts(self.0.cast::<u8>().add(PAYLOAD_AT).as_ptr(), len) }
     }
 
-    /// Where the rare part is, if there is one.
-    fn rare_ptr(&self) -> Option<NonNull<Rare>> {
-        let head = self.head();
-        if head.flags & RARE == 0 {
-            return None;
-        }
-        let (_, at) = layout(head.len as usize, true);
-        // SAFETY: a block flagged `RARE` holds one at `at` (`build`, `rare_mut`).
-        Some(unsafe { self.0.cast::<u8>().add(at).cast() })
-    }
-
-    fn rare(&self) -> Option<&Rare> {
-        // SAFETY: the rare part lives as long as the block, and `&self` shares it.
-        self.rare_ptr().map(|p| unsafe { p.as_ref() })
-    }
-
-    fn rare_if_any_mut(&mut self) -> Option<&mut Rare> {
-        // SAFETY: as `rare`; `&mut self` is the only access.
-        self.rare_ptr().map(|mut p| unsafe { p.as_mut() })
-    }
-
-    /// The rare part, added to the block (which grows in place or moves) if it has none.
-    fn rare_mut(&mut self) -> &mut Rare {
-        if self.rare_ptr().is_none() {
-            let size = self.size();
-            let len = self.head().len as usize;
-            let (old, _) = layout(len, false);
-            let (new, rare_at) = layout(len, true);
-            // SAFETY: the block was allocated with `old`; `new` has the same alignment
-            // and is larger. The head and payload keep their offsets, and the rare part
-            // is written into the new room before the flag says it is there.
-            unsafe {
-                let block = realloc(self.0.cast::<u8>().as_ptr(), old, new.size());
-                let Some(block) = NonNull::new(block) else {
-                    handle_alloc_error(new)
-                };
-                block.add(rare_at).cast::<Rare>().write(Rare {
-                    size,
-                    ..Rare::default()
-                });
-                self.0 = block.cast();
-            }
-            self.head_mut().flags |= RARE;
-        }
-        self.rare_if_any_mut().expect("just added")
-    }
-
     pub fn payload(&self) -> &[u8] {
-        match self.rare().and_then(|r| r.shared.as_ref()) {
+        match self.shared() {
             Some(shared) => &shared.bytes[..],
             None => self.inline(),
         }
@@ -400,7 +476,7 @@ impl Envelope {
 
     /// The payload as `Bytes`: shared if it is, else a copy.
     pub fn payload_bytes(&self) -> Bytes {
-        match self.rare().and_then(|r| r.shared.as_ref()) {
+        match self.shared() {
             Some(shared) => shared.bytes.clone(),
             None => Bytes::copy_from_slice(self.inline()),
         }
@@ -409,89 +485,99 @@ impl Envelope {
     /// The payload, leaving none behind if it is shared (for the wire form of a
     /// delivered message, or when it goes as a memfd instead).
     pub fn take_payload(&mut self) -> Bytes {
-        match self.rare_if_any_mut().and_then(|r| r.shared.take()) {
+        match self.shared_mut().and_then(Option::take) {
             Some(shared) => shared.bytes,
             None => Bytes::copy_from_slice(self.inline()),
         }
     }
 
     pub fn headers(&self) -> &Headers {
-        self.rare().map_or(&NO_HEADERS, |r| &r.headers)
+        // SAFETY: the `HEADERS` part is a `Headers`, living as long as the block.
+        let part = unsafe { self.part::<Headers>(HEADERS, |p| p.headers) };
+        part.map_or(&NO_HEADERS, |p| unsafe { p.as_ref() })
     }
 
     /// The headers, leaving none behind (for the wire form of a delivered message).
     pub fn take_headers(&mut self) -> Headers {
-        self.rare_if_any_mut()
-            .map(|r| std::mem::take(&mut r.headers))
-            .unwrap_or_default()
+        self.headers_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// When it expires undelivered, if it has a TTL.
     pub fn expires_at(&self) -> Option<Instant> {
-        self.rare().and_then(|r| r.expires_at)
+        self.times().and_then(|t| t.expires_at)
     }
 
     /// Until when it is invisible, if it was sent with a delay.
     pub fn visible_at(&self) -> Option<Instant> {
-        self.rare().and_then(|r| r.visible_at)
+        self.times().and_then(|t| t.visible_at)
     }
 
     /// It is visible from now on.
     pub(super) fn show(&mut self) {
-        if let Some(rare) = self.rare_if_any_mut() {
-            rare.visible_at = None;
+        if let Some(times) = self.times_mut() {
+            times.visible_at = None;
         }
     }
 
     pub fn has_removal(&self) -> bool {
-        self.rare().is_some_and(|r| r.removal.is_some())
+        // SAFETY: the `REMOVAL` part is an `Option<Removal>`, living as long as the block.
+        let part = unsafe { self.part::<Option<Removal>>(REMOVAL, |p| p.removal) };
+        part.is_some_and(|p| unsafe { p.as_ref() }.is_some())
     }
 
     /// The record of its leaving, taken to be committed (or dropped).
     pub fn take_removal(&mut self) -> Option<Removal> {
-        self.rare_if_any_mut().and_then(|r| r.removal.take())
+        self.removal_mut().and_then(Option::take)
     }
 
     /// The memfd the payload came in, if the daemon kept it.
     pub fn memfd(&self) -> Option<&std::sync::Arc<Memfd>> {
-        self.rare()?.shared.as_ref()?.memfd.as_ref()
-    }
-
-    pub(super) fn set_memfd(&mut self, memfd: Option<std::sync::Arc<Memfd>>) {
-        let Some(memfd) = memfd else {
-            if let Some(shared) = self.rare_if_any_mut().and_then(|r| r.shared.as_mut()) {
-                shared.memfd = None;
-            }
-            return;
-        };
-        // A kept memfd's payload is far past what an envelope holds, so it is shared
-        // already; a small one is shared as a copy all the same.
-        let inline = Bytes::copy_from_slice(self.inline());
-        let shared = self.rare_mut().shared.get_or_insert_with(|| {
-            Box::new(Shared {
-                bytes: inline,
-                memfd: None,
-            })
-        });
-        shared.memfd = Some(memfd);
+        self.shared()?.memfd.as_ref()
     }
 
     /// The memfd the payload came in, taken (the payload stays).
     fn take_memfd(&mut self) -> Option<std::sync::Arc<Memfd>> {
-        self.rare_if_any_mut()?.shared.as_mut()?.memfd.take()
+        self.shared_mut()?.as_mut()?.memfd.take()
     }
 
+    /// Gives it the record of its leaving a durable mailbox (`None`: it has none). The
+    /// block grows by that part the first time: it is the last part, so nothing moves.
     pub(super) fn set_removal(&mut self, removal: Option<Removal>) {
-        if removal.is_some() || self.rare_ptr().is_some() {
-            self.rare_mut().removal = removal;
+        if let Some(part) = self.removal_mut() {
+            *part = removal;
+            return;
         }
+        let Some(removal) = removal else { return };
+        let head = self.head();
+        let (len, flags) = (head.len as usize, head.flags);
+        let old = Parts::of(len, flags).layout;
+        let new = Parts::of(len, flags | REMOVAL);
+        // SAFETY: the block was allocated with `old`; `new` has the same alignment (the
+        // head's) and is larger. The head, payload and other parts keep their offsets,
+        // and the removal part is written into the new room before the flag says it is
+        // there.
+        unsafe {
+            debug_assert_eq!(old.align(), new.layout.align());
+            let block = realloc(self.0.cast::<u8>().as_ptr(), old, new.layout.size());
+            let Some(block) = NonNull::new(block) else {
+                handle_alloc_error(new.layout)
+            };
+            block
+                .add(new.removal)
+                .cast::<Option<Removal>>()
+                .write(Some(removal));
+            self.0 = block.cast();
+        }
+        self.head_mut().flags |= REMOVAL;
     }
 
     /// What the message counts for against the mailbox's `max_bytes`, and was charged
     /// for besides its overhead: payload and headers, as it came.
     pub fn size(&self) -> u64 {
-        match self.rare() {
-            Some(rare) => rare.size,
+        // SAFETY: the `SIZE` part is a `u64`, living as long as the block.
+        let part = unsafe { self.part::<u64>(SIZE, |p| p.size) };
+        match part {
+            Some(size) => unsafe { size.read() },
             None => u64::from(self.head().len),
         }
     }
@@ -542,12 +628,12 @@ impl Envelope {
             self.sent_at(),
             self.headers().clone(),
             self.payload_bytes(),
+            self.memfd().cloned(),
             None,
             self.expires_at(),
             self.visible_at(),
         );
         *copy.deliveries_mut() = self.deliveries();
-        copy.set_memfd(self.memfd().cloned());
         copy
     }
 }
@@ -563,16 +649,25 @@ impl Drop for Envelope {
                 .expect("a charged message has a payer");
             payer.give_back(Resource::QueuedBytes, self.size() + origin.overhead);
         }
-        let rare = self.rare_ptr();
-        let (layout, _) = layout(self.head().len as usize, rare.is_some());
-        // SAFETY: the block holds a live `Head` and, if flagged, a live `Rare`; each is
-        // dropped once, then the block is freed with the layout it has now.
+        let flags = self.head().flags;
+        let parts = self.parts();
+        let base = self.0.cast::<u8>();
+        // SAFETY: the block holds a live `Head` and the live parts its flags name, each
+        // dropped once here; then the block is freed with the layout it has now.
         unsafe {
-            if let Some(rare) = rare {
-                ptr::drop_in_place(rare.as_ptr());
+            if flags & HEADERS != 0 {
+                ptr::drop_in_place(base.add(parts.headers).cast::<Headers>().as_ptr());
+            }
+            if flags & SHARED != 0 {
+                let shared = base.add(parts.shared).cast::<Option<Box<Shared>>>();
+                ptr::drop_in_place(shared.as_ptr());
+            }
+            if flags & REMOVAL != 0 {
+                let removal = base.add(parts.removal).cast::<Option<Removal>>();
+                ptr::drop_in_place(removal.as_ptr());
             }
             ptr::drop_in_place(self.0.as_ptr());
-            dealloc(self.0.cast::<u8>().as_ptr(), layout);
+            dealloc(base.as_ptr(), parts.layout);
         }
     }
 }
@@ -590,7 +685,10 @@ impl fmt::Debug for Envelope {
             .field("deliveries", &self.deliveries())
             .field("size", &self.size())
             .field("charged", &(self.head().flags & CHARGED != 0))
-            .field("rare", &self.rare())
+            .field("times", &self.times())
+            .field("headers", &self.headers())
+            .field("shared", &self.shared())
+            .field("has_removal", &self.has_removal())
             .finish()
     }
 }
@@ -655,11 +753,14 @@ mod tests {
         gid: 100,
     };
 
+    /// A message of `payload` and `headers` charged to `account` at `overhead`; with a
+    /// TTL when it has a correlation id, and `memfd` kept.
     fn charged(
         account: &Arc<UidAccount>,
         origin: &Arc<Origin>,
         headers: Headers,
         payload: &[u8],
+        memfd: Option<Arc<Memfd>>,
         overhead: u64,
     ) -> Envelope {
         let size = payload.len() as u64 + headers_size(&headers);
@@ -674,6 +775,7 @@ mod tests {
             Timestamp(5),
             headers,
             Bytes::copy_from_slice(payload),
+            memfd,
             Some(charge),
             ttl,
             None,
@@ -681,27 +783,31 @@ mod tests {
     }
 
     /// A plain 64-byte message is one block of 104 bytes (a 112-byte chunk in glibc's
-    /// malloc): 48 bytes beside its payload, and an 8-byte queue entry.
+    /// malloc): 48 bytes beside its payload, and an 8-byte queue entry. A TTL adds its
+    /// times, 32 bytes, and nothing else.
     #[test]
     fn a_plain_message_is_one_small_block() {
         assert_eq!(size_of::<Envelope>(), 8);
         assert_eq!(size_of::<Option<Envelope>>(), 8);
-        assert_eq!(layout(64, false).0.size(), 104);
+        assert_eq!(Parts::of(64, CHARGED).layout.size(), 104);
+        assert_eq!(Parts::of(64, CHARGED | TIMES).layout.size(), 136);
         let accounts = Accounts::default();
         let account = accounts.account(CREDS.uid);
         let origin = Arc::new(Origin::new(CREDS, Some(account.clone()), 384));
-        let e = charged(&account, &origin, Headers::default(), &[9; 64], 384);
-        assert!(e.rare().is_none());
+        let e = charged(&account, &origin, Headers::default(), &[9; 64], None, 384);
+        assert_eq!(e.head().flags, CHARGED);
         assert!(Arc::ptr_eq(e.head().origin.as_ref().unwrap(), &origin));
         assert_eq!((e.id(), e.mtype(), e.sent_at()), (1, 3, Timestamp(5)));
         assert_eq!(e.sender(), CREDS);
         assert_eq!(e.payload(), &[9; 64]);
         assert_eq!(e.size(), 64);
+        assert_eq!((e.expires_at(), e.visible_at()), (None, None));
+        assert_eq!(e.headers(), &Headers::default());
     }
 
-    /// Whatever is done to a message — its headers and payload taken for the wire, a
-    /// rare part added later, handed on as an `Incoming`, copied — the charge it was
-    /// sent with is given back once, exactly, and copies hold none.
+    /// Whatever is done to a message — its headers and payload taken for the wire, its
+    /// times changed, handed on as an `Incoming`, copied — the charge it was sent with is
+    /// given back once, exactly, and copies hold none.
     #[test]
     fn a_message_gives_back_exactly_its_charge() {
         let accounts = Accounts::default();
@@ -715,8 +821,12 @@ mod tests {
         };
 
         // Taken apart for the wire.
-        let mut e = charged(&account, &origin, headers.clone(), b"hello", 100);
+        let mut e = charged(&account, &origin, headers.clone(), b"hello", None, 100);
         assert_eq!(used(), 5 + 18 + 100);
+        assert!(e.expires_at().is_some());
+        e.show();
+        assert!(e.expires_at().is_some() && e.visible_at().is_none());
+        assert_eq!(e.headers(), &headers);
         assert_eq!(e.take_headers(), headers);
         assert_eq!(&e.take_payload()[..], b"hello");
         assert_eq!(e.size(), 23, "its size stays what it came as");
@@ -724,35 +834,48 @@ mod tests {
         assert_eq!(used(), 0);
 
         // A copy holds no charge; the message holds its own.
-        let e = charged(&account, &origin, Headers::default(), b"plain", 100);
+        let e = charged(&account, &origin, headers.clone(), b"plain", None, 100);
         let copy = e.copy();
         assert_eq!((copy.payload(), copy.sender()), (&b"plain"[..], CREDS));
+        assert_eq!(
+            (copy.headers(), copy.expires_at()),
+            (&headers, e.expires_at())
+        );
         drop(e);
         assert_eq!(used(), 0);
         drop(copy);
         assert_eq!(used(), 0);
 
-        // A rare part added to a plain message (a memfd kept), then handed on.
-        let mut e = charged(&account, &origin, Headers::default(), &[1; 64], 100);
+        // A small payload that came in a memfd kept: shared as it came, then handed on.
         let memfd = std::fs::File::open("/dev/null").unwrap();
         let gauge = Gauge::default();
-        e.set_memfd(Some(Arc::new(Memfd {
+        let memfd = Arc::new(Memfd {
             fd: Arc::new(memfd.into()),
             len: 64,
             _place: gauge.enter(1).unwrap(),
-        })));
+        });
+        let e = charged(
+            &account,
+            &origin,
+            Headers::default(),
+            &[1; 64],
+            Some(memfd),
+            100,
+        );
         assert!(e.memfd().is_some());
         assert_eq!(e.payload(), &[1; 64]);
+        assert_eq!(e.copy().memfd().map(|m| m.len), Some(64));
         let incoming = e.into_incoming();
         assert_eq!(used(), 164, "the charge went with it");
         assert_eq!(incoming.charge.as_ref().map(Charge::amount), Some(164));
         assert_eq!(&incoming.payload[..], &[1; 64]);
+        assert!(incoming.memfd.is_some());
         drop(incoming);
         assert_eq!(used(), 0);
 
         // Charged at another overhead than its origin's (a reload came between): the
         // message gets an origin that gives back what was taken.
-        let e = charged(&account, &origin, Headers::default(), b"x", 500);
+        let e = charged(&account, &origin, Headers::default(), b"x", None, 500);
         assert_eq!(used(), 501);
         assert!(!Arc::ptr_eq(e.head().origin.as_ref().unwrap(), &origin));
         drop(e);
@@ -774,11 +897,13 @@ mod tests {
             None,
             None,
             None,
+            None,
         );
         assert_eq!(e.head().len, 0);
         assert_eq!(e.payload().as_ptr(), payload.as_ptr());
         assert_eq!(e.size(), payload.len() as u64);
         assert_eq!(e.take_payload().as_ptr(), payload.as_ptr());
+        assert_eq!(e.size(), payload.len() as u64);
     }
 
     #[test]

@@ -179,19 +179,18 @@ impl Stamped {
             charge,
             ..
         } = self.incoming;
-        let mut envelope = Envelope::new(
+        Envelope::new(
             self.id,
             mtype,
             origin,
             self.sent_at,
             headers,
             payload,
+            memfd,
             charge,
             self.expires_at,
             self.visible_at,
-        );
-        envelope.set_memfd(memfd);
-        envelope
+        )
     }
 }
 
