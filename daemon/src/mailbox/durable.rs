@@ -33,6 +33,16 @@ pub struct Removal {
 }
 
 impl Removal {
+    /// A removal record of message `id` of the durable mailbox `link` names.
+    #[cfg(test)]
+    pub(super) fn of(link: Arc<Link>, id: u64) -> Self {
+        Self {
+            link,
+            id,
+            fsync: Fsync::Never,
+        }
+    }
+
     pub(super) fn record(&self) -> Record {
         Record::Remove {
             key: self.link.key,
