@@ -5,9 +5,10 @@
 //! type, time, deliveries, flags, and a shared [`Origin`] in place of the sender's
 //! credentials and the charge), the payload right after it, and after that only the
 //! parts the message has — its times (a TTL or delay), its headers, a large or memfd
-//! payload, a durable removal record — each laid out only if its flag says so. The envelope itself is one pointer, so a
-//! queue's entry is 8 bytes. A plain 64-byte message costs the daemon 48 bytes beside
-//! its payload (a 112-byte block in glibc's malloc), plus its queue entry.
+//! payload, a durable removal record — each laid out only if its flag says so. The
+//! envelope itself is one pointer, so a queue's entry is 8 bytes. A plain 64-byte
+//! message costs the daemon 48 bytes beside its payload (a 112-byte block in glibc's
+//! malloc), plus its queue entry.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error, realloc};
 use std::fmt;
