@@ -63,32 +63,23 @@ struct Loc {
 #[derive(Debug, Clone, Copy, Default)]
 struct Segment {
     len: u64,
-    /// Live messages whose newest `Put` is in this segment.
+    /// Live messages whose newest `Put` is in this segment, and their records' bytes
+    /// (each rounded up to 8, see [`Messages`]).
     live: u64,
-    /// `Put`s written to this segment, and their bytes: what one costs on average.
-    puts: u64,
-    put_bytes: u64,
-}
-
-impl Segment {
-    /// Bytes of its live messages' records, reckoned at its mean `Put`: the index keeps
-    /// no size per message.
-    fn live_bytes(&self) -> u64 {
-        match self.puts {
-            0 => 0,
-            puts => (u128::from(self.live) * u128::from(self.put_bytes) / u128::from(puts)) as u64,
-        }
-    }
+    live_bytes: u64,
 }
 
 /// One mailbox's live messages, as reclaiming space needs to know them: which ids are
-/// live, and in which segment each one's newest `Put` is — about a bit per message, not
-/// a record of each, since a mailbox's ids come in order and its messages sit in runs
-/// written to one segment.
+/// live, how long each one's newest `Put` is, and in which segment it is — about a byte
+/// per message, not a record of each, since a mailbox's ids come in order and its
+/// messages sit in runs written to one segment.
 #[derive(Debug, Default)]
 struct Messages {
-    /// The live ids: bit `id % 64` of the word at `id / 64`.
-    bits: BTreeMap<u64, u64>,
+    /// The live ids, by 64: bit `id % 64` of the word at `id / 64`, with their `Put`s'
+    /// lengths.
+    chunks: BTreeMap<u64, Chunk>,
+    /// The lengths of `Put`s too long for a [`Chunk`] to say, by id.
+    long: HashMap<u64, u64>,
     count: u64,
     /// Where the newest `Put`s are: spans of ids, by first id, that do not overlap.
     /// Every live id is in one; an id in no span is not live.
@@ -98,6 +89,52 @@ struct Messages {
     deliveries: BTreeMap<u64, u32>,
 }
 
+/// 64 ids from a multiple of 64: which are live, and the length of each one's `Put` in
+/// units of 8 bytes, rounded up ([`LONG`]: in `Messages::long`). Reclaiming weighs a
+/// segment by its live bytes, so they are kept for each message: an estimate from the
+/// segment's mean misjudges one whose large messages went and small ones stayed, and
+/// never reclaims it.
+#[derive(Debug, Clone)]
+struct Chunk {
+    bits: u64,
+    units: Units,
+}
+
+/// The lengths of a [`Chunk`]'s messages: one for all of them while they are alike (the
+/// usual case: a mailbox's messages are often of one size), else one each.
+#[derive(Debug, Clone)]
+enum Units {
+    Alike(u8),
+    Each(Box<[u8; 64]>),
+}
+
+impl Chunk {
+    fn units(&self, bit: usize) -> u8 {
+        match &self.units {
+            Units::Alike(units) => *units,
+            Units::Each(each) => each[bit],
+        }
+    }
+
+    /// Sets the length of the message at `bit` (already marked live).
+    fn set_units(&mut self, bit: usize, units: u8) {
+        match &mut self.units {
+            Units::Alike(alike) if *alike == units => {}
+            // The only live message: the chunk is alike in its length.
+            Units::Alike(alike) if self.bits == 1 << bit => *alike = units,
+            Units::Alike(alike) => {
+                let mut each = Box::new([*alike; 64]);
+                each[bit] = units;
+                self.units = Units::Each(each);
+            }
+            Units::Each(each) => each[bit] = units,
+        }
+    }
+}
+
+/// A length that [`Chunk::units`] cannot hold.
+const LONG: u8 = u8::MAX;
+
 /// Ids from a span's first to `last`, whose newest `Put` (of those live) is in `seg`.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -105,44 +142,78 @@ struct Span {
     seg: u64,
 }
 
+/// What a `Put` of `len` bytes counts for in a segment's live bytes: its length rounded up
+/// to 8, as a [`Chunk`] keeps it.
+fn counted(len: u64) -> u64 {
+    len.div_ceil(8) * 8
+}
+
 impl Messages {
     fn is_live(&self, id: u64) -> bool {
-        self.bits
+        self.chunks
             .get(&(id / 64))
-            .is_some_and(|word| word & 1 << (id % 64) != 0)
+            .is_some_and(|chunk| chunk.bits & 1 << (id % 64) != 0)
     }
 
-    /// Marks `id` live; false if it was.
-    fn set_live(&mut self, id: u64) -> bool {
-        let word = self.bits.entry(id / 64).or_default();
-        let was = *word & 1 << (id % 64) != 0;
-        *word |= 1 << (id % 64);
-        self.count += u64::from(!was);
-        !was
+    /// Marks `id` live, its `Put` `len` bytes long; what its previous `Put` counted for,
+    /// if it was live.
+    fn set_live(&mut self, id: u64, len: u64) -> Option<u64> {
+        let was = self.clear_live_only(id);
+        let units = match u8::try_from(len.div_ceil(8)) {
+            Ok(units) if units != LONG => units,
+            _ => {
+                self.long.insert(id, counted(len));
+                LONG
+            }
+        };
+        let chunk = self.chunks.entry(id / 64).or_insert(Chunk {
+            bits: 0,
+            units: Units::Alike(units),
+        });
+        let bit = (id % 64) as usize;
+        chunk.bits |= 1 << bit;
+        chunk.set_units(bit, units);
+        self.count += 1;
+        was
     }
 
-    /// Marks `id` no longer live; the segment its `Put` is in, if it was live.
-    fn clear_live(&mut self, id: u64) -> Option<u64> {
-        let word = self.bits.get_mut(&(id / 64))?;
-        if *word & 1 << (id % 64) == 0 {
+    /// Marks `id` no longer live; the segment its `Put` is in and what that counted for,
+    /// if it was live.
+    fn clear_live(&mut self, id: u64) -> Option<(u64, u64)> {
+        let seg = self.segment_of(id);
+        let len = self.clear_live_only(id)?;
+        self.deliveries.remove(&id);
+        Some((seg.expect("a live message is in a span"), len))
+    }
+
+    /// Takes `id` out of the live set (keeping its delivery count); what its `Put`
+    /// counted for, if it was live.
+    fn clear_live_only(&mut self, id: u64) -> Option<u64> {
+        let chunk = self.chunks.get_mut(&(id / 64))?;
+        let bit = (id % 64) as usize;
+        if chunk.bits & 1 << bit == 0 {
             return None;
         }
-        *word &= !(1 << (id % 64));
-        if *word == 0 {
-            self.bits.remove(&(id / 64));
+        chunk.bits &= !(1 << bit);
+        let len = match chunk.units(bit) {
+            LONG => self.long.remove(&id).expect("a long length is kept"),
+            units => u64::from(units) * 8,
+        };
+        if chunk.bits == 0 {
+            self.chunks.remove(&(id / 64));
         }
         self.count -= 1;
-        self.deliveries.remove(&id);
-        Some(self.segment_of(id).expect("a live message is in a span"))
+        Some(len)
     }
 
     /// The live ids from `from` to `to`, in order.
     fn live_in(&self, from: u64, to: u64) -> impl Iterator<Item = u64> + '_ {
-        self.bits
+        self.chunks
             .range(from / 64..=to / 64)
-            .flat_map(|(&at, &word)| {
+            .flat_map(|(&at, chunk)| {
+                let bits = chunk.bits;
                 (0..64)
-                    .filter(move |bit| word & 1 << bit != 0)
+                    .filter(move |bit| bits & 1 << bit != 0)
                     .map(move |bit| at * 64 + bit)
             })
             .filter(move |id| (from..=to).contains(id))
@@ -820,7 +891,7 @@ impl<D: Disk> Log<D> {
     /// Bytes of all segments, and of the live messages in them.
     pub fn sizes(&self) -> (u64, u64) {
         let total = self.index.segments.values().map(|s| s.len).sum();
-        let live = self.index.segments.values().map(Segment::live_bytes).sum();
+        let live = self.index.segments.values().map(|s| s.live_bytes).sum();
         (total, live)
     }
 
@@ -986,10 +1057,11 @@ impl Index {
             }
             Change::Drop { key } => {
                 self.defs.remove(key);
-                if let Some(messages) = self.live.remove(key) {
-                    let ids = messages.live_in(0, u64::MAX);
-                    for seg in ids.map(|id| messages.segment_of(id)) {
-                        self.forget(seg.expect("a live message is in a span"));
+                if let Some(mut messages) = self.live.remove(key) {
+                    let ids: Vec<u64> = messages.live_in(0, u64::MAX).collect();
+                    for id in ids {
+                        let (seg, len) = messages.clear_live(id).expect("live");
+                        self.forget(seg, len);
                     }
                 }
             }
@@ -1000,23 +1072,19 @@ impl Index {
                 let messages = self.live.entry(*key).or_default();
                 // A second `Put` of a live id is its copy: it moves, with its count of
                 // deliveries.
-                let moved = if messages.set_live(*id) {
-                    None
-                } else {
-                    messages.segment_of(*id)
-                };
+                let old_seg = messages.segment_of(*id);
+                let moved = messages.set_live(*id, loc.len);
                 messages.place(*id, loc.seg);
-                if let Some(old) = moved {
-                    self.forget(old);
+                if let Some(old_len) = moved {
+                    self.forget(old_seg.expect("a live message is in a span"), old_len);
                 }
                 let seg = self.segments.entry(loc.seg).or_default();
                 seg.live += 1;
-                seg.puts += 1;
-                seg.put_bytes += loc.len;
+                seg.live_bytes += counted(loc.len);
             }
             Change::Remove { key, id } => {
-                if let Some(seg) = self.live.get_mut(key).and_then(|m| m.clear_live(*id)) {
-                    self.forget(seg);
+                if let Some((seg, len)) = self.live.get_mut(key).and_then(|m| m.clear_live(*id)) {
+                    self.forget(seg, len);
                 }
             }
             Change::Delivered {
@@ -1037,21 +1105,23 @@ impl Index {
                     Some(last) => messages.live_in(0, last).collect(),
                     None => Vec::new(),
                 };
-                let segs: Vec<u64> = gone
+                let left: Vec<(u64, u64)> = gone
                     .into_iter()
                     .map(|id| messages.clear_live(id).expect("live"))
                     .collect();
-                for seg in segs {
-                    self.forget(seg);
+                for (seg, len) in left {
+                    self.forget(seg, len);
                 }
             }
         }
     }
 
-    /// A live message whose newest `Put` is in `seg` is gone (or moved).
-    fn forget(&mut self, seg: u64) {
+    /// A live message whose newest `Put` is in `seg`, counting `len` bytes there, is
+    /// gone (or moved).
+    fn forget(&mut self, seg: u64, len: u64) {
         if let Some(seg) = self.segments.get_mut(&seg) {
             seg.live -= 1;
+            seg.live_bytes -= len;
         }
     }
 
@@ -1117,7 +1187,7 @@ mod index_tests {
     /// Random `Put`s (new ids mostly, copies of live ones to newer segments),
     /// removals, purges and deleted segments, against a plain map of every live id to
     /// its segment: the spans and bits agree with it after every step, each segment's
-    /// live count is right, and the spans stay few.
+    /// live count and bytes are right, and the spans stay few.
     #[test]
     fn the_live_set_agrees_with_a_map_of_every_message() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -1130,10 +1200,12 @@ mod index_tests {
         let mut index = Index::default();
         let mut model: HashMap<u64, u64> = HashMap::new();
         let (mut next_id, mut head, mut oldest) = (0u64, 1u64, 1u64);
-        let at = |seg| Loc {
+        // Records of many lengths, some too long for a chunk's byte.
+        let len = |id: u64| 40 + id * 7919 % 3000;
+        let at = |seg, id| Loc {
             seg,
             offset: 0,
-            len: 100,
+            len: len(id),
         };
         for step in 0..20_000 {
             match random(20) {
@@ -1143,7 +1215,7 @@ mod index_tests {
                             key: 1,
                             id: next_id,
                         },
-                        at(head),
+                        at(head, next_id),
                     );
                     model.insert(next_id, head);
                     next_id += 1;
@@ -1153,7 +1225,7 @@ mod index_tests {
                         .keys()
                         .nth(random(model.len() as u64) as usize)
                         .unwrap();
-                    index.apply(&Change::Remove { key: 1, id }, at(head));
+                    index.apply(&Change::Remove { key: 1, id }, at(head, 0));
                     model.remove(&id);
                 }
                 14 => head += 1,
@@ -1165,7 +1237,7 @@ mod index_tests {
                         .collect();
                     ids.sort_unstable();
                     for id in ids {
-                        index.apply(&Change::Put { key: 1, id }, at(head));
+                        index.apply(&Change::Put { key: 1, id }, at(head, id));
                         model.insert(id, head);
                     }
                     let left = index.segments.get(&oldest).map_or(0, |s| s.live);
@@ -1175,7 +1247,7 @@ mod index_tests {
                 }
                 16 if random(20) == 0 => {
                     let below = random(next_id + 1);
-                    index.apply(&Change::Purge { key: 1, below }, at(head));
+                    index.apply(&Change::Purge { key: 1, below }, at(head, 0));
                     model.retain(|&id, _| id >= below);
                 }
                 _ => {}
@@ -1196,6 +1268,11 @@ mod index_tests {
                 for (&seg, s) in &index.segments {
                     let live = model.values().filter(|&&m| m == seg).count() as u64;
                     assert_eq!(s.live, live, "step {step}, segment {seg}");
+                    let bytes: u64 = (model.iter())
+                        .filter(|&(_, &m)| m == seg)
+                        .map(|(&id, _)| counted(len(id)))
+                        .sum();
+                    assert_eq!(s.live_bytes, bytes, "step {step}, segment {seg}");
                 }
                 // Spans do not pile up: at most a few per segment (7.7 was the most
                 // seen here, where messages are taken from anywhere), never one per
@@ -1894,6 +1971,46 @@ mod crash_tests {
         );
         assert!(log.sync().is_err());
         assert!(!log.compact_step().unwrap());
+    }
+
+    /// A segment whose large messages went and small ones stayed is reclaimed all the
+    /// same: live bytes are counted per message, not reckoned from the segment's mean
+    /// `Put`, which kept every such segment for good.
+    #[test]
+    fn segments_whose_large_messages_went_are_reclaimed() {
+        let disk = SimDisk::default();
+        let options = LogOptions {
+            segment_bytes: 64 << 10,
+            max_record: 1 << 20,
+        };
+        let (mut log, _) = Log::open(disk.clone(), options).unwrap();
+        log.write(&[Record::Define(def(1, "jobs"))]).unwrap();
+        let mut id = 0;
+        let mut kept = 0;
+        for _ in 0..400 {
+            id += 1;
+            log.write(&[Record::Put(put(1, id, &[7; 20_000]))]).unwrap();
+            log.write(&[Record::Remove { key: 1, id }]).unwrap();
+            for _ in 0..2 {
+                id += 1;
+                log.write(&[Record::Put(put(1, id, &[1; 10]))]).unwrap();
+                kept += 1;
+            }
+            log.sync().unwrap();
+            while log.compact_step().unwrap() {}
+        }
+        let (total, counted_live) = log.sizes();
+        // What is really live: the small messages' records.
+        let small = Record::Put(put(1, 1, &[1; 10])).encoded_len().unwrap() as u64;
+        let live = kept as u64 * small;
+        assert!(counted_live >= live && counted_live <= live + 8 * kept as u64);
+        let segments = disk.segments().len();
+        assert!(
+            total <= 2 * live + 2 * options.segment_bytes,
+            "{total} bytes in {segments} segments for {live} live bytes ({kept} messages)"
+        );
+        let (_, recovered) = Log::open(disk.after_crash(Crash::DropUnsynced), options).unwrap();
+        assert_eq!(recovered.mailboxes[0].1.len(), kept);
     }
 
     #[test]
