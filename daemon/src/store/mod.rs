@@ -282,6 +282,8 @@ fn failed(e: &std::io::Error, undone: bool) -> StoreError {
 fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
     // When the oldest written-but-unsynced `IntervalMs` data must be synced by.
     let mut sync_by: Option<Instant> = None;
+    // A reclaim that fails is tried again after every batch: its line is rate-limited.
+    let mut reclaim_failures = crate::logging::Throttle::default();
     loop {
         let first = match sync_by {
             None => match queue.recv() {
@@ -386,8 +388,13 @@ fn write_loop<D: Disk>(mut log: Log<D>, queue: mpsc::Receiver<Job>) {
         if stop {
             break;
         }
-        if let Err(e) = log.compact_step() {
-            tracing::warn!("reclaiming durable log space failed (will retry): {e}");
+        if let Err(e) = log.compact_step()
+            && let Some(held_back) = reclaim_failures.allow()
+        {
+            tracing::warn!(
+                "reclaiming durable log space failed (will retry): {e} \
+                 ({held_back} more such failures since the last such line)"
+            );
         }
     }
     if let Err(e) = log.sync() {
