@@ -256,7 +256,10 @@ impl Envelope {
                 let origin = if origin.holds(&charge, size) {
                     origin
                 } else {
+                    // Every message's charge is its size and an overhead, in queued
+                    // bytes: what this envelope gives back is exactly that.
                     debug_assert_eq!(charge.resource(), Resource::QueuedBytes);
+                    debug_assert!(charge.amount() >= size, "a charge covers its message");
                     Arc::new(Origin::new(
                         origin.creds,
                         Some(charge.account().clone()),
