@@ -1190,13 +1190,8 @@ mod index_tests {
     /// live count and bytes are right, and the spans stay few.
     #[test]
     fn the_live_set_agrees_with_a_map_of_every_message() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut random = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = super::crash_tests::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut random = move |n: u64| rng.below(n);
         let mut index = Index::default();
         let mut model: HashMap<u64, u64> = HashMap::new();
         let (mut next_id, mut head, mut oldest) = (0u64, 1u64, 1u64);
@@ -1309,7 +1304,8 @@ mod crash_tests {
     type Id = (u64, u64);
 
     /// A small deterministic generator (xorshift64*), so every run is reproducible.
-    struct Rng(u64);
+    /// A small seeded generator (xorshift*), so that every run tests the same cases.
+    pub(super) struct Rng(pub(super) u64);
 
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1318,7 +1314,7 @@ mod crash_tests {
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn below(&mut self, n: u64) -> u64 {
+        pub(super) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
