@@ -1,51 +1,39 @@
 //! Bytes ↔ frames on a connection: the proto crate's [`FrameDecoder`] as a tokio-util
-//! codec for reading, and the queue of encoded replies with its batching writer.
+//! codec for reading, and [`Output`], the replies waiting to be written.
 //!
-//! A reply is encoded when it is queued, so what it costs is exactly the bytes it holds
-//! until written, whatever kind of reply it is (a message, a list of mailboxes, a status).
-//! The replies waiting for a connection are bounded three ways: in number, by the channel
-//! to the writer (when it is full the peer stops reading requests — back-pressure); in
-//! bytes, by `max_pending_output` (past it the client is not reading and is cut off); and
-//! as bytes the daemon holds for a uid: each waiting reply is a [`Charge`] of
-//! `queued_bytes` to the uid of the connection that asked, given back once the reply is
-//! written. A client that stalls can thus make the daemon hold no more for it than its
-//! uid's quota allows, however many connections it opens, and `status` shows what it
-//! holds.
+//! A reply is encoded when it is queued, at the end of the connection's one output
+//! buffer, so what it costs is exactly the bytes it holds until written, whatever kind of
+//! reply it is (a message, a list of mailboxes, a status). The connection's own task
+//! writes the buffer when it has nothing else ready — every request it could read and
+//! every wait that ended answered — so one write carries all the replies of a round, and
+//! no task or channel stands between a reply and the socket. The replies waiting are
+//! bounded three ways: in number, by `max_queued_replies` (past it the peer stops reading
+//! requests until the socket takes some — back-pressure); in bytes, by
+//! `max_pending_output` (past it the client is not reading and is cut off); and as bytes
+//! the daemon holds for a uid: what waits is charged to the uid of the connection that
+//! asked as `queued_bytes`, given back as the socket takes it. A client that stalls can
+//! thus make the daemon hold no more for it than its uid's quota allows, however many
+//! connections it opens, and `status` shows what it holds.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::io;
+use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use ipc_proto::{
     ErrorCode, ErrorReply, FLAG_FD, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
     Message, Response, Welcome, codec,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::mailbox::Memfd;
-use crate::quota::{Charge, Resource, UidAccount};
-
-/// Replies are gathered up to this size before one write.
-const WRITE_BATCH: usize = 64 * 1024;
-
-/// Most replies gathered into one write: small ones are often a hundred bytes, and the
-/// kernel takes at most `IOV_MAX` (1,024) pieces per write.
-const WRITE_BATCH_FRAMES: usize = 256;
+use crate::quota::{Resource, UidAccount};
 
 /// The most a message's fixed fields take encoded (each integer as a varint of at most
 /// ten bytes, a payload's length among them), beyond its payload and header strings.
 const MESSAGE_FIELDS_ROOM: usize = 128;
-
-/// Unused capacity an encoded reply may keep. Past it the frame is copied into a buffer
-/// of its own size, so the memory a waiting reply holds is what it is charged.
-const MAX_SLACK: usize = 4 * 1024;
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +120,7 @@ impl tokio::io::AsyncRead for FdReader {
     }
 }
 
-/// What the peer queues for the writer.
+/// A reply as the peer hands it to its [`Output`].
 #[derive(Debug)]
 #[allow(
     clippy::large_enum_variant,
@@ -146,11 +134,9 @@ pub enum Outgoing {
     Carried(u64, Response, Arc<Memfd>),
 }
 
-/// Why a reply could not be queued.
+/// Why a reply could not be queued: the client is not reading, and is cut off.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
-    #[error("the connection's writer has stopped")]
-    WriterGone,
     #[error(
         "client is not reading its replies: {pending} bytes would be waiting for it, \
          above max_pending_output of {limit}"
@@ -187,119 +173,117 @@ impl Payer {
     }
 }
 
-/// One encoded reply waiting for the writer.
-#[derive(Debug)]
-pub struct Queued {
-    /// The bytes still to be written; the front is consumed as the socket takes it.
-    frame: Bytes,
-    /// The whole frame's length: what it added to the connection's pending count.
-    cost: u64,
-    /// The same bytes charged to the uid that asked, given back when this is dropped
-    /// (thrown away with the connection) or once the socket has it (see `write_batch`).
-    charge: Option<Charge>,
-    /// The memfd to send with the frame's first byte, until it is sent.
-    memfd: Option<Arc<Memfd>>,
-}
+/// Capacity the output buffer keeps once it is empty: a round of small replies fits, and
+/// a burst's large buffer is not kept by an idle connection.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
-/// What a connection's reply queue and its writer share.
+/// The replies waiting to be written on one connection, encoded back to back, and what
+/// they are charged. Dropping it (the connection gone, or cut off) gives back the charge.
 #[derive(Debug)]
-struct Shared {
-    /// Bytes queued and not yet written.
-    pending: AtomicU64,
+pub struct Output {
+    /// The encoded frames not yet written; the front is consumed as the socket takes it.
+    buf: BytesMut,
+    /// Bytes written so far: the stream offset of `buf`'s first byte.
+    written: u64,
+    /// The stream offsets where the waiting replies end, oldest first; their number is
+    /// what `max_queued_replies` bounds.
+    ends: VecDeque<u64>,
+    /// Memfds to pass, each with the stream offset of its frame's first byte, which it
+    /// goes with.
+    memfds: VecDeque<(u64, Arc<Memfd>)>,
+    /// Bytes of those memfds: held until passed, they count as waiting.
+    memfd_bytes: u64,
+    /// Bytes charged to the payer's uid as `queued_bytes`: all that waits, except across
+    /// a write (see [`Output::write_to`]).
+    charged: u64,
+    payer: Payer,
     /// `max_pending_output`.
     limit: u64,
-    /// Cancelled when the client is cut off for not reading.
-    cut: CancellationToken,
-    /// Why it was cut off: the first reason wins.
-    reason: OnceLock<QueueError>,
-    payer: Payer,
-    /// Largest frame body the writer may send.
+    /// `max_queued_replies`.
+    max_replies: usize,
+    /// Largest frame body a reply may have.
     max_frame: u32,
 }
 
-/// The sending side of a connection's reply queue. Clones share the byte count; the
-/// first send that would pass a bound cuts the connection off for all of them.
-#[derive(Debug, Clone)]
-pub struct Replies {
-    tx: mpsc::Sender<Queued>,
-    shared: Arc<Shared>,
-}
+impl Output {
+    /// An empty output charged to `payer`, of at most `max_replies` replies and `limit`
+    /// bytes, with frame bodies of at most `max_frame` bytes.
+    pub fn new(payer: Payer, max_replies: usize, limit: u64, max_frame: u32) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            written: 0,
+            ends: VecDeque::new(),
+            memfds: VecDeque::new(),
+            memfd_bytes: 0,
+            charged: 0,
+            payer,
+            limit,
+            max_replies: max_replies.max(1),
+            max_frame,
+        }
+    }
 
-impl Replies {
-    /// Encodes `out` and queues it for the writer, waiting while the queue is full.
+    /// Bytes waiting: the frames, and the memfds they pass.
+    pub fn pending(&self) -> u64 {
+        self.buf.len() as u64 + self.memfd_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Whether the peer may read more requests: fewer than `max_queued_replies` replies
+    /// wait.
+    pub fn accepting(&self) -> bool {
+        self.ends.len() < self.max_replies
+    }
+
+    /// Encodes `out` at the end of the buffer and charges it.
     ///
     /// Past the uid's `queued_bytes` quota a reply is still accepted, charged all the
     /// same, while this connection has less than `reply_allowance` waiting: a client that
     /// reads is not cut off because its uid's quota is taken by queued messages, and one
     /// reply of any size always goes, so a message as large as the frame limit can be
     /// delivered whatever the bounds. Past `max_pending_output`, or past the quota with
-    /// the allowance used up, the client is not reading and is cut off.
-    pub async fn send(&self, out: Outgoing) -> Result<(), QueueError> {
-        let queued = self.prepare(out)?;
-        self.push(queued).await
-    }
-
-    /// The first half of [`Self::send`]: encodes `out` and charges it, as pending output
-    /// of this connection and to the uid, without waiting.
-    pub fn prepare(&self, out: Outgoing) -> Result<Queued, QueueError> {
-        let memfd = match &out {
-            Outgoing::Carried(_, _, memfd) => Some(memfd.clone()),
-            _ => None,
-        };
-        let frame = encode(out, self.shared.max_frame);
-        // Sent only with a frame flagged for it (not with an error put in its place).
-        let flags = u16::from_le_bytes([frame[6], frame[7]]);
-        let memfd = memfd.filter(|_| flags & FLAG_FD != 0);
+    /// the allowance used up, the client is not reading: the reply is refused, and the
+    /// caller cuts the connection off.
+    pub fn push(&mut self, out: Outgoing) -> Result<(), QueueError> {
+        let before = self.pending();
+        let start = self.buf.len();
+        let memfd = encode(out, self.max_frame, &mut self.buf);
+        let len = (self.buf.len() - start) as u64;
         // A memfd the reply carries is held until the reply is written: it costs its size.
-        let cost = frame.len() as u64 + memfd.as_ref().map_or(0, |m| m.len);
-        let shared = &self.shared;
-        let before = shared.pending.fetch_add(cost, Ordering::AcqRel);
-        let charge = match self.admit(before, cost) {
-            Ok(charge) => charge,
-            Err(e) => {
-                shared.pending.fetch_sub(cost, Ordering::AcqRel);
-                let _ = shared.reason.set(e.clone());
-                shared.cut.cancel();
-                return Err(e);
-            }
-        };
-        Ok(Queued {
-            frame,
-            cost,
-            charge: Some(charge),
-            memfd,
-        })
-    }
-
-    /// The second half of [`Self::send`]: hands a prepared reply to the writer, waiting
-    /// while the queue is full.
-    pub async fn push(&self, queued: Queued) -> Result<(), QueueError> {
-        let cost = queued.cost;
-        // On failure the reply comes back inside the error and is dropped, and with it
-        // its charge.
-        if self.tx.send(queued).await.is_err() {
-            self.shared.pending.fetch_sub(cost, Ordering::AcqRel);
-            return Err(QueueError::WriterGone);
+        let cost = len + memfd.as_ref().map_or(0, |m| m.len);
+        if let Err(e) = self.admit(before, cost) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        self.charged += cost;
+        let at = self.written + start as u64;
+        self.ends.push_back(at + len);
+        if let Some(memfd) = memfd {
+            self.memfd_bytes += memfd.len;
+            self.memfds.push_back((at, memfd));
         }
         Ok(())
     }
 
-    /// Charges a reply of `cost` bytes to the connection's uid, `before` bytes being
-    /// queued on this connection already.
-    fn admit(&self, before: u64, cost: u64) -> Result<Charge, QueueError> {
-        let shared = &self.shared;
-        if before > 0 && before.saturating_add(cost) > shared.limit {
+    /// Charges a reply of `cost` bytes to the connection's uid, `before` bytes waiting on
+    /// this connection already.
+    fn admit(&self, before: u64, cost: u64) -> Result<(), QueueError> {
+        if before > 0 && before.saturating_add(cost) > self.limit {
             return Err(QueueError::NotReading {
                 pending: before + cost,
-                limit: shared.limit,
+                limit: self.limit,
             });
         }
-        let account = &shared.payer.account;
-        let (limit, allowance) = shared.payer.limits();
-        match account.try_charge(Resource::QueuedBytes, cost, limit) {
-            Ok(charge) => Ok(charge),
+        let account = &self.payer.account;
+        let (limit, allowance) = self.payer.limits();
+        match account.try_hold(Resource::QueuedBytes, cost, limit) {
+            Ok(()) => Ok(()),
             Err(_) if before == 0 || before < allowance => {
-                Ok(account.force(Resource::QueuedBytes, cost))
+                account.hold(Resource::QueuedBytes, cost);
+                Ok(())
             }
             Err(held) => Err(QueueError::OverQuota {
                 uid: account.uid(),
@@ -310,197 +294,151 @@ impl Replies {
         }
     }
 
-    /// Completes once the connection has been cut off for not reading, with the reason.
-    pub async fn cut_off(&self) -> QueueError {
-        self.shared.cut.cancelled().await;
-        self.shared
-            .reason
-            .get()
-            .cloned()
-            .expect("the reason is set before the connection is cut off")
-    }
-}
-
-/// A reply queue of `capacity` replies and `limit` bytes, charged to `payer`, and the
-/// writer task's end. Frames are encoded with bodies of at most `max_frame` bytes.
-pub fn reply_queue(capacity: usize, limit: u64, max_frame: u32, payer: Payer) -> (Replies, Writer) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let shared = Arc::new(Shared {
-        pending: AtomicU64::new(0),
-        limit,
-        cut: CancellationToken::new(),
-        reason: OnceLock::new(),
-        payer,
-        max_frame,
-    });
-    let replies = Replies {
-        tx,
-        shared: shared.clone(),
-    };
-    let writer = Writer { rx, shared };
-    (replies, writer)
-}
-
-/// The writer task's end of a reply queue.
-#[derive(Debug)]
-pub struct Writer {
-    rx: mpsc::Receiver<Queued>,
-    shared: Arc<Shared>,
-}
-
-/// Writes every queued frame, gathering those already waiting into one write, until the
-/// sending side is dropped; then shuts the socket's write side. Stops at once if the
-/// connection is cut off: a client that is not reading will not read the rest.
-pub async fn write_loop(mut write: OwnedWriteHalf, mut queue: Writer) -> io::Result<()> {
-    let mut batch = VecDeque::with_capacity(WRITE_BATCH_FRAMES);
-    let shared = queue.shared.clone();
-    let cut = shared.cut.cancelled();
-    tokio::pin!(cut);
-    loop {
-        let first = tokio::select! {
-            () = &mut cut => return Ok(()),
-            first = queue.rx.recv() => match first {
-                Some(first) => first,
-                None => break,
-            },
-        };
-        let mut size = first.frame.len();
-        batch.push_back(first);
-        while size < WRITE_BATCH && batch.len() < WRITE_BATCH_FRAMES {
-            match queue.rx.try_recv() {
-                Ok(next) => {
-                    size += next.frame.len();
-                    batch.push_back(next);
-                }
-                Err(_) => break,
+    /// Writes what the socket takes now, without waiting; `Ok` once it would block or
+    /// all is written.
+    ///
+    /// A reply the socket takes is readable by the client at once, so the charge is given
+    /// back just before each write: a client that has read a reply never finds it still
+    /// charged to its uid. What the socket did not take is charged again at once, so a
+    /// client that does not read still pays for all of it. A memfd goes with its frame's
+    /// first byte, in a write of its own.
+    pub fn write_to(&mut self, write: &OwnedWriteHalf) -> io::Result<()> {
+        while !self.buf.is_empty() {
+            let account = &self.payer.account;
+            account.give_back(Resource::QueuedBytes, self.charged);
+            self.charged = 0;
+            let written = self.write_some(write);
+            if let Ok(n) = written {
+                self.consume(n);
+            }
+            let pending = self.pending();
+            self.payer.account.hold(Resource::QueuedBytes, pending);
+            self.charged = pending;
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
-        tokio::select! {
-            () = &mut cut => return Ok(()),
-            written = write_batch(&mut write, &mut batch, &shared) => written?,
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
         }
+        Ok(())
     }
-    write.shutdown().await
-}
 
-/// Writes `batch` whole with vectored writes, dropping each reply as soon as the socket
-/// has taken all of it.
-///
-/// A reply the socket takes is readable by the client at once, so its charge is given
-/// back just before the write: a client that has read a reply never finds it still
-/// charged to its uid. What the socket did not take is charged again at once, so a
-/// client that does not read still pays for all of it.
-async fn write_batch(
-    write: &mut OwnedWriteHalf,
-    batch: &mut VecDeque<Queued>,
-    shared: &Shared,
-) -> io::Result<()> {
-    while !batch.is_empty() {
-        write.writable().await?;
-        for queued in batch.iter_mut() {
-            queued.charge = None;
-        }
-        // A frame with a memfd goes in a write of its own, the memfd with its first byte;
-        // the frames before it go together as usual.
-        let carried = batch.iter().position(|q| q.memfd.is_some());
-        let written = match carried {
-            Some(0) => {
-                let front = batch.front_mut().expect("not empty");
-                let memfd = front.memfd.clone().expect("checked");
+    /// One write: up to the next memfd's frame, or from it with the memfd.
+    fn write_some(&self, write: &OwnedWriteHalf) -> io::Result<usize> {
+        let offset = |at: u64| (at - self.written) as usize;
+        match self.memfds.front() {
+            Some((at, memfd)) if *at == self.written => {
+                let end = self
+                    .memfds
+                    .get(1)
+                    .map_or(self.buf.len(), |(next, _)| offset(*next));
+                let bytes = &self.buf[..end];
                 let stream = write.as_ref();
-                let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                stream.try_io(tokio::io::Interest::WRITABLE, || {
                     use std::os::fd::AsFd;
-                    ipc_proto::memfd::send_with_fd(stream.as_fd(), &front.frame, memfd.fd.as_fd())
-                });
-                if sent.is_ok() {
-                    front.memfd = None;
-                }
-                sent
+                    ipc_proto::memfd::send_with_fd(stream.as_fd(), bytes, memfd.fd.as_fd())
+                })
             }
-            _ => {
-                let before = carried.unwrap_or(batch.len());
-                let slices: Vec<IoSlice<'_>> = batch
-                    .iter()
-                    .take(before)
-                    .map(|q| IoSlice::new(&q.frame))
-                    .collect();
-                write.try_write_vectored(&slices)
+            next => {
+                let end = next.map_or(self.buf.len(), |(at, _)| offset(*at));
+                write.try_write(&self.buf[..end])
             }
-        };
-        let written = match written {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            // Readiness can be spurious: nothing was written.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        consume(batch, written, &shared.pending);
-        let account = &shared.payer.account;
-        for queued in batch.iter_mut() {
-            queued.charge = Some(account.force(Resource::QueuedBytes, queued.cost));
         }
     }
-    Ok(())
-}
 
-/// Takes `n` written bytes off the front of `batch`.
-fn consume(batch: &mut VecDeque<Queued>, mut n: usize, pending: &AtomicU64) {
-    while n > 0 {
-        let Some(front) = batch.front_mut() else {
-            return;
-        };
-        if n < front.frame.len() {
-            front.frame.advance(n);
-            return;
+    /// Takes `n` written bytes off the front.
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.written += n as u64;
+        while self.ends.front().is_some_and(|&end| end <= self.written) {
+            self.ends.pop_front();
         }
-        n -= front.frame.len();
-        if let Some(done) = batch.pop_front() {
-            pending.fetch_sub(done.cost, Ordering::AcqRel);
+        // A memfd whose frame has begun to go went with its first byte.
+        while let Some((_, memfd)) = self.memfds.front().filter(|(at, _)| *at < self.written) {
+            self.memfd_bytes -= memfd.len;
+            self.memfds.pop_front();
         }
+    }
+
+    /// Writes everything, waiting for the socket as needed.
+    pub async fn flush(&mut self, write: &OwnedWriteHalf) -> io::Result<()> {
+        while !self.is_empty() {
+            write.writable().await?;
+            self.write_to(write)?;
+        }
+        Ok(())
     }
 }
 
-/// The most `m` takes encoded: so that encoding a reply allocates once.
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.payer
+            .account
+            .give_back(Resource::QueuedBytes, self.charged);
+    }
+}
+
+/// The most `m` takes encoded: so that the buffer grows at most once per reply.
 fn message_room(m: &Message) -> usize {
     let names = m.headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
     let content_type = m.headers.content_type.as_ref().map_or(0, String::len);
     m.payload.len() + names + content_type + MESSAGE_FIELDS_ROOM
 }
 
-/// Encodes `out` as one frame. A reply too large to be encoded is replaced by an error
-/// reply that says so.
-fn encode(out: Outgoing, max_frame: u32) -> Bytes {
-    // Room for each message's fields, not a generous round figure: the frame would keep
-    // far more memory than it holds, and a buffer past 1 KiB costs the allocator a
-    // consolidation of its small free lists each time.
+/// Encodes `out` as one frame at the end of `buf`, and returns the memfd to pass with
+/// it, if it carries one. A reply too large to be encoded is replaced by an error reply
+/// that says so.
+fn encode(out: Outgoing, max_frame: u32, buf: &mut BytesMut) -> Option<Arc<Memfd>> {
+    // Room for each message's fields, so that the buffer grows at most once per reply.
     let room = match &out {
         Outgoing::Reply(_, Response::Message(m)) => message_room(m),
         Outgoing::Reply(_, Response::Messages(ms)) => ms.iter().map(message_room).sum(),
         _ => 256,
     };
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + room);
-    let result = match &out {
-        Outgoing::Welcome(w) => codec::encode_frame(FrameKind::Welcome, 0, w, max_frame, &mut buf),
-        Outgoing::Reply(id, r) | Outgoing::Carried(id, r, _) => {
-            codec::encode_frame(FrameKind::Response, *id, r, max_frame, &mut buf)
-        }
+    buf.reserve(HEADER_LEN + room);
+    let start = buf.len();
+    let (result, id, memfd) = match out {
+        Outgoing::Welcome(w) => (
+            codec::encode_frame(FrameKind::Welcome, 0, &w, max_frame, buf),
+            None,
+            None,
+        ),
+        Outgoing::Reply(id, r) => (
+            codec::encode_frame(FrameKind::Response, id, &r, max_frame, buf),
+            Some(id),
+            None,
+        ),
+        Outgoing::Carried(id, r, memfd) => (
+            codec::encode_frame(FrameKind::Response, id, &r, max_frame, buf),
+            Some(id),
+            Some(memfd),
+        ),
     };
-    if let (Err(e), Outgoing::Reply(id, _) | Outgoing::Carried(id, _, _)) = (result, &out) {
-        let error = Response::Error(ErrorReply::new(
-            ErrorCode::Internal,
-            format!("reply could not be encoded: {e}"),
-        ));
-        codec::encode_frame(FrameKind::Response, *id, &error, max_frame, &mut buf)
-            .expect("a short error reply always encodes");
-    } else if let Outgoing::Carried(..) = out {
-        // Its message's payload goes as the memfd sent with the frame's first byte.
-        codec::set_flags(&mut buf, FLAG_FD);
-    }
-    // A buffer that grew by doubling (a long list) may be up to twice what it holds.
-    if buf.capacity() - buf.len() > MAX_SLACK.max(buf.len() / 8) {
-        Bytes::copy_from_slice(&buf)
-    } else {
-        buf.freeze()
+    match (result, id) {
+        (Ok(()), _) => {
+            if memfd.is_some() {
+                // Its message's payload goes as the memfd sent with the frame's first byte.
+                codec::set_flags(&mut buf[start..], FLAG_FD);
+            }
+            memfd
+        }
+        (Err(e), Some(id)) => {
+            let error = Response::Error(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("reply could not be encoded: {e}"),
+            ));
+            codec::encode_frame(FrameKind::Response, id, &error, max_frame, buf)
+                .expect("a short error reply always encodes");
+            None
+        }
+        (Err(e), None) => {
+            tracing::error!("the welcome could not be encoded: {e}");
+            None
+        }
     }
 }
 
@@ -560,43 +498,82 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_reply_costs_its_encoded_size() {
-        let frame = encode(status_reply(7, 1000), u32::MAX);
-        let mut copy = BytesMut::from(&frame[..]);
-        let decoded = FrameDecoder::new(u32::MAX)
-            .decode(&mut copy)
-            .unwrap()
-            .expect("one whole frame");
-        assert_eq!(decoded.request_id, 7);
-        assert_eq!(decoded.body.len() + HEADER_LEN, frame.len());
-        assert!(frame.len() > 1000 * 50, "a status of 1,000 users is large");
+    /// Every whole frame in `bytes`, in order.
+    fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut copy = BytesMut::from(bytes);
+        let mut decoder = FrameDecoder::new(u32::MAX);
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.decode(&mut copy).unwrap() {
+            frames.push(frame);
+        }
+        assert!(copy.is_empty(), "bytes after the last whole frame");
+        frames
     }
 
-    #[tokio::test]
-    async fn waiting_replies_are_charged_to_the_uid_until_dropped() {
+    #[test]
+    fn a_reply_costs_its_encoded_size() {
         let payer = payer(u64::MAX);
         let account = payer.account.clone();
-        let (replies, writer) = reply_queue(16, u64::MAX, u32::MAX, payer);
-        replies.send(status_reply(1, 100)).await.unwrap();
-        replies.send(status_reply(2, 100)).await.unwrap();
-        let pending = writer.shared.pending.load(Ordering::Acquire);
+        let mut output = Output::new(payer, 16, u64::MAX, u32::MAX);
+        output.push(status_reply(7, 1000)).unwrap();
+        let decoded = frames(&output.buf);
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].request_id, 7);
+        assert_eq!(decoded[0].body.len() + HEADER_LEN, output.buf.len());
+        assert!(
+            output.buf.len() > 1000 * 50,
+            "a status of 1,000 users is large"
+        );
+        assert_eq!(account.used(Resource::QueuedBytes), output.pending());
+    }
+
+    #[test]
+    fn a_reply_too_large_to_encode_becomes_an_error_reply() {
+        let mut output = Output::new(payer(u64::MAX), 16, u64::MAX, 1_000);
+        output.push(status_reply(3, 100)).unwrap();
+        let decoded = frames(&output.buf);
+        assert_eq!(decoded.len(), 1);
+        let response: Response = codec::decode_body(&decoded[0], FrameKind::Response).unwrap();
+        let Response::Error(e) = response else {
+            panic!("{response:?}")
+        };
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("could not be encoded"), "{}", e.message);
+    }
+
+    #[test]
+    fn waiting_replies_are_charged_to_the_uid_until_dropped() {
+        let payer = payer(u64::MAX);
+        let account = payer.account.clone();
+        let mut output = Output::new(payer, 16, u64::MAX, u32::MAX);
+        output.push(status_reply(1, 100)).unwrap();
+        output.push(status_reply(2, 100)).unwrap();
+        let pending = output.pending();
         assert!(pending > 2 * 100 * 50);
         assert_eq!(account.used(Resource::QueuedBytes), pending);
-        drop((replies, writer));
+        drop(output);
         assert_eq!(account.used(Resource::QueuedBytes), 0);
     }
 
-    #[tokio::test]
-    async fn over_the_uid_quota_one_reply_goes_and_the_next_cuts_off() {
+    #[test]
+    fn past_max_queued_replies_no_more_requests_are_read() {
+        let mut output = Output::new(payer(u64::MAX), 2, u64::MAX, u32::MAX);
+        output.push(status_reply(1, 1)).unwrap();
+        assert!(output.accepting());
+        output.push(status_reply(2, 1)).unwrap();
+        assert!(!output.accepting());
+    }
+
+    #[test]
+    fn over_the_uid_quota_one_reply_goes_and_the_next_cuts_off() {
         let payer = payer(1_000);
         let account = payer.account.clone();
-        let (replies, writer) = reply_queue(16, u64::MAX, u32::MAX, payer);
-        // Alone on the queue, a reply larger than the whole quota still goes.
-        replies.send(status_reply(1, 100)).await.unwrap();
+        let mut output = Output::new(payer, 16, u64::MAX, u32::MAX);
+        // Alone in the output, a reply larger than the whole quota still goes.
+        output.push(status_reply(1, 100)).unwrap();
         let first = account.used(Resource::QueuedBytes);
         assert!(first > 1_000);
-        let refused = replies.send(status_reply(2, 1)).await.unwrap_err();
+        let refused = output.push(status_reply(2, 1)).unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -609,89 +586,149 @@ mod tests {
             "{refused:?}"
         );
         assert!(refused.to_string().contains("queued_bytes quota of 1000"));
-        let reason = replies.cut_off().await;
-        assert_eq!(reason.to_string(), refused.to_string());
-        // The refused reply charged nothing; the queued one is given back with the queue.
+        // The refused reply charged nothing and left nothing behind.
         assert_eq!(account.used(Resource::QueuedBytes), first);
-        drop((replies, writer));
+        assert_eq!(output.pending(), first);
+        assert_eq!(frames(&output.buf).len(), 1);
+        drop(output);
         assert_eq!(account.used(Resource::QueuedBytes), 0);
     }
 
-    #[tokio::test]
-    async fn over_the_uid_quota_replies_go_within_the_allowance() {
+    #[test]
+    fn over_the_uid_quota_replies_go_within_the_allowance() {
         let payer = payer_with_allowance(1_000, 20_000);
         let account = payer.account.clone();
-        let (replies, _writer) = reply_queue(64, u64::MAX, u32::MAX, payer);
+        let mut output = Output::new(payer, 64, u64::MAX, u32::MAX);
         // Each is some 8 KB: two fit under 20,000 waiting, the third passes it.
-        replies.send(status_reply(1, 100)).await.unwrap();
-        replies.send(status_reply(2, 100)).await.unwrap();
-        replies.send(status_reply(3, 100)).await.unwrap();
+        output.push(status_reply(1, 100)).unwrap();
+        output.push(status_reply(2, 100)).unwrap();
+        output.push(status_reply(3, 100)).unwrap();
         assert!(account.used(Resource::QueuedBytes) > 20_000);
-        let refused = replies.send(status_reply(4, 100)).await.unwrap_err();
+        let refused = output.push(status_reply(4, 100)).unwrap_err();
         assert!(
             matches!(refused, QueueError::OverQuota { .. }),
             "{refused:?}"
         );
     }
 
-    #[tokio::test]
-    async fn another_uid_is_not_charged() {
+    #[test]
+    fn another_uid_is_not_charged() {
         let heavy = payer(1_000);
         let light = Payer {
             account: heavy.broker.accounts().account(1001),
             broker: heavy.broker.clone(),
         };
-        let (replies, _writer) = reply_queue(16, u64::MAX, u32::MAX, heavy.clone());
-        replies.send(status_reply(1, 100)).await.unwrap();
-        assert!(replies.send(status_reply(2, 100)).await.is_err());
-        let (others, _other_writer) = reply_queue(16, u64::MAX, u32::MAX, light.clone());
-        others.send(status_reply(1, 1)).await.unwrap();
-        others.send(status_reply(2, 1)).await.unwrap();
-        assert_eq!(
-            light.account.used(Resource::QueuedBytes),
-            others.shared.pending.load(Ordering::Acquire)
-        );
+        let mut output = Output::new(heavy, 16, u64::MAX, u32::MAX);
+        output.push(status_reply(1, 100)).unwrap();
+        assert!(output.push(status_reply(2, 100)).is_err());
+        let mut others = Output::new(light.clone(), 16, u64::MAX, u32::MAX);
+        others.push(status_reply(1, 1)).unwrap();
+        others.push(status_reply(2, 1)).unwrap();
+        assert_eq!(light.account.used(Resource::QueuedBytes), others.pending());
     }
 
-    #[tokio::test]
-    async fn past_max_pending_output_the_client_is_cut_off() {
-        let (replies, _writer) = reply_queue(16, 3_000, u32::MAX, payer(u64::MAX));
-        replies.send(status_reply(1, 100)).await.unwrap();
-        let refused = replies.send(status_reply(2, 100)).await.unwrap_err();
+    #[test]
+    fn past_max_pending_output_the_client_is_cut_off() {
+        let mut output = Output::new(payer(u64::MAX), 16, 3_000, u32::MAX);
+        output.push(status_reply(1, 100)).unwrap();
+        let refused = output.push(status_reply(2, 100)).unwrap_err();
         assert!(
             matches!(refused, QueueError::NotReading { limit: 3_000, .. }),
             "{refused:?}"
         );
-        assert!(matches!(
-            replies.cut_off().await,
-            QueueError::NotReading { .. }
-        ));
     }
 
-    #[test]
-    fn consuming_written_bytes_gives_back_whole_replies_only() {
+    /// The socket takes what fits; what it took is given back, and what waits is still
+    /// charged and still counted, reply by reply.
+    #[tokio::test]
+    async fn what_the_socket_takes_is_given_back_and_the_rest_stays_charged() {
         let payer = payer(u64::MAX);
-        let pending = AtomicU64::new(0);
-        let mut batch: VecDeque<Queued> = [10usize, 20, 30]
-            .into_iter()
-            .map(|n| {
-                pending.fetch_add(n as u64, Ordering::AcqRel);
-                Queued {
-                    frame: Bytes::from(vec![0u8; n]),
-                    cost: n as u64,
-                    charge: Some(payer.account.force(Resource::QueuedBytes, n as u64)),
-                    memfd: None,
-                }
-            })
-            .collect();
-        consume(&mut batch, 15, &pending);
-        assert_eq!(batch.len(), 2);
-        assert_eq!(batch[0].frame.len(), 15);
-        assert_eq!(pending.load(Ordering::Acquire), 50);
-        assert_eq!(payer.account.used(Resource::QueuedBytes), 50);
-        consume(&mut batch, 45, &pending);
-        assert!(batch.is_empty());
-        assert_eq!(pending.load(Ordering::Acquire), 0);
-        assert_eq!(payer.account.used(Resource::QueuedBytes), 0);
+        let account = payer.account.clone();
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let mut output = Output::new(payer, 100_000, u64::MAX, u32::MAX);
+        // Far more than a socket buffer holds.
+        let mut pushed = 0;
+        while output.pending() < 8 << 20 {
+            pushed += 1;
+            output.push(status_reply(pushed, 100)).unwrap();
+        }
+        output.write_to(&write).unwrap();
+        let left = output.pending();
+        assert!(left > 0 && left < 8 << 20, "{left} bytes left");
+        assert_eq!(account.used(Resource::QueuedBytes), left);
+        // A reply partly written still counts as waiting.
+        let whole = usize::try_from(pushed).unwrap() - output.ends.len();
+        let mut read = Vec::new();
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut theirs = theirs;
+            theirs.read_to_end(&mut read).await.unwrap();
+            read
+        });
+        output.flush(&write).await.unwrap();
+        assert_eq!(account.used(Resource::QueuedBytes), 0);
+        assert!(output.ends.is_empty());
+        drop(write);
+        let read = reader.await.unwrap();
+        let decoded = frames(&read);
+        assert_eq!(decoded.len(), usize::try_from(pushed).unwrap());
+        assert!(whole < decoded.len());
+        let ids: Vec<u64> = decoded.iter().map(|f| f.request_id).collect();
+        assert_eq!(ids, (1..=pushed).collect::<Vec<_>>());
+    }
+
+    /// A memfd goes with its own frame's first byte, after the frames before it and
+    /// before those after it.
+    #[tokio::test]
+    async fn a_memfd_goes_with_its_frame() {
+        use std::os::fd::AsFd;
+        let payer = payer(u64::MAX);
+        let broker = payer.broker.clone();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (_read, write) = tokio::net::UnixStream::from_std(ours).unwrap().into_split();
+        let mut output = Output::new(payer, 16, u64::MAX, u32::MAX);
+        let fd = ipc_proto::memfd::seal_payload(&[7u8; 100]).unwrap();
+        let memfd = Arc::new(Memfd {
+            fd: Arc::new(fd),
+            len: 100,
+            _place: broker.memfds().enter(10).unwrap(),
+        });
+        output.push(status_reply(1, 1)).unwrap();
+        output
+            .push(Outgoing::Carried(2, Response::Ok, memfd))
+            .unwrap();
+        output.push(status_reply(3, 1)).unwrap();
+        assert_eq!(output.pending(), output.buf.len() as u64 + 100);
+        output.flush(&write).await.unwrap();
+        assert_eq!(output.pending(), 0);
+        assert_eq!(
+            broker.accounts().account(1000).used(Resource::QueuedBytes),
+            0
+        );
+        drop(write);
+        // Read frame by frame: the descriptor must have come by the second's first byte.
+        let mut fds = VecDeque::new();
+        let mut bytes = Vec::new();
+        let mut first = 0;
+        let mut chunk = [0u8; 1];
+        loop {
+            let n = ipc_proto::memfd::recv_with_fds(theirs.as_fd(), &mut chunk, &mut fds).unwrap();
+            if n == 0 {
+                break;
+            }
+            bytes.push(chunk[0]);
+            if fds.is_empty() {
+                first = bytes.len();
+            }
+        }
+        let decoded = frames(&bytes);
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(fds.len(), 1);
+        assert_eq!(decoded[1].flags & FLAG_FD, FLAG_FD);
+        assert_eq!(decoded[0].flags & FLAG_FD, 0);
+        // Every byte before the descriptor came belongs to the first frame.
+        assert_eq!(first, HEADER_LEN + decoded[0].body.len());
     }
 }

@@ -6,15 +6,16 @@
 //! once, not once per receive, and a blocked receive costs no spawn. A panic in a wait
 //! ends that request with an internal error, not the connection.
 //!
-//! Replies are encoded as they are queued for the writer task and charged to the
-//! connection's uid until written; when the client stops reading, the queue fills and the
-//! peer stops reading its requests in turn (its waits are still polled, so a timeout
-//! still ends its wait), and past the queue's byte bounds the client is cut off.
+//! Replies are encoded into the connection's [`Output`] as they are made and charged to
+//! its uid until written; the peer writes them itself, once it has nothing else ready,
+//! so one write carries a round's replies. When the client stops reading, replies pile
+//! up and the peer stops reading its requests in turn (its waits are still polled, so a
+//! timeout still ends its wait), and past the output's byte bounds the client is cut off.
 //!
 //! Everything that goes wrong here ends this connection only, with one log line naming
 //! the [`CloseReason`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -31,16 +32,14 @@ use ipc_proto::{
     Hello, MAX_CLIENT_NAME, PROTOCOL_VERSION, Request, Response, Welcome, codec, memfd,
 };
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
-use crate::connection::{
-    FdReader, FrameCodec, Outgoing, Payer, QueueError, Queued, ReadError, Replies, reply_queue,
-    write_loop,
-};
+use crate::connection::{FdReader, FrameCodec, Outgoing, Output, Payer, QueueError, ReadError};
 use crate::dispatch::{Answer, Reply, dispatch};
 use crate::logging;
 use crate::mailbox::{Cancelled, Canceller, Memfd};
@@ -195,22 +194,21 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         account: caller.account.clone(),
         broker: broker.clone(),
     };
-    let (replies, queue) = reply_queue(
+    let output = Output::new(
+        payer,
         config.max_queued_replies,
         config.max_pending_output,
         u32::MAX,
-        payer,
     );
-    let mut writer = tokio::spawn(write_loop(write, queue));
     let in_flight = config.quota_for(creds.uid).in_flight;
     let mut peer = Peer {
         broker,
         caller,
         in_flight,
         frames,
-        replies,
+        write,
+        output,
         waits: FuturesUnordered::new(),
-        finished: VecDeque::new(),
         cancels: HashMap::new(),
         client_name: String::new(),
         hello_slot: Some(hello_slot),
@@ -222,7 +220,8 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     let Peer {
         broker,
         client_name,
-        replies,
+        write,
+        mut output,
         waits,
         caller,
         ..
@@ -233,14 +232,14 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
     // a reply with one of them that was written is not an ack.
     caller.leases.release_all();
     broker.end_connection(&caller);
-    drop(replies);
-    let written = tokio::time::timeout(config.shutdown_timeout, &mut writer).await;
-    if written.is_err() {
-        // A client that keeps its socket open without reading would hold the writer, its
-        // socket and the charges of its replies for ever.
-        writer.abort();
-        let _ = writer.await;
-    }
+    // What waits is written, unless the client was cut off for not reading it; a client
+    // that keeps its socket open without reading is given `shutdown_timeout`, not more.
+    let written = match reason {
+        CloseReason::NotReading(_) => Ok(Ok(())),
+        _ => tokio::time::timeout(config.shutdown_timeout, output.flush(&write)).await,
+    };
+    // The replies' charges go with them, then the socket with its write side shut.
+    drop((output, write));
     // Given back last: once its uid's connections count drops, nothing of this
     // connection is left charged.
     drop(counted);
@@ -249,8 +248,8 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         CloseReason::ClientClosed | CloseReason::ShuttingDown
     );
     let flushed = match &written {
-        Ok(Ok(Err(e))) => client_went_away(e),
-        Ok(_) => true,
+        Ok(Err(e)) => client_went_away(e),
+        Ok(Ok(())) => true,
         Err(_) => false,
     };
     if level_is_info || !flushed {
@@ -277,13 +276,12 @@ struct Peer {
     /// Most blocked requests at once (the uid's `in_flight` quota).
     in_flight: u64,
     frames: Frames,
-    replies: Replies,
-    /// Blocked requests, polled by this connection's task.
+    write: OwnedWriteHalf,
+    /// The replies waiting to be written.
+    output: Output,
+    /// Blocked requests, polled by this connection's task, even while the client is slow
+    /// to read its replies: a timeout still ends its wait (which stops taking messages).
     waits: FuturesUnordered<Blocked>,
-    /// Replies to waits that ended while the reply queue was full, encoded and charged,
-    /// in the order they ended: the waits are polled even then, so that a timeout still
-    /// ends its wait (which stops taking messages) while the client is slow to read.
-    finished: VecDeque<Queued>,
     /// How to cancel each blocked request, by request id.
     cancels: HashMap<u64, Canceller>,
     /// The client's name as it may appear in a log line (control characters escaped).
@@ -374,6 +372,10 @@ fn more(suppressed: u64) -> String {
     }
 }
 
+/// Replies this many bytes long are written before more requests are read, even while
+/// more are ready: a client that streams requests still gets its replies on time.
+const WRITE_AT: usize = 64 * 1024;
+
 impl Peer {
     async fn run(
         &mut self,
@@ -383,21 +385,28 @@ impl Peer {
         if let Err(reason) = self.handshake(refused).await {
             return reason;
         }
-        let replies = self.replies.clone();
         // Made once, not per request (each one made registers with its token), and polled
-        // last (a poll of either takes two locks): made and polled for every request,
-        // they were a tenth of the daemon's time in a streaming bench. They are still
-        // polled whenever the connection would wait, and at the latest once its budget of
-        // reads runs out (tokio makes a busy task's reads wait after a while); a
-        // connection cut off meanwhile fails at a reply once its writer has stopped.
-        let cut_off = replies.cut_off();
+        // last (a poll takes locks): made and polled for every request, it was a tenth of
+        // the daemon's time in a streaming bench. It is still polled whenever the
+        // connection would wait, and at the latest once its budget of reads runs out
+        // (tokio makes a busy task's reads wait after a while).
         let shutting_down = shutdown.cancelled();
-        tokio::pin!(cut_off, shutting_down);
+        tokio::pin!(shutting_down);
+        let mut yielded = false;
         loop {
-            while let Some(queued) = self.finished.pop_front() {
-                if let Err(reason) = self.push_polling(queued).await {
-                    return reason;
-                }
+            let accepting = self.output.accepting();
+            // Replies are written before the socket is read again, not while requests
+            // already read wait: one write for the round, and none held back for a read
+            // that finds nothing.
+            let request_ready = accepting && FrameDecoder::holds_frame(self.frames.read_buffer());
+            let write_now = !self.output.is_empty() && !request_ready;
+            if write_now && !yielded {
+                // The connections this round handed messages to were woken onto this
+                // thread, behind this task: they run first, and what they make ready
+                // for this one joins the write.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             tokio::select! {
                 biased;
@@ -405,28 +414,36 @@ impl Peer {
                     // A cancel completes the wait itself (with `Cancelled`), so every
                     // wait ends with a reply.
                     self.cancels.remove(&id);
-                    if let Err(reason) = self.reply(outgoing(id, answer)).await {
+                    if let Err(reason) = self.reply(outgoing(id, answer)) {
                         return reason;
                     }
                 }
-                frame = self.frames.next() => {
+                writable = self.write.writable(), if write_now => {
+                    yielded = false;
+                    if let Err(e) = writable.and_then(|()| self.output.write_to(&self.write)) {
+                        return write_failed(&e);
+                    }
+                }
+                frame = self.frames.next(), if accepting => {
                     let frame = match frame {
                         None => return CloseReason::ClientClosed,
                         Some(Ok(frame)) => frame,
-                        Some(Err(e)) => return self.fail_connection(e).await,
+                        Some(Err(e)) => return self.fail_connection(e),
                     };
-                    if let Err(reason) = self.handle(frame).await {
+                    if let Err(reason) = self.handle(frame) {
                         return reason;
                     }
-                }
-                reason = &mut cut_off => {
-                    return CloseReason::NotReading(reason.to_string());
+                    if self.output.pending() >= WRITE_AT as u64
+                        && let Err(e) = self.output.write_to(&self.write)
+                    {
+                        return write_failed(&e);
+                    }
                 }
                 () = &mut shutting_down => {
                     // The broker has failed every waiter with "shutting down"; let those
                     // replies go out, then close.
                     while let Some((id, answer)) = self.waits.next().await {
-                        let _ = self.queue(outgoing(id, answer)).await;
+                        let _ = self.output.push(outgoing(id, answer));
                     }
                     return CloseReason::ShuttingDown;
                 }
@@ -442,22 +459,23 @@ impl Peer {
         let timeout = self.broker.config().handshake_timeout;
         if let Some(&quota) = refused {
             let error = ErrorReply::from(quota);
-            self.send_connection_error(error.code, &error.message).await;
+            self.send_connection_error(error.code, &error.message);
+            // Written now: the hello is waited for only so that the client reads this.
+            let _ = self.output.write_to(&self.write);
             let _ = tokio::time::timeout(timeout, self.frames.next()).await;
             return Err(CloseReason::OverQuota(error.message));
         }
         let frame = match tokio::time::timeout(timeout, self.frames.next()).await {
             Err(_) => return Err(CloseReason::HandshakeTimeout),
             Ok(None) => return Err(CloseReason::ClientClosed),
-            Ok(Some(Err(e))) => return Err(self.fail_connection(e).await),
+            Ok(Some(Err(e))) => return Err(self.fail_connection(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let hello: Hello = match codec::decode_body(&frame, FrameKind::Hello) {
             Ok(hello) => hello,
             Err(e) => {
                 let message = format!("expected a hello: {e}");
-                self.send_connection_error(ErrorCode::BadRequest, &message)
-                    .await;
+                self.send_connection_error(ErrorCode::BadRequest, &message);
                 return Err(CloseReason::ProtocolViolation(message));
             }
         };
@@ -468,8 +486,7 @@ impl Peer {
                 hello.client_name.len()
             );
             self.client_name.truncate(MAX_CLIENT_NAME);
-            self.send_connection_error(ErrorCode::BadRequest, &message)
-                .await;
+            self.send_connection_error(ErrorCode::BadRequest, &message);
             return Err(CloseReason::ProtocolViolation(message));
         }
         if hello.version != PROTOCOL_VERSION {
@@ -477,8 +494,7 @@ impl Peer {
                 "ipcd speaks protocol version {PROTOCOL_VERSION}, the client {}; upgrade the older side",
                 hello.version
             );
-            self.send_connection_error(ErrorCode::VersionMismatch, &message)
-                .await;
+            self.send_connection_error(ErrorCode::VersionMismatch, &message);
             return Err(CloseReason::VersionMismatch(hello.version));
         }
         let config = self.broker.config_held();
@@ -498,10 +514,12 @@ impl Peer {
             ],
             peer: self.caller.creds,
         };
-        self.queue(Outgoing::Welcome(welcome)).await
+        self.output
+            .push(Outgoing::Welcome(welcome))
+            .map_err(closing)
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), CloseReason> {
+    fn handle(&mut self, frame: Frame) -> Result<(), CloseReason> {
         let id = frame.request_id;
         if frame.kind != FrameKind::Request || id == 0 {
             let message = if id == 0 {
@@ -509,15 +527,13 @@ impl Peer {
             } else {
                 format!("expected a request frame, got {:?}", frame.kind)
             };
-            self.send_connection_error(ErrorCode::BadRequest, &message)
-                .await;
+            self.send_connection_error(ErrorCode::BadRequest, &message);
             return Err(CloseReason::ProtocolViolation(message));
         }
         let fd = if frame.flags & FLAG_FD != 0 {
             let Some(fd) = self.frames.get_mut().fds.pop_front() else {
                 let message = "a frame flagged as carrying a descriptor came without one";
-                self.send_connection_error(ErrorCode::BadRequest, message)
-                    .await;
+                self.send_connection_error(ErrorCode::BadRequest, message);
                 return Err(CloseReason::ProtocolViolation(message.to_owned()));
             };
             Some(fd)
@@ -530,22 +546,18 @@ impl Peer {
             // only.
             Err(e) => {
                 let error = ErrorReply::new(e.code(), e.to_string());
-                return self
-                    .reply(Outgoing::Reply(id, Response::Error(error)))
-                    .await;
+                return self.reply(Outgoing::Reply(id, Response::Error(error)));
             }
         };
         let memfd = match fd.map(|fd| self.attach(&mut request, fd)).transpose() {
             Ok(memfd) => memfd.flatten(),
             Err(error) => {
-                return self
-                    .reply(Outgoing::Reply(id, Response::Error(error)))
-                    .await;
+                return self.reply(Outgoing::Reply(id, Response::Error(error)));
             }
         };
         let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
         match dispatch(&self.broker, &self.caller, request, memfd, takes_fd) {
-            Reply::Now(answer) => self.reply(outgoing(id, answer)).await,
+            Reply::Now(answer) => self.reply(outgoing(id, answer)),
             Reply::Later {
                 wait,
                 cancel,
@@ -564,9 +576,7 @@ impl Peer {
                     );
                     // Dropping `wait` deregisters it without losing anything.
                     drop(wait);
-                    return self
-                        .reply(Outgoing::Reply(id, Response::Error(error)))
-                        .await;
+                    return self.reply(Outgoing::Reply(id, Response::Error(error)));
                 }
                 self.cancels.insert(id, cancel);
                 self.waits.push(Blocked { id, wait });
@@ -578,7 +588,7 @@ impl Peer {
                 if let Some(cancel) = self.cancels.remove(&target) {
                     cancel(Cancelled { request: target });
                 }
-                self.reply(Outgoing::Reply(id, Response::Ok)).await
+                self.reply(Outgoing::Reply(id, Response::Ok))
             }
         }
     }
@@ -626,85 +636,44 @@ impl Peer {
         })
     }
 
-    /// Queues the reply to a request, polling the waits while the queue is full.
-    async fn reply(&mut self, out: Outgoing) -> Result<(), CloseReason> {
-        let queued = self.replies.prepare(out).map_err(closing)?;
-        self.push_polling(queued).await
+    /// Queues the reply to a request.
+    fn reply(&mut self, out: Outgoing) -> Result<(), CloseReason> {
+        self.output.push(out).map_err(closing)
     }
 
-    /// Hands `queued` to the writer; while the queue is full, the waits are still polled
-    /// and the replies of those that end are prepared (charged) and kept in `finished`.
-    async fn push_polling(&mut self, queued: Queued) -> Result<(), CloseReason> {
-        let Peer {
-            replies,
-            waits,
-            cancels,
-            finished,
-            ..
-        } = self;
-        let push = replies.push(queued);
-        tokio::pin!(push);
-        loop {
-            tokio::select! {
-                biased;
-                pushed = &mut push => return pushed.map_err(closing),
-                Some((id, answer)) = waits.next(), if !waits.is_empty() => {
-                    cancels.remove(&id);
-                    finished.push_back(replies.prepare(outgoing(id, answer)).map_err(closing)?);
-                }
-            }
-        }
-    }
-
-    // These borrow only the reply queue across their waits: the waits the peer holds
-    // are not `Sync`, so a borrow of the whole peer could not cross an await.
-
-    fn queue(&self, out: Outgoing) -> impl Future<Output = Result<(), CloseReason>> + use<'_> {
-        let replies = &self.replies;
-        async move { replies.send(out).await.map_err(closing) }
-    }
-
-    fn send_connection_error(
-        &self,
-        code: ErrorCode,
-        message: &str,
-    ) -> impl Future<Output = ()> + use<'_> {
+    /// Queues the error that ends the connection; it is written as the connection closes.
+    fn send_connection_error(&mut self, code: ErrorCode, message: &str) {
         let error = Response::Error(ErrorReply::new(code, message));
-        let queued = self.queue(Outgoing::Reply(0, error));
-        async move {
-            let _ = queued.await;
-        }
+        let _ = self.output.push(Outgoing::Reply(0, error));
     }
 
-    fn fail_connection(&self, error: ReadError) -> impl Future<Output = CloseReason> + use<'_> {
-        let (reason, report) = match error {
+    fn fail_connection(&mut self, error: ReadError) -> CloseReason {
+        match error {
             // A client that exits with replies unread makes the kernel reset the
             // connection: that is an ordinary close, not a fault worth logging.
-            ReadError::Io(e) if client_went_away(&e) => (CloseReason::ClientClosed, None),
-            ReadError::Io(e) => (CloseReason::Io(e.to_string()), None),
+            ReadError::Io(e) if client_went_away(&e) => CloseReason::ClientClosed,
+            ReadError::Io(e) => CloseReason::Io(e.to_string()),
             ReadError::Frame(e) => {
                 let message = e.to_string();
-                let report = self.send_connection_error(ErrorCode::BadRequest, &message);
-                (CloseReason::BadFrame(message), Some(report))
+                self.send_connection_error(ErrorCode::BadRequest, &message);
+                CloseReason::BadFrame(message)
             }
-        };
-        async move {
-            if let Some(report) = report {
-                report.await;
-            }
-            reason
         }
+    }
+}
+
+/// Why the connection closes when writing its replies failed.
+fn write_failed(e: &std::io::Error) -> CloseReason {
+    if client_went_away(e) {
+        CloseReason::ClientClosed
+    } else {
+        CloseReason::Io(e.to_string())
     }
 }
 
 /// Why the connection closes when its reply could not be queued.
 fn closing(e: QueueError) -> CloseReason {
-    match e {
-        QueueError::NotReading { .. } | QueueError::OverQuota { .. } => {
-            CloseReason::NotReading(e.to_string())
-        }
-        QueueError::WriterGone => CloseReason::Io(e.to_string()),
-    }
+    CloseReason::NotReading(e.to_string())
 }
 
 /// The reply to request `id`: its payload as a memfd when the answer carries one.

@@ -203,6 +203,14 @@ impl UidAccount {
         amount: u64,
         limit: u64,
     ) -> Result<Charge, u64> {
+        self.try_hold(resource, amount, limit)?;
+        Ok(Charge::new(self.clone(), resource, amount))
+    }
+
+    /// As [`try_charge`](Self::try_charge), for a holder that keeps its own count of
+    /// what it holds and gives it back with [`give_back`](Self::give_back) (a
+    /// connection's waiting replies, one count for all of them).
+    pub fn try_hold(&self, resource: Resource, amount: u64, limit: u64) -> Result<(), u64> {
         let counter = &self.used[resource as usize];
         let mut now = counter.load(Ordering::Relaxed);
         if amount > MAX_AMOUNT {
@@ -215,20 +223,25 @@ impl UidAccount {
             match counter.compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     self.note_peak(resource, next);
-                    break;
+                    return Ok(());
                 }
                 Err(actual) => now = actual,
             }
         }
-        Ok(Charge::new(self.clone(), resource, amount))
     }
 
     /// Takes `amount` without a check: for what root imposes (giving a mailbox away).
     pub fn force(self: &Arc<Self>, resource: Resource, amount: u64) -> Charge {
         let amount = amount.min(MAX_AMOUNT);
+        self.hold(resource, amount);
+        Charge::new(self.clone(), resource, amount)
+    }
+
+    /// As [`force`](Self::force), for a holder that keeps its own count (see
+    /// [`try_hold`](Self::try_hold)).
+    pub fn hold(&self, resource: Resource, amount: u64) {
         let before = self.used[resource as usize].fetch_add(amount, Ordering::AcqRel);
         self.note_peak(resource, before.saturating_add(amount));
-        Charge::new(self.clone(), resource, amount)
     }
 
     /// Gives back `amount` of `resource` that a [`Charge::dissolve`]d charge left held.

@@ -139,6 +139,14 @@ impl FrameDecoder {
         self.max_body = max_body;
     }
 
+    /// Whether `buf` starts with a whole frame, so that [`decode`](Self::decode) would
+    /// not need more bytes (it may still refuse the frame).
+    pub fn holds_frame(buf: &[u8]) -> bool {
+        buf.first_chunk::<4>().is_some_and(|len| {
+            (u32::from_le_bytes(*len) as usize).saturating_add(HEADER_LEN) <= buf.len()
+        })
+    }
+
     /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` when more
     /// bytes are needed. Space is reserved only for a body whose length was accepted.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -175,6 +183,20 @@ mod tests {
         v.extend_from_slice(&id.to_le_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn holds_frame_says_whether_decode_has_a_whole_frame() {
+        let mut wire = frame_bytes(3, 0, 7, b"hello");
+        wire.extend(frame_bytes(3, 0, 8, b""));
+        let first = HEADER_LEN + 5;
+        for split in 0..=wire.len() {
+            let holds = FrameDecoder::holds_frame(&wire[..split]);
+            assert_eq!(holds, split >= first, "split at {split}");
+            let mut buf = BytesMut::from(&wire[..split]);
+            let decoded = FrameDecoder::new(1024).decode(&mut buf).unwrap();
+            assert_eq!(decoded.is_some(), holds, "split at {split}");
+        }
     }
 
     #[test]
