@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ipc_proto::{Credentials, MailboxName, PRIVATE_PREFIX};
 
-use crate::mailbox::{LeaseBook, Origin};
+use crate::mailbox::{LeaseBook, Mailbox, Origin};
 use crate::perm::{Access, Ownership};
 use crate::quota::UidAccount;
 
@@ -36,6 +36,52 @@ pub struct Caller {
     /// copies go to mailboxes of other owners. Shared by its messages, so that each
     /// holds a pointer rather than the credentials and a charge.
     pub origins: Arc<Mutex<Vec<Arc<Origin>>>>,
+    /// The mailboxes this connection used last, with their ownership as it was read: a
+    /// request to one of them finds it without the table's lock, and checks its access
+    /// without the mailbox's.
+    pub recent: Arc<Mutex<Recent>>,
+}
+
+/// Mailboxes a connection keeps at hand: a producer and a consumer use one, a client
+/// that asks and waits for answers two.
+const RECENT_KEPT: usize = 4;
+
+/// A connection's recently used mailboxes, each with its ownership and the mailbox's
+/// [`version`](Mailbox::version) it was read at; one whose version has moved since (its
+/// settings changed, or it was removed) is looked up again.
+#[derive(Debug, Default)]
+pub struct Recent {
+    kept: Vec<(Arc<Mailbox>, Ownership, u64)>,
+    /// The entry the next one replaces once all are taken.
+    next: usize,
+}
+
+impl Recent {
+    /// The mailbox named `name`, if kept and unchanged since, with its ownership.
+    pub fn get(&self, name: &MailboxName) -> Option<(Arc<Mailbox>, Ownership)> {
+        self.kept
+            .iter()
+            .find(|(m, _, version)| m.name() == name && m.version() == *version)
+            .map(|(m, ownership, _)| (m.clone(), *ownership))
+    }
+
+    /// Keeps `mailbox`, with its ownership as of `version`, in place of what was kept
+    /// under its name or of the entry used least lately.
+    pub fn keep(&mut self, mailbox: &Arc<Mailbox>, ownership: Ownership, version: u64) {
+        let entry = (mailbox.clone(), ownership, version);
+        if let Some(i) = self
+            .kept
+            .iter()
+            .position(|(m, ..)| m.name() == mailbox.name())
+        {
+            self.kept[i] = entry;
+        } else if self.kept.len() < RECENT_KEPT {
+            self.kept.push(entry);
+        } else {
+            self.kept[self.next] = entry;
+            self.next = (self.next + 1) % RECENT_KEPT;
+        }
+    }
 }
 
 /// Origins a connection keeps at most; a publisher to more owners than this makes a

@@ -875,8 +875,24 @@ fn authorized(
     name: &MailboxName,
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
-    let mailbox = broker.get(name)?;
-    if caller.may(&mailbox.ownership(), access) {
+    let recent = caller
+        .recent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name);
+    let (mailbox, ownership) = match recent {
+        Some(found) => found,
+        None => {
+            let mailbox = broker.get(name)?;
+            let (ownership, version) = mailbox.versioned_ownership();
+            if let Some(version) = version {
+                let mut recent = caller.recent.lock().unwrap_or_else(|e| e.into_inner());
+                recent.keep(&mailbox, ownership, version);
+            }
+            (mailbox, ownership)
+        }
+    };
+    if caller.may(&ownership, access) {
         Ok(mailbox)
     } else {
         let verb = match access {
@@ -1113,6 +1129,105 @@ mod tests {
                     .to_owned()
             )
         );
+    }
+
+    fn caller(broker: &Broker, uid: u32) -> Caller {
+        Caller {
+            creds: ipc_proto::Credentials {
+                pid: 1,
+                uid,
+                gid: uid,
+            },
+            groups: Vec::new(),
+            account: broker.accounts().account(uid),
+            leases: Arc::default(),
+            connection: broker.new_connection_number(),
+            private: Arc::default(),
+            origins: Arc::default(),
+            recent: Arc::default(),
+        }
+    }
+
+    /// The answer to `request`, which must be answered at once.
+    fn ask(broker: &Broker, caller: &Caller, request: Request) -> Response {
+        match dispatch(broker, caller, request, None, false) {
+            Reply::Now(answer) => answer.response,
+            _ => panic!("not answered at once"),
+        }
+    }
+
+    fn send_to(name: &MailboxName, body: &'static [u8]) -> Request {
+        Request::Send(SendRequest {
+            mailbox: name.clone(),
+            mtype: 1,
+            headers: Headers::default(),
+            wait: Wait::NoWait,
+            ttl_ms: None,
+            delay_ms: None,
+            payload: bytes::Bytes::from_static(body),
+        })
+    }
+
+    /// A connection keeps the mailboxes it used at hand, with their ownership; a change
+    /// of mode, or the mailbox removed and made again, is seen by its next request.
+    #[tokio::test]
+    async fn a_kept_mailbox_is_checked_again_once_it_changes() {
+        let broker = Broker::new(Config::default(), Err("no store in this test".into()));
+        let (owner, other) = (caller(&broker, 1000), caller(&broker, 2000));
+        let name: MailboxName = "kept".parse().unwrap();
+        let create = |mode| {
+            Request::Create(ipc_proto::CreateRequest {
+                mailbox: name.clone(),
+                mode: Some(mode),
+                durable: false,
+                fsync: None,
+                limits: Default::default(),
+                delivery: Default::default(),
+                exist_ok: false,
+            })
+        };
+        let code = |response: Response| match response {
+            Response::Error(e) => Some(e.code),
+            _ => None,
+        };
+        assert_eq!(code(ask(&broker, &owner, create(0o622))), None);
+        assert_eq!(code(ask(&broker, &other, send_to(&name, b"1"))), None);
+        assert_eq!(code(ask(&broker, &other, send_to(&name, b"2"))), None);
+        let revoke = Request::Set {
+            mailbox: name.clone(),
+            changes: MailboxChanges {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        };
+        assert_eq!(code(ask(&broker, &owner, revoke)), None);
+        assert_eq!(
+            code(ask(&broker, &other, send_to(&name, b"3"))),
+            Some(ErrorCode::PermissionDenied)
+        );
+        // Removed: not found, though kept; made again: found anew.
+        let remove = Request::Remove {
+            mailbox: name.clone(),
+        };
+        assert_eq!(code(ask(&broker, &owner, remove)), None);
+        assert_eq!(
+            code(ask(&broker, &owner, send_to(&name, b"4"))),
+            Some(ErrorCode::NoSuchMailbox)
+        );
+        assert_eq!(code(ask(&broker, &owner, create(0o622))), None);
+        assert_eq!(code(ask(&broker, &other, send_to(&name, b"5"))), None);
+        let recv = Request::Recv(RecvRequest {
+            mailbox: name.clone(),
+            selector: Selector::Any,
+            wait: Wait::NoWait,
+            peek: false,
+            lease: None,
+            max_size: None,
+        });
+        match ask(&broker, &owner, recv) {
+            Response::Message(m) => assert_eq!(&m.payload[..], b"5"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub fn admit(stream: UnixStream, broker: &Broker) -> Option<Admitted> {
         connection: broker.new_connection_number(),
         private: Arc::default(),
         origins: Arc::default(),
+        recent: Arc::default(),
     };
     match begin_handshake(broker, &caller, &broker.config()) {
         Ok(hello_slot) => Some(Admitted {

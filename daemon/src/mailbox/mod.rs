@@ -25,6 +25,7 @@ mod timers;
 mod waiters;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -208,6 +209,9 @@ pub struct Mailbox {
     name: MailboxName,
     /// A number no other mailbox gets while the daemon runs (a SysV queue id).
     serial: u64,
+    /// Changes whenever its settings may have (ownership among them) and when it closes:
+    /// what a connection read of it before is still true while this has not moved.
+    version: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -254,6 +258,7 @@ impl Mailbox {
         Arc::new_cyclic(|me| Self {
             name,
             serial,
+            version: AtomicU64::new(0),
             state: Mutex::new(State {
                 settings,
                 queue: TypeIndex::default(),
@@ -315,6 +320,23 @@ impl Mailbox {
     /// rest (a dead-letter name is an allocation).
     pub fn ownership(&self) -> Ownership {
         self.lock().settings.ownership
+    }
+
+    /// Its ownership, and the [`version`](Self::version) that ownership is of, unless it
+    /// is closed (a closed mailbox's version never moves again).
+    pub fn versioned_ownership(&self) -> (Ownership, Option<u64>) {
+        let state = self.lock();
+        let version = state
+            .closed
+            .is_none()
+            .then(|| self.version.load(Ordering::Acquire));
+        (state.settings.ownership, version)
+    }
+
+    /// A number that moves whenever the settings may have changed, or the mailbox
+    /// closed: while it has not moved, its ownership as read with it still holds.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Puts a message in, hands it to a waiting receiver, or waits for room.
@@ -614,6 +636,7 @@ impl Mailbox {
     ) -> Option<tokio::sync::oneshot::Receiver<Stored>> {
         let mut state = self.lock();
         change(&mut state.settings);
+        self.version.fetch_add(1, Ordering::AcqRel);
         state.changed_at = Timestamp::now();
         state.admit_senders();
         let (store, define) = self.definition_of(&state)?;
@@ -626,6 +649,7 @@ impl Mailbox {
     /// stored.
     pub fn close(&self, reason: Closed, drop_messages: bool) -> Option<oneshot::Receiver<Stored>> {
         let mut state = self.lock();
+        self.version.fetch_add(1, Ordering::AcqRel);
         let receivers = state.receivers.drain();
         for waiter in receivers.into_iter().chain(state.peekers.drain()) {
             let _ = waiter.tx.send(Err(reason.clone().into()));
