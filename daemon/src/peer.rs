@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::connection::{FdReader, FrameCodec, Outgoing, Output, Payer, QueueError, ReadError};
 use crate::dispatch::{Answer, Reply, dispatch};
 use crate::logging;
-use crate::mailbox::{Cancelled, Canceller, Memfd};
+use crate::mailbox::{Cancelled, Canceller, Memfd, OWN_PAYLOAD_UP_TO};
 
 /// A payload passed as a memfd is kept as it came from this size on; a smaller one is
 /// copied, and its memfd closed: a descriptor and a mapping cost more than a small copy.
@@ -541,7 +541,9 @@ impl Peer {
         } else {
             None
         };
-        let mut request: Request = match codec::decode_body(&frame, FrameKind::Request) {
+        // A small payload is a slice of the frame: a message copies it into its own block.
+        let decoded = codec::decode_body_sharing(&frame, FrameKind::Request, OWN_PAYLOAD_UP_TO);
+        let mut request: Request = match decoded {
             Ok(request) => request,
             // The frame was whole, so the stream is still in step: refuse this request
             // only.

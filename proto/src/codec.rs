@@ -6,7 +6,7 @@
 //! Payloads are `bytes::Bytes`, which serde treats as one byte string (a length and a
 //! single copy), never element by element as it would a `Vec<u8>`.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::frame::{Frame, FrameKind, HEADER_LEN, Header};
@@ -120,7 +120,80 @@ pub fn decode_body<T: DeserializeOwned>(
     Ok(body)
 }
 
+/// Decodes as [`decode_body`] does, except that a payload of at most `share_up_to` bytes
+/// is a slice of the frame's body rather than a copy of it: for a reader that copies
+/// small payloads again at once (the daemon, into a message's own block), one allocation
+/// and copy saved per message. A larger payload is copied as usual, so that a payload
+/// kept for long never holds the buffer its frame was read into; a small one kept for
+/// long must be copied by its keeper.
+pub fn decode_body_sharing<T: DeserializeOwned>(
+    frame: &Frame,
+    expected: FrameKind,
+    share_up_to: usize,
+) -> Result<T, CodecError> {
+    /// Takes the frame back off the thread however decoding ends.
+    struct Unshare;
+    impl Drop for Unshare {
+        fn drop(&mut self) {
+            SHARED_BODY.with_borrow_mut(|shared| *shared = None);
+        }
+    }
+    SHARED_BODY.with_borrow_mut(|shared| *shared = Some((frame.body.clone(), share_up_to)));
+    let _unshare = Unshare;
+    decode_body(frame, expected)
+}
+
+/// A payload field's decoding (`#[serde(deserialize_with)]` on a request's payload): a
+/// slice of the frame being decoded by [`decode_body_sharing`] when it is small enough,
+/// else a copy, as `Bytes` itself decodes.
+pub(crate) fn payload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    struct Payload;
+    impl<'de> serde::de::Visitor<'de> for Payload {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(SHARED_BODY.with_borrow(|shared| match shared {
+                Some((body, up_to)) if v.len() <= *up_to && within(body, v) => body.slice_ref(v),
+                _ => Bytes::copy_from_slice(v),
+            }))
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(Bytes::from(bytes))
+        }
+    }
+    d.deserialize_bytes(Payload)
+}
+
+/// Whether `part` lies within `whole`'s bytes.
+fn within(whole: &[u8], part: &[u8]) -> bool {
+    let range = whole.as_ptr_range();
+    let part = part.as_ptr_range();
+    range.start <= part.start && part.end <= range.end
+}
+
 thread_local! {
+    /// The body of the frame [`decode_body_sharing`] is decoding on this thread, and the
+    /// largest payload it shares.
+    static SHARED_BODY: std::cell::RefCell<Option<(Bytes, usize)>> =
+        const { std::cell::RefCell::new(None) };
+
     /// Why the last mailbox name decoded on this thread was refused: the format's own
     /// error type drops the reason, and decoding is synchronous, so it is passed here.
     static LAST_NAME_ERROR: std::cell::Cell<Option<NameError>> =
@@ -201,6 +274,52 @@ mod tests {
     use crate::*;
     use bytes::Bytes;
     use proptest::prelude::*;
+
+    /// A send of `payload` to `q`, as one frame.
+    fn send_frame(payload: &[u8]) -> Frame {
+        let request = Request::SendBatch(SendBatchRequest {
+            mailbox: "q".parse().unwrap(),
+            wait: Wait::NoWait,
+            messages: vec![BatchMessage {
+                mtype: 1,
+                headers: Headers::default(),
+                ttl_ms: None,
+                delay_ms: None,
+                payload: Bytes::copy_from_slice(payload),
+            }],
+        });
+        let mut buf = BytesMut::new();
+        encode_frame(FrameKind::Request, 1, &request, DEFAULT_MAX_FRAME, &mut buf).unwrap();
+        FrameDecoder::new(DEFAULT_MAX_FRAME)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn batch_payload(request: Request) -> Bytes {
+        match request {
+            Request::SendBatch(mut batch) => batch.messages.remove(0).payload,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_small_payload_is_shared_with_its_frame_only_when_asked() {
+        let frame = send_frame(&[7; 100]);
+        let shared: Request = decode_body_sharing(&frame, FrameKind::Request, 100).unwrap();
+        let shared = batch_payload(shared);
+        assert_eq!(&shared[..], &[7; 100]);
+        assert!(within(&frame.body, &shared), "a slice of the frame");
+        // Larger than asked: a copy.
+        let copied: Request = decode_body_sharing(&frame, FrameKind::Request, 99).unwrap();
+        let copied = batch_payload(copied);
+        assert_eq!(&copied[..], &[7; 100]);
+        assert!(!within(&frame.body, &copied));
+        // The plain decoding copies, also once a sharing one is done on this thread.
+        let plain = batch_payload(decode_body(&frame, FrameKind::Request).unwrap());
+        assert_eq!(&plain[..], &[7; 100]);
+        assert!(!within(&frame.body, &plain));
+    }
 
     fn round_trip<T: Serialize + DeserializeOwned>(kind: FrameKind, value: &T) -> T {
         let mut buf = BytesMut::new();

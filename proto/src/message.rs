@@ -232,6 +232,7 @@ pub struct SendRequest {
     pub ttl_ms: Option<u64>,
     /// Invisible to receivers for this long (delayed delivery).
     pub delay_ms: Option<u64>,
+    #[serde(deserialize_with = "crate::codec::payload")]
     pub payload: Bytes,
 }
 
@@ -258,6 +259,7 @@ pub struct BatchMessage {
     pub headers: Headers,
     pub ttl_ms: Option<u64>,
     pub delay_ms: Option<u64>,
+    #[serde(deserialize_with = "crate::codec::payload")]
     pub payload: Bytes,
 }
 
@@ -302,6 +304,7 @@ pub struct PublishRequest {
     /// unset (the daemon sets it).
     pub headers: Headers,
     pub ttl_ms: Option<u64>,
+    #[serde(deserialize_with = "crate::codec::payload")]
     pub payload: Bytes,
 }
 
@@ -332,6 +335,7 @@ pub struct CallRequest {
     pub headers: Headers,
     /// How long to wait for the reply, at least 1 ms.
     pub timeout_ms: u64,
+    #[serde(deserialize_with = "crate::codec::payload")]
     pub payload: Bytes,
 }
 

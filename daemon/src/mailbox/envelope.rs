@@ -130,7 +130,7 @@ unsafe impl Sync for Envelope {}
 /// The largest payload an envelope holds in its block; a larger one stays the `Bytes` it
 /// came as, so that a published message's copies (and a memfd's mapping) share one
 /// buffer.
-const OWN_PAYLOAD_UP_TO: usize = 1024;
+pub const OWN_PAYLOAD_UP_TO: usize = 1024;
 const _: () = assert!(OWN_PAYLOAD_UP_TO <= u16::MAX as usize);
 
 /// A payload kept as the sealed memfd it came in (mapped: the envelope's shared payload
@@ -726,6 +726,16 @@ impl Incoming {
     pub fn sender(&self) -> Credentials {
         self.origin.creds
     }
+
+    /// Makes a payload an envelope would hold in its block one of its own: such a payload
+    /// may be a slice of the buffer its request was read into (see
+    /// `codec::decode_body_sharing`), which a message kept waiting — for room, or for the
+    /// store — must not hold. A larger one, or a memfd's mapping, is its own already.
+    pub fn detach(&mut self) {
+        if self.memfd.is_none() && self.payload.len() <= OWN_PAYLOAD_UP_TO {
+            self.payload = Bytes::copy_from_slice(&self.payload);
+        }
+    }
 }
 
 /// What a `send` returns: the id the message got in the mailbox.
@@ -908,6 +918,35 @@ mod tests {
         assert_eq!(e.size(), payload.len() as u64);
         assert_eq!(e.take_payload().as_ptr(), payload.as_ptr());
         assert_eq!(e.size(), payload.len() as u64);
+    }
+
+    /// A small payload that is a slice of a larger buffer (a request's frame) is made
+    /// its own when the message is kept waiting; a large one is its own already.
+    #[test]
+    fn a_detached_payload_holds_no_more_than_itself() {
+        let buffer = Bytes::from(vec![3u8; 64 * 1024]);
+        let incoming = |payload: Bytes| Incoming {
+            mtype: 1,
+            origin: Arc::new(Origin::new(CREDS, None, 0)),
+            headers: Headers::default(),
+            payload,
+            memfd: None,
+            charge: None,
+            ttl: None,
+            delay: None,
+        };
+        let mut small = incoming(buffer.slice(100..164));
+        small.detach();
+        assert_eq!(&small.payload[..], &[3u8; 64][..]);
+        let range = buffer.as_ptr_range();
+        assert!(
+            !range.contains(&small.payload.as_ptr()),
+            "a copy of its own"
+        );
+        let large = Bytes::from(vec![4u8; OWN_PAYLOAD_UP_TO + 1]);
+        let mut kept = incoming(large.clone());
+        kept.detach();
+        assert_eq!(kept.payload.as_ptr(), large.as_ptr(), "not copied again");
     }
 
     /// Every combination of the parts a message can have, with and without a charge

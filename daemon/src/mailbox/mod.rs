@@ -42,7 +42,9 @@ use crate::store::{Record, Stored};
 
 pub use self::dead_letters::{DeadLetter, DeadLetters};
 pub use self::durable::Link;
-pub use self::envelope::{Envelope, Incoming, Memfd, Origin, SentId, headers_size};
+pub use self::envelope::{
+    Envelope, Incoming, Memfd, OWN_PAYLOAD_UP_TO, Origin, SentId, headers_size,
+};
 pub use self::error::{
     Cancelled, Closed, Empty, Full, Interrupted, LeaseError, RecvError, SendError, SizeBound,
 };
@@ -429,6 +431,8 @@ impl Mailbox {
         };
         let key = state.take_key();
         let (tx, rx) = oneshot::channel();
+        let mut incoming = incoming;
+        incoming.detach();
         state.senders.insert(key, SendWaiter { incoming, tx });
         Pending::Wait(Waiter::new(self.clone(), key, rx, timeout))
     }
@@ -811,11 +815,13 @@ impl State {
     /// Accepts a message, answering `done` with its id: in a memory mailbox at once, to
     /// the first waiting receiver it matches or else into the queue; in a durable one
     /// the same, but only once the store has it.
-    fn accept(&mut self, incoming: Incoming, done: Handoff<SentId>) {
+    fn accept(&mut self, mut incoming: Incoming, done: Handoff<SentId>) {
         if self.link.is_none() {
             let _ = done.send(Ok(self.accept_now(incoming)));
             return;
         }
+        // Kept until stored, and the store's record shares it.
+        incoming.detach();
         let stamped = self.stamp(incoming);
         self.store_then_offer(stamped, done);
     }
