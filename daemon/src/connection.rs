@@ -21,14 +21,15 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use ipc_proto::{
-    ErrorCode, ErrorReply, FLAG_FD, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN,
-    Message, Response, Welcome, codec,
+    Delivered, ErrorCode, ErrorReply, FLAG_FD, Frame, FrameDecoder, FrameError, FrameKind,
+    HEADER_LEN, Response, Welcome, codec,
 };
 use tokio::net::unix::OwnedWriteHalf;
 use tokio_util::codec::Decoder;
 
 use crate::broker::Broker;
-use crate::mailbox::Memfd;
+use crate::dispatch::Body;
+use crate::mailbox::{Envelope, Memfd, headers_size};
 use crate::quota::{Resource, UidAccount};
 
 /// The most a message's fixed fields take encoded (each integer as a varint of at most
@@ -128,10 +129,17 @@ impl tokio::io::AsyncRead for FdReader {
 )]
 pub enum Outgoing {
     Welcome(Welcome),
-    Reply(u64, Response),
+    Reply(u64, Body),
     /// A reply whose message's payload goes as the memfd it came in (its `payload` field
     /// empty), written with the frame's first byte.
-    Carried(u64, Response, Arc<Memfd>),
+    Carried(u64, Body, Arc<Memfd>),
+}
+
+impl Outgoing {
+    /// The reply `response` to request `id`.
+    pub fn response(id: u64, response: Response) -> Self {
+        Outgoing::Reply(id, Body::Response(response))
+    }
 }
 
 /// Why a reply could not be queued: the client is not reading, and is cut off.
@@ -382,11 +390,30 @@ impl Drop for Output {
     }
 }
 
-/// The most `m` takes encoded: so that the buffer grows at most once per reply.
-fn message_room(m: &Message) -> usize {
-    let names = m.headers.reply_to.as_ref().map_or(0, |n| n.as_str().len());
-    let content_type = m.headers.content_type.as_ref().map_or(0, String::len);
-    m.payload.len() + names + content_type + MESSAGE_FIELDS_ROOM
+/// The most `e` takes encoded: so that the buffer grows at most once per reply.
+fn message_room(e: &Envelope) -> usize {
+    e.payload().len() + headers_size(e.headers()) as usize + MESSAGE_FIELDS_ROOM
+}
+
+/// Encodes the reply `body` to request `id` as one frame at the end of `buf`: a message
+/// received is written from its envelope.
+fn encode_body(
+    id: u64,
+    body: &Body,
+    max_frame: u32,
+    buf: &mut BytesMut,
+) -> Result<(), codec::CodecError> {
+    match body {
+        Body::Response(r) => codec::encode_frame(FrameKind::Response, id, r, max_frame, buf),
+        Body::Message(e) => {
+            let delivered = Delivered::One(e.wire());
+            codec::encode_frame(FrameKind::Response, id, &delivered, max_frame, buf)
+        }
+        Body::Messages(es) => {
+            let delivered = Delivered::Many(es.iter().map(Envelope::wire).collect());
+            codec::encode_frame(FrameKind::Response, id, &delivered, max_frame, buf)
+        }
+    }
 }
 
 /// Encodes `out` as one frame at the end of `buf`, and returns the memfd to pass with
@@ -395,8 +422,10 @@ fn message_room(m: &Message) -> usize {
 fn encode(out: Outgoing, max_frame: u32, buf: &mut BytesMut) -> Option<Arc<Memfd>> {
     // Room for each message's fields, so that the buffer grows at most once per reply.
     let room = match &out {
-        Outgoing::Reply(_, Response::Message(m)) => message_room(m),
-        Outgoing::Reply(_, Response::Messages(ms)) => ms.iter().map(message_room).sum(),
+        Outgoing::Reply(_, Body::Message(e)) | Outgoing::Carried(_, Body::Message(e), _) => {
+            message_room(e)
+        }
+        Outgoing::Reply(_, Body::Messages(es)) => es.iter().map(message_room).sum(),
         _ => 256,
     };
     buf.reserve(HEADER_LEN + room);
@@ -407,13 +436,9 @@ fn encode(out: Outgoing, max_frame: u32, buf: &mut BytesMut) -> Option<Arc<Memfd
             None,
             None,
         ),
-        Outgoing::Reply(id, r) => (
-            codec::encode_frame(FrameKind::Response, id, &r, max_frame, buf),
-            Some(id),
-            None,
-        ),
-        Outgoing::Carried(id, r, memfd) => (
-            codec::encode_frame(FrameKind::Response, id, &r, max_frame, buf),
+        Outgoing::Reply(id, body) => (encode_body(id, &body, max_frame, buf), Some(id), None),
+        Outgoing::Carried(id, body, memfd) => (
+            encode_body(id, &body, max_frame, buf),
             Some(id),
             Some(memfd),
         ),
@@ -483,7 +508,7 @@ mod tests {
             max_queued_bytes: Some(u64::MAX),
             max_in_flight: Some(u64::MAX),
         };
-        Outgoing::Reply(
+        Outgoing::response(
             id,
             Response::Status(Box::new(ipc_proto::DaemonStatus {
                 version: "test".into(),
@@ -697,7 +722,7 @@ mod tests {
         });
         output.push(status_reply(1, 1)).unwrap();
         output
-            .push(Outgoing::Carried(2, Response::Ok, memfd))
+            .push(Outgoing::Carried(2, Body::Response(Response::Ok), memfd))
             .unwrap();
         output.push(status_reply(3, 1)).unwrap();
         assert_eq!(output.pending(), output.buf.len() as u64 + 100);

@@ -62,7 +62,7 @@ pub enum Reply {
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reply::Now(r) => f.debug_tuple("Now").field(&r.response).finish(),
+            Reply::Now(r) => f.debug_tuple("Now").field(&r.body).finish(),
             Reply::Later { .. } => f.write_str("Later(..)"),
             Reply::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
         }
@@ -72,16 +72,59 @@ impl std::fmt::Debug for Reply {
 /// A response, and the memfd whose contents are the payload of the message it carries
 /// when that payload goes as a descriptor (the message's `payload` is then empty).
 pub struct Answer {
-    pub response: Response,
+    pub body: Body,
     pub memfd: Option<Arc<Memfd>>,
+}
+
+/// What an answer says: a response, or messages received, which are written from their
+/// envelopes (the same bytes as a `Response::Message` or `Response::Messages` of them)
+/// rather than copied into a `Message` first.
+#[derive(Debug)]
+pub enum Body {
+    Response(Response),
+    /// One message received; its durable removal, if any, is committed and its charge
+    /// given back.
+    Message(Envelope),
+    /// Messages received in a batch, likewise.
+    Messages(Vec<Envelope>),
+}
+
+impl Body {
+    /// One message received, as a body: a durable one's removal is committed now, and
+    /// its charge given back (the message has left its mailbox for its receiver).
+    fn message(mut e: Envelope) -> Self {
+        commit_removal(&mut e);
+        Body::Message(e)
+    }
+
+    fn messages(mut es: Vec<Envelope>) -> Self {
+        es.iter_mut().for_each(commit_removal);
+        Body::Messages(es)
+    }
+
+    /// The response this body is written as.
+    #[cfg(test)]
+    pub fn into_response(self) -> Response {
+        match self {
+            Body::Response(r) => r,
+            Body::Message(e) => Response::Message(to_wire(e)),
+            Body::Messages(es) => Response::Messages(es.into_iter().map(to_wire).collect()),
+        }
+    }
 }
 
 impl From<Response> for Answer {
     fn from(response: Response) -> Self {
         Self {
-            response,
+            body: Body::Response(response),
             memfd: None,
         }
+    }
+}
+
+impl From<Body> for Answer {
+    fn from(body: Body) -> Self {
+        Self { body, memfd: None }
     }
 }
 
@@ -195,8 +238,12 @@ pub fn dispatch(
         Request::Call(req) => call(broker, caller, req)
             .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
         Request::PeekAt { mailbox, index } => {
-            now(authorized(broker, caller, &mailbox, Access::Read)
-                .and_then(|m| Ok(Response::Message(to_wire(m.peek_at(index)?)))))
+            match authorized(broker, caller, &mailbox, Access::Read)
+                .and_then(|m| Ok(m.peek_at(index)?))
+            {
+                Ok(copy) => Reply::Now(Answer::from(Body::message(copy))),
+                Err(e) => Reply::Now(Answer::from(Response::Error(e))),
+            }
         }
     }
 }
@@ -785,11 +832,11 @@ fn recv_batch(broker: &Broker, caller: &Caller, req: RecvBatchRequest) -> OpResu
             let room = broker.config().max_batch_bytes;
             let taken = mailbox.take_more(req.selector, &taker, more, room);
             let mut messages = Vec::with_capacity(1 + taken.len());
-            messages.push(to_wire(first));
-            messages.extend(taken.into_iter().map(to_wire));
-            Reply::Now(Answer::from(Response::Messages(messages)))
+            messages.push(first);
+            messages.extend(taken);
+            Reply::Now(Answer::from(Body::messages(messages)))
         }
-        pending => reply_when(pending, |first| Response::Messages(vec![to_wire(first)])),
+        pending => reply_when(pending, |first| Body::messages(vec![first])),
     })
 }
 
@@ -863,7 +910,7 @@ fn message_answer(mut envelope: Envelope, takes_fd: bool) -> Answer {
         envelope.take_payload();
     }
     Answer {
-        response: Response::Message(to_wire(envelope)),
+        body: Body::message(envelope),
         memfd,
     }
 }
@@ -919,21 +966,29 @@ fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
     )
 }
 
-/// The wire form of a delivered message. The envelope's `_charge` drops here: the payload
-/// has left the mailbox for its receiver (the connection's output bound covers it now).
-fn to_wire(mut e: Envelope) -> Message {
+/// A message that has left its mailbox for its receiver: its durable removal is
+/// committed, and its charge given back (the reply it is written into is charged now).
+fn commit_removal(e: &mut Envelope) {
     if let Some(removal) = e.take_removal() {
         removal.commit();
     }
+    e.give_back_charge();
+}
+
+/// A delivered message as its receiver decodes it.
+#[cfg(test)]
+fn to_wire(mut e: Envelope) -> Message {
+    commit_removal(&mut e);
+    let m = e.wire();
     Message {
-        id: e.id(),
-        mtype: e.mtype(),
-        sender: e.sender(),
-        sent_at: e.sent_at(),
-        headers: e.take_headers(),
-        redelivered: e.deliveries() > 1,
-        deliveries: e.deliveries(),
-        payload: e.take_payload(),
+        id: m.id,
+        mtype: m.mtype,
+        sender: m.sender,
+        sent_at: m.sent_at,
+        headers: m.headers.clone(),
+        redelivered: m.redelivered,
+        deliveries: m.deliveries,
+        payload: bytes::Bytes::copy_from_slice(m.payload),
     }
 }
 
@@ -1151,7 +1206,7 @@ mod tests {
     /// The answer to `request`, which must be answered at once.
     fn ask(broker: &Broker, caller: &Caller, request: Request) -> Response {
         match dispatch(broker, caller, request, None, false) {
-            Reply::Now(answer) => answer.response,
+            Reply::Now(answer) => answer.body.into_response(),
             _ => panic!("not answered at once"),
         }
     }

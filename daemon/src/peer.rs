@@ -549,13 +549,13 @@ impl Peer {
             // only.
             Err(e) => {
                 let error = ErrorReply::new(e.code(), e.to_string());
-                return self.reply(Outgoing::Reply(id, Response::Error(error)));
+                return self.reply(Outgoing::response(id, Response::Error(error)));
             }
         };
         let memfd = match fd.map(|fd| self.attach(&mut request, fd)).transpose() {
             Ok(memfd) => memfd.flatten(),
             Err(error) => {
-                return self.reply(Outgoing::Reply(id, Response::Error(error)));
+                return self.reply(Outgoing::response(id, Response::Error(error)));
             }
         };
         let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
@@ -579,7 +579,7 @@ impl Peer {
                     );
                     // Dropping `wait` deregisters it without losing anything.
                     drop(wait);
-                    return self.reply(Outgoing::Reply(id, Response::Error(error)));
+                    return self.reply(Outgoing::response(id, Response::Error(error)));
                 }
                 self.cancels.insert(id, cancel);
                 self.waits.push(Blocked { id, wait });
@@ -591,7 +591,7 @@ impl Peer {
                 if let Some(cancel) = self.cancels.remove(&target) {
                     cancel(Cancelled { request: target });
                 }
-                self.reply(Outgoing::Reply(id, Response::Ok))
+                self.reply(Outgoing::response(id, Response::Ok))
             }
         }
     }
@@ -647,7 +647,7 @@ impl Peer {
     /// Queues the error that ends the connection; it is written as the connection closes.
     fn send_connection_error(&mut self, code: ErrorCode, message: &str) {
         let error = Response::Error(ErrorReply::new(code, message));
-        let _ = self.output.push(Outgoing::Reply(0, error));
+        let _ = self.output.push(Outgoing::response(0, error));
     }
 
     fn fail_connection(&mut self, error: ReadError) -> CloseReason {
@@ -682,8 +682,8 @@ fn closing(e: QueueError) -> CloseReason {
 /// The reply to request `id`: its payload as a memfd when the answer carries one.
 fn outgoing(id: u64, answer: Answer) -> Outgoing {
     match answer.memfd {
-        Some(memfd) => Outgoing::Carried(id, answer.response, memfd),
-        None => Outgoing::Reply(id, answer.response),
+        Some(memfd) => Outgoing::Carried(id, answer.body, memfd),
+        None => Outgoing::Reply(id, answer.body),
     }
 }
 

@@ -181,6 +181,12 @@ pub(crate) fn payload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D
     d.deserialize_bytes(Payload)
 }
 
+/// A borrowed payload's encoding: one byte string, as `Bytes` encodes (serde would
+/// otherwise encode a slice element by element).
+pub(crate) fn byte_string<S: serde::Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(bytes)
+}
+
 /// Whether `part` lies within `whole`'s bytes.
 fn within(whole: &[u8], part: &[u8]) -> bool {
     let range = whole.as_ptr_range();

@@ -488,6 +488,63 @@ pub struct Message {
     pub payload: Bytes,
 }
 
+/// A delivered message borrowed from where its writer keeps it: encoded, the same bytes
+/// as the [`Message`] it would make, without making one (the daemon writes its replies
+/// straight from the messages it queued).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MessageRef<'a> {
+    pub id: u64,
+    pub mtype: i64,
+    pub sender: Credentials,
+    pub sent_at: Timestamp,
+    pub headers: &'a Headers,
+    pub redelivered: bool,
+    pub deliveries: u32,
+    #[serde(serialize_with = "crate::codec::byte_string")]
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Message> for MessageRef<'a> {
+    fn from(m: &'a Message) -> Self {
+        Self {
+            id: m.id,
+            mtype: m.mtype,
+            sender: m.sender,
+            sent_at: m.sent_at,
+            headers: &m.headers,
+            redelivered: m.redelivered,
+            deliveries: m.deliveries,
+            payload: &m.payload,
+        }
+    }
+}
+
+/// A [`Response::Message`] or [`Response::Messages`] of borrowed messages: encoded, the
+/// same bytes as that response.
+#[derive(Debug, Clone)]
+pub enum Delivered<'a> {
+    One(MessageRef<'a>),
+    Many(Vec<MessageRef<'a>>),
+}
+
+/// The places of [`Response::Message`] and [`Response::Messages`] among the response's
+/// variants, as the format numbers them (a test checks them against the enum).
+const RESPONSE_MESSAGE: u32 = 3;
+const RESPONSE_MESSAGES: u32 = 10;
+
+impl Serialize for Delivered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Delivered::One(m) => {
+                s.serialize_newtype_variant("Response", RESPONSE_MESSAGE, "Message", m)
+            }
+            Delivered::Many(ms) => {
+                s.serialize_newtype_variant("Response", RESPONSE_MESSAGES, "Messages", ms)
+            }
+        }
+    }
+}
+
 /// An operation time and the pid that did it (SysV `msg_stime`/`msg_lspid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastOp {

@@ -13,10 +13,11 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
-    BatchMessage, CallRequest, CreateRequest, DEFAULT_MAX_FRAME, DeliveryChanges, Frame,
-    FrameDecoder, FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello, Lease, LimitChanges,
-    MailboxChanges, MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Request, Response,
-    Selector, SendBatchRequest, SendRequest, Topic, TopicPattern, Wait, Welcome,
+    BatchMessage, CallRequest, CreateRequest, Credentials, DEFAULT_MAX_FRAME, Delivered,
+    DeliveryChanges, Frame, FrameDecoder, FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello,
+    Lease, LimitChanges, MailboxChanges, MailboxName, Message, MessageRef, PublishRequest,
+    RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest, SendRequest,
+    Timestamp, Topic, TopicPattern, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -535,4 +536,46 @@ fn the_limit_is_inclusive() {
             max: MAX_BODY
         })
     );
+}
+
+/// A delivered message, every field drawn from its whole range.
+fn message() -> impl Strategy<Value = Message> {
+    (
+        any::<(u64, i64, u32, u32, u32, u64)>(),
+        headers(),
+        any::<(bool, u32)>(),
+        vec(any::<u8>(), 0..200),
+    )
+        .prop_map(
+            |((id, mtype, pid, uid, gid, at), headers, (redelivered, deliveries), payload)| {
+                Message {
+                    id,
+                    mtype,
+                    sender: Credentials { pid, uid, gid },
+                    sent_at: Timestamp(at),
+                    headers,
+                    redelivered,
+                    deliveries,
+                    payload: Bytes::from(payload),
+                }
+            },
+        )
+}
+
+fn encoded(body: &impl serde::Serialize) -> BytesMut {
+    let mut out = BytesMut::new();
+    codec::encode_frame(FrameKind::Response, 7, body, DEFAULT_MAX_FRAME, &mut out).unwrap();
+    out
+}
+
+proptest! {
+    /// The daemon writes delivered messages from where it keeps them: the bytes must be
+    /// those of the response a client decodes.
+    #[test]
+    fn delivered_messages_encode_as_their_responses(messages in vec(message(), 1..5)) {
+        let one = encoded(&Delivered::One(MessageRef::from(&messages[0])));
+        prop_assert_eq!(&one, &encoded(&Response::Message(messages[0].clone())));
+        let many = encoded(&Delivered::Many(messages.iter().map(MessageRef::from).collect()));
+        prop_assert_eq!(&many, &encoded(&Response::Messages(messages.clone())));
+    }
 }

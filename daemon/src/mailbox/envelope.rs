@@ -495,6 +495,20 @@ impl Envelope {
         }
     }
 
+    /// The message as its receiver gets it, borrowed: written into the reply as is.
+    pub fn wire(&self) -> ipc_proto::MessageRef<'_> {
+        ipc_proto::MessageRef {
+            id: self.id(),
+            mtype: self.mtype(),
+            sender: self.sender(),
+            sent_at: self.sent_at(),
+            headers: self.headers(),
+            redelivered: self.deliveries() > 1,
+            deliveries: self.deliveries(),
+            payload: self.payload(),
+        }
+    }
+
     pub fn headers(&self) -> &Headers {
         // SAFETY: the `HEADERS` part is a `Headers`, living as long as the block.
         let part = unsafe { self.part::<Headers>(HEADERS, |p| p.headers) };
@@ -600,6 +614,12 @@ impl Envelope {
         let charge = Charge::adopt(payer, Resource::QueuedBytes, self.size() + origin.overhead);
         self.head_mut().flags &= !CHARGED;
         Some(charge)
+    }
+
+    /// Gives back its charge now (it holds none from now on): a message delivered is
+    /// charged as the reply it is written into instead.
+    pub fn give_back_charge(&mut self) {
+        drop(self.take_charge());
     }
 
     /// The message as offered to another mailbox (dead-lettering): same sender, type,
