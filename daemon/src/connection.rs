@@ -2,8 +2,9 @@
 //! codec for reading, and [`Output`], the replies waiting to be written.
 //!
 //! A reply is encoded when it is queued, at the end of the connection's one output
-//! buffer, so what it costs is exactly the bytes it holds until written, whatever kind of
-//! reply it is (a message, a list of mailboxes, a status). The connection's own task
+//! buffer, and costs its encoded length until its last byte is written, whatever kind of
+//! reply it is (a message, a list of mailboxes, a status); the buffer lets go of what
+//! was written once that is as large as what still waits. The connection's own task
 //! writes the buffer when it has nothing else ready — every request it could read and
 //! every wait that ended answered — so one write carries all the replies of a round, and
 //! no task or channel stands between a reply and the socket. The replies waiting are
@@ -181,8 +182,10 @@ impl Payer {
     }
 }
 
-/// Capacity the output buffer keeps once it is empty: a round of small replies fits, and
-/// a burst's large buffer is not kept by an idle connection.
+/// Room the output buffer keeps once it is empty: a round of small replies fits, and a
+/// burst's large buffer is not kept by an idle connection. Written bytes stay in the
+/// buffer's allocation until it is reused or let go, so they are let go past this too
+/// once they are as many as the bytes still waiting.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// The replies waiting to be written on one connection, encoded back to back, and what
@@ -193,6 +196,11 @@ pub struct Output {
     buf: BytesMut,
     /// Bytes written so far: the stream offset of `buf`'s first byte.
     written: u64,
+    /// The stream offset where the first reply not yet written whole begins: a reply is
+    /// charged whole until its last byte is written.
+    done: u64,
+    /// Bytes written since `buf` was last made anew, which its allocation still holds.
+    spent: usize,
     /// The stream offsets where the waiting replies end, oldest first; their number is
     /// what `max_queued_replies` bounds.
     ends: VecDeque<u64>,
@@ -220,6 +228,8 @@ impl Output {
         Self {
             buf: BytesMut::new(),
             written: 0,
+            done: 0,
+            spent: 0,
             ends: VecDeque::new(),
             memfds: VecDeque::new(),
             memfd_bytes: 0,
@@ -231,9 +241,9 @@ impl Output {
         }
     }
 
-    /// Bytes waiting: the frames, and the memfds they pass.
+    /// Bytes waiting: the replies not yet written whole, and the memfds they pass.
     pub fn pending(&self) -> u64 {
-        self.buf.len() as u64 + self.memfd_bytes
+        self.written + self.buf.len() as u64 - self.done + self.memfd_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -325,14 +335,31 @@ impl Output {
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        if self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = BytesMut::new();
-        }
+        self.let_go();
         Ok(())
+    }
+
+    /// Lets go of written bytes the buffer's allocation still holds (`advance` frees
+    /// nothing): the whole allocation once all is written and it is larger than
+    /// [`KEEP_CAPACITY`], or the written part once it is that large and as large as what
+    /// still waits (what waits is copied to a buffer of its own: at most once per as many
+    /// bytes written).
+    fn let_go(&mut self) {
+        if self.buf.is_empty() {
+            // True only if the allocation can hold more than is kept (it is reclaimed
+            // whole for the test, the written bytes being none of its content).
+            if self.buf.try_reclaim(KEEP_CAPACITY + 1) {
+                self.buf = BytesMut::new();
+            }
+            self.spent = 0;
+        } else if self.spent > KEEP_CAPACITY && self.spent >= self.buf.len() {
+            self.buf = BytesMut::from(&self.buf[..]);
+            self.spent = 0;
+        }
     }
 
     /// One write: up to the next memfd's frame, or from it with the memfd.
@@ -361,8 +388,15 @@ impl Output {
     /// Takes `n` written bytes off the front.
     fn consume(&mut self, n: usize) {
         self.buf.advance(n);
+        self.spent += n;
         self.written += n as u64;
-        while self.ends.front().is_some_and(|&end| end <= self.written) {
+        while let Some(end) = self
+            .ends
+            .front()
+            .copied()
+            .filter(|&end| end <= self.written)
+        {
+            self.done = end;
             self.ends.pop_front();
         }
         // A memfd whose frame has begun to go went with its first byte.
@@ -678,12 +712,19 @@ mod tests {
             pushed += 1;
             output.push(status_reply(pushed, 100)).unwrap();
         }
+        let whole = output.buf.len() / usize::try_from(pushed).unwrap();
         output.write_to(&write).unwrap();
         let left = output.pending();
         assert!(left > 0 && left < 8 << 20, "{left} bytes left");
         assert_eq!(account.used(Resource::QueuedBytes), left);
-        // A reply partly written still counts as waiting.
-        let whole = usize::try_from(pushed).unwrap() - output.ends.len();
+        // Every reply is alike: a reply partly written is still charged whole.
+        assert_eq!(
+            left % whole as u64,
+            0,
+            "{left} bytes left of {whole}-byte replies"
+        );
+        assert_eq!(left / whole as u64, output.ends.len() as u64);
+        let gone = usize::try_from(pushed).unwrap() - output.ends.len();
         let mut read = Vec::new();
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -698,7 +739,9 @@ mod tests {
         let read = reader.await.unwrap();
         let decoded = frames(&read);
         assert_eq!(decoded.len(), usize::try_from(pushed).unwrap());
-        assert!(whole < decoded.len());
+        assert!(gone < decoded.len());
+        // All written: the buffer that held 8 MiB is let go.
+        assert!(!output.buf.try_reclaim(KEEP_CAPACITY + 1));
         let ids: Vec<u64> = decoded.iter().map(|f| f.request_id).collect();
         assert_eq!(ids, (1..=pushed).collect::<Vec<_>>());
     }
