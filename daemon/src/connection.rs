@@ -12,7 +12,7 @@
 //! requests until the socket takes some — back-pressure); in bytes, by
 //! `max_pending_output` (past it the client is not reading and is cut off); and as bytes
 //! the daemon holds for a uid: what waits is charged to the uid of the connection that
-//! asked as `queued_bytes`, given back as the socket takes it. A client that stalls can
+//! asked as `queued_bytes`, each reply given back once the socket has taken all of it. A client that stalls can
 //! thus make the daemon hold no more for it than its uid's quota allows, however many
 //! connections it opens, and `status` shows what it holds.
 
@@ -270,7 +270,7 @@ impl Output {
         let start = self.buf.len();
         let memfd = encode(out, self.max_frame, &mut self.buf);
         let len = (self.buf.len() - start) as u64;
-        // A memfd the reply carries is held until the reply is written: it costs its size.
+        // A memfd the reply carries is held until it is passed: it costs its size.
         let cost = len + memfd.as_ref().map_or(0, |m| m.len);
         if let Err(e) = self.admit(before, cost) {
             self.buf.truncate(start);
@@ -322,8 +322,9 @@ impl Output {
     /// first byte, in a write of its own.
     pub fn write_to(&mut self, write: &OwnedWriteHalf) -> io::Result<()> {
         while !self.buf.is_empty() {
-            let account = &self.payer.account;
-            account.give_back(Resource::QueuedBytes, self.charged);
+            self.payer
+                .account
+                .give_back(Resource::QueuedBytes, self.charged);
             self.charged = 0;
             let written = self.write_some(write);
             if let Ok(n) = written {

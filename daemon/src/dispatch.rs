@@ -93,12 +93,12 @@ impl Body {
     /// One message received, as a body: a durable one's removal is committed now, and
     /// its charge given back (the message has left its mailbox for its receiver).
     fn message(mut e: Envelope) -> Self {
-        commit_removal(&mut e);
+        handed_over(&mut e);
         Body::Message(e)
     }
 
     fn messages(mut es: Vec<Envelope>) -> Self {
-        es.iter_mut().for_each(commit_removal);
+        es.iter_mut().for_each(handed_over);
         Body::Messages(es)
     }
 
@@ -968,17 +968,16 @@ fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
 
 /// A message that has left its mailbox for its receiver: its durable removal is
 /// committed, and its charge given back (the reply it is written into is charged now).
-fn commit_removal(e: &mut Envelope) {
+fn handed_over(e: &mut Envelope) {
     if let Some(removal) = e.take_removal() {
         removal.commit();
     }
     e.give_back_charge();
 }
 
-/// A delivered message as its receiver decodes it.
+/// A delivered message (a body's, handed over already) as its receiver decodes it.
 #[cfg(test)]
-fn to_wire(mut e: Envelope) -> Message {
-    commit_removal(&mut e);
+fn to_wire(e: Envelope) -> Message {
     let m = e.wire();
     Message {
         id: m.id,

@@ -515,9 +515,7 @@ impl Peer {
             ],
             peer: self.caller.creds,
         };
-        self.output
-            .push(Outgoing::Welcome(welcome))
-            .map_err(closing)
+        self.reply(Outgoing::Welcome(welcome))
     }
 
     fn handle(&mut self, frame: Frame) -> Result<(), CloseReason> {
