@@ -20,7 +20,7 @@ use ipc_proto::{FLAG_FD, Request, Response, Welcome, memfd};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
-use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, operations};
+use crate::session::{self, Inbound, WRITE_BATCH, operations};
 use crate::subscription::{BATCH, Subscribed};
 use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
 use crate::{Error, Result};
@@ -81,9 +81,6 @@ struct Connection {
     /// How long one wait for the socket may take (the handshake's); `None`: no limit.
     timeout: Option<Duration>,
     inbound: Inbound,
-    /// Where each read lands before it joins `inbound`: made (and zeroed) once per
-    /// connection, not once per read.
-    chunk: Box<[u8]>,
     /// Encoded requests not yet written.
     wbuf: BytesMut,
     /// Payloads passed as memfds, each with the offset in `wbuf` of the frame it goes
@@ -120,7 +117,6 @@ impl Connection {
             stream,
             timeout,
             inbound: Inbound::default(),
-            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             wbuf: session::hello(client_name)?,
             fds: VecDeque::new(),
         };
@@ -179,15 +175,14 @@ impl Connection {
             if let Some(frame) = self.inbound.frame()? {
                 return Ok(Some(frame));
             }
-            let (chunk, fds) = (&mut self.chunk, &mut self.inbound.fds);
-            match memfd::recv_with_fds(self.stream.as_fd(), chunk, fds) {
+            match self.inbound.read_from(self.stream.as_fd()) {
                 Ok(0) => {
                     return Err(Error::Disconnected(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the daemon closed the connection",
                     )));
                 }
-                Ok(n) => self.inbound.buf.extend_from_slice(&self.chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait == Wait::No => {
                     return Ok(None);
                 }

@@ -26,7 +26,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::reconnect::{self, Attempt, Backoff, ReconnectPolicy};
-use crate::session::{self, Inbound, READ_CHUNK, WRITE_BATCH, disconnected, operations};
+use crate::session::{self, Inbound, WRITE_BATCH, disconnected, operations};
 use crate::subscription::{BATCH, Subscribed};
 use crate::typed::{Leased, TypedMailbox, settle_operations, typed_operations};
 use crate::{Error, Result};
@@ -403,27 +403,15 @@ async fn read_frame(stream: &UnixStream, inbound: &mut Inbound) -> Result<Option
         if let Some(frame) = inbound.frame()? {
             return Ok(Some(frame));
         }
-        inbound.buf.reserve(READ_CHUNK);
         let n = loop {
             stream.readable().await.map_err(Error::Disconnected)?;
-            let (buf, fds) = (&mut inbound.buf, &mut inbound.fds);
-            let read = stream.try_io(Interest::READABLE, || {
-                let spare = buf.spare_capacity_mut();
-                // SAFETY: the kernel only writes into the spare capacity, and only what
-                // it reports as read is taken into the buffer below.
-                let spare = unsafe {
-                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len())
-                };
-                memfd::recv_with_fds(stream.as_fd(), spare, fds)
-            });
+            let read = stream.try_io(Interest::READABLE, || inbound.read_from(stream.as_fd()));
             match read {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::Disconnected(e)),
             }
         };
-        // SAFETY: `n` bytes of the spare capacity were written by the kernel above.
-        unsafe { inbound.buf.set_len(inbound.buf.len() + n) };
         if n == 0 {
             return if inbound.buf.is_empty() {
                 Ok(None)

@@ -6,7 +6,7 @@
 //! move the bytes this module makes and reads, and route each reply to its waiter.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use bytes::BytesMut;
 use ipc_proto::{
@@ -50,6 +50,24 @@ impl Inbound {
     pub fn frame(&mut self) -> Result<Option<Frame>> {
         let decoded = self.decoder.decode(&mut self.buf);
         decoded.map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Reads what `socket` has (up to [`READ_CHUNK`]) straight onto the end of `buf`,
+    /// with the memfds that come with it: one `recvmsg`, and no copy. Returns the number
+    /// of bytes read; 0 is the end of the stream.
+    pub fn read_from(&mut self, socket: BorrowedFd<'_>) -> std::io::Result<usize> {
+        // The frames taken out earlier were decoded and dropped, so this finds the
+        // buffer unshared and reuses it.
+        self.buf.reserve(READ_CHUNK);
+        let spare = self.buf.spare_capacity_mut();
+        // SAFETY: the kernel only writes into the spare capacity, and only what it
+        // reports as read is taken into the buffer below.
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+        let n = memfd::recv_with_fds(socket, spare, &mut self.fds)?;
+        // SAFETY: `n` bytes of the spare capacity were written by the kernel above.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        Ok(n)
     }
 }
 
