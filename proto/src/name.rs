@@ -68,26 +68,31 @@ impl MailboxName {
 }
 
 fn validate(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
+    let bytes = name.as_bytes();
+    let Some(&first) = bytes.first() else {
         return Err(NameError::Empty);
-    }
-    if name.len() > MAX_NAME_LEN {
+    };
+    if bytes.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong(name.len()));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
-    {
-        return Err(NameError::BadChar(c));
+    // Every request names a mailbox: one pass over the bytes, and the character named
+    // in an error found only on the way to it.
+    if !bytes.iter().all(|&b| allowed(b)) {
+        let bad = name.chars().find(|&c| !c.is_ascii() || !allowed(c as u8));
+        return Err(NameError::BadChar(bad.expect("a byte was refused")));
     }
-    let first = name.as_bytes()[0];
     if first == b'/' || first == b'.' {
         return Err(NameError::BadStart(first as char));
     }
-    if name.split('/').any(|segment| segment == "..") {
+    if bytes.windows(2).any(|pair| pair == b"..") && name.split('/').any(|s| s == "..") {
         return Err(NameError::DotDot);
     }
     Ok(())
+}
+
+/// Whether byte `b` may appear in a name: ASCII letters, digits and `. _ / -`.
+fn allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-')
 }
 
 impl TryFrom<String> for MailboxName {
@@ -160,7 +165,16 @@ mod tests {
 
     #[test]
     fn accepts_good_names() {
-        for name in ["a", "jobs", "app/v1.queue-2_x", "a..b", "x/.hidden", "9"] {
+        for name in [
+            "a",
+            "jobs",
+            "app/v1.queue-2_x",
+            "a..b",
+            "a/..b",
+            "a../b",
+            "x/.hidden",
+            "9",
+        ] {
             assert!(MailboxName::new(name).is_ok(), "{name} should be valid");
         }
         assert!(MailboxName::new("a".repeat(255)).is_ok());
