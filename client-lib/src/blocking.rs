@@ -111,6 +111,15 @@ impl Connection {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::handshake(stream, client_name, timeout)
+    }
+
+    /// Says hello on a connected `stream` and reads the welcome.
+    fn handshake(
+        stream: UnixStream,
+        client_name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(Self, Welcome)> {
         let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
         stream.set_nonblocking(true).map_err(Error::Disconnected)?;
         let mut conn = Self {
@@ -120,7 +129,16 @@ impl Connection {
             wbuf: session::hello(client_name)?,
             fds: VecDeque::new(),
         };
-        conn.flush().map_err(|f| Error::Disconnected(f.error))?;
+        if let Err(failed) = conn.flush() {
+            // A daemon that refuses a connection says why and closes it at once, maybe
+            // before the hello is written: its reason is still there to read, and says
+            // more than the broken pipe.
+            let refusal = match conn.read_frame(Wait::Yes) {
+                Ok(Some(frame)) => session::welcome(&frame).err(),
+                _ => None,
+            };
+            return Err(refusal.unwrap_or(Error::Disconnected(failed.error)));
+        }
         let frame = conn.read_frame(Wait::Yes)?;
         let welcome = session::welcome(&frame.expect("a waiting read returns a frame"))?;
         conn.timeout = None;
@@ -644,4 +662,42 @@ pub type BlockingDelivery<'a> = Leased<&'a mut BlockingClient>;
 
 impl BlockingDelivery<'_> {
     settle_operations!([]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::{ErrorCode, ErrorReply, FrameKind, codec};
+
+    /// What a daemon that refuses a connection writes before it closes it.
+    fn refusal() -> BytesMut {
+        let error = Response::Error(ErrorReply::new(
+            ErrorCode::QuotaExceeded,
+            "quota exceeded: 32 connections are waiting to send their hello",
+        ));
+        let mut frame = BytesMut::new();
+        codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).unwrap();
+        frame
+    }
+
+    /// The daemon refused and closed before the hello went out: the hello's write fails,
+    /// and the client still reports the daemon's reason, not a broken pipe.
+    #[test]
+    fn a_refusal_that_beats_the_hello_is_still_reported() {
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        io::Write::write_all(&mut daemon, &refusal()).unwrap();
+        drop(daemon);
+        let e = Connection::handshake(client, "t", None).expect_err("refused");
+        assert!(matches!(e, Error::QuotaExceeded(_)), "{e:?}");
+        assert!(e.to_string().contains("waiting to send their hello"), "{e}");
+    }
+
+    /// A daemon that went away without a word: the write's own error.
+    #[test]
+    fn a_close_without_a_reason_is_a_disconnection() {
+        let (client, daemon) = UnixStream::pair().unwrap();
+        drop(daemon);
+        let e = Connection::handshake(client, "t", None).expect_err("closed");
+        assert!(matches!(e, Error::Disconnected(_)), "{e:?}");
+    }
 }

@@ -356,22 +356,13 @@ async fn open(
     timeout: Option<Duration>,
 ) -> Result<(Arc<Conn>, Welcome)> {
     let connect = async {
-        let mut stream = UnixStream::connect(path)
+        let stream = UnixStream::connect(path)
             .await
             .map_err(|source| Error::NotReachable {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let hello = session::hello(client_name)?;
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(Error::Disconnected)?;
-        let mut inbound = Inbound::default();
-        let frame = read_frame(&stream, &mut inbound)
-            .await?
-            .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
-        Ok::<_, Error>((stream, inbound, session::welcome(&frame)?))
+        handshake(stream, client_name).await
     };
     let (stream, inbound, welcome) = match timeout {
         Some(limit) => tokio::time::timeout(limit, connect)
@@ -394,6 +385,31 @@ async fn open(
         draining: AtomicBool::new(false),
     };
     Ok((Arc::new(conn), welcome))
+}
+
+/// Says hello on a connected `stream` and reads the welcome: the stream, what was read
+/// past the welcome, and the welcome.
+async fn handshake(
+    mut stream: UnixStream,
+    client_name: &str,
+) -> Result<(UnixStream, Inbound, Welcome)> {
+    let hello = session::hello(client_name)?;
+    let mut inbound = Inbound::default();
+    if let Err(e) = stream.write_all(&hello).await {
+        // A daemon that refuses a connection says why and closes it at once, maybe
+        // before the hello is written: its reason is still there to read, and says more
+        // than the broken pipe.
+        let refusal = match read_frame(&stream, &mut inbound).await {
+            Ok(Some(frame)) => session::welcome(&frame).err(),
+            _ => None,
+        };
+        return Err(refusal.unwrap_or(Error::Disconnected(e)));
+    }
+    let frame = read_frame(&stream, &mut inbound)
+        .await?
+        .ok_or_else(|| disconnected("the daemon closed the connection during the handshake"))?;
+    let welcome = session::welcome(&frame)?;
+    Ok((stream, inbound, welcome))
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames. Reads with
@@ -621,4 +637,28 @@ pub type Delivery = Leased<Client>;
 
 impl Delivery {
     settle_operations!([async], .await);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::{ErrorCode, ErrorReply, FrameKind, codec};
+
+    /// The daemon refused and closed before the hello went out: the hello's write fails,
+    /// and the client still reports the daemon's reason, not a broken pipe.
+    #[tokio::test]
+    async fn a_refusal_that_beats_the_hello_is_still_reported() {
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let error = Response::Error(ErrorReply::new(
+            ErrorCode::QuotaExceeded,
+            "quota exceeded: 32 connections are waiting to send their hello",
+        ));
+        let mut frame = BytesMut::new();
+        codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).unwrap();
+        daemon.write_all(&frame).await.unwrap();
+        drop(daemon);
+        let e = handshake(client, "t").await.expect_err("refused");
+        assert!(matches!(e, Error::QuotaExceeded(_)), "{e:?}");
+        assert!(e.to_string().contains("waiting to send their hello"), "{e}");
+    }
 }
