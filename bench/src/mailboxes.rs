@@ -74,7 +74,7 @@ impl<'a> Ipcd<'a> {
     }
 
     /// A fresh mailbox for one case, big enough for anything in flight.
-    fn mailbox(&mut self) -> String {
+    fn mailbox(&mut self) -> MailboxName {
         static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("bench.{n}");
@@ -90,13 +90,13 @@ impl<'a> Ipcd<'a> {
             .client()
             .create(&name, &options)
             .expect("create the mailbox");
-        name
+        name.parse().expect("a valid name")
     }
 }
 
-fn send(mailbox: &str, body: Vec<u8>) -> Request {
+fn send(mailbox: &MailboxName, body: Vec<u8>) -> Request {
     Request::Send(SendRequest {
-        mailbox: mailbox.parse().expect("a valid name"),
+        mailbox: mailbox.clone(),
         mtype: 1,
         headers: Default::default(),
         wait: Wait::Forever,
@@ -106,9 +106,9 @@ fn send(mailbox: &str, body: Vec<u8>) -> Request {
     })
 }
 
-fn recv(mailbox: &str) -> Request {
+fn recv(mailbox: &MailboxName) -> Request {
     Request::Recv(RecvRequest {
-        mailbox: mailbox.parse().expect("a valid name"),
+        mailbox: mailbox.clone(),
         selector: Selector::Any,
         wait: Wait::Forever,
         peek: false,
@@ -189,8 +189,7 @@ impl Ipcd<'_> {
         produce: impl Fn(&mut BlockingClient, &MailboxName, usize) + Sync,
         consume: impl Fn(&mut BlockingClient, &MailboxName) -> Vec<(u64, u64)> + Sync,
     ) -> Option<f64> {
-        let mailbox = self.mailbox();
-        let name: MailboxName = mailbox.parse().expect("a valid name");
+        let name = self.mailbox();
         let mut producers: Vec<_> = (0..case.producers).map(|_| self.daemon.client()).collect();
         let mut consumers: Vec<_> = (0..case.consumers).map(|_| self.daemon.client()).collect();
         let (produce, consume, name) = (&produce, &consume, &name);
@@ -224,7 +223,7 @@ impl Ipcd<'_> {
             }
         }
         let rate = case.messages as f64 / elapsed.as_secs_f64();
-        self.daemon.client().remove(&mailbox).expect("remove");
+        self.daemon.client().remove(name.as_str()).expect("remove");
         Some(rate)
     }
 }
@@ -239,12 +238,12 @@ impl Transport for Ipcd<'_> {
         let per_consumer = case.messages / case.consumers;
         let produce = |c: &mut BlockingClient, name: &MailboxName, p: usize| {
             let first = p * per_producer;
-            let send = |k| send(name.as_str(), payload((first + k) as u64, case.size));
+            let send = |k| send(name, payload((first + k) as u64, case.size));
             pump(c, per_producer, case.window, send, |_, _| {});
         };
         let consume = |c: &mut BlockingClient, name: &MailboxName| {
             let mut taken = Vec::with_capacity(per_consumer);
-            let take = recv(name.as_str());
+            let take = recv(name);
             let took = |id, reply| match reply {
                 Response::Message(m) => taken.push((id, check(&m.payload, case.size))),
                 other => panic!("{other:?}"),
@@ -371,7 +370,7 @@ impl Ipcd<'_> {
     /// msg/s. What the table of mailboxes costs a send.
     pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> f64 {
         let mut admin = self.daemon.client();
-        let names: Vec<String> = (1..mailboxes).map(|_| self.mailbox()).collect();
+        let names: Vec<MailboxName> = (1..mailboxes).map(|_| self.mailbox()).collect();
         let rate = median_of_rounds(|| {
             self.stream(Stream {
                 producers: 1,
@@ -383,7 +382,7 @@ impl Ipcd<'_> {
             .expect("ipcd carries 64 B")
         });
         for name in names {
-            admin.remove(&name).expect("remove");
+            admin.remove(name.as_str()).expect("remove");
         }
         rate
     }
@@ -421,7 +420,10 @@ impl Ipcd<'_> {
             sent += messages;
             messages as f64 / start.elapsed().as_secs_f64()
         });
-        self.daemon.client().remove(&mailbox).expect("remove");
+        self.daemon
+            .client()
+            .remove(mailbox.as_str())
+            .expect("remove");
         rate
     }
 
@@ -439,7 +441,10 @@ impl Ipcd<'_> {
             |_, _| {},
         );
         let after = rss_bytes();
-        self.daemon.client().remove(&mailbox).expect("remove");
+        self.daemon
+            .client()
+            .remove(mailbox.as_str())
+            .expect("remove");
         after.saturating_sub(before) as f64 / count as f64 - 64.0
     }
 }
