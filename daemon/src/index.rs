@@ -27,6 +27,8 @@ pub trait Queued {
     /// The place of the message `id`, taken.
     fn hole(id: u64) -> Self;
     fn is_hole(&self) -> bool;
+    /// Asks the CPU to fetch what taking this message will read, without waiting for it.
+    fn prefetch(&self) {}
 }
 
 /// Queued messages of type `M`, indexed by SysV type and by sequence id.
@@ -288,6 +290,12 @@ impl<M: Queued> TypeQueue<M> {
     fn remove(&mut self, id: u64) -> Option<M> {
         if self.run.front().is_some_and(|e| e.id() == id) {
             let message = self.run.pop_front();
+            // The next message but one is the head after the next take: fetched now, it
+            // is in the cache by then. In a deep queue the oldest messages are long out
+            // of it, and the take of each would otherwise wait for memory.
+            if let Some(after_next) = self.run.get(1) {
+                after_next.prefetch();
+            }
             self.trim();
             return message;
         }
