@@ -6,6 +6,10 @@
 #
 #     bash bench/peers.sh [ipc-bench arguments, e.g. --messages 100000]
 #
+# Each streaming and batched figure is the median of three runs (--rounds 3; a
+# --rounds given here wins), the transports taking turns: single runs of one cell move
+# 20-30% on a shared machine.
+#
 # It needs the Debian packages redis-server and nats-server; run as root it installs
 # whichever is missing with apt-get, otherwise it says what to install and exits 1.
 #
@@ -128,5 +132,5 @@ echo "== nats-server $("$nats_server" --version | grep -o 'v[0-9][0-9.]*') on $n
 # Other work on the machine skews every figure: the load average is printed before and
 # after so that a run on a busy machine can be recognised.
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$bench" --peers "redis=$redis_sock,nats=$nats_addr" "$@"
+"$bench" --peers "redis=$redis_sock,nats=$nats_addr" --rounds 3 "$@"
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

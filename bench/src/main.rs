@@ -9,7 +9,9 @@
 //! ipcd` runs one transport and `-- --section NAME` one section (`streaming`, `batched`,
 //! `ping-pong`, `scale` or `topics`), to profile them; `-- --size N`, `-- --window N`
 //! and `-- --pairs N` keep only the streaming cases of `N`-byte payloads, of a window of
-//! `N`, or of `N` producers and `N` consumers (`--pairs` the batched cases too).
+//! `N`, or of `N` producers and `N` consumers (`--pairs` the batched cases too);
+//! `-- --rounds N` makes each streaming and batched figure the median of `N` runs, the
+//! transports taking turns, so that a slow moment of the machine skews no one transport.
 //!
 //! `-- --peers redis=SOCKET,nats=HOST:PORT` adds the brokers ipcd is compared with: a
 //! Redis server on a Unix socket and a NATS server, both already running (either may be
@@ -100,6 +102,10 @@ fn main() {
     // `--window N`, `--pairs N`: only the streaming cases of that window, or of N→N.
     let mut window_only: Option<usize> = None;
     let mut pairs_only: Option<usize> = None;
+    // `--rounds N`: each streaming and batched figure is the median of N runs, the
+    // transports taking turns, so that a slow moment of the machine falls on one run of
+    // each rather than on one transport's only run.
+    let mut rounds: usize = 1;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -115,6 +121,7 @@ fn main() {
             "--size" => size_only = Some(number(args.next(), "--size")),
             "--window" => window_only = Some(number(args.next(), "--window")),
             "--pairs" => pairs_only = Some(number(args.next(), "--pairs")),
+            "--rounds" => rounds = number(args.next(), "--rounds").max(1),
             "--peers" => {
                 let arg = args.next().unwrap_or_default();
                 peers = Peers::parse(&arg).unwrap_or_else(|| usage(&format!("--peers {arg}")));
@@ -193,13 +200,18 @@ fn main() {
     if !wanted("streaming") {
         cases.clear();
     }
+    if rounds > 1 {
+        println!(
+            "each streaming and batched figure: the median of {rounds} runs, the transports taking turns\n"
+        );
+    }
     header(&transports, "streaming, msg/s", Some("ipcd/SysV"));
     for case in cases {
         let label = format!(
             "{}→{} {:>7} B, window {}",
             case.producers, case.consumers, case.size, case.window
         );
-        let figures: Vec<_> = transports.iter_mut().map(|t| t.stream(case)).collect();
+        let figures = medians(&mut transports, rounds, |t| t.stream(case));
         row(&transports, &label, &figures, "SysV msgq");
     }
     // Batches: one request carries `window` messages. Only 64 B, where the cost per
@@ -223,7 +235,7 @@ fn main() {
             messages: n.div_ceil(producers * consumers * 64) * producers * consumers * 64,
         };
         let label = format!("{producers}→{consumers}      64 B, batch 64");
-        let figures: Vec<_> = transports.iter_mut().map(|t| t.batched(case)).collect();
+        let figures = medians(&mut transports, rounds, |t| t.batched(case));
         row(&transports, &label, &figures, "NATS");
     }
     let rounds = if smoke { 200 } else { 20_000 };
@@ -302,8 +314,9 @@ fn usage(bad: &str) -> ! {
         "ipc-bench: cannot use {bad}; use --smoke, --messages N, --only NAME (e.g. \
          ipcd, for profiling), --section NAME (streaming, batched, ping-pong, scale or \
          topics), --size N, --window N, --pairs N (only the streaming cases of N-byte \
-         payloads, a window of N, or N→N) or --peers redis=SOCKET,nats=HOST:PORT \
-         (either part may be left out)"
+         payloads, a window of N, or N→N), --rounds N (each streaming and batched \
+         figure the median of N runs) or --peers redis=SOCKET,nats=HOST:PORT (either \
+         part may be left out)"
     );
     std::process::exit(2);
 }
@@ -340,6 +353,27 @@ impl Peers {
 }
 
 /// A section's header line: its title, each transport's name, then the ratio's name.
+/// Each transport's median over `rounds` runs of `run`, the transports taking turns
+/// within each round.
+fn medians(
+    transports: &mut [Box<dyn Transport + '_>],
+    rounds: usize,
+    mut run: impl FnMut(&mut dyn Transport) -> Option<f64>,
+) -> Vec<Option<f64>> {
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); transports.len()];
+    for _ in 0..rounds {
+        for (t, figures) in transports.iter_mut().zip(&mut runs) {
+            figures.extend(run(t.as_mut()));
+        }
+    }
+    runs.into_iter()
+        .map(|mut figures| {
+            figures.sort_by(f64::total_cmp);
+            figures.get(figures.len() / 2).copied()
+        })
+        .collect()
+}
+
 fn header(transports: &[Box<dyn Transport + '_>], title: &str, ratio: Option<&str>) {
     print!("{title:<34}");
     for t in transports {
