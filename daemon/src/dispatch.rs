@@ -28,10 +28,10 @@ use crate::calls::ReplyError;
 use crate::config::Config;
 use crate::mailbox::{
     Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Memfd,
-    Pending, RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
+    Origin, Pending, RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
 };
 use crate::perm::Access;
-use crate::quota::{QuotaError, Resource};
+use crate::quota::{QuotaError, Resource, UidAccount};
 use crate::store::{StoreError, Stored};
 
 /// A result whose error is already in its wire form.
@@ -293,7 +293,7 @@ fn publish(broker: &Broker, caller: &Caller, req: PublishRequest) -> OpResult<Re
             payload: req.payload.clone(),
         };
         let payer = broker.accounts().account(own.owner_uid);
-        let Ok(incoming) = incoming_paid_by(&config, caller, &payer, copy) else {
+        let Ok(incoming) = Intake::new(&config, caller, &payer).message(copy) else {
             report.failed += 1;
             continue;
         };
@@ -670,50 +670,70 @@ impl Refusal {
     }
 }
 
-/// A checked message made ready for a mailbox, its charge taken. `config` is read once
-/// per request, not per message of a batch.
+/// A checked message made ready for a mailbox, its charge taken, for a request of one
+/// message.
 fn incoming(config: &Config, caller: &Caller, message: BatchMessage) -> Result<Incoming, Refusal> {
-    incoming_paid_by(config, caller, &caller.account, message)
+    Intake::new(config, caller, &caller.account).message(message)
 }
 
-/// [`incoming`], charged to `payer` (under its own quota) rather than to the sender.
-fn incoming_paid_by(
-    config: &Config,
-    caller: &Caller,
-    payer: &Arc<crate::quota::UidAccount>,
-    message: BatchMessage,
-) -> Result<Incoming, Refusal> {
-    let ttl = message
-        .ttl_ms
-        .map(|ms| bounded("ttl", ms, config.max_ttl))
-        .transpose()?;
-    let delay = message
-        .delay_ms
-        .map(|ms| bounded("delay", ms, config.max_delay))
-        .transpose()?;
-    // Charged before it is offered, and held by the message — or by its waiting sender —
-    // until it leaves the daemon's keeping: payload, headers, and what keeping any
-    // message costs, so that even empty messages are paid for.
-    let size = message.payload.len() as u64 + headers_size(&message.headers);
-    let limit = Resource::QueuedBytes.limit(&config.quota_for(payer.uid()));
-    let amount = size + config.message_overhead;
-    let charge = payer
-        .try_charge(Resource::QueuedBytes, amount, limit)
-        .map_err(|used| Refusal::Quota {
-            used,
-            amount,
-            limit,
-        })?;
-    Ok(Incoming {
-        memfd: None,
-        mtype: message.mtype,
-        origin: caller.origin(payer, config.message_overhead),
-        headers: message.headers,
-        payload: message.payload,
-        charge: Some(charge),
-        ttl,
-        delay,
-    })
+/// What makes the messages of one request ready for a mailbox, read once per request,
+/// not per message of a batch (whose messages are made ready under the mailbox's lock):
+/// the bounds in force, who pays and within what limit, and the origin they share.
+struct Intake<'a> {
+    config: &'a Config,
+    payer: &'a Arc<UidAccount>,
+    /// The payer's `queued_bytes` quota.
+    limit: u64,
+    origin: Arc<Origin>,
+}
+
+impl<'a> Intake<'a> {
+    /// For messages from `caller`, charged to `payer` (under its own quota: the sender,
+    /// or a mailbox's owner for a publish).
+    fn new(config: &'a Config, caller: &Caller, payer: &'a Arc<UidAccount>) -> Self {
+        Self {
+            config,
+            payer,
+            limit: Resource::QueuedBytes.limit(&config.quota_for(payer.uid())),
+            origin: caller.origin(payer, config.message_overhead),
+        }
+    }
+
+    /// `message`, checked against the bounds and charged.
+    fn message(&self, message: BatchMessage) -> Result<Incoming, Refusal> {
+        let config = self.config;
+        let ttl = message
+            .ttl_ms
+            .map(|ms| bounded("ttl", ms, config.max_ttl))
+            .transpose()?;
+        let delay = message
+            .delay_ms
+            .map(|ms| bounded("delay", ms, config.max_delay))
+            .transpose()?;
+        // Charged before it is offered, and held by the message — or by its waiting
+        // sender — until it leaves the daemon's keeping: payload, headers, and what
+        // keeping any message costs, so that even empty messages are paid for.
+        let size = message.payload.len() as u64 + headers_size(&message.headers);
+        let (amount, limit) = (size + config.message_overhead, self.limit);
+        let charge = self
+            .payer
+            .try_charge(Resource::QueuedBytes, amount, limit)
+            .map_err(|used| Refusal::Quota {
+                used,
+                amount,
+                limit,
+            })?;
+        Ok(Incoming {
+            memfd: None,
+            mtype: message.mtype,
+            origin: self.origin.clone(),
+            headers: message.headers,
+            payload: message.payload,
+            charge: Some(charge),
+            ttl,
+            delay,
+        })
+    }
 }
 
 /// Refuses a batch of `len` messages that is empty or larger than [`MAX_BATCH`].
@@ -735,11 +755,12 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     check_batch(req.messages.len())?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
     let config = broker.config();
+    let intake = Intake::new(&config, caller, &caller.account);
     let mut messages = req.messages.into_iter();
     let (outcomes, refused) = mailbox.send_each(req.wait, || {
         let message = messages.next()?;
         Some(match check_message(message.mtype, &message.headers) {
-            Ok(()) => incoming(&config, caller, message),
+            Ok(()) => intake.message(message),
             Err(e) => Err(e.into()),
         })
     });
