@@ -348,10 +348,42 @@ impl Transport for Ipcd<'_> {
 
 /// The median of three rounds of `round`: a scale figure is a cost compared across
 /// cells, and one round of a fraction of a second can fall on a stall of the machine.
-fn median_of_rounds(mut round: impl FnMut() -> f64) -> f64 {
-    let mut rates = [round(), round(), round()];
+/// A scale case's figures: the median of three rounds of its rate, and of the CPU time
+/// the process (clients and daemon) spent per message.
+#[derive(Debug, Clone, Copy)]
+pub struct Scaled {
+    pub rate: f64,
+    pub cpu_per_message: Duration,
+}
+
+/// Runs `round` (which moves `messages` and returns its msg/s) three times.
+fn median_of_rounds(messages: usize, mut round: impl FnMut() -> f64) -> Scaled {
+    let mut rates = [0.0; 3];
+    let mut cpu = [Duration::ZERO; 3];
+    for (rate, cpu) in rates.iter_mut().zip(&mut cpu) {
+        let before = cpu_time();
+        *rate = round();
+        *cpu = cpu_time().saturating_sub(before) / u32::try_from(messages).unwrap_or(u32::MAX);
+    }
     rates.sort_by(f64::total_cmp);
-    rates[1]
+    cpu.sort();
+    Scaled {
+        rate: rates[1],
+        cpu_per_message: cpu[1],
+    }
+}
+
+/// The CPU time this process has used, user and system, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is valid, and getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid out-pointer.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    assert!(ok, "getrusage: {}", std::io::Error::last_os_error());
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// This process's resident memory, in bytes (the daemon runs in it).
@@ -366,12 +398,12 @@ fn rss_bytes() -> u64 {
 }
 
 impl Ipcd<'_> {
-    /// 1→1, 64 B, window 64, through one of `mailboxes` mailboxes that exist meanwhile:
-    /// msg/s. What the table of mailboxes costs a send.
-    pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> f64 {
+    /// 1→1, 64 B, window 64, through one of `mailboxes` mailboxes that exist meanwhile.
+    /// What the table of mailboxes costs a send.
+    pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> Scaled {
         let mut admin = self.daemon.client();
         let names: Vec<MailboxName> = (1..mailboxes).map(|_| self.mailbox()).collect();
-        let rate = median_of_rounds(|| {
+        let rate = median_of_rounds(messages, || {
             self.stream(Stream {
                 producers: 1,
                 consumers: 1,
@@ -388,8 +420,8 @@ impl Ipcd<'_> {
     }
 
     /// 1→1, 64 B, window 64, through a mailbox already holding `depth` messages (taken
-    /// from the front as new ones go to the back): msg/s.
-    pub fn with_depth(&mut self, depth: usize, messages: usize) -> f64 {
+    /// from the front as new ones go to the back).
+    pub fn with_depth(&mut self, depth: usize, messages: usize) -> Scaled {
         let mailbox = self.mailbox();
         let mut producer = self.daemon.client();
         let mut consumer = self.daemon.client();
@@ -401,7 +433,7 @@ impl Ipcd<'_> {
             |_, _| {},
         );
         let mut sent = depth;
-        let rate = median_of_rounds(|| {
+        let rate = median_of_rounds(messages, || {
             let start = Instant::now();
             std::thread::scope(|s| {
                 let (mailbox, producer, sent) = (&mailbox, &mut producer, sent);
