@@ -667,18 +667,7 @@ impl BlockingDelivery<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::{ErrorCode, ErrorReply, FrameKind, codec};
-
-    /// What a daemon that refuses a connection writes before it closes it.
-    fn refusal() -> BytesMut {
-        let error = Response::Error(ErrorReply::new(
-            ErrorCode::QuotaExceeded,
-            "quota exceeded: 32 connections are waiting to send their hello",
-        ));
-        let mut frame = BytesMut::new();
-        codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).unwrap();
-        frame
-    }
+    use crate::session::testing::refusal;
 
     /// The daemon refused and closed before the hello went out: the hello's write fails,
     /// and the client still reports the daemon's reason, not a broken pipe.

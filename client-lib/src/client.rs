@@ -642,20 +642,14 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::{ErrorCode, ErrorReply, FrameKind, codec};
+    use crate::session::testing::refusal;
 
     /// The daemon refused and closed before the hello went out: the hello's write fails,
     /// and the client still reports the daemon's reason, not a broken pipe.
     #[tokio::test]
     async fn a_refusal_that_beats_the_hello_is_still_reported() {
         let (client, mut daemon) = UnixStream::pair().unwrap();
-        let error = Response::Error(ErrorReply::new(
-            ErrorCode::QuotaExceeded,
-            "quota exceeded: 32 connections are waiting to send their hello",
-        ));
-        let mut frame = BytesMut::new();
-        codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).unwrap();
-        daemon.write_all(&frame).await.unwrap();
+        daemon.write_all(&refusal()).await.unwrap();
         drop(daemon);
         let e = handshake(client, "t").await.expect_err("refused");
         assert!(matches!(e, Error::QuotaExceeded(_)), "{e:?}");

@@ -544,3 +544,21 @@ macro_rules! operations {
     };
 }
 pub(crate) use operations;
+
+/// What the clients' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use bytes::BytesMut;
+    use ipc_proto::{ErrorCode, ErrorReply, FrameKind, Response, codec};
+
+    /// What a daemon that refuses a connection writes before it closes it.
+    pub fn refusal() -> BytesMut {
+        let error = Response::Error(ErrorReply::new(
+            ErrorCode::QuotaExceeded,
+            "quota exceeded: 32 connections are waiting to send their hello",
+        ));
+        let mut frame = BytesMut::new();
+        codec::encode_frame(FrameKind::Response, 0, &error, u32::MAX, &mut frame).unwrap();
+        frame
+    }
+}
