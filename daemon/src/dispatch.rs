@@ -756,27 +756,30 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
     let config = broker.config();
     let intake = Intake::new(&config, caller, &caller.account);
-    let mut messages = req.messages.into_iter();
-    let (outcomes, refused) = mailbox.send_each(req.wait, || {
-        let message = messages.next()?;
-        Some(match check_message(message.mtype, &message.headers) {
-            Ok(()) => intake.message(message),
-            Err(e) => Err(e.into()),
-        })
-    });
-    let refused = refused.map(|r| r.into_reply(caller));
     let sent = |result: Result<SentId, SendError>| result.map(|SentId(id)| id).map_err(Into::into);
-    let mut results = Vec::with_capacity(outcomes.len() + 1);
+    // Room for every answer and the refusal that may end them; a message that waits
+    // leaves its place empty until its waiter is done.
+    let mut results = Vec::with_capacity(req.messages.len() + 1);
     let mut waiting = Vec::new();
-    for outcome in outcomes {
-        match outcome {
+    let mut messages = req.messages.into_iter();
+    let refused = mailbox.send_each(
+        req.wait,
+        || {
+            let message = messages.next()?;
+            Some(match check_message(message.mtype, &message.headers) {
+                Ok(()) => intake.message(message),
+                Err(e) => Err(e.into()),
+            })
+        },
+        |outcome| match outcome {
             Pending::Ready(result) => results.push(Some(sent(result))),
             Pending::Wait(waiter) => {
                 results.push(None);
                 waiting.push(waiter);
             }
-        }
-    }
+        },
+    );
+    let refused = refused.map(|r| r.into_reply(caller));
     let done = move |results: Vec<Option<Result<u64, ErrorReply>>>, waited: Vec<_>| {
         let mut waited = waited.into_iter();
         let mut results: Vec<_> = results

@@ -347,14 +347,16 @@ impl Mailbox {
     }
 
     /// Sends, in order and under one lock, each message `next` gives until it gives none,
-    /// gives an error, or a message is refused at once: the outcomes so far, and what
-    /// stopped them. The messages of a batch take the lock once, not once each.
+    /// gives an error, or a message is refused at once: each outcome goes to `outcome` as
+    /// it is known, and what stopped them is returned. The messages of a batch take the
+    /// lock once, not once each, and their outcomes are not gathered here first: the
+    /// caller keeps them in the shape it answers with.
     pub(crate) fn send_each<E: From<SendError>>(
         self: &Arc<Self>,
         wait: Wait,
         mut next: impl FnMut() -> Option<Result<Incoming, E>>,
-    ) -> (Vec<Pending<SentId>>, Option<E>) {
-        let mut outcomes = Vec::new();
+        mut outcome: impl FnMut(Pending<SentId>),
+    ) -> Option<E> {
         let mut state = self.lock();
         state.batch_clock = Some(Timestamp::now());
         let stopped = loop {
@@ -365,11 +367,11 @@ impl Mailbox {
             };
             match pending {
                 Pending::Ready(Err(e)) => break Some(e.into()),
-                pending => outcomes.push(pending),
+                pending => outcome(pending),
             }
         };
         state.batch_clock = None;
-        (outcomes, stopped)
+        stopped
     }
 
     /// [`Self::send`] with the lock held.
