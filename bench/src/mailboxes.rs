@@ -346,8 +346,6 @@ impl Transport for Ipcd<'_> {
     }
 }
 
-/// The median of three rounds of `round`: a scale figure is a cost compared across
-/// cells, and one round of a fraction of a second can fall on a stall of the machine.
 /// A scale case's figures: the median of three rounds of its rate, and of the CPU time
 /// the process (clients and daemon) spent per message.
 #[derive(Debug, Clone, Copy)]
@@ -356,7 +354,9 @@ pub struct Scaled {
     pub cpu_per_message: Duration,
 }
 
-/// Runs `round` (which moves `messages` and returns its msg/s) three times.
+/// Runs `round` (which moves `messages` and returns its msg/s) three times and takes the
+/// medians: a scale figure is a cost compared across cells, and one round of a fraction
+/// of a second can fall on a stall of the machine.
 fn median_of_rounds(messages: usize, mut round: impl FnMut() -> f64) -> Scaled {
     let mut rates = [0.0; 3];
     let mut cpu = [Duration::ZERO; 3];
@@ -403,7 +403,7 @@ impl Ipcd<'_> {
     pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> Scaled {
         let mut admin = self.daemon.client();
         let names: Vec<MailboxName> = (1..mailboxes).map(|_| self.mailbox()).collect();
-        let rate = median_of_rounds(messages, || {
+        let scaled = median_of_rounds(messages, || {
             self.stream(Stream {
                 producers: 1,
                 consumers: 1,
@@ -416,7 +416,7 @@ impl Ipcd<'_> {
         for name in names {
             admin.remove(name.as_str()).expect("remove");
         }
-        rate
+        scaled
     }
 
     /// 1→1, 64 B, window 64, through a mailbox already holding `depth` messages (taken
@@ -433,7 +433,7 @@ impl Ipcd<'_> {
             |_, _| {},
         );
         let mut sent = depth;
-        let rate = median_of_rounds(messages, || {
+        let scaled = median_of_rounds(messages, || {
             let start = Instant::now();
             std::thread::scope(|s| {
                 let (mailbox, producer, sent) = (&mailbox, &mut producer, sent);
@@ -456,7 +456,7 @@ impl Ipcd<'_> {
             .client()
             .remove(mailbox.as_str())
             .expect("remove");
-        rate
+        scaled
     }
 
     /// Resident bytes the daemon adds per queued 64-byte message beyond its payload, with
