@@ -292,6 +292,15 @@ struct Peer {
     hello_slot: Option<HelloSlot>,
 }
 
+/// What woke a connection's loop, in the order it looks: an ended wait, room to write, a
+/// request (or the end of the stream), the daemon shutting down.
+enum Event {
+    Ended((u64, Answer)),
+    Writable(std::io::Result<()>),
+    Read(Option<Result<Frame, ReadError>>),
+    ShuttingDown,
+}
+
 /// A blocked request: its wait, answered under its request id.
 struct Blocked {
     id: u64,
@@ -409,9 +418,29 @@ impl Peer {
                 tokio::task::yield_now().await;
                 continue;
             }
-            tokio::select! {
-                biased;
-                Some((id, answer)) = self.waits.next(), if !self.waits.is_empty() => {
+            // By hand rather than `tokio::select!`, which builds every branch's future
+            // (a readiness future among them) on each turn and moves them: this loop
+            // turns once per request.
+            let event = std::future::poll_fn(|cx| {
+                if !self.waits.is_empty()
+                    && let Poll::Ready(Some(ended)) = self.waits.poll_next_unpin(cx)
+                {
+                    return Poll::Ready(Event::Ended(ended));
+                }
+                if write_now && let Poll::Ready(ready) = self.write.as_ref().poll_write_ready(cx) {
+                    return Poll::Ready(Event::Writable(ready));
+                }
+                if accepting && let Poll::Ready(frame) = self.frames.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Read(frame));
+                }
+                shutting_down
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Event::ShuttingDown)
+            })
+            .await;
+            match event {
+                Event::Ended((id, answer)) => {
                     // A cancel completes the wait itself (with `Cancelled`), so every
                     // wait ends with a reply.
                     self.cancels.remove(&id);
@@ -419,13 +448,13 @@ impl Peer {
                         return reason;
                     }
                 }
-                writable = self.write.writable(), if write_now => {
+                Event::Writable(ready) => {
                     yielded = false;
-                    if let Err(e) = writable.and_then(|()| self.output.write_to(&self.write)) {
+                    if let Err(e) = ready.and_then(|()| self.output.write_to(&self.write)) {
                         return write_failed(&e);
                     }
                 }
-                frame = self.frames.next(), if accepting => {
+                Event::Read(frame) => {
                     let frame = match frame {
                         None => return CloseReason::ClientClosed,
                         Some(Ok(frame)) => frame,
@@ -440,7 +469,7 @@ impl Peer {
                         return write_failed(&e);
                     }
                 }
-                () = &mut shutting_down => {
+                Event::ShuttingDown => {
                     // The broker has failed every waiter with "shutting down"; let those
                     // replies go out, then close.
                     while let Some((id, answer)) = self.waits.next().await {
