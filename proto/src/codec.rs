@@ -56,7 +56,7 @@ pub fn encode_frame<T: Serialize>(
 ) -> Result<(), CodecError> {
     let start = out.len();
     out.put_bytes(0, HEADER_LEN);
-    if let Err(source) = postcard::to_io(body, out.writer()) {
+    if let Err(source) = postcard::serialize_with_flavor(body, Append(out)) {
         out.truncate(start);
         return Err(CodecError::Encode {
             what: kind_name(kind),
@@ -79,6 +79,29 @@ pub fn encode_frame<T: Serialize>(
     }
     .write(&mut out[start..start + HEADER_LEN]);
     Ok(())
+}
+
+/// Postcard's output straight onto the end of a buffer: every reply and request is
+/// encoded through here, a field at a time, and an `io::Write` adapter in between cost
+/// a call and a copy routine per field.
+struct Append<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.put_u8(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Sets the flags of the encoded frame that starts `frame` (see [`crate::frame::FLAG_FD`]).
