@@ -95,7 +95,13 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
+        // Many fields are varints of one byte (a small id, a type, a length, a count):
+        // those are pushed, not copied by a call.
+        if let [byte] = *bytes {
+            self.0.put_u8(byte);
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
         Ok(())
     }
 
