@@ -422,6 +422,13 @@ impl Peer {
             // (a readiness future among them) on each turn and moves them: this loop
             // turns once per request.
             let event = std::future::poll_fn(|cx| {
+                // As `select!` does: once the task's budget is spent, give the thread
+                // back (requests already read are decoded from the buffer without
+                // touching the budget, so this is what bounds such a run).
+                if !tokio::task::coop::has_budget_remaining() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 if !self.waits.is_empty()
                     && let Poll::Ready(Some(ended)) = self.waits.poll_next_unpin(cx)
                 {
