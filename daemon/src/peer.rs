@@ -423,8 +423,8 @@ impl Peer {
             // turns once per request.
             let event = std::future::poll_fn(|cx| {
                 // As `select!` does: once the task's budget is spent, give the thread
-                // back (requests already read are decoded from the buffer without
-                // touching the budget, so this is what bounds such a run).
+                // back. Requests already in the buffer are decoded without touching the
+                // budget, and would otherwise all be handled first.
                 if !tokio::task::coop::has_budget_remaining() {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
