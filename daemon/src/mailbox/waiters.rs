@@ -156,7 +156,7 @@ impl<W> WaiterIndex<W> {
 
 /// Hashes a waiter's key, which the mailbox hands out in order (a client chooses none):
 /// one multiplication rather than SipHash, whose resistance to chosen keys it does not
-/// need: SipHash was a third of the cost of taking a waiter out of the index.
+/// need (SipHash was a third of the cost of taking a waiter out of the index).
 #[derive(Default)]
 struct KeyHasher(u64);
 
