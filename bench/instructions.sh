@@ -69,6 +69,11 @@ callgrind_annotate --tree=caller "$work/out" 2>/dev/null | tr -d , >"$work/calle
 
 total=$(awk '/PROGRAM TOTALS/ { print $1; exit }' "$work/inclusive")
 daemon=$(awk '/ipcd::peer::serve::\{\{closure\}\} \[/ { print $1; exit }' "$work/inclusive")
+if [[ -z $total || -z $daemon ]]; then
+    echo "instructions.sh: callgrind's report names no ipcd::peer::serve; was $bin built" \
+        "with symbols (the release profile keeps them)?" >&2
+    exit 1
+fi
 # Every waiting receive is taken out of its mailbox's waiter index once.
 blocked=$(grep -m1 -o '< .*WaiterIndex<W>::remove ([0-9]*x)' "$work/callers" |
     grep -o '([0-9]*x)' | tr -d '(x)' || echo 0)
