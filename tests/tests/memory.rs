@@ -9,7 +9,12 @@ use ipcd_tests::DaemonProcess;
 
 #[test]
 fn memory_held_for_a_burst_goes_back_to_the_system_once_it_drains() {
-    let daemon = DaemonProcess::spawn();
+    // The burst is past the default `queued_bytes` quota of a uid that is not root.
+    let dir = ipcd_tests::tempdir();
+    let daemon = DaemonProcess::spawn_with_config(
+        dir.path(),
+        &format!("[quota]\nqueued_bytes = {}\n", 1u64 << 30),
+    );
     let mut c = daemon.client();
     let options = CreateOptions {
         limits: LimitChanges {

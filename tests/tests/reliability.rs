@@ -168,7 +168,11 @@ fn durable_purge_and_removal_are_stored_before_they_are_answered() {
 
 #[test]
 fn a_hundred_thousand_parked_receivers_that_never_match_miss_nothing() {
-    let daemon = TestDaemon::start();
+    // 10,000 receives wait on each connection: past the default `in_flight` quota of a
+    // uid that is not root.
+    let mut config = ipcd::Config::default();
+    config.quota.in_flight = 10_000;
+    let daemon = TestDaemon::start_with(config);
     let mut c = daemon.client();
     c.create("busy", &CreateOptions::default()).unwrap();
     // Parked: receives of types no message will have, on connections that stay open.
