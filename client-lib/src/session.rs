@@ -133,8 +133,7 @@ pub(crate) fn encode_request(
     max_frame: u32,
     out: &mut BytesMut,
 ) -> Result<()> {
-    codec::encode_frame(FrameKind::Request, id, request, max_frame, out)
-        .map_err(|e| Error::BadData(e.to_string()))
+    codec::encode_request(id, request, max_frame, out).map_err(|e| Error::BadData(e.to_string()))
 }
 
 /// The error for a request whose connection ended (or was never usable) for `reason`.
@@ -186,7 +185,7 @@ pub(crate) struct Ended {
 /// the connection (an undecodable reply, or an error for the connection as a whole,
 /// after which the daemon closes it).
 pub(crate) fn reply_of(frame: &Frame) -> Result<(u64, Response), Ended> {
-    let response = codec::decode_body(frame, FrameKind::Response).map_err(|e| Ended {
+    let response = codec::decode_response(frame).map_err(|e| Ended {
         reason: format!("undecodable reply: {e}"),
         error: Error::Protocol(e.to_string()),
     })?;

@@ -439,14 +439,14 @@ fn encode_body(
     buf: &mut BytesMut,
 ) -> Result<(), codec::CodecError> {
     match body {
-        Body::Response(r) => codec::encode_frame(FrameKind::Response, id, r, max_frame, buf),
+        Body::Response(r) => codec::encode_response(id, r, max_frame, buf),
         Body::Message(e) => {
             let delivered = Delivered::One(e.wire());
-            codec::encode_frame(FrameKind::Response, id, &delivered, max_frame, buf)
+            codec::encode_delivered(id, &delivered, max_frame, buf)
         }
         Body::Messages(es) => {
             let delivered = Delivered::Many(es.iter().map(Envelope::wire).collect());
-            codec::encode_frame(FrameKind::Response, id, &delivered, max_frame, buf)
+            codec::encode_delivered(id, &delivered, max_frame, buf)
         }
     }
 }

@@ -576,7 +576,7 @@ impl Peer {
             None
         };
         // A small payload is a slice of the frame: a message copies it into its own block.
-        let decoded = codec::decode_body_sharing(&frame, FrameKind::Request, OWN_PAYLOAD_UP_TO);
+        let decoded = codec::decode_request(&frame, OWN_PAYLOAD_UP_TO);
         let mut request: Request = match decoded {
             Ok(request) => request,
             // The frame was whole, so the stream is still in step: refuse this request

@@ -5,12 +5,18 @@
 //!
 //! Payloads are `bytes::Bytes`, which serde treats as one byte string (a length and a
 //! single copy), never element by element as it would a `Vec<u8>`.
+//!
+//! The bodies of a streamed message — a send, a receive, and their replies — are laid
+//! out by hand in the same format ([`fast`]), serde's code staying the definition.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::frame::{Frame, FrameKind, HEADER_LEN, Header};
+use crate::message::{Delivered, Request, Response};
 use crate::name::NameError;
+
+mod fast;
 
 /// A body that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +60,72 @@ pub fn encode_frame<T: Serialize>(
     max_body: u32,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
+    frame_with(kind, request_id, max_body, out, |out| serde_body(body, out))
+}
+
+/// Appends a request's frame to `out`, as [`encode_frame`] does: a send's or a
+/// receive's body is laid out by hand ([`fast`]), any other through serde.
+pub fn encode_request(
+    request_id: u64,
+    request: &Request,
+    max_body: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    frame_with(FrameKind::Request, request_id, max_body, out, |out| {
+        if fast::encode_request(request, out) {
+            Ok(())
+        } else {
+            serde_body(request, out)
+        }
+    })
+}
+
+/// Appends a reply's frame to `out`, as [`encode_frame`] does: a `Sent`, `Message` or
+/// `Messages` body is laid out by hand ([`fast`]), any other through serde.
+pub fn encode_response(
+    request_id: u64,
+    response: &Response,
+    max_body: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    frame_with(FrameKind::Response, request_id, max_body, out, |out| {
+        if fast::encode_response(response, out) {
+            Ok(())
+        } else {
+            serde_body(response, out)
+        }
+    })
+}
+
+/// Appends the reply frame of delivered messages, laid out by hand ([`fast`]).
+pub fn encode_delivered(
+    request_id: u64,
+    delivered: &Delivered<'_>,
+    max_body: u32,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    frame_with(FrameKind::Response, request_id, max_body, out, |out| {
+        fast::encode_delivered(delivered, out);
+        Ok(())
+    })
+}
+
+fn serde_body<T: Serialize + ?Sized>(body: &T, out: &mut BytesMut) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(body, Append(out))
+}
+
+/// Appends a frame whose body `write` appends: the header is filled in once the body's
+/// length is known. On error `out` is left as it was.
+fn frame_with(
+    kind: FrameKind,
+    request_id: u64,
+    max_body: u32,
+    out: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut) -> postcard::Result<()>,
+) -> Result<(), CodecError> {
     let start = out.len();
     out.put_bytes(0, HEADER_LEN);
-    if let Err(source) = postcard::serialize_with_flavor(body, Append(out)) {
+    if let Err(source) = write(out) {
         out.truncate(start);
         return Err(CodecError::Encode {
             what: kind_name(kind),
@@ -147,6 +216,31 @@ pub fn decode_body<T: DeserializeOwned>(
         });
     }
     Ok(body)
+}
+
+/// Decodes a request frame as [`decode_body_sharing`] does: a send's or a receive's body
+/// is read by hand ([`fast`]), any other — and any body the hand-laid reading is not
+/// sure of — through serde.
+#[inline]
+pub fn decode_request(frame: &Frame, share_up_to: usize) -> Result<Request, CodecError> {
+    if frame.kind == FrameKind::Request
+        && let Some(request) = fast::decode_request(&frame.body, share_up_to)
+    {
+        return Ok(request);
+    }
+    decode_body_sharing(frame, FrameKind::Request, share_up_to)
+}
+
+/// Decodes a reply frame as [`decode_body`] does: a `Sent`, `Message` or `Messages`
+/// body is read by hand ([`fast`]), any other through serde.
+#[inline]
+pub fn decode_response(frame: &Frame) -> Result<Response, CodecError> {
+    if frame.kind == FrameKind::Response
+        && let Some(response) = fast::decode_response(&frame.body)
+    {
+        return Ok(response);
+    }
+    decode_body(frame, FrameKind::Response)
 }
 
 /// Decodes as [`decode_body`] does, except that a payload of at most `share_up_to` bytes
