@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ipc_proto::{Credentials, MailboxName, PRIVATE_PREFIX};
 
-use crate::mailbox::{LeaseBook, Mailbox, Origin};
+use crate::mailbox::{Completions, LeaseBook, Mailbox, Origin};
 use crate::perm::{Access, Ownership};
 use crate::quota::UidAccount;
 
@@ -40,6 +40,9 @@ pub struct Caller {
     /// request to one of them finds it without the table's lock, and checks its access
     /// without the mailbox's.
     pub recent: Arc<Mutex<Recent>>,
+    /// Where this connection's parked receives are handed their results (see
+    /// `mailbox::parked`); its own task takes them from there.
+    pub parked: Arc<Completions>,
 }
 
 /// Mailboxes a connection keeps at hand: a producer and a consumer use one, a client

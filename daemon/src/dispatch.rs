@@ -28,7 +28,8 @@ use crate::calls::ReplyError;
 use crate::config::Config;
 use crate::mailbox::{
     Canceller, Closed, Envelope, Incoming, Interrupted, LeaseError, LeaseTerms, Mailbox, Memfd,
-    Origin, Pending, RecvError, SendError, SentId, Side, Taker, WaiterGroup, headers_size,
+    Origin, Parked, Pending, Received, RecvError, SendError, SentId, Side, Taker, WaiterGroup,
+    headers_size,
 };
 use crate::perm::Access;
 use crate::quota::{QuotaError, Resource, UidAccount};
@@ -57,6 +58,9 @@ pub enum Reply {
     },
     /// The request is a cancel of the pending request with this id; the peer owns those.
     Cancel(u64),
+    /// A receive parked in its mailbox: its result comes to the connection's
+    /// completions (`Caller::parked`), and the peer answers it from there.
+    Parked(Parked),
 }
 
 impl std::fmt::Debug for Reply {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for Reply {
             Reply::Now(r) => f.debug_tuple("Now").field(&r.body).finish(),
             Reply::Later { .. } => f.write_str("Later(..)"),
             Reply::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
+            Reply::Parked(p) => f.debug_tuple("Parked").field(&p.slot).finish(),
         }
     }
 }
@@ -165,7 +170,10 @@ pub fn dispatch(
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
         Request::Recv(req) => match recv(broker, caller, req) {
-            Ok(pending) => reply_when(pending, move |e| message_answer(e, takes_fd)),
+            Ok(Received::Pending(pending)) => {
+                reply_when(pending, move |e| message_answer(e, takes_fd))
+            }
+            Ok(Received::Parked(parked)) => Reply::Parked(parked),
             Err(e) => Reply::Now(Answer::from(Response::Error(e))),
         },
         Request::Stat { mailbox } => now(authorized(broker, caller, &mailbox, Access::Read)
@@ -803,7 +811,7 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
     })
 }
 
-fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<Envelope>> {
+fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Received> {
     check_selector(req.selector)?;
     let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
     if req.lease.is_some() && req.peek {
@@ -814,7 +822,8 @@ fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Pending<
     }
     let mut taker = taker(broker, caller, req.peek, req.lease)?;
     taker.max_size = req.max_size;
-    Ok(mailbox.recv(req.selector, taker, req.wait))
+    let parks = Some(&caller.parked);
+    Ok(mailbox.recv_or_park(req.selector, taker, req.wait, parks))
 }
 
 /// Who takes a message, and on what lease terms.
@@ -928,7 +937,7 @@ where
 
 /// The answer to a receive of `envelope`: its payload as the memfd it came in when the
 /// daemon kept that and the receiver `takes_fd`, else in the message itself.
-fn message_answer(mut envelope: Envelope, takes_fd: bool) -> Answer {
+pub(crate) fn message_answer(mut envelope: Envelope, takes_fd: bool) -> Answer {
     let memfd = envelope.memfd().filter(|_| takes_fd).cloned();
     if memfd.is_some() {
         envelope.take_payload();
@@ -1223,6 +1232,7 @@ mod tests {
             private: Arc::default(),
             origins: Arc::default(),
             recent: Arc::default(),
+            parked: Arc::default(),
         }
     }
 

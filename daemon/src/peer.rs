@@ -40,9 +40,11 @@ use crate::broker::Broker;
 use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
 use crate::connection::{FdReader, FrameCodec, Outgoing, Output, Payer, QueueError, ReadError};
-use crate::dispatch::{Answer, Reply, dispatch};
+use crate::dispatch::{Answer, Reply, dispatch, message_answer};
 use crate::logging;
-use crate::mailbox::{Cancelled, Canceller, Memfd, OWN_PAYLOAD_UP_TO};
+use crate::mailbox::{
+    Cancelled, Canceller, Completed, Envelope, KeyMap, Memfd, OWN_PAYLOAD_UP_TO, Parked, RecvError,
+};
 
 /// A payload passed as a memfd is kept as it came from this size on; a smaller one is
 /// copied, and its memfd closed: a descriptor and a mapping cost more than a small copy.
@@ -151,6 +153,7 @@ pub fn admit(stream: UnixStream, broker: &Broker) -> Option<Admitted> {
         private: Arc::default(),
         origins: Arc::default(),
         recent: Arc::default(),
+        parked: Arc::default(),
     };
     match begin_handshake(broker, &caller, &broker.config()) {
         Ok(hello_slot) => Some(Admitted {
@@ -211,6 +214,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         output,
         waits: FuturesUnordered::new(),
         cancels: HashMap::new(),
+        parked: KeyMap::default(),
         client_name: String::new(),
         hello_slot: Some(hello_slot),
     };
@@ -224,11 +228,22 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         write,
         mut output,
         waits,
+        mut parked,
         caller,
         ..
     } = peer;
     // Abandoned waits deregister as they drop, returning any message they held.
     drop(waits);
+    // Parked receives likewise: each leaves its mailbox, then nothing more can be handed
+    // to them, and a message one was handed and not answered goes back.
+    for p in parked.values() {
+        p.at.leave();
+    }
+    for (slot, result) in caller.parked.close() {
+        if let (Some(p), Ok(envelope)) = (parked.remove(&slot), result) {
+            p.at.give_back(envelope);
+        }
+    }
     // Messages leased to this connection (not detached) go back to be redelivered. Even
     // a reply with one of them that was written is not an ack.
     caller.leases.release_all();
@@ -284,7 +299,10 @@ struct Peer {
     /// to read its replies: a timeout still ends its wait (which stops taking messages).
     waits: FuturesUnordered<Blocked>,
     /// How to cancel each blocked request, by request id.
-    cancels: HashMap<u64, Canceller>,
+    cancels: HashMap<u64, Cancel>,
+    /// Receives parked in their mailboxes, by slot (see `mailbox::parked`): answered
+    /// from `caller.parked` as their messages come, without a future each.
+    parked: KeyMap<ParkedRecv>,
     /// The client's name as it may appear in a log line (control characters escaped).
     client_name: String,
     /// The place this connection holds among those not yet past their hello; given
@@ -292,10 +310,37 @@ struct Peer {
     hello_slot: Option<HelloSlot>,
 }
 
-/// What woke a connection's loop, in the order it looks: an ended wait, room to write, a
-/// request (or the end of the stream), the daemon shutting down.
+/// How a blocked request is cancelled: a future's by its canceller, a parked receive's
+/// through where it is parked.
+enum Cancel {
+    Wait(Canceller),
+    Parked(u64),
+}
+
+/// A parked receive: the request it answers, and where it waits.
+struct ParkedRecv {
+    id: u64,
+    at: Parked,
+    /// The receiver takes a memfd's payload as the memfd.
+    takes_fd: bool,
+}
+
+impl ParkedRecv {
+    /// The answer to this receive, of what its mailbox handed it.
+    fn answer(&self, result: Result<Envelope, RecvError>) -> Answer {
+        match result {
+            Ok(envelope) => message_answer(envelope, self.takes_fd),
+            Err(e) => Answer::from(Response::Error(e.into())),
+        }
+    }
+}
+
+/// What woke a connection's loop, in the order it looks: an ended wait, a parked
+/// receive's result, room to write, a request (or the end of the stream), the daemon
+/// shutting down.
 enum Event {
     Ended((u64, Answer)),
+    Handed(Completed),
     Writable(std::io::Result<()>),
     Read(Option<Result<Frame, ReadError>>),
     ShuttingDown,
@@ -434,6 +479,11 @@ impl Peer {
                 {
                     return Poll::Ready(Event::Ended(ended));
                 }
+                if !self.parked.is_empty()
+                    && let Poll::Ready(handed) = self.caller.parked.poll_next(cx)
+                {
+                    return Poll::Ready(Event::Handed(handed));
+                }
                 if write_now && let Poll::Ready(ready) = self.write.as_ref().poll_write_ready(cx) {
                     return Poll::Ready(Event::Writable(ready));
                 }
@@ -452,6 +502,19 @@ impl Peer {
                     // wait ends with a reply.
                     self.cancels.remove(&id);
                     if let Err(reason) = self.reply(outgoing(id, answer)) {
+                        return reason;
+                    }
+                }
+                Event::Handed((slot, result)) => {
+                    // Every result is for a receive still parked: one refused for the
+                    // quota took its result back out when it was withdrawn.
+                    let Some(parked) = self.parked.remove(&slot) else {
+                        debug_assert!(false, "a result for slot {slot}, which is not parked");
+                        continue;
+                    };
+                    self.cancels.remove(&parked.id);
+                    let answer = parked.answer(result);
+                    if let Err(reason) = self.reply(outgoing(parked.id, answer)) {
                         return reason;
                     }
                 }
@@ -481,6 +544,12 @@ impl Peer {
                     // replies go out, then close.
                     while let Some((id, answer)) = self.waits.next().await {
                         let _ = self.output.push(outgoing(id, answer));
+                    }
+                    while let Some((slot, result)) = self.caller.parked.try_next() {
+                        if let Some(parked) = self.parked.remove(&slot) {
+                            let answer = parked.answer(result);
+                            let _ = self.output.push(outgoing(parked.id, answer));
+                        }
                     }
                     return CloseReason::ShuttingDown;
                 }
@@ -600,34 +669,61 @@ impl Peer {
                 cancel,
                 undoable,
             } => {
-                let limit = self.in_flight;
                 // A wait for the store goes on past the quota: it ends by itself, and
                 // what it stores must be answered as stored.
-                if undoable && self.waits.len() as u64 >= limit {
-                    let error = ErrorReply::new(
-                        ErrorCode::QuotaExceeded,
-                        format!(
-                            "quota exceeded: this connection already has {limit} requests \
-                             waiting, its uid's in_flight quota of {limit}"
-                        ),
-                    );
+                if undoable && self.blocked() >= self.in_flight {
                     // Dropping `wait` deregisters it without losing anything.
                     drop(wait);
-                    return self.reply(Outgoing::response(id, Response::Error(error)));
+                    return self.reply(self.over_in_flight(id));
                 }
-                self.cancels.insert(id, cancel);
+                self.cancels.insert(id, Cancel::Wait(cancel));
                 self.waits.push(Blocked { id, wait });
+                Ok(())
+            }
+            Reply::Parked(at) => {
+                if self.blocked() >= self.in_flight {
+                    at.withdraw(&self.caller.parked);
+                    return self.reply(self.over_in_flight(id));
+                }
+                let slot = at.slot;
+                self.cancels.insert(id, Cancel::Parked(slot));
+                self.parked.insert(slot, ParkedRecv { id, at, takes_fd });
                 Ok(())
             }
             Reply::Cancel(target) => {
                 // Synchronous: the waiter is gone before the next request is read, so
                 // a send that follows on this connection can no longer reach it.
-                if let Some(cancel) = self.cancels.remove(&target) {
-                    cancel(Cancelled { request: target });
+                let cancelled = Cancelled { request: target };
+                match self.cancels.remove(&target) {
+                    Some(Cancel::Wait(cancel)) => cancel(cancelled),
+                    Some(Cancel::Parked(slot)) => {
+                        if let Some(parked) = self.parked.get(&slot) {
+                            parked.at.cancel(cancelled);
+                        }
+                    }
+                    None => {}
                 }
                 self.reply(Outgoing::response(id, Response::Ok))
             }
         }
+    }
+
+    /// Requests waiting now, as futures or parked: what the `in_flight` quota bounds.
+    fn blocked(&self) -> u64 {
+        (self.waits.len() + self.parked.len()) as u64
+    }
+
+    /// The refusal of request `id` past the `in_flight` quota.
+    fn over_in_flight(&self, id: u64) -> Outgoing {
+        let limit = self.in_flight;
+        let error = ErrorReply::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "quota exceeded: this connection already has {limit} requests waiting, its \
+                 uid's in_flight quota of {limit}"
+            ),
+        );
+        Outgoing::response(id, Response::Error(error))
     }
 
     /// Puts the payload passed as memfd `fd` into `request`, a `Send` whose payload field

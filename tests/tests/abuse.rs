@@ -359,6 +359,16 @@ fn extreme_values_in_well_formed_requests_are_answered() {
         error_code(c.wait_for(waiting).unwrap()),
         Some(ErrorCode::Cancelled)
     );
+    // So can a receive that waits for as long as it takes (parked in the mailbox rather
+    // than a future of its connection's), and a message sent after the cancel stays.
+    let parked = c.submit(&recv(Selector::Type(6), Wait::Forever)).unwrap();
+    c.flush().unwrap();
+    let cancel = c.submit(&Request::Cancel { request_id: parked }).unwrap();
+    assert_eq!(c.wait_for(cancel).unwrap(), Response::Ok);
+    assert_eq!(
+        error_code(c.wait_for(parked).unwrap()),
+        Some(ErrorCode::Cancelled)
+    );
     // Cancelling what does not exist is harmless.
     let unknown = Request::Cancel {
         request_id: u64::MAX,

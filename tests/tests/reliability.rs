@@ -245,3 +245,51 @@ fn a_hundred_thousand_parked_receivers_that_never_match_miss_nothing() {
     let info = daemon.wait_for_receivers("busy", 0);
     assert_eq!(info.messages, 0, "no parked receiver took anything");
 }
+
+/// Receives that wait for as long as it takes are parked in their mailbox, not held by
+/// their connection's task: a connection that parks some and goes away must take them
+/// all out, so that no message sent afterwards is handed to a receiver that is gone.
+#[test]
+fn receives_parked_by_a_connection_that_closes_take_no_message_with_them() {
+    const PARKED: u64 = 50;
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create("handoff", &CreateOptions::default()).unwrap();
+    let mut gone = daemon.client();
+    gone.set_pipeline_window(usize::MAX);
+    let recv = Request::Recv(RecvRequest {
+        mailbox: "handoff".parse().unwrap(),
+        selector: Selector::Any,
+        wait: Wait::Forever,
+        peek: false,
+        lease: None,
+        max_size: None,
+    });
+    for _ in 0..PARKED {
+        gone.submit(&recv).unwrap();
+    }
+    gone.flush().unwrap();
+    daemon.wait_for_receivers("handoff", PARKED);
+    drop(gone);
+    daemon.wait_for_receivers("handoff", 0);
+    for n in 0..PARKED {
+        let payload = bytes::Bytes::from(n.to_string());
+        c.send(
+            "handoff",
+            payload,
+            &SendOptions::default().wait(Wait::NoWait),
+        )
+        .unwrap();
+    }
+    let got: Vec<String> = c
+        .recv_batch("handoff", PARKED as u32 * 2, &now())
+        .unwrap()
+        .into_iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let sent: Vec<String> = (0..PARKED).map(|n| n.to_string()).collect();
+    assert_eq!(
+        got, sent,
+        "every message, in order, for the receiver still here"
+    );
+}

@@ -21,6 +21,7 @@ mod durable;
 mod envelope;
 mod error;
 mod leases;
+mod parked;
 mod timers;
 mod waiters;
 
@@ -51,8 +52,10 @@ pub use self::error::{
 pub use self::leases::LeaseBook;
 pub(crate) use self::leases::LeaseTerms;
 use self::leases::Leased;
+pub use self::parked::Completions;
+pub(crate) use self::parked::{Completed, Parked, Received};
 use self::timers::Timer;
-pub(crate) use self::waiters::{Canceller, Pending, Side, Waiter, WaiterGroup};
+pub(crate) use self::waiters::{Canceller, KeyMap, Pending, Side, Waiter, WaiterGroup};
 use self::waiters::{Handoff, RecvWaiter, SendWaiter, WaiterIndex};
 
 /// How a receive takes its message.
@@ -412,7 +415,7 @@ impl Mailbox {
                 return Pending::Ready(Ok(state.accept_now(incoming)));
             }
             let (tx, rx) = oneshot::channel();
-            state.accept(incoming, tx);
+            state.accept(incoming, Handoff::Channel(tx));
             // Answered once stored; there is nothing to deregister meanwhile.
             let key = state.take_key();
             let mut waiter = Waiter::new(self.clone(), key, rx, None);
@@ -435,6 +438,7 @@ impl Mailbox {
         let (tx, rx) = oneshot::channel();
         let mut incoming = incoming;
         incoming.detach();
+        let tx = Handoff::Channel(tx);
         state.senders.insert(key, SendWaiter { incoming, tx });
         Pending::Wait(Waiter::new(self.clone(), key, rx, timeout))
     }
@@ -446,10 +450,25 @@ impl Mailbox {
         taker: Taker,
         wait: Wait,
     ) -> Pending<Envelope> {
+        match self.recv_or_park(selector, taker, wait, None) {
+            Received::Pending(pending) => pending,
+            Received::Parked(_) => unreachable!("a receive parks only where it may"),
+        }
+    }
+
+    /// As [`Mailbox::recv`]; a receive that would wait for as long as it takes (not a
+    /// peek) parks instead, its result to come to `completions`.
+    pub(crate) fn recv_or_park(
+        self: &Arc<Self>,
+        selector: Selector,
+        taker: Taker,
+        wait: Wait,
+        completions: Option<&Arc<Completions>>,
+    ) -> Received {
         let peek = taker.peek;
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
-            return Pending::Ready(Err(closed.clone().into()));
+            return Pending::Ready(Err(closed.clone().into())).into();
         }
         while let Some(slot) = state.queue.find(selector) {
             // The clock is read only for a message that can expire.
@@ -465,7 +484,7 @@ impl Mailbox {
             let refused = (state.queue.get(slot)).and_then(|e| taker.refuses(e));
             if let Some(refused) = refused {
                 // Not taken: it stays where it is for a receiver with room for it.
-                return Pending::Ready(Err(refused));
+                return Pending::Ready(Err(refused)).into();
             }
             let envelope = if peek {
                 state
@@ -479,7 +498,7 @@ impl Mailbox {
                 state.admit_senders();
                 envelope
             };
-            return Pending::Ready(Ok(envelope));
+            return Pending::Ready(Ok(envelope)).into();
         }
         if !peek && state.link.is_none() {
             // Nothing queued matches, but a sender blocked on a full mailbox may hold a
@@ -503,12 +522,12 @@ impl Mailbox {
                     let _ = waiter.tx.send(Ok(SentId(envelope.id())));
                     let refused = taker.refuses(&envelope);
                     state.offer_or_queue(envelope);
-                    return Pending::Ready(Err(refused.expect("too big")));
+                    return Pending::Ready(Err(refused.expect("too big"))).into();
                 }
                 let waiter = state.senders.remove(&key).expect("found");
                 let envelope = state.stamp(waiter.incoming).into_envelope();
                 let _ = waiter.tx.send(Ok(SentId(envelope.id())));
-                return Pending::Ready(Ok(state.take(envelope, &taker)));
+                return Pending::Ready(Ok(state.take(envelope, &taker))).into();
             }
         }
         let empty = Empty {
@@ -516,12 +535,25 @@ impl Mailbox {
             selector,
         };
         let timeout = match wait {
-            Wait::NoWait => return Pending::Ready(Err(RecvError::Empty(empty))),
+            Wait::NoWait => return Pending::Ready(Err(RecvError::Empty(empty))).into(),
             Wait::Forever => None,
             Wait::TimeoutMs(ms) => Some((Duration::from_millis(ms), empty)),
         };
         let key = state.take_key();
+        if let Some(completions) = completions.filter(|_| !peek && timeout.is_none()) {
+            let slot = completions.slot();
+            let tx = Handoff::Parked(completions.clone(), slot);
+            state
+                .receivers
+                .insert(key, selector, RecvWaiter { taker, tx });
+            return Received::Parked(Parked {
+                mailbox: self.clone(),
+                key,
+                slot,
+            });
+        }
         let (tx, rx) = oneshot::channel();
+        let tx = Handoff::Channel(tx);
         let waiters = if peek {
             &mut state.peekers
         } else {
@@ -533,7 +565,7 @@ impl Mailbox {
         // What a peek is handed is a copy: if it is not delivered, it is dropped, never
         // put back in place of (or beside) the original.
         waiter.copy = peek;
-        Pending::Wait(waiter)
+        Pending::Wait(waiter).into()
     }
 
     /// Receivers (and peekers) waiting now.

@@ -388,3 +388,107 @@ async fn a_message_too_big_for_a_receive_stays_for_the_next() {
     assert_eq!(&large.wait().await.unwrap().payload(), b"twelve bytes");
     assert_eq!(m.info().messages, 0);
 }
+
+/// Parks a plain receive of any message on `m`, its results to `completions`.
+fn park(m: &Arc<Mailbox>, completions: &Arc<Completions>) -> Parked {
+    let taker = Taker {
+        peek: false,
+        pid: 1,
+        lease: None,
+        max_size: None,
+    };
+    match m.recv_or_park(Selector::Any, taker, Wait::Forever, Some(completions)) {
+        Received::Parked(parked) => parked,
+        Received::Pending(other) => panic!("not parked: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn parked_receives_are_handed_messages_in_order() {
+    let (m, _) = mailbox(None, None);
+    let completions = Arc::new(Completions::default());
+    let (first, second) = (park(&m, &completions), park(&m, &completions));
+    assert_eq!(m.waiting_receivers(), 2);
+    send(&m, "a", None, None);
+    send(&m, "b", None, None);
+    let (slot, result) = completions.try_next().expect("handed");
+    assert_eq!((slot, result.unwrap().payload()), (first.slot, &b"a"[..]));
+    let (slot, result) = completions.try_next().expect("handed");
+    assert_eq!((slot, result.unwrap().payload()), (second.slot, &b"b"[..]));
+    assert!(completions.try_next().is_none());
+    assert_eq!(m.waiting_receivers(), 0);
+}
+
+#[tokio::test]
+async fn a_withdrawn_parked_receive_gives_back_what_it_was_handed() {
+    let (m, _) = mailbox(None, None);
+    let completions = Arc::new(Completions::default());
+    // Never handed anything: it only leaves.
+    park(&m, &completions).withdraw(&completions);
+    assert_eq!(m.waiting_receivers(), 0);
+    // Handed a message before it is withdrawn (refused for the quota, say): the message
+    // goes back, and is taken as if it had never left.
+    let parked = park(&m, &completions);
+    send(&m, "kept", None, None);
+    parked.withdraw(&completions);
+    assert!(completions.try_next().is_none(), "its result went with it");
+    let back = take(&m).expect("back in the mailbox");
+    assert_eq!(back.payload(), b"kept");
+    assert_eq!(back.deliveries(), 1, "delivered once, not twice");
+}
+
+#[tokio::test]
+async fn a_closed_connection_loses_none_of_its_parked_receives_messages() {
+    let (m, _) = mailbox(None, None);
+    let completions = Arc::new(Completions::default());
+    let handed = park(&m, &completions);
+    let waiting = park(&m, &completions);
+    send(&m, "handed", None, None);
+    // The connection closes: what was handed and not answered goes back, and a message
+    // sent after the close is not handed to a receive that stays registered a moment
+    // longer.
+    let mut unanswered = completions.close();
+    assert_eq!(unanswered.len(), 1);
+    send(&m, "after", None, None);
+    let (slot, result) = unanswered.pop_front().expect("one");
+    assert_eq!(slot, handed.slot);
+    handed.give_back(result.expect("a message"));
+    waiting.leave();
+    assert_eq!(m.waiting_receivers(), 0);
+    assert!(completions.try_next().is_none());
+    assert_eq!(take(&m).unwrap().payload(), b"handed");
+    assert_eq!(take(&m).unwrap().payload(), b"after");
+    assert!(take(&m).is_none());
+}
+
+#[tokio::test]
+async fn a_cancelled_parked_receive_is_told_so_and_a_timed_one_does_not_park() {
+    let (m, _) = mailbox(None, None);
+    let completions = Arc::new(Completions::default());
+    let parked = park(&m, &completions);
+    parked.cancel(Cancelled { request: 7 });
+    let (slot, result) = completions.try_next().expect("a result");
+    assert_eq!(slot, parked.slot);
+    assert!(
+        matches!(result, Err(RecvError::Interrupted(_))),
+        "{result:?}"
+    );
+    // A message sent now is queued, not handed to the cancelled receive.
+    send(&m, "queued", None, None);
+    assert!(completions.try_next().is_none());
+    assert_eq!(m.info().messages, 1);
+    // A receive with a time limit keeps its future, which owns its timer; so does a peek.
+    for (peek, wait) in [(false, Wait::TimeoutMs(1000)), (true, Wait::Forever)] {
+        let taker = Taker {
+            peek,
+            pid: 1,
+            lease: None,
+            max_size: None,
+        };
+        let selector = Selector::Type(9);
+        match m.recv_or_park(selector, taker, wait, Some(&completions)) {
+            Received::Pending(Pending::Wait(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -30,6 +30,7 @@ use ipc_proto::Selector;
 use tokio::sync::oneshot;
 
 use super::error::{Cancelled, Closed, Empty, Full, Interrupted, RecvError, SendError};
+use super::parked::Completions;
 use super::{Envelope, Incoming, Mailbox, SentId, State, Taker};
 
 /// Waiters of type `W`, each under a unique key given in increasing arrival order.
@@ -154,11 +155,15 @@ impl<W> WaiterIndex<W> {
     }
 }
 
+/// A map by keys the daemon hands out in order (waiter keys, parked receives' slots),
+/// hashed by [`KeyHasher`].
+pub(crate) type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
 /// Hashes a waiter's key, which the mailbox hands out in order (a client chooses none):
 /// one multiplication rather than SipHash, whose resistance to chosen keys it does not
 /// need (SipHash was a third of the cost of taking a waiter out of the index).
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -361,8 +366,31 @@ pub(crate) enum Pending<T: Side> {
     Wait(Waiter<T>),
 }
 
-/// Where a waiter's result is handed to it.
-pub(crate) type Handoff<T> = oneshot::Sender<Result<T, <T as Side>::Error>>;
+/// Where a waiter's result is handed to it: the channel its request's future awaits,
+/// or (a parked receive) its slot among its connection's [`Completions`].
+pub(crate) enum Handoff<T: Side> {
+    Channel(oneshot::Sender<Result<T, T::Error>>),
+    Parked(Arc<Completions>, u64),
+}
+
+impl<T: Side> Handoff<T> {
+    /// Hands `result` over; `Err` gives it back if nobody will take it.
+    pub fn send(self, result: Result<T, T::Error>) -> Result<(), Result<T, T::Error>> {
+        match self {
+            Handoff::Channel(tx) => tx.send(result),
+            Handoff::Parked(to, slot) => T::park_result(&to, slot, result),
+        }
+    }
+}
+
+impl<T: Side> std::fmt::Debug for Handoff<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handoff::Channel(_) => f.write_str("Channel"),
+            Handoff::Parked(_, slot) => f.debug_tuple("Parked").field(slot).finish(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct RecvWaiter {
@@ -390,6 +418,12 @@ pub(crate) trait Side: Sized + Send + 'static {
     /// already been completed.
     fn deregister(state: &mut State, key: u64) -> Option<Handoff<Self>>;
     fn reclaim(state: &mut State, value: Self);
+    /// Hands `result` to the parked request of `slot` (only a receive parks).
+    fn park_result(
+        to: &Completions,
+        slot: u64,
+        result: Result<Self, Self::Error>,
+    ) -> Result<(), Result<Self, Self::Error>>;
 }
 
 impl Side for Envelope {
@@ -424,6 +458,14 @@ impl Side for Envelope {
         state.total_received = state.total_received.saturating_sub(1);
         state.offer_or_queue(envelope);
     }
+
+    fn park_result(
+        to: &Completions,
+        slot: u64,
+        result: Result<Self, RecvError>,
+    ) -> Result<(), Result<Self, RecvError>> {
+        to.complete(slot, result)
+    }
 }
 
 impl Side for SentId {
@@ -443,6 +485,15 @@ impl Side for SentId {
 
     /// The message was accepted; its sender just will not hear of it.
     fn reclaim(_: &mut State, _: SentId) {}
+
+    /// A send never parks: nobody takes a result there.
+    fn park_result(
+        _: &Completions,
+        _: u64,
+        result: Result<Self, SendError>,
+    ) -> Result<(), Result<Self, SendError>> {
+        Err(result)
+    }
 }
 
 /// Cancels a wait synchronously: under the mailbox lock the waiter is deregistered and
