@@ -71,12 +71,9 @@ pub fn encode_request(
     max_body: u32,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    frame_with(FrameKind::Request, request_id, max_body, out, |out| {
-        if fast::encode_request(request, out) {
-            Ok(())
-        } else {
-            serde_body(request, out)
-        }
+    let kind = FrameKind::Request;
+    frame_with(kind, request_id, max_body, out, |out| {
+        by_hand_or_serde(request, out, fast::encode_request)
     })
 }
 
@@ -88,13 +85,23 @@ pub fn encode_response(
     max_body: u32,
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    frame_with(FrameKind::Response, request_id, max_body, out, |out| {
-        if fast::encode_response(response, out) {
-            Ok(())
-        } else {
-            serde_body(response, out)
-        }
+    let kind = FrameKind::Response;
+    frame_with(kind, request_id, max_body, out, |out| {
+        by_hand_or_serde(response, out, fast::encode_response)
     })
+}
+
+/// `body` laid out by `by_hand`, or through serde where that takes none of it.
+fn by_hand_or_serde<T: Serialize>(
+    body: &T,
+    out: &mut BytesMut,
+    by_hand: fn(&T, &mut BytesMut) -> bool,
+) -> postcard::Result<()> {
+    if by_hand(body, out) {
+        Ok(())
+    } else {
+        serde_body(body, out)
+    }
 }
 
 /// Appends the reply frame of delivered messages, laid out by hand ([`fast`]).
