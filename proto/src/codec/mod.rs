@@ -7,7 +7,7 @@
 //! single copy), never element by element as it would a `Vec<u8>`.
 //!
 //! The bodies of a streamed message — a send, a receive, and their replies — are laid
-//! out by hand in the same format ([`fast`]), serde's code staying the definition.
+//! out by hand in the same format (`fast.rs`), serde's code staying the definition.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
@@ -64,7 +64,7 @@ pub fn encode_frame<T: Serialize>(
 }
 
 /// Appends a request's frame to `out`, as [`encode_frame`] does: a send's or a
-/// receive's body is laid out by hand ([`fast`]), any other through serde.
+/// receive's body is laid out by hand (`fast.rs`), any other through serde.
 pub fn encode_request(
     request_id: u64,
     request: &Request,
@@ -78,7 +78,7 @@ pub fn encode_request(
 }
 
 /// Appends a reply's frame to `out`, as [`encode_frame`] does: a `Sent`, `Message` or
-/// `Messages` body is laid out by hand ([`fast`]), any other through serde.
+/// `Messages` body is laid out by hand (`fast.rs`), any other through serde.
 pub fn encode_response(
     request_id: u64,
     response: &Response,
@@ -104,7 +104,7 @@ fn by_hand_or_serde<T: Serialize>(
     }
 }
 
-/// Appends the reply frame of delivered messages, laid out by hand ([`fast`]).
+/// Appends the reply frame of delivered messages, laid out by hand (`fast.rs`).
 pub fn encode_delivered(
     request_id: u64,
     delivered: &Delivered<'_>,
@@ -226,7 +226,7 @@ pub fn decode_body<T: DeserializeOwned>(
 }
 
 /// Decodes a request frame as [`decode_body_sharing`] does: a send's or a receive's body
-/// is read by hand ([`fast`]), any other — and any body the hand-laid reading is not
+/// is read by hand (`fast.rs`), any other — and any body the hand-laid reading is not
 /// sure of — through serde.
 #[inline]
 pub fn decode_request(frame: &Frame, share_up_to: usize) -> Result<Request, CodecError> {
@@ -239,7 +239,7 @@ pub fn decode_request(frame: &Frame, share_up_to: usize) -> Result<Request, Code
 }
 
 /// Decodes a reply frame as [`decode_body`] does: a `Sent`, `Message` or `Messages`
-/// body is read by hand ([`fast`]), any other through serde.
+/// body is read by hand (`fast.rs`), any other through serde.
 #[inline]
 pub fn decode_response(frame: &Frame) -> Result<Response, CodecError> {
     if frame.kind == FrameKind::Response
