@@ -37,6 +37,9 @@ pub struct Broker {
     /// Swapped whole on reload; readers take a snapshot.
     /// Read on every request: a load takes no lock and touches no shared count.
     config: ArcSwap<Config>,
+    /// How many times `config` was swapped: what is read from it for every reply is
+    /// kept by its connection until this moves.
+    config_generation: AtomicU64,
     mailboxes: Mutex<HashMap<MailboxName, Arc<Mailbox>>>,
     accounts: Accounts,
     /// Connections of every uid not yet past their hello (`max_handshakes`).
@@ -165,6 +168,7 @@ impl Broker {
         let (dead_letters, queue) = mpsc::channel(config.dead_letter_backlog.max(1));
         Self {
             config: ArcSwap::from_pointee(config),
+            config_generation: AtomicU64::new(0),
             mailboxes: Mutex::new(HashMap::new()),
             accounts: Accounts::default(),
             handshaking: Gauge::default(),
@@ -204,7 +208,13 @@ impl Broker {
             );
         }
         self.config.store(Arc::new(config));
+        self.config_generation.fetch_add(1, Ordering::Release);
         self.declare();
+    }
+
+    /// Moves each time the configuration is swapped (see [`Self::reconfigure`]).
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation.load(Ordering::Acquire)
     }
 
     /// Creates each mailbox the configuration declares that does not exist, and gives

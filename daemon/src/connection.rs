@@ -16,6 +16,7 @@
 //! thus make the daemon hold no more for it than its uid's quota allows, however many
 //! connections it opens, and `status` shows what it holds.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -169,16 +170,37 @@ pub enum QueueError {
 pub struct Payer {
     pub account: Arc<UidAccount>,
     /// Where the quota in force is read, so a reload applies to the next reply.
-    pub broker: Arc<Broker>,
+    broker: Arc<Broker>,
+    /// The limits as last read, with the configuration's generation they were read
+    /// at: a reply reads one counter rather than the configuration (a load, and a
+    /// lookup of the uid's quota) until a reload moves it.
+    read: Cell<Option<(u64, (u64, u64))>>,
 }
 
 impl Payer {
+    pub fn new(account: Arc<UidAccount>, broker: Arc<Broker>) -> Self {
+        Self {
+            account,
+            broker,
+            read: Cell::new(None),
+        }
+    }
+
     /// The uid's `queued_bytes` quota, and the replies a connection may have waiting
     /// past it (`reply_allowance`).
     fn limits(&self) -> (u64, u64) {
+        // Read before the configuration: a reload in between is seen by the next reply.
+        let generation = self.broker.config_generation();
+        if let Some((read_at, limits)) = self.read.get()
+            && read_at == generation
+        {
+            return limits;
+        }
         let config = self.broker.config();
         let quota = config.quota_for(self.account.uid());
-        (Resource::QueuedBytes.limit(&quota), config.reply_allowance)
+        let limits = (Resource::QueuedBytes.limit(&quota), config.reply_allowance);
+        self.read.set(Some((generation, limits)));
+        limits
     }
 }
 
@@ -525,10 +547,7 @@ mod tests {
             ..Config::default()
         };
         let broker = Arc::new(Broker::new(config, Err("no store in this test".into())));
-        Payer {
-            account: broker.accounts().account(1000),
-            broker,
-        }
+        Payer::new(broker.accounts().account(1000), broker)
     }
 
     fn status_reply(id: u64, users: usize) -> Outgoing {
@@ -671,13 +690,30 @@ mod tests {
         );
     }
 
+    /// The quota read for replies is kept between replies, and read again once the
+    /// configuration is swapped: a reload applies to the next reply.
+    #[tokio::test]
+    async fn a_reload_applies_to_the_next_reply() {
+        let payer = payer(1_000);
+        let broker = payer.broker.clone();
+        let mut output = Output::new(payer, 16, u64::MAX, u32::MAX);
+        output.push(status_reply(1, 100)).unwrap();
+        assert!(output.push(status_reply(2, 100)).is_err(), "over the quota");
+        let roomy = Config {
+            quota: Quota {
+                queued_bytes: 1 << 20,
+                ..Config::default().quota
+            },
+            ..Config::default()
+        };
+        broker.reconfigure(roomy);
+        output.push(status_reply(3, 100)).unwrap();
+    }
+
     #[test]
     fn another_uid_is_not_charged() {
         let heavy = payer(1_000);
-        let light = Payer {
-            account: heavy.broker.accounts().account(1001),
-            broker: heavy.broker.clone(),
-        };
+        let light = Payer::new(heavy.broker.accounts().account(1001), heavy.broker.clone());
         let mut output = Output::new(heavy, 16, u64::MAX, u32::MAX);
         output.push(status_reply(1, 100)).unwrap();
         assert!(output.push(status_reply(2, 100)).is_err());

@@ -194,10 +194,7 @@ pub async fn serve(admitted: Admitted, broker: Arc<Broker>, shutdown: Cancellati
         FrameCodec(FrameDecoder::new(config.max_hello_frame)),
     );
     // Replies wait charged to the uid that asked for them, as its queued bytes.
-    let payer = Payer {
-        account: caller.account.clone(),
-        broker: broker.clone(),
-    };
+    let payer = Payer::new(caller.account.clone(), broker.clone());
     let output = Output::new(
         payer,
         config.max_queued_replies,
