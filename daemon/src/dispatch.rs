@@ -921,10 +921,7 @@ fn reply_when<T: Side, A: Into<Answer>>(
 where
     ErrorReply: From<T::Error>,
 {
-    let answer = move |result: Result<T, T::Error>| match result {
-        Ok(value) => done(value).into(),
-        Err(e) => Answer::from(Response::Error(e.into())),
-    };
+    let answer = move |result: Result<T, T::Error>| answer_of(result, done);
     match pending {
         Pending::Ready(result) => Reply::Now(answer(result)),
         Pending::Wait(waiter) => Reply::Later {
@@ -932,6 +929,21 @@ where
             undoable: waiter.undoable(),
             wait: Box::pin(async move { answer(waiter.wait().await) }),
         },
+    }
+}
+
+/// The answer to an operation that ended with `result`: `done` makes it of a success, an
+/// error is answered as such. A waiting request's, and a parked receive's (`peer`).
+pub(crate) fn answer_of<T: Side, A: Into<Answer>>(
+    result: Result<T, T::Error>,
+    done: impl FnOnce(T) -> A,
+) -> Answer
+where
+    ErrorReply: From<T::Error>,
+{
+    match result {
+        Ok(value) => done(value).into(),
+        Err(e) => Answer::from(Response::Error(e.into())),
     }
 }
 

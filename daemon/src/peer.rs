@@ -40,7 +40,7 @@ use crate::broker::Broker;
 use crate::caller::{Caller, peer_groups};
 use crate::config::Config;
 use crate::connection::{FdReader, FrameCodec, Outgoing, Output, Payer, QueueError, ReadError};
-use crate::dispatch::{Answer, Reply, dispatch, message_answer};
+use crate::dispatch::{Answer, Reply, answer_of, dispatch, message_answer};
 use crate::logging;
 use crate::mailbox::{
     Cancelled, Canceller, Completed, Envelope, KeyMap, Memfd, OWN_PAYLOAD_UP_TO, Parked, RecvError,
@@ -325,10 +325,7 @@ struct ParkedRecv {
 impl ParkedRecv {
     /// The answer to this receive, of what its mailbox handed it.
     fn answer(&self, result: Result<Envelope, RecvError>) -> Answer {
-        match result {
-            Ok(envelope) => message_answer(envelope, self.takes_fd),
-            Err(e) => Answer::from(Response::Error(e.into())),
-        }
+        answer_of(result, |envelope| message_answer(envelope, self.takes_fd))
     }
 }
 
