@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ipc_client::{CreateOptions, LimitChanges, RecvOptions, Wait};
-use ipc_proto::{CallRequest, Headers, PublishRequest, Request, Response};
+use ipc_proto::{CallRequest, HeaderBox, PublishRequest, Request, Response};
 
 use crate::mailboxes::Daemon;
 use crate::payload;
@@ -60,7 +60,7 @@ fn fan_out_rate(daemon: &Daemon, fan_out: usize, publishes: usize, check: bool) 
             let request = Request::Publish(PublishRequest {
                 topic: topic.clone(),
                 mtype: 1,
-                headers: Headers::default(),
+                headers: HeaderBox::default(),
                 ttl_ms: None,
                 payload: Bytes::from(payload(submitted as u64, 64)),
             });
@@ -119,7 +119,7 @@ fn call_rate(daemon: &Daemon, rounds: usize, in_flight: usize, check: bool) -> f
             let request = Request::Call(CallRequest {
                 mailbox: mailbox.clone(),
                 mtype: 1,
-                headers: Headers::default(),
+                headers: HeaderBox::default(),
                 timeout_ms: 60_000,
                 payload: body.clone(),
             });

@@ -157,7 +157,8 @@ pub unsafe extern "C" fn ipc_reply(
                     .map_err(client::Error::from)?,
                 correlation_id: (request.has_correlation_id != 0).then_some(request.correlation_id),
                 ..Headers::default()
-            },
+            }
+            .into(),
             redelivered: request.redelivered != 0,
             deliveries: request.deliveries,
             payload: Default::default(),

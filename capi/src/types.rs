@@ -400,7 +400,8 @@ mod tests {
                 content_type: content_type.map(str::to_owned),
                 correlation_id: Some(9),
                 ..Headers::default()
-            },
+            }
+            .into(),
             redelivered: true,
             deliveries: 2,
             payload: payload.into(),

@@ -571,7 +571,8 @@ mod tests {
                 correlation_id: Some(9),
                 content_type: None,
                 topic: None,
-            },
+            }
+            .into(),
             redelivered: false,
             deliveries: 1,
             payload: Bytes::from_static(payload),

@@ -103,7 +103,7 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use ipc_proto::{Credentials, Headers, Timestamp};
+    use ipc_proto::{Credentials, HeaderBox, Timestamp};
 
     use super::*;
 
@@ -140,7 +140,7 @@ mod tests {
                 gid: 0,
             },
             sent_at: Timestamp(0),
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             redelivered: false,
             deliveries: 1,
             payload: Bytes::from_static(payload.as_bytes()),

@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ipc_client::{
-    BlockingClient, Bytes, CreateOptions, Fsync, Headers, LimitChanges, MailboxName, SendOptions,
+    BlockingClient, Bytes, CreateOptions, Fsync, HeaderBox, LimitChanges, MailboxName, SendOptions,
     Wait, reply,
 };
 use ipc_proto::{Request, SendRequest};
@@ -235,7 +235,7 @@ fn pipelined(
     let request = Request::Send(SendRequest {
         mailbox: MailboxName::new(mailbox)?,
         mtype: 1,
-        headers: Headers::default(),
+        headers: HeaderBox::default(),
         wait: Wait::Forever,
         ttl_ms: None,
         delay_ms: None,

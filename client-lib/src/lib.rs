@@ -48,7 +48,7 @@ pub use typed::{Codec, Leased, MessageType, TypedMailbox, reply, type_tag};
 pub use bytes::Bytes;
 /// The protocol types, re-exported so users need no direct dependency on `ipc-proto`.
 pub use ipc_proto::{
-    Credentials, DaemonStatus, DeliveryChanges, ErrorCode, Fsync, Headers, Lease, LimitChanges,
-    MailboxChanges, MailboxInfo, MailboxName, Message, PublishReport, Selector, Timestamp, Topic,
-    TopicPattern, UidUsage, Wait, Welcome,
+    Credentials, DaemonStatus, DeliveryChanges, ErrorCode, Fsync, HeaderBox, Headers, Lease,
+    LimitChanges, MailboxChanges, MailboxInfo, MailboxName, Message, PublishReport, Selector,
+    Timestamp, Topic, TopicPattern, UidUsage, Wait, Welcome,
 };

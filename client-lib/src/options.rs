@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use ipc_proto::{
-    BatchMessage, CallRequest, CreateRequest, DeliveryChanges, Fsync, Headers, Lease, LimitChanges,
-    MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Selector, SendBatchRequest,
-    SendRequest, Topic, Wait,
+    BatchMessage, CallRequest, CreateRequest, DeliveryChanges, Fsync, HeaderBox, Lease,
+    LimitChanges, MailboxName, PublishRequest, RecvBatchRequest, RecvRequest, Selector,
+    SendBatchRequest, SendRequest, Topic, Wait,
 };
 
 use crate::{Error, Result};
@@ -46,7 +46,7 @@ pub struct SendOptions {
     /// SysV `mtype`, at least 1.
     pub mtype: i64,
     pub wait: Wait,
-    pub headers: Headers,
+    pub headers: HeaderBox,
     /// Expire the message if undelivered after this long (else the mailbox's default).
     pub ttl: Option<std::time::Duration>,
     /// Keep it invisible to receivers for this long.
@@ -58,7 +58,7 @@ impl Default for SendOptions {
         Self {
             mtype: 1,
             wait: Wait::Forever,
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             ttl: None,
             delay: None,
         }

@@ -435,7 +435,7 @@ mod tests {
     fn only_what_cannot_happen_twice_is_made_again() {
         let q = || MailboxName::new("q").unwrap();
         let create = |exist_ok| {
-            Request::Create(CreateRequest {
+            Request::Create(Box::new(CreateRequest {
                 mailbox: q(),
                 mode: None,
                 durable: false,
@@ -443,7 +443,7 @@ mod tests {
                 limits: Default::default(),
                 delivery: Default::default(),
                 exist_ok,
-            })
+            }))
         };
         assert!(retry_safe(&recv(Wait::Forever)));
         // A subscription's mailbox went with the connection; its name may be another's.

@@ -310,7 +310,7 @@ macro_rules! operations {
             options: &$crate::CreateOptions,
         ) -> $crate::Result<bool> {
             let request = options.request(ipc_proto::MailboxName::new(mailbox)?);
-            self.ask(Request::Create(request), $crate::reply::created)$($($await)+)?
+            self.ask(Request::Create(Box::new(request)), $crate::reply::created)$($($await)+)?
         }
 
         /// Sends `payload`; returns the message's id in the mailbox.
@@ -402,7 +402,7 @@ macro_rules! operations {
             changes: $crate::MailboxChanges,
         ) -> $crate::Result<$crate::MailboxInfo> {
             let mailbox = ipc_proto::MailboxName::new(mailbox)?;
-            self.ask(Request::Set { mailbox, changes }, $crate::reply::mailbox)$($($await)+)?
+            self.ask(Request::Set { mailbox, changes: Box::new(changes) }, $crate::reply::mailbox)$($($await)+)?
         }
 
         /// Drops every queued message; returns how many.

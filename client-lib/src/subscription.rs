@@ -93,7 +93,7 @@ impl<C> Subscribed<C> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use ipc_proto::{Credentials, Headers, Timestamp};
+    use ipc_proto::{Credentials, HeaderBox, Timestamp};
 
     fn message(id: u64) -> Message {
         Message {
@@ -105,7 +105,7 @@ mod tests {
                 gid: 1,
             },
             sent_at: Timestamp(0),
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             redelivered: false,
             deliveries: 1,
             payload: Bytes::new(),

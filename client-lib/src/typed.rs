@@ -599,7 +599,8 @@ mod tests {
             headers: Headers {
                 content_type,
                 ..Headers::default()
-            },
+            }
+            .into(),
             redelivered: false,
             deliveries: 1,
             payload,
@@ -674,7 +675,7 @@ mod tests {
         let Request::Send(send) = request else {
             panic!("a typed send is a Send: {request:?}");
         };
-        message_with(send.payload, send.headers.content_type)
+        message_with(send.payload, send.headers.into_inner().content_type)
     }
 
     fn handle<T: MessageType>() -> TypedMailbox<(), T> {

@@ -168,7 +168,7 @@ pub fn random_id() -> u64 {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use ipc_proto::{Credentials, Headers, Timestamp};
+    use ipc_proto::{Credentials, HeaderBox, Timestamp};
 
     fn message(payload: &'static [u8]) -> Message {
         Message {
@@ -180,7 +180,7 @@ mod tests {
                 gid: 1,
             },
             sent_at: Timestamp(0),
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             redelivered: false,
             deliveries: 1,
             payload: Bytes::from_static(payload),

@@ -154,7 +154,7 @@ pub fn dispatch(
             &req.mailbox,
             req.delivery.dead_letter.as_ref(),
         )
-        .and_then(|()| broker.create(caller, req).map_err(ErrorReply::from))
+        .and_then(|()| broker.create(caller, *req).map_err(ErrorReply::from))
         {
             Ok(Created::Now(created)) => Reply::Now(Answer::from(Response::Created { created })),
             Ok(Created::Storing(stored)) => {
@@ -189,7 +189,7 @@ pub fn dispatch(
                 .map(|m| broker.info(&m))
                 .collect(),
         ))),
-        Request::Set { mailbox, changes } => set(broker, caller, &mailbox, changes)
+        Request::Set { mailbox, changes } => set(broker, caller, &mailbox, *changes)
             .unwrap_or_else(|e| Reply::Now(Answer::from(Response::Error(e)))),
         Request::Purge { mailbox } => {
             match authorized(broker, caller, &mailbox, Access::Manage).map(|m| m.purge()) {
@@ -1029,7 +1029,7 @@ fn to_wire(e: Envelope) -> Message {
         mtype: m.mtype,
         sender: m.sender,
         sent_at: m.sent_at,
-        headers: m.headers.clone(),
+        headers: m.headers.clone().into(),
         redelivered: m.redelivered,
         deliveries: m.deliveries,
         payload: bytes::Bytes::copy_from_slice(m.payload),
@@ -1260,7 +1260,7 @@ mod tests {
         Request::Send(SendRequest {
             mailbox: name.clone(),
             mtype: 1,
-            headers: Headers::default(),
+            headers: ipc_proto::HeaderBox::default(),
             wait: Wait::NoWait,
             ttl_ms: None,
             delay_ms: None,
@@ -1276,7 +1276,7 @@ mod tests {
         let (owner, other) = (caller(&broker, 1000), caller(&broker, 2000));
         let name: MailboxName = "kept".parse().unwrap();
         let create = |mode| {
-            Request::Create(ipc_proto::CreateRequest {
+            Request::Create(Box::new(ipc_proto::CreateRequest {
                 mailbox: name.clone(),
                 mode: Some(mode),
                 durable: false,
@@ -1284,7 +1284,7 @@ mod tests {
                 limits: Default::default(),
                 delivery: Default::default(),
                 exist_ok: false,
-            })
+            }))
         };
         let code = |response: Response| match response {
             Response::Error(e) => Some(e.code),
@@ -1295,10 +1295,10 @@ mod tests {
         assert_eq!(code(ask(&broker, &other, send_to(&name, b"2"))), None);
         let revoke = Request::Set {
             mailbox: name.clone(),
-            changes: MailboxChanges {
+            changes: Box::new(MailboxChanges {
                 mode: Some(0o600),
                 ..Default::default()
-            },
+            }),
         };
         assert_eq!(code(ask(&broker, &owner, revoke)), None);
         assert_eq!(

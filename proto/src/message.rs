@@ -153,6 +153,85 @@ pub struct Headers {
     pub topic: Option<Topic>,
 }
 
+impl Headers {
+    /// No headers at all, as most messages have.
+    pub const NONE: Self = Self {
+        reply_to: None,
+        correlation_id: None,
+        content_type: None,
+        topic: None,
+    };
+}
+
+/// A message's [`Headers`] where requests and messages carry them: behind one pointer,
+/// and no allocation at all for a message without any (most messages). Every request
+/// and reply is moved from decoder to dispatch to the reply queue; inline, the headers
+/// were 88 of a send's 200 bytes, and each move of it a call to `memcpy`.
+///
+/// It reads as the [`Headers`] it holds (`message.headers.reply_to`); writing a field
+/// makes room for them. Its encoding is that of [`Headers`].
+#[derive(Clone, Default)]
+pub struct HeaderBox(Option<Box<Headers>>);
+
+impl HeaderBox {
+    /// The headers, out of their box.
+    pub fn into_inner(self) -> Headers {
+        self.0.map_or(Headers::NONE, |h| *h)
+    }
+
+    /// The headers, leaving none behind.
+    pub fn take(&mut self) -> Headers {
+        std::mem::take(self).into_inner()
+    }
+}
+
+impl From<Headers> for HeaderBox {
+    fn from(headers: Headers) -> Self {
+        Self((headers != Headers::NONE).then(|| Box::new(headers)))
+    }
+}
+
+impl std::ops::Deref for HeaderBox {
+    type Target = Headers;
+
+    fn deref(&self) -> &Headers {
+        self.0.as_deref().unwrap_or(&Headers::NONE)
+    }
+}
+
+impl std::ops::DerefMut for HeaderBox {
+    fn deref_mut(&mut self) -> &mut Headers {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+// Equal when the headers are: a box emptied by writes equals none.
+impl PartialEq for HeaderBox {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for HeaderBox {}
+
+impl std::fmt::Debug for HeaderBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for HeaderBox {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderBox {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Headers::deserialize(deserializer).map(Self::from)
+    }
+}
+
 /// Per-mailbox limits; in a request, `None` means "leave as is" or "use the default".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LimitChanges {
@@ -225,7 +304,7 @@ pub struct SendRequest {
     pub mailbox: MailboxName,
     /// SysV `mtype`, at least 1.
     pub mtype: i64,
-    pub headers: Headers,
+    pub headers: HeaderBox,
     pub wait: Wait,
     /// Undelivered after this long, the message expires: it is dead-lettered, or dropped
     /// and counted. `None`: the mailbox's default TTL.
@@ -256,7 +335,7 @@ pub const FEATURE_MEMFD: &str = "memfd";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchMessage {
     pub mtype: i64,
-    pub headers: Headers,
+    pub headers: HeaderBox,
     pub ttl_ms: Option<u64>,
     pub delay_ms: Option<u64>,
     #[serde(deserialize_with = "crate::codec::payload")]
@@ -302,7 +381,7 @@ pub struct PublishRequest {
     pub mtype: i64,
     /// `reply_to`, `correlation_id` and `content_type` go with every copy; `topic` must be
     /// unset (the daemon sets it).
-    pub headers: Headers,
+    pub headers: HeaderBox,
     pub ttl_ms: Option<u64>,
     #[serde(deserialize_with = "crate::codec::payload")]
     pub payload: Bytes,
@@ -332,7 +411,7 @@ pub struct CallRequest {
     pub mailbox: MailboxName,
     pub mtype: i64,
     /// Only `content_type` may be set; the daemon sets `reply_to` and `correlation_id`.
-    pub headers: Headers,
+    pub headers: HeaderBox,
     /// How long to wait for the reply, at least 1 ms.
     pub timeout_ms: u64,
     #[serde(deserialize_with = "crate::codec::payload")]
@@ -399,9 +478,12 @@ pub struct MailboxChanges {
 
 /// Everything a client can ask. One variant per operation; the daemon has one `match`
 /// over it.
+///
+/// A request is moved from the decoder through dispatch, so it is as small as a send: the
+/// larger and rarer requests are boxed (their encoding is the same).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Create(CreateRequest),
+    Create(Box<CreateRequest>),
     Send(SendRequest),
     Recv(RecvRequest),
     Stat {
@@ -411,7 +493,7 @@ pub enum Request {
     List,
     Set {
         mailbox: MailboxName,
-        changes: MailboxChanges,
+        changes: Box<MailboxChanges>,
     },
     /// Drop every queued message.
     Purge {
@@ -481,7 +563,7 @@ pub struct Message {
     pub sender: Credentials,
     /// When the daemon accepted it.
     pub sent_at: Timestamp,
-    pub headers: Headers,
+    pub headers: HeaderBox,
     pub redelivered: bool,
     /// How many times it has been handed out, this time included.
     pub deliveries: u32,
@@ -668,6 +750,49 @@ pub enum Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{decode_value, encode_value};
+
+    /// A `HeaderBox` reads, compares and encodes as the headers it holds, whether it holds
+    /// them boxed or holds none.
+    #[test]
+    fn header_box_is_its_headers() {
+        let none = HeaderBox::default();
+        assert_eq!(*none, Headers::NONE);
+        let mut written = HeaderBox::from(Headers::NONE);
+        written.correlation_id = Some(7);
+        assert_eq!(written.correlation_id, Some(7));
+        assert_ne!(written, none);
+        written.correlation_id = None;
+        assert_eq!(written, none, "a box emptied by writes is no headers");
+
+        let full = Headers {
+            correlation_id: Some(9),
+            content_type: Some("text/plain".into()),
+            ..Headers::NONE
+        };
+        let boxed = HeaderBox::from(full.clone());
+        let bytes = encode_value(&full).unwrap();
+        assert_eq!(encode_value(&boxed).unwrap(), bytes);
+        assert_eq!(decode_value::<HeaderBox>(&bytes).unwrap(), boxed);
+        assert_eq!(
+            encode_value(&none).unwrap(),
+            encode_value(&Headers::NONE).unwrap()
+        );
+        let mut taken = boxed.clone();
+        assert_eq!(taken.take(), full);
+        assert_eq!(taken, none);
+        assert_eq!(boxed.into_inner(), full);
+    }
+
+    /// Every request and reply is moved by value several times on its way; past 128
+    /// bytes a move is a call to `memcpy` (measured: 32 calls and 9% of all instructions
+    /// per streamed message when a send was 200 bytes).
+    #[test]
+    fn requests_and_replies_stay_small() {
+        assert!(std::mem::size_of::<Request>() <= 128);
+        assert!(std::mem::size_of::<Response>() <= 96);
+        assert_eq!(std::mem::size_of::<HeaderBox>(), 8);
+    }
 
     #[test]
     fn selector_follows_msgrcv() {

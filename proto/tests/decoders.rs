@@ -14,10 +14,10 @@ use bytes::{Bytes, BytesMut};
 use ipc_proto::codec::{self, CodecError};
 use ipc_proto::{
     BatchMessage, CallRequest, CreateRequest, Credentials, DEFAULT_MAX_FRAME, Delivered,
-    DeliveryChanges, Frame, FrameDecoder, FrameError, FrameKind, Fsync, HEADER_LEN, Headers, Hello,
-    Lease, LimitChanges, MailboxChanges, MailboxName, Message, MessageRef, PublishRequest,
-    RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest, SendRequest,
-    Timestamp, Topic, TopicPattern, Wait, Welcome,
+    DeliveryChanges, Frame, FrameDecoder, FrameError, FrameKind, Fsync, HEADER_LEN, HeaderBox,
+    Headers, Hello, Lease, LimitChanges, MailboxChanges, MailboxName, Message, MessageRef,
+    PublishRequest, RecvBatchRequest, RecvRequest, Request, Response, Selector, SendBatchRequest,
+    SendRequest, Timestamp, Topic, TopicPattern, Wait, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -132,18 +132,21 @@ fn limits() -> impl Strategy<Value = LimitChanges> {
     )
 }
 
-fn headers() -> impl Strategy<Value = Headers> {
+fn headers() -> impl Strategy<Value = HeaderBox> {
     (
         proptest::option::of(name()),
         any::<Option<u64>>(),
         proptest::option::of(".{0,20}"),
         proptest::option::of(topic()),
     )
-        .prop_map(|(reply_to, correlation_id, content_type, topic)| Headers {
-            reply_to,
-            correlation_id,
-            content_type,
-            topic,
+        .prop_map(|(reply_to, correlation_id, content_type, topic)| {
+            Headers {
+                reply_to,
+                correlation_id,
+                content_type,
+                topic,
+            }
+            .into()
         })
 }
 
@@ -174,7 +177,7 @@ fn request() -> impl Strategy<Value = Request> {
         )
             .prop_map(
                 |(mailbox, mode, durable, fsync, limits, delivery, exist_ok)| {
-                    Request::Create(CreateRequest {
+                    Request::Create(Box::new(CreateRequest {
                         mailbox,
                         mode,
                         durable,
@@ -182,7 +185,7 @@ fn request() -> impl Strategy<Value = Request> {
                         limits,
                         delivery,
                         exist_ok,
-                    })
+                    }))
                 }
             ),
         (
@@ -238,13 +241,13 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(
                 |(mailbox, (mode, owner_uid, owner_gid), limits, delivery)| Request::Set {
                     mailbox,
-                    changes: MailboxChanges {
+                    changes: Box::new(MailboxChanges {
                         mode,
                         owner_uid,
                         owner_gid,
                         limits,
                         delivery,
-                    },
+                    }),
                 }
             ),
         name().prop_map(|mailbox| Request::Purge { mailbox }),

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
 use ipc_proto::{
-    Credentials, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, Headers, Hello, Message,
+    Credentials, DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameKind, HeaderBox, Hello, Message,
     PROTOCOL_VERSION, Request, Response, Timestamp, Welcome, codec,
 };
 
@@ -45,7 +45,7 @@ pub fn message(id: u64, payload: impl Into<Bytes>) -> Message {
         mtype: 1,
         sender: credentials(),
         sent_at: Timestamp(0),
-        headers: Headers::default(),
+        headers: HeaderBox::default(),
         redelivered: false,
         deliveries: 1,
         payload: payload.into(),

@@ -269,7 +269,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
         _ => None,
     };
     let create = |mode, limit| {
-        Request::Create(CreateRequest {
+        Request::Create(Box::new(CreateRequest {
             mailbox: name("edge"),
             mode,
             durable: false,
@@ -281,7 +281,7 @@ fn extreme_values_in_well_formed_requests_are_answered() {
                 max_msg_size: limit,
             },
             exist_ok: false,
-        })
+        }))
     };
     for (request, expected) in [
         (create(Some(u32::MAX), None), ErrorCode::InvalidArgument),
@@ -303,7 +303,8 @@ fn extreme_values_in_well_formed_requests_are_answered() {
                 correlation_id: Some(u64::MAX),
                 content_type: Some("\u{0}\u{ffff}".into()),
                 topic: None,
-            },
+            }
+            .into(),
             wait: Wait::TimeoutMs(u64::MAX),
             ttl_ms: None,
             delay_ms: None,
@@ -376,10 +377,10 @@ fn extreme_values_in_well_formed_requests_are_answered() {
     assert_eq!(c.request(&unknown).unwrap(), Response::Ok);
     let set = Request::Set {
         mailbox: name("edge"),
-        changes: MailboxChanges {
+        changes: Box::new(MailboxChanges {
             mode: Some(0o7777),
             ..MailboxChanges::default()
-        },
+        }),
     };
     assert_eq!(
         error_code(c.request(&set).unwrap()),

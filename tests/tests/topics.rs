@@ -580,10 +580,7 @@ fn a_call_gets_the_reply_of_its_responder() {
         .expect("the reply");
     let request = responder.join().unwrap();
     assert_eq!(text(&reply), "HELLO");
-    let reply_to = request
-        .headers
-        .reply_to
-        .expect("a request names its reply mailbox");
+    let reply_to = (request.headers.reply_to.as_ref()).expect("a request names its reply mailbox");
     assert!(reply_to.as_str().starts_with("_ipcd/reply/"), "{reply_to}");
     assert!(request.headers.correlation_id.is_some());
     assert_eq!(reply.headers.correlation_id, request.headers.correlation_id);

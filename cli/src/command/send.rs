@@ -103,7 +103,8 @@ pub fn run(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             correlation_id: args.correlation_id,
             content_type: args.content_type,
             topic: None,
-        },
+        }
+        .into(),
         wait: args.wait.wait(),
         ttl_ms: args.ttl.map(crate::cli::millis),
         delay_ms: args.delay.map(crate::cli::millis),

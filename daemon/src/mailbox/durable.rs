@@ -144,7 +144,7 @@ impl State {
             mtype: incoming.mtype,
             sender: incoming.sender(),
             sent_at: stamped.sent_at,
-            headers: incoming.headers.clone(),
+            headers: (*incoming.headers).clone(),
             expires_at: stamped.expires_at.map(wall),
             not_before: stamped.visible_at.map(wall),
             deliveries: 0,

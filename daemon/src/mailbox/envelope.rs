@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ipc_proto::{Credentials, Headers, Timestamp};
+use ipc_proto::{Credentials, HeaderBox, Headers, Timestamp};
 use tokio::time::Instant;
 
 use crate::quota::{Charge, GaugeSlot, Resource, UidAccount};
@@ -635,7 +635,7 @@ impl Envelope {
             memfd,
             mtype: self.mtype(),
             origin: self.head().origin.clone().expect("a message has an origin"),
-            headers: self.take_headers(),
+            headers: self.take_headers().into(),
             payload: self.take_payload(),
             charge,
             ttl,
@@ -724,7 +724,7 @@ pub struct Incoming {
     /// Its sender, and who pays as `charge` was taken (shared by a connection's
     /// messages; see [`Origin`]).
     pub origin: Arc<Origin>,
-    pub headers: Headers,
+    pub headers: HeaderBox,
     pub payload: Bytes,
     /// The memfd `payload` is a mapping of, when it came as one and is kept.
     pub memfd: Option<std::sync::Arc<Memfd>>,
@@ -963,7 +963,7 @@ mod tests {
         let incoming = |payload: Bytes| Incoming {
             mtype: 1,
             origin: Arc::new(Origin::new(CREDS, None, 0)),
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             payload,
             memfd: None,
             charge: None,
@@ -1077,7 +1077,7 @@ mod tests {
             if has(7) {
                 let incoming = e.into_incoming();
                 assert_eq!(&incoming.payload[..], &payload[..], "{what}");
-                assert_eq!(incoming.headers, headers, "{what}");
+                assert_eq!(incoming.headers, headers.into(), "{what}");
                 assert_eq!(incoming.charge.is_some(), has(5), "{what}");
                 drop(incoming);
             } else {

@@ -190,7 +190,7 @@ impl Stamped {
             mtype,
             origin,
             self.sent_at,
-            headers,
+            headers.into_inner(),
             payload,
             memfd,
             charge,

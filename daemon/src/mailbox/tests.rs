@@ -3,7 +3,7 @@
 //! never match, peeks, and the bounds on headers and dead letters.
 
 use bytes::Bytes;
-use ipc_proto::{Credentials, Headers};
+use ipc_proto::{Credentials, HeaderBox, Headers};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -55,7 +55,7 @@ fn send(m: &Arc<Mailbox>, payload: &str, ttl: Option<u64>, delay: Option<u64>) -
         memfd: None,
         mtype: 1,
         origin: sender(),
-        headers: Headers::default(),
+        headers: HeaderBox::default(),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         charge: None,
         ttl: ttl.map(Duration::from_secs),
@@ -255,7 +255,8 @@ async fn headers_count_against_max_bytes() {
         headers: Headers {
             content_type: Some("x".repeat(content_type)),
             ..Headers::default()
-        },
+        }
+        .into(),
         payload: Bytes::new(),
         charge: None,
         ttl: None,

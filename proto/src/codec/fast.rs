@@ -16,8 +16,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{
-    Credentials, Delivered, Headers, Lease, Message, MessageRef, RecvRequest, Request, Response,
-    Selector, SendRequest, Timestamp, Wait,
+    Credentials, Delivered, HeaderBox, Headers, Lease, Message, MessageRef, RecvRequest, Request,
+    Response, Selector, SendRequest, Timestamp, Wait,
 };
 use crate::name::MailboxName;
 
@@ -347,7 +347,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn headers(&mut self) -> Option<Headers> {
+    fn headers(&mut self) -> Option<HeaderBox> {
+        // Most messages carry none: four absent fields.
+        if let Some(rest) = self.rest.strip_prefix(&[0; 4]) {
+            self.rest = rest;
+            return Some(HeaderBox::default());
+        }
         let reply_to = self.option(Self::name)?;
         let correlation_id = self.option(Self::u64)?;
         let content_type = self.option(|r| {
@@ -359,12 +364,12 @@ impl<'a> Reader<'a> {
         if self.byte()? != 0 {
             return None;
         }
-        Some(Headers {
+        Some(HeaderBox::from(Headers {
             reply_to,
             correlation_id,
             content_type,
             topic: None,
-        })
+        }))
     }
 
     fn message(&mut self) -> Option<Message> {

@@ -418,7 +418,7 @@ mod tests {
             wait: Wait::NoWait,
             messages: vec![BatchMessage {
                 mtype: 1,
-                headers: Headers::default(),
+                headers: HeaderBox::default(),
                 ttl_ms: None,
                 delay_ms: None,
                 payload: Bytes::copy_from_slice(payload),
@@ -479,7 +479,8 @@ mod tests {
                 correlation_id: Some(9),
                 content_type: Some("text/plain".into()),
                 topic: Some(crate::Topic::new("orders.eu").unwrap()),
-            },
+            }
+            .into(),
             wait: Wait::TimeoutMs(1500),
             ttl_ms: Some(60_000),
             delay_ms: None,
@@ -497,7 +498,7 @@ mod tests {
         let req = Request::Send(SendRequest {
             mailbox: MailboxName::new("jobs").unwrap(),
             mtype: 1,
-            headers: Headers::default(),
+            headers: HeaderBox::default(),
             wait: Wait::Forever,
             ttl_ms: None,
             delay_ms: None,
