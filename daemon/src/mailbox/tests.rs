@@ -493,3 +493,29 @@ async fn a_cancelled_parked_receive_is_told_so_and_a_timed_one_does_not_park() {
         }
     }
 }
+
+/// `stat`'s last receive is read from the coarse clock, yet is never before the send of
+/// the message received, nor before the receive that came before it.
+#[tokio::test]
+async fn the_last_receive_is_never_before_its_send_or_the_one_before() {
+    let (m, _dead) = mailbox(None, None);
+    let mut last = Timestamp(0);
+    for round in 0..200 {
+        send(&m, "x", None, None);
+        let sent_at = take(&m).expect("queued").sent_at();
+        let at = m.info().last_recv.expect("a receive").at;
+        assert!(
+            at >= sent_at,
+            "round {round}: received {at:?} before sent {sent_at:?}"
+        );
+        assert!(
+            at >= last,
+            "round {round}: {at:?} before the last receive {last:?}"
+        );
+        assert!(
+            at.0 <= Timestamp::now().0,
+            "round {round}: a receive in the future"
+        );
+        last = at;
+    }
+}
