@@ -638,8 +638,9 @@ impl Peer {
         } else {
             None
         };
+        let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
         // A small payload is a slice of the frame: a message copies it into its own block.
-        let decoded = codec::decode_request(&frame, OWN_PAYLOAD_UP_TO);
+        let decoded = codec::decode_request(frame, OWN_PAYLOAD_UP_TO);
         let mut request: Request = match decoded {
             Ok(request) => request,
             // The frame was whole, so the stream is still in step: refuse this request
@@ -655,7 +656,6 @@ impl Peer {
                 return self.reply(Outgoing::response(id, Response::Error(error)));
             }
         };
-        let takes_fd = frame.flags & FLAG_TAKES_FD != 0;
         match dispatch(&self.broker, &self.caller, request, memfd, takes_fd) {
             Reply::Now(answer) => self.reply(outgoing(id, answer)),
             Reply::Later {

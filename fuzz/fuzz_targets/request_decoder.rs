@@ -112,7 +112,7 @@ fn hand_laid(body: &Bytes) {
     agree::<Request>(
         FrameKind::Request,
         &frame(FrameKind::Request),
-        |f| codec::decode_request(f, 1024),
+        |f| codec::decode_request(f.clone(), 1024),
         codec::encode_request,
     );
     agree::<Response>(

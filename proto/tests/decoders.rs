@@ -607,7 +607,7 @@ fn frame_of(kind: FrameKind, body: &[u8]) -> Frame {
 /// or the same refusal.
 fn requests_agree(body: &[u8]) -> Result<(), TestCaseError> {
     let frame = frame_of(FrameKind::Request, body);
-    let by_hand = codec::decode_request(&frame, 64).map_err(|e| e.to_string());
+    let by_hand = codec::decode_request(frame.clone(), 64).map_err(|e| e.to_string());
     let by_serde = codec::decode_body_sharing::<Request>(&frame, FrameKind::Request, 64)
         .map_err(|e| e.to_string());
     prop_assert_eq!(by_hand, by_serde);
@@ -636,10 +636,10 @@ proptest! {
             .unwrap();
         prop_assert_eq!(&by_hand, &by_serde);
         let body = &by_hand[HEADER_LEN..];
-        prop_assert_eq!(&codec::decode_request(&frame_of(FrameKind::Request, body), 64).unwrap(), &request);
+        prop_assert_eq!(&codec::decode_request(frame_of(FrameKind::Request, body), 64).unwrap(), &request);
         requests_agree(body)?;
         let frame = frame_of(FrameKind::Request, body);
-        if let Ok(Request::Send(send)) = codec::decode_request(&frame, 64) {
+        if let Ok(Request::Send(send)) = codec::decode_request(frame.clone(), 64) {
             let shared = frame.body.as_ptr_range().contains(&send.payload.as_ptr());
             prop_assert_eq!(shared, !send.payload.is_empty() && send.payload.len() <= 64);
         }

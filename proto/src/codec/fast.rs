@@ -13,7 +13,7 @@
 //! in its usual words. The tests check, on random values and on random bytes, that the
 //! two agree: the same value from the same bytes, the same bytes from the same value.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{
     Credentials, Delivered, HeaderBox, Headers, Lease, Message, MessageRef, RecvRequest, Request,
@@ -31,9 +31,11 @@ const RESPONSE_MESSAGES: u32 = 10;
 
 /// `body` as a `Send` or `Recv` request, or `None` for serde to decode. A payload of at
 /// most `share_up_to` bytes is a slice of `body`, a larger one a copy, as
-/// [`super::decode_body_sharing`] makes them.
+/// [`super::decode_body_sharing`] makes them; the slice is `body` itself, taken and
+/// advanced to the payload (its last field), not a new count on the buffer it shares
+/// with the frames read with it (two atomic operations per message fewer).
 #[inline]
-pub(super) fn decode_request(body: &Bytes, share_up_to: usize) -> Option<Request> {
+pub(super) fn decode_request(body: &mut Bytes, share_up_to: usize) -> Option<Request> {
     let mut r = Reader { rest: body };
     let request = match r.u32()? {
         REQUEST_SEND => {
@@ -44,12 +46,18 @@ pub(super) fn decode_request(body: &Bytes, share_up_to: usize) -> Option<Request
             let ttl_ms = r.option(Reader::u64)?;
             let delay_ms = r.option(Reader::u64)?;
             let payload = r.bytes()?;
+            if !r.rest.is_empty() {
+                return None;
+            }
             let payload = if payload.len() <= share_up_to {
-                body.slice_ref(payload)
+                let start = body.len() - payload.len();
+                let mut payload = std::mem::take(body);
+                payload.advance(start);
+                payload
             } else {
                 Bytes::copy_from_slice(payload)
             };
-            Request::Send(SendRequest {
+            return Some(Request::Send(SendRequest {
                 mailbox,
                 mtype,
                 headers,
@@ -57,7 +65,7 @@ pub(super) fn decode_request(body: &Bytes, share_up_to: usize) -> Option<Request
                 ttl_ms,
                 delay_ms,
                 payload,
-            })
+            }));
         }
         REQUEST_RECV => Request::Recv(RecvRequest {
             mailbox: r.name()?,

@@ -227,15 +227,15 @@ pub fn decode_body<T: DeserializeOwned>(
 
 /// Decodes a request frame as [`decode_body_sharing`] does: a send's or a receive's body
 /// is read by hand (`fast.rs`), any other — and any body the hand-laid reading is not
-/// sure of — through serde.
+/// sure of — through serde. The frame is taken: a small payload becomes its body.
 #[inline]
-pub fn decode_request(frame: &Frame, share_up_to: usize) -> Result<Request, CodecError> {
+pub fn decode_request(mut frame: Frame, share_up_to: usize) -> Result<Request, CodecError> {
     if frame.kind == FrameKind::Request
-        && let Some(request) = fast::decode_request(&frame.body, share_up_to)
+        && let Some(request) = fast::decode_request(&mut frame.body, share_up_to)
     {
         return Ok(request);
     }
-    decode_body_sharing(frame, FrameKind::Request, share_up_to)
+    decode_body_sharing(&frame, FrameKind::Request, share_up_to)
 }
 
 /// Decodes a reply frame as [`decode_body`] does: a `Sent`, `Message` or `Messages`
