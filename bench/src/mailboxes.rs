@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ipc_client::{BlockingClient, CreateOptions, LimitChanges, Selector, Wait};
-use ipc_proto::{MailboxName, RecvRequest, Request, Response, SendRequest};
+use ipc_client::{BlockingClient, LimitChanges, Selector, Wait};
+use ipc_proto::{CreateRequest, MailboxName, RecvRequest, Request, Response, SendRequest};
 
 use crate::{Stream, Transport, check, in_order, payload};
 
@@ -75,23 +75,52 @@ impl<'a> Ipcd<'a> {
 
     /// A fresh mailbox for one case, big enough for anything in flight.
     fn mailbox(&mut self) -> MailboxName {
-        static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("bench.{n}");
-        let options = CreateOptions {
-            limits: LimitChanges {
-                max_msgs: Some(1_000_000),
-                max_bytes: Some(1 << 30),
-                max_msg_size: Some(1 << 20),
-            },
-            ..CreateOptions::default()
-        };
+        let name = fresh_name();
         self.daemon
             .client()
-            .create(&name, &options)
+            .request(&create(&name))
             .expect("create the mailbox");
-        name.parse().expect("a valid name")
+        name
     }
+
+    /// `n` fresh mailboxes, made by `admin` many requests at a time.
+    fn mailboxes(admin: &mut BlockingClient, n: usize) -> Vec<MailboxName> {
+        let names: Vec<MailboxName> = (0..n).map(|_| fresh_name()).collect();
+        pump(admin, n, 256, |k| create(&names[k]), |_, _| {});
+        names
+    }
+
+    /// Removes `names`, many requests at a time.
+    fn remove(admin: &mut BlockingClient, names: &[MailboxName]) {
+        let remove = |k: usize| Request::Remove {
+            mailbox: names[k].clone(),
+        };
+        pump(admin, names.len(), 256, remove, |_, _| {});
+    }
+}
+
+/// A name no case has used.
+fn fresh_name() -> MailboxName {
+    static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("bench.{n}").parse().expect("a valid name")
+}
+
+/// The creation of mailbox `name`, big enough for anything a case has in flight.
+fn create(name: &MailboxName) -> Request {
+    Request::Create(Box::new(CreateRequest {
+        mailbox: name.clone(),
+        mode: None,
+        durable: false,
+        fsync: None,
+        limits: LimitChanges {
+            max_msgs: Some(1_000_000),
+            max_bytes: Some(1 << 30),
+            max_msg_size: Some(1 << 20),
+        },
+        delivery: Default::default(),
+        exist_ok: false,
+    }))
 }
 
 fn send(mailbox: &MailboxName, body: Vec<u8>) -> Request {
@@ -346,32 +375,61 @@ impl Transport for Ipcd<'_> {
     }
 }
 
-/// A scale case's figures: the median of three rounds of its rate, and of the CPU time
-/// the process (clients and daemon) spent per message.
+/// A scale case's figures: the median of its rounds' rates, and of the CPU time the
+/// process (clients and daemon) spent per message.
 #[derive(Debug, Clone, Copy)]
 pub struct Scaled {
     pub rate: f64,
     pub cpu_per_message: Duration,
 }
 
-/// Runs `round` (which moves `messages` and returns its msg/s) three times and takes the
-/// medians: a scale figure is a cost compared across cells, and one round of a fraction
-/// of a second can fall on a stall of the machine.
-fn median_of_rounds(messages: usize, mut round: impl FnMut() -> f64) -> Scaled {
-    let mut rates = [0.0; 3];
-    let mut cpu = [Duration::ZERO; 3];
-    for (rate, cpu) in rates.iter_mut().zip(&mut cpu) {
-        let before = cpu_time();
-        *rate = round();
-        *cpu = cpu_time().saturating_sub(before) / u32::try_from(messages).unwrap_or(u32::MAX);
+/// Rounds of scale cases, the cases taking turns within each round: a scale figure is a
+/// cost compared across cases, and a machine whose speed drifts during the run (a VM's
+/// host busy for a while) then slows every case alike, instead of the cases measured
+/// while it lasted.
+struct Rounds {
+    messages: usize,
+    /// Each case's rounds so far: msg/s, and CPU time per message.
+    cases: Vec<Vec<(f64, Duration)>>,
+}
+
+impl Rounds {
+    fn new(cases: usize, messages: usize) -> Self {
+        Self {
+            messages,
+            cases: vec![Vec::new(); cases],
+        }
     }
-    rates.sort_by(f64::total_cmp);
-    cpu.sort();
-    Scaled {
-        rate: rates[1],
-        cpu_per_message: cpu[1],
+
+    /// Runs one round of case `case`: `round` moves `messages` and returns its msg/s.
+    fn run(&mut self, case: usize, round: impl FnOnce() -> f64) {
+        let before = cpu_time();
+        let rate = round();
+        let cpu =
+            cpu_time().saturating_sub(before) / u32::try_from(self.messages).unwrap_or(u32::MAX);
+        self.cases[case].push((rate, cpu));
+    }
+
+    /// Each case's medians.
+    fn medians(self) -> Vec<Scaled> {
+        self.cases
+            .into_iter()
+            .map(|mut rounds| {
+                let mid = rounds.len() / 2;
+                rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let rate = rounds[mid].0;
+                rounds.sort_by_key(|r| r.1);
+                Scaled {
+                    rate,
+                    cpu_per_message: rounds[mid].1,
+                }
+            })
+            .collect()
     }
 }
+
+/// Rounds each scale case runs.
+pub const SCALE_ROUNDS: usize = 3;
 
 /// The CPU time this process has used, user and system, all threads.
 fn cpu_time() -> Duration {
@@ -398,65 +456,81 @@ fn rss_bytes() -> u64 {
 }
 
 impl Ipcd<'_> {
-    /// 1→1, 64 B, window 64, through one of `mailboxes` mailboxes that exist meanwhile.
-    /// What the table of mailboxes costs a send.
-    pub fn with_mailboxes(&mut self, mailboxes: usize, messages: usize) -> Scaled {
+    /// 1→1, 64 B, window 64, through one mailbox while the daemon holds each of
+    /// `counts` mailboxes in all (ascending), the cases taking turns in each round.
+    pub fn with_mailboxes(&mut self, counts: &[usize], messages: usize) -> Vec<Scaled> {
         let mut admin = self.daemon.client();
-        let names: Vec<MailboxName> = (1..mailboxes).map(|_| self.mailbox()).collect();
-        let scaled = median_of_rounds(messages, || {
-            self.stream(Stream {
-                producers: 1,
-                consumers: 1,
-                size: 64,
-                window: 64,
-                messages,
-            })
-            .expect("ipcd carries 64 B")
-        });
-        for name in names {
-            admin.remove(name.as_str()).expect("remove");
+        let mut rounds = Rounds::new(counts.len(), messages);
+        for _ in 0..SCALE_ROUNDS {
+            let mut others = Vec::new();
+            for (case, &count) in counts.iter().enumerate() {
+                let more = count.saturating_sub(others.len() + 1);
+                others.extend(Self::mailboxes(&mut admin, more));
+                rounds.run(case, || {
+                    self.stream(Stream {
+                        producers: 1,
+                        consumers: 1,
+                        size: 64,
+                        window: 64,
+                        messages,
+                    })
+                    .expect("ipcd carries 64 B")
+                });
+            }
+            Self::remove(&mut admin, &others);
         }
-        scaled
+        rounds.medians()
     }
 
-    /// 1→1, 64 B, window 64, through a mailbox already holding `depth` messages (taken
-    /// from the front as new ones go to the back).
-    pub fn with_depth(&mut self, depth: usize, messages: usize) -> Scaled {
-        let mailbox = self.mailbox();
+    /// 1→1, 64 B, window 64, through a mailbox already holding each of `depths` messages
+    /// (taken from the front as new ones go to the back): one mailbox per depth, all
+    /// filled first, the cases taking turns in each round.
+    pub fn with_depth(&mut self, depths: &[usize], messages: usize) -> Vec<Scaled> {
         let mut producer = self.daemon.client();
         let mut consumer = self.daemon.client();
-        pump(
-            &mut producer,
-            depth,
-            256,
-            |k| send(&mailbox, payload(k as u64, 64)),
-            |_, _| {},
-        );
-        let mut sent = depth;
-        let scaled = median_of_rounds(messages, || {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                let (mailbox, producer, sent) = (&mailbox, &mut producer, sent);
-                s.spawn(move || {
-                    pump(
-                        producer,
-                        messages,
-                        64,
-                        |k| send(mailbox, payload((sent + k) as u64, 64)),
-                        |_, _| {},
-                    );
+        let mut filled: Vec<(MailboxName, usize)> = depths
+            .iter()
+            .map(|&depth| {
+                let mailbox = self.mailbox();
+                pump(
+                    &mut producer,
+                    depth,
+                    256,
+                    |k| send(&mailbox, payload(k as u64, 64)),
+                    |_, _| {},
+                );
+                (mailbox, depth)
+            })
+            .collect();
+        let mut rounds = Rounds::new(depths.len(), messages);
+        for _ in 0..SCALE_ROUNDS {
+            for (case, (mailbox, sent)) in filled.iter_mut().enumerate() {
+                rounds.run(case, || {
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        let (mailbox, producer, first) = (&*mailbox, &mut producer, *sent);
+                        s.spawn(move || {
+                            pump(
+                                producer,
+                                messages,
+                                64,
+                                |k| send(mailbox, payload((first + k) as u64, 64)),
+                                |_, _| {},
+                            );
+                        });
+                        let take = recv(mailbox);
+                        pump(&mut consumer, messages, 64, |_| take.clone(), |_, _| {});
+                    });
+                    messages as f64 / start.elapsed().as_secs_f64()
                 });
-                let take = recv(mailbox);
-                pump(&mut consumer, messages, 64, |_| take.clone(), |_, _| {});
-            });
-            sent += messages;
-            messages as f64 / start.elapsed().as_secs_f64()
-        });
-        self.daemon
-            .client()
-            .remove(mailbox.as_str())
-            .expect("remove");
-        scaled
+                *sent += messages;
+            }
+        }
+        let mut admin = self.daemon.client();
+        for (mailbox, _) in filled {
+            admin.remove(mailbox.as_str()).expect("remove");
+        }
+        rounds.medians()
     }
 
     /// Resident bytes the daemon adds per queued 64-byte message beyond its payload, with

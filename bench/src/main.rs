@@ -287,7 +287,10 @@ fn main() {
 /// the host gives to others lowers a rate but is not counted as this process's CPU.
 fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
     let mut ipcd = mailboxes::Ipcd::new(daemon);
-    println!("\nscale (ipcd 1→1 64 B window 64, median of 3)  msg/s   ratio    CPU µs/msg   ratio");
+    println!(
+        "\nscale (ipcd 1→1 64 B window 64, median of {})  msg/s   ratio    CPU µs/msg   ratio",
+        mailboxes::SCALE_ROUNDS
+    );
     let line = |label: String, scaled: mailboxes::Scaled, first: mailboxes::Scaled| {
         let cpu = |s: mailboxes::Scaled| s.cpu_per_message.as_secs_f64() * 1e6;
         println!(
@@ -303,28 +306,18 @@ fn scale(daemon: &mailboxes::Daemon, smoke: bool, messages: usize) {
     } else {
         &[1, 1_000, 100_000]
     };
-    let mut first = None;
-    for &n in mailboxes {
-        let scaled = ipcd.with_mailboxes(n, messages);
-        line(
-            format!("{n:>9} mailboxes"),
-            scaled,
-            *first.get_or_insert(scaled),
-        );
+    let figures = ipcd.with_mailboxes(mailboxes, messages);
+    for (&n, &scaled) in mailboxes.iter().zip(&figures) {
+        line(format!("{n:>9} mailboxes"), scaled, figures[0]);
     }
     let depths: &[usize] = if smoke {
         &[1, 1_000]
     } else {
         &[1, 1_000, 100_000, 1_000_000]
     };
-    let mut first = None;
-    for &depth in depths {
-        let scaled = ipcd.with_depth(depth, messages);
-        line(
-            format!("{depth:>9} queued"),
-            scaled,
-            *first.get_or_insert(scaled),
-        );
+    let figures = ipcd.with_depth(depths, messages);
+    for (&depth, &scaled) in depths.iter().zip(&figures) {
+        line(format!("{depth:>9} queued"), scaled, figures[0]);
     }
 }
 
