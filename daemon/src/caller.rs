@@ -5,6 +5,7 @@
 //! It sits above the mailbox (it holds a [`LeaseBook`]) and below the broker and
 //! dispatch, which take it; `perm` stays below both, checking bare ids.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ pub struct Caller {
     /// The mailboxes this connection used last, with their ownership as it was read: a
     /// request to one of them finds it without the table's lock, and checks its access
     /// without the mailbox's.
-    pub recent: Arc<Mutex<Recent>>,
+    pub recent: RefCell<Recent>,
     /// Where this connection's parked receives are handed their results (see
     /// `mailbox::parked`); its own task takes them from there.
     pub parked: Arc<Completions>,
@@ -52,7 +53,7 @@ const RECENT_KEPT: usize = 4;
 /// A connection's recently used mailboxes, each with its ownership and the mailbox's
 /// [`version`](Mailbox::version) it was read at; one whose version has moved since (its
 /// settings changed, or it was removed) is looked up again.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Recent {
     kept: Vec<(Arc<Mailbox>, Ownership, u64)>,
     /// The entry the next one replaces once all are taken.
@@ -61,11 +62,11 @@ pub struct Recent {
 
 impl Recent {
     /// The mailbox named `name`, if kept and unchanged since, with its ownership.
-    pub fn get(&self, name: &MailboxName) -> Option<(Arc<Mailbox>, Ownership)> {
+    pub fn get(&self, name: &MailboxName) -> Option<(&Arc<Mailbox>, Ownership)> {
         self.kept
             .iter()
             .find(|(m, _, version)| m.name() == name && m.version() == *version)
-            .map(|(m, ownership, _)| (m.clone(), *ownership))
+            .map(|(m, ownership, _)| (m, *ownership))
     }
 
     /// Keeps `mailbox`, with its ownership as of `version`, in place of what was kept

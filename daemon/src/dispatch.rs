@@ -608,18 +608,28 @@ fn send(
     memfd: Option<Arc<Memfd>>,
 ) -> OpResult<Pending<SentId>> {
     check_message(req.mtype, &req.headers)?;
-    let mailbox = authorized(broker, caller, &req.mailbox, Access::Write)?;
-    let message = BatchMessage {
-        mtype: req.mtype,
-        headers: req.headers,
-        ttl_ms: req.ttl_ms,
-        delay_ms: req.delay_ms,
-        payload: req.payload,
-    };
-    let mut incoming =
-        incoming(&broker.config(), caller, message).map_err(|r| r.into_reply(caller))?;
-    incoming.memfd = memfd;
-    Ok(mailbox.send(incoming, req.wait))
+    let SendRequest {
+        mailbox,
+        mtype,
+        headers,
+        wait,
+        ttl_ms,
+        delay_ms,
+        payload,
+    } = req;
+    with_authorized(broker, caller, &mailbox, Access::Write, |mailbox| {
+        let message = BatchMessage {
+            mtype,
+            headers,
+            ttl_ms,
+            delay_ms,
+            payload,
+        };
+        let mut incoming =
+            incoming(&broker.config(), caller, message).map_err(|r| r.into_reply(caller))?;
+        incoming.memfd = memfd;
+        Ok(mailbox.send(incoming, wait))
+    })
 }
 
 /// The checks of a message that need no mailbox.
@@ -813,17 +823,18 @@ fn send_batch(broker: &Broker, caller: &Caller, req: SendBatchRequest) -> OpResu
 
 fn recv(broker: &Broker, caller: &Caller, req: RecvRequest) -> OpResult<Received> {
     check_selector(req.selector)?;
-    let mailbox = authorized(broker, caller, &req.mailbox, Access::Read)?;
-    if req.lease.is_some() && req.peek {
-        return Err(ErrorReply::new(
-            ErrorCode::InvalidArgument,
-            "a peek leaves the message in place, so it cannot lease it",
-        ));
-    }
-    let mut taker = taker(broker, caller, req.peek, req.lease)?;
-    taker.max_size = req.max_size;
-    let parks = Some(&caller.parked);
-    Ok(mailbox.recv_or_park(req.selector, taker, req.wait, parks))
+    with_authorized(broker, caller, &req.mailbox, Access::Read, |mailbox| {
+        if req.lease.is_some() && req.peek {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                "a peek leaves the message in place, so it cannot lease it",
+            ));
+        }
+        let mut taker = taker(broker, caller, req.peek, req.lease)?;
+        taker.max_size = req.max_size;
+        let parks = Some(&caller.parked);
+        Ok(mailbox.recv_or_park(req.selector, taker, req.wait, parks))
+    })
 }
 
 /// Who takes a message, and on what lease terms.
@@ -967,33 +978,51 @@ fn authorized(
     name: &MailboxName,
     access: Access,
 ) -> OpResult<Arc<Mailbox>> {
-    let recent = caller
-        .recent
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name);
-    let (mailbox, ownership) = match recent {
-        Some(found) => found,
-        None => {
-            let mailbox = broker.get(name)?;
-            let (ownership, version) = mailbox.versioned_ownership();
-            if let Some(version) = version {
-                let mut recent = caller.recent.lock().unwrap_or_else(|e| e.into_inner());
-                recent.keep(&mailbox, ownership, version);
-            }
-            (mailbox, ownership)
-        }
-    };
-    if caller.may(&ownership, access) {
-        Ok(mailbox)
-    } else {
-        let verb = match access {
-            Access::Read => "read from",
-            Access::Write => "send to",
-            Access::Manage => "manage",
-        };
-        Err(denied(caller, &mailbox, verb))
+    with_authorized(broker, caller, name, access, |mailbox| Ok(mailbox.clone()))
+}
+
+/// `f` of the mailbox, if it exists and `caller` may do what `access` names to it. A
+/// mailbox the connection used lately is lent from where it is kept, not cloned: its
+/// count is shared by every connection that uses it, and a producer's and a consumer's
+/// workers each taking and giving back a count per request moved its cache line between
+/// them several times a message. `f` must not look up a mailbox for `caller` again.
+fn with_authorized<T>(
+    broker: &Broker,
+    caller: &Caller,
+    name: &MailboxName,
+    access: Access,
+    f: impl FnOnce(&Arc<Mailbox>) -> OpResult<T>,
+) -> OpResult<T> {
+    if let Some((mailbox, ownership)) = caller.recent.borrow().get(name) {
+        return allowed(caller, mailbox, ownership, access).and_then(|()| f(mailbox));
     }
+    let mailbox = broker.get(name)?;
+    let (ownership, version) = mailbox.versioned_ownership();
+    if let Some(version) = version {
+        caller
+            .recent
+            .borrow_mut()
+            .keep(&mailbox, ownership, version);
+    }
+    allowed(caller, &mailbox, ownership, access).and_then(|()| f(&mailbox))
+}
+
+/// Whether `caller` may do what `access` names to `mailbox`, owned as `ownership` says.
+fn allowed(
+    caller: &Caller,
+    mailbox: &Mailbox,
+    ownership: crate::perm::Ownership,
+    access: Access,
+) -> OpResult<()> {
+    if caller.may(&ownership, access) {
+        return Ok(());
+    }
+    let verb = match access {
+        Access::Read => "read from",
+        Access::Write => "send to",
+        Access::Manage => "manage",
+    };
+    Err(denied(caller, mailbox, verb))
 }
 
 fn denied(caller: &Caller, mailbox: &Mailbox, verb: &str) -> ErrorReply {
@@ -1243,7 +1272,7 @@ mod tests {
             connection: broker.new_connection_number(),
             private: Arc::default(),
             origins: Arc::default(),
-            recent: Arc::default(),
+            recent: std::cell::RefCell::default(),
             parked: Arc::default(),
         }
     }

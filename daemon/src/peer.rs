@@ -15,6 +15,7 @@
 //! Everything that goes wrong here ends this connection only, with one log line naming
 //! the [`CloseReason`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -152,7 +153,7 @@ pub fn admit(stream: UnixStream, broker: &Broker) -> Option<Admitted> {
         connection: broker.new_connection_number(),
         private: Arc::default(),
         origins: Arc::default(),
-        recent: Arc::default(),
+        recent: RefCell::default(),
         parked: Arc::default(),
     };
     match begin_handshake(broker, &caller, &broker.config()) {
