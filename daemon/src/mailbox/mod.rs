@@ -346,7 +346,15 @@ impl Mailbox {
 
     /// Puts a message in, hands it to a waiting receiver, or waits for room.
     pub(crate) fn send(self: &Arc<Self>, incoming: Incoming, wait: Wait) -> Pending<SentId> {
-        self.offer(&mut self.lock(), incoming, wait)
+        // The clock is read before the lock is taken, not under it: the lock is what the
+        // mailbox's senders and receivers wait for, and a message's time is when it was
+        // asked to be sent as well as when it got in (`stamp` keeps the times in order).
+        let now = Timestamp::now();
+        let mut state = self.lock();
+        state.batch_clock = Some(now);
+        let sent = self.offer(&mut state, incoming, wait);
+        state.batch_clock = None;
+        sent
     }
 
     /// Sends, in order and under one lock, each message `next` gives until it gives none,
@@ -360,8 +368,9 @@ impl Mailbox {
         mut next: impl FnMut() -> Option<Result<Incoming, E>>,
         mut outcome: impl FnMut(Pending<SentId>),
     ) -> Option<E> {
+        let now = Timestamp::now();
         let mut state = self.lock();
-        state.batch_clock = Some(Timestamp::now());
+        state.batch_clock = Some(now);
         let stopped = loop {
             let Some(incoming) = next() else { break None };
             let pending = match incoming {
@@ -813,7 +822,9 @@ impl State {
         let clock = (ttl.is_some() || incoming.delay.is_some()).then(Instant::now);
         let id = self.next_id;
         self.next_id += 1;
-        let sent_at = self.clock();
+        // A clock read before the lock was taken can be a little behind the last message
+        // stamped (its sender read it later and got in first).
+        let sent_at = not_before(self.clock(), self.last_send.map(|op| op.at));
         self.total_sent += 1;
         self.last_send = Some(LastOp {
             at: sent_at,
@@ -854,8 +865,8 @@ impl State {
     /// (`perf record`), for a figure only `stat` shows.
     fn receive_time(&self, sent_at: Timestamp) -> Timestamp {
         let now = self.batch_clock.unwrap_or_else(coarse_now);
-        let last = self.last_recv.map_or(Timestamp(0), |op| op.at);
-        now.max(sent_at).max(last)
+        let last = self.last_recv.map_or(sent_at, |op| op.at.max(sent_at));
+        not_before(now, Some(last))
     }
 
     /// Accepts a message, answering `done` with its id: in a memory mailbox at once, to
@@ -959,6 +970,22 @@ impl State {
             let (_, waiter) = self.senders.pop_first().expect("first exists");
             self.accept(waiter.incoming, waiter.tx);
         }
+    }
+}
+
+/// How far behind an earlier time a clock reading can plausibly be for a reason other
+/// than the clock being set back: read before a lock that another got first, or a
+/// coarse clock's tick.
+const CLOCK_RACE: Duration = Duration::from_secs(1);
+
+/// `now`, or `earlier` if `now` is a little behind it ([`CLOCK_RACE`]): times that follow
+/// each other stay in order, and a clock set back further is followed.
+fn not_before(now: Timestamp, earlier: Option<Timestamp>) -> Timestamp {
+    match earlier {
+        Some(earlier) if now < earlier && earlier.0 - now.0 < CLOCK_RACE.as_nanos() as u64 => {
+            earlier
+        }
+        _ => now,
     }
 }
 

@@ -519,3 +519,55 @@ async fn the_last_receive_is_never_before_its_send_or_the_one_before() {
         last = at;
     }
 }
+
+/// Senders read the clock before they take the lock, so one can get in behind a sender
+/// that read it later: the times stamped still follow the ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_times_follow_ids_whatever_the_senders_race() {
+    let (m, _dead) = mailbox(None, None);
+    {
+        // Room for everything the senders send.
+        let mut state = m.lock();
+        state.settings.limits.max_msgs = 10_000;
+        state.settings.limits.max_bytes = 1 << 20;
+    }
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..1000 {
+                    send(&m, "x", None, None);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let mut last = (0, Timestamp(0));
+    while let Some(e) = take(&m) {
+        assert!(e.id() > last.0, "ids in order");
+        assert!(
+            e.sent_at() >= last.1,
+            "message {} stamped {:?}, before message {} at {:?}",
+            e.id(),
+            e.sent_at(),
+            last.0,
+            last.1
+        );
+        last = (e.id(), e.sent_at());
+    }
+    assert_eq!(m.info().messages, 0);
+    assert!(last.0 >= 4000, "every message was taken");
+}
+
+/// A time a little behind the one before it (a race for the lock, a coarse clock's tick)
+/// is held back to it; a clock set back further is followed, not held back for as long.
+#[test]
+fn a_time_a_little_behind_is_held_back_and_a_clock_set_back_is_followed() {
+    let t = |ms: u64| Timestamp(ms * 1_000_000);
+    assert_eq!(not_before(t(10_000), None), t(10_000));
+    assert_eq!(not_before(t(10_000), Some(t(9_000))), t(10_000));
+    assert_eq!(not_before(t(10_000), Some(t(10_005))), t(10_005));
+    assert_eq!(not_before(t(10_000), Some(t(3_610_000))), t(10_000));
+}
