@@ -30,10 +30,14 @@ impl NotifySocket {
     fn expect(&self, wanted: &str) -> String {
         let mut buf = vec![0; 4096];
         loop {
-            let n = self
-                .socket
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no {wanted:?} from the daemon: {e}"));
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                // A receive with a timeout is not restarted after a signal handler runs,
+                // nor after the process is stopped and continued (signal(7)): it fails
+                // with EINTR, which says nothing of the daemon.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no {wanted:?} from the daemon: {e}"),
+            };
             let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             if message
                 .lines()
