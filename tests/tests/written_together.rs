@@ -127,6 +127,15 @@ impl Raw {
         }
         answers
     }
+
+    /// Writes `request` alone and reads its answer.
+    fn answers_to(&mut self, request: &Request) -> Response {
+        let id = self.push(request);
+        self.flush();
+        let (got, response) = self.answers(1).pop().unwrap();
+        assert_eq!(got, id);
+        response
+    }
 }
 
 fn error_code(response: &Response) -> ErrorCode {
@@ -249,16 +258,6 @@ fn requests_written_together_are_each_answered_as_alone_and_in_order() {
         raw.answers_to(&send("a", 1, "after")),
         Response::Sent { .. }
     ));
-}
-
-impl Raw {
-    fn answers_to(&mut self, request: &Request) -> Response {
-        let id = self.push(request);
-        self.flush();
-        let (got, response) = self.answers(1).pop().unwrap();
-        assert_eq!(got, id);
-        response
-    }
 }
 
 #[test]
