@@ -71,6 +71,9 @@ const MAX_UNCLAIMED_FDS: usize = 8;
 pub struct FdReader {
     half: tokio::net::unix::OwnedReadHalf,
     pub fds: VecDeque<std::os::fd::OwnedFd>,
+    /// The last read took all the room it was given: the client may have written more
+    /// than it took, still waiting on the socket.
+    filled: bool,
 }
 
 impl FdReader {
@@ -78,7 +81,14 @@ impl FdReader {
         Self {
             half,
             fds: VecDeque::new(),
+            filled: false,
         }
+    }
+
+    /// Whether the last read filled the room it was given, so that more may wait on the
+    /// socket (a read that took less found the socket drained, as far as it knows).
+    pub fn filled(&self) -> bool {
+        self.filled
     }
 }
 
@@ -91,7 +101,11 @@ impl tokio::io::AsyncRead for FdReader {
         use std::os::fd::AsFd;
         let this = self.get_mut();
         loop {
-            std::task::ready!(this.half.as_ref().poll_read_ready(cx))?;
+            if this.half.as_ref().poll_read_ready(cx)?.is_pending() {
+                // Nothing more now: the replies to what was read need not wait for it.
+                this.filled = false;
+                return std::task::Poll::Pending;
+            }
             let stream = this.half.as_ref();
             let fds = &mut this.fds;
             // SAFETY: the kernel only writes into the unfilled part, and only what it
@@ -111,6 +125,7 @@ impl tokio::io::AsyncRead for FdReader {
                             "descriptors were sent that no frame claims",
                         )));
                     }
+                    this.filled = n == unfilled.len();
                     // SAFETY: `n` bytes were written by the kernel above.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
