@@ -346,3 +346,63 @@ fn a_stretch_of_sends_to_a_mailbox_the_caller_may_not_write_is_refused_send_by_s
     assert_eq!(c.stat("mine").unwrap().messages, 0);
     assert_eq!(c.stat("open").unwrap().messages, 5);
 }
+
+/// Requests that fill one read of the daemon exactly, with nothing behind them, are
+/// answered. A read that fills its room is followed by another before the replies are
+/// written (the client may have written more than the read took); when that one finds
+/// the socket drained, the replies must still go out rather than wait for a request
+/// that is not coming. The room of a read is the daemon's business, so every write
+/// here ends at one of the sizes a read buffer is likely to have, each on a connection
+/// of its own, the hello written with the requests so that the first read is all of it.
+#[test]
+fn requests_that_end_exactly_where_a_read_ends_are_answered() {
+    let daemon = TestDaemon::start();
+    let mut c = daemon.client();
+    c.create(
+        "exact",
+        &CreateOptions {
+            limits: LimitChanges {
+                max_msgs: Some(100_000),
+                max_bytes: Some(1 << 30),
+                ..LimitChanges::default()
+            },
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    for total in [1024, 2048, 4096, 8192, 16_384, 32_768, 65_536] {
+        let mut raw = Raw::connect(&daemon);
+        raw.stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        // Sends of 300-byte payloads, then one whose payload makes the write `total`
+        // bytes long.
+        let mut ids = Vec::new();
+        while total - raw.out.len() > 1000 {
+            ids.push(raw.push(&send("exact", 1, vec![b'x'; 300])));
+        }
+        let before = raw.out.len();
+        let mut last = 0;
+        loop {
+            raw.out.truncate(before);
+            raw.next_id = ids.len() as u64 + 1;
+            raw.push(&send("exact", 1, vec![b'y'; last]));
+            if raw.out.len() >= total {
+                break;
+            }
+            last += 1;
+        }
+        assert_eq!(raw.out.len(), total, "a write of exactly {total} bytes");
+        ids.push(raw.next_id - 1);
+        raw.flush();
+        let answers = raw.answers(ids.len());
+        let got: Vec<u64> = answers.iter().map(|(id, _)| *id).collect();
+        assert_eq!(got, ids, "a write of {total} bytes");
+        for (id, response) in &answers {
+            assert!(
+                matches!(response, Response::Sent { .. }),
+                "request {id} of a write of {total} bytes: {response:?}"
+            );
+        }
+    }
+}
