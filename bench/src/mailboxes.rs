@@ -341,6 +341,9 @@ impl Transport for Ipcd<'_> {
         self.run_case(case, produce, consume)
     }
 
+    /// Each side writes its send and its next receive together and reads both answers:
+    /// the send's answer is still read and checked, but the receive is not held back
+    /// behind it (the kernel's queues and the sockets answer a send with no round trip).
     fn ping_pong(&mut self, size: usize, rounds: usize) -> Option<Vec<Duration>> {
         let (ping, pong) = (self.mailbox(), self.mailbox());
         let mut echo = self.daemon.client();
@@ -348,30 +351,58 @@ impl Transport for Ipcd<'_> {
         let times = std::thread::scope(|s| {
             let (ping, pong) = (&ping, &pong);
             s.spawn(move || {
-                for _ in 0..rounds {
-                    let reply = echo.request(&recv(ping)).expect("recv");
-                    let Response::Message(m) = reply else {
-                        panic!("{reply:?}")
-                    };
-                    echo.request(&send(pong, m.payload.to_vec())).expect("send");
+                let mut unsent = 0;
+                let mut waiting = echo.submit(&recv(ping)).expect("recv");
+                for i in 0..rounds {
+                    let m = message_for(&mut echo, waiting, &mut unsent);
+                    echo.submit(&send(pong, m.payload.to_vec())).expect("send");
+                    unsent += 1;
+                    if i + 1 < rounds {
+                        waiting = echo.submit(&recv(ping)).expect("recv");
+                    }
                 }
+                sends_answered(&mut echo, &mut unsent);
             });
-            (0..rounds)
+            let mut unsent = 0;
+            let times = (0..rounds)
                 .map(|i| {
                     let start = Instant::now();
-                    me.request(&send(ping, payload(i as u64, size)))
+                    me.submit(&send(ping, payload(i as u64, size)))
                         .expect("send");
-                    let reply = me.request(&recv(pong)).expect("recv");
+                    unsent += 1;
+                    let waiting = me.submit(&recv(pong)).expect("recv");
+                    let m = message_for(&mut me, waiting, &mut unsent);
                     let elapsed = start.elapsed();
-                    let Response::Message(m) = reply else {
-                        panic!("{reply:?}")
-                    };
                     assert_eq!(check(&m.payload, size), i as u64);
                     elapsed
                 })
-                .collect()
+                .collect();
+            sends_answered(&mut me, &mut unsent);
+            times
         });
         Some(times)
+    }
+}
+
+/// Reads answers until the one to receive `id`, each other one the answer to a send
+/// (counted off `unsent`).
+fn message_for(client: &mut BlockingClient, id: u64, unsent: &mut usize) -> ipc_proto::Message {
+    loop {
+        match client.next_reply().expect("a reply") {
+            (got, Response::Message(m)) if got == id => return m,
+            (_, Response::Sent { .. }) => *unsent -= 1,
+            (_, other) => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Reads the answers to the sends still unanswered.
+fn sends_answered(client: &mut BlockingClient, unsent: &mut usize) {
+    while *unsent > 0 {
+        match client.next_reply().expect("a reply") {
+            (_, Response::Sent { .. }) => *unsent -= 1,
+            (_, other) => panic!("{other:?}"),
+        }
     }
 }
 
